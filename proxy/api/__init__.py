@@ -1,0 +1,1 @@
+"""HTTP layer: the OCI distribution API (``/v2``), operations endpoints, middlewares."""

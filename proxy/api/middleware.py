@@ -1,0 +1,125 @@
+"""Middlewares, outermost first: request id + access log + metrics, error rendering,
+then the policy check every routed request passes before its handler."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from ..meta import MetadataError
+from ..oci.errors import Errors, RegistryError
+from ..service.policy import ANONYMOUS, Request as PolicyRequest
+from .routes import route_action
+from .state import METRICS, POLICY, PRINCIPAL, REQUEST_ID
+
+__all__ = ["add_api_version", "observe", "registry_errors", "policy_check", "json_error"]
+
+log = logging.getLogger("algomint.http")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, one structured access-log line, request metrics."""
+    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    metrics = request.app[METRICS]
+    route = request.match_info.route.name or "unmatched"
+    started = time.perf_counter()
+    status = 500
+    metrics.in_flight_requests.inc()
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers.setdefault("X-Request-Id", request_id)
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        metrics.in_flight_requests.dec()
+        metrics.requests.labels(route, request.method, str(status)).inc()
+        metrics.duration.labels(route, request.method).observe(elapsed)
+        principal = request.get(PRINCIPAL)
+        log.info(
+            "request",
+            extra={
+                "request_id": request_id,
+                "method": request.method,
+                "path": request.path,
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "remote": request.remote,
+                "user": principal.name if principal else None,
+            },
+        )
+
+
+def json_error(exc: RegistryError, request_id: str | None = None) -> web.Response:
+    headers = {**exc.headers, **_API_VERSION}
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    return web.json_response(exc.body(), status=exc.status, headers=headers)
+
+
+@web.middleware
+async def registry_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every failure as the spec's JSON error body; nothing escapes as a bare 500."""
+    metrics = request.app[METRICS]
+    try:
+        return await handler(request)
+    except RegistryError as exc:
+        if exc.error is Errors.UNAVAILABLE:
+            metrics.backend_errors.labels(exc.code).inc()
+            log.warning("backend unavailable", extra={"request_id": request.get(REQUEST_ID), "error": str(exc)})
+        return json_error(exc, request.get(REQUEST_ID))
+    except MetadataError as exc:
+        log.error("metadata store failed", extra={"request_id": request.get(REQUEST_ID), "error": str(exc)})
+        return json_error(RegistryError(Errors.UNAVAILABLE, message="metadata store unavailable"), request.get(REQUEST_ID))
+    except web.HTTPNotFound:
+        if not request.path.startswith("/v2/"):
+            raise
+        return json_error(RegistryError(Errors.NAME_UNKNOWN, {"path": request.path[:200]}), request.get(REQUEST_ID))
+    except web.HTTPMethodNotAllowed:
+        if not request.path.startswith("/v2/"):
+            raise
+        return json_error(RegistryError(Errors.UNSUPPORTED, {"method": request.method}), request.get(REQUEST_ID))
+    except web.HTTPException:
+        raise
+    except (ConnectionResetError, ConnectionError):
+        raise  # the client went away: nothing to answer
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": request.get(REQUEST_ID)})
+        return json_error(RegistryError(Errors.UNKNOWN, message="internal error"), request.get(REQUEST_ID))
+
+
+@web.middleware
+async def policy_check(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Ask the policy once, before the handler, for every route that declares an action."""
+    action = route_action(request)
+    if action is not None:
+        principal = request.get(PRINCIPAL, ANONYMOUS)
+        request[PRINCIPAL] = principal
+        await request.app[POLICY].check(
+            PolicyRequest(
+                principal,
+                action,
+                request.match_info.get("name"),
+                request.match_info.get("reference") or request.match_info.get("digest"),
+            )
+        )
+    return await handler(request)
+
+
+async def add_api_version(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` hook: every /v2 response names the API version."""
+    if request.path.startswith("/v2"):
+        response.headers.update(_API_VERSION)

@@ -1,0 +1,39 @@
+"""Operations endpoints: liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..meta import MetadataError
+from ..oci.errors import RegistryError
+from .state import DATABASE, METRICS, REGISTRY
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks: dict[str, str] = {}
+    try:
+        await request.app[REGISTRY].backend.ping()
+        checks["backend"] = "ok"
+    except RegistryError as exc:
+        checks["backend"] = exc.message
+    try:
+        await request.app[DATABASE].ping()
+        checks["metadata"] = "ok"
+    except MetadataError as exc:
+        checks["metadata"] = str(exc)
+    ready = all(v == "ok" for v in checks.values())
+    return web.json_response({"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def add_ops_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz, name="ops.healthz")
+    app.router.add_get("/readyz", readyz, name="ops.readyz")
+    app.router.add_get("/metrics", metrics, name="ops.metrics")

@@ -1,0 +1,163 @@
+"""All HTTP streaming in one place: Range parsing, request bodies, blob responses.
+
+Rules (aiohttp): headers and ``Content-Length`` are set before ``prepare()`` (else
+aiohttp switches to chunked encoding); bodies move in bounded chunks; a full-blob
+response verifies the digest while streaming and aborts the connection on mismatch
+or upstream failure (never a clean end of a truncated body)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from typing import AsyncIterator, Mapping
+
+from aiohttp import web
+
+from ..backend import BlobReader
+from ..oci.errors import Errors, RegistryError
+from .state import METRICS
+
+__all__ = ["ByteRange", "parse_range", "request_chunks", "read_body", "send_blob", "CHUNK"]
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class ByteRange:
+    __slots__ = ("start", "end")
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start, self.end = start, end  # inclusive end
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """One ``bytes=`` range (RFC 9110 §14.1.2) clipped to ``size``; ``None`` for no
+    header. Multi-range, malformed or unsatisfiable ranges raise ``RANGE_INVALID``."""
+    if header is None:
+        return None
+    unsatisfiable = RegistryError(
+        Errors.RANGE_INVALID, {"range": header[:100], "size": size}, headers={"Content-Range": f"bytes */{size}"}
+    )
+    match = _RANGE_RE.match(header.strip())
+    if not match or match.groups() == ("", ""):
+        raise unsatisfiable
+    first, last = match.groups()
+    if first == "":  # suffix range: the last N bytes
+        count = int(last)
+        if count == 0 or size == 0:
+            raise unsatisfiable
+        return ByteRange(max(size - count, 0), size - 1)
+    start = int(first)
+    end = int(last) if last else size - 1
+    if start >= size or end < start:
+        raise unsatisfiable
+    return ByteRange(start, min(end, size - 1))
+
+
+async def request_chunks(request: web.Request, limit: int | None = None) -> AsyncIterator[bytes]:
+    """The request body in bounded chunks; ``limit`` caps the total (``SIZE_INVALID``)."""
+    metrics = request.app[METRICS]
+    total = 0
+    async for chunk in request.content.iter_chunked(CHUNK):
+        total += len(chunk)
+        if limit is not None and total > limit:
+            raise RegistryError(Errors.SIZE_INVALID, {"limit": limit}, message="request body exceeds the declared length")
+        metrics.bytes_in.inc(len(chunk))
+        yield chunk
+
+
+async def read_body(request: web.Request, limit: int, error=Errors.MANIFEST_TOO_LARGE) -> bytes:
+    """A small body read whole, refused past ``limit`` without reading further."""
+    if request.content_length is not None and request.content_length > limit:
+        raise RegistryError(error, {"size": request.content_length, "limit": limit})
+    data = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        data += chunk
+        if len(data) > limit:
+            raise RegistryError(error, {"limit": limit})
+    request.app[METRICS].bytes_in.inc(len(data))
+    return bytes(data)
+
+
+async def send_blob(
+    request: web.Request,
+    reader: BlobReader,
+    headers: Mapping[str, str],
+    *,
+    status: int = 200,
+    verify: bool = True,
+) -> web.StreamResponse:
+    """Stream ``reader`` as the response body and close it, whatever happens."""
+    metrics = request.app[METRICS]
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = reader.length
+    metrics.in_flight_streams.inc()
+    try:
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
+        if reader.path is not None:
+            await _sendfile(request, response, reader)
+        else:
+            await _copy(request, response, reader, verify and reader.start == 0 and reader.length == reader.size)
+        await response.write_eof()
+        metrics.bytes_out.inc(reader.length)
+        return response
+    except RegistryError as exc:
+        # Headers are out: the only honest signal left is a broken connection.
+        log.warning("blob stream aborted", extra={"digest": reader.digest, "error": str(exc)})
+        _abort(request)
+        return response
+    finally:
+        metrics.in_flight_streams.dec()
+        await reader.close()
+
+
+async def _copy(request: web.Request, response: web.StreamResponse, reader: BlobReader, verify: bool) -> None:
+    hasher = hashlib.new(reader.digest.split(":", 1)[0]) if verify else None
+    sent = 0
+    async for chunk in reader:
+        if hasher is not None:
+            if len(chunk) > 256 * 1024:
+                # hashlib releases the GIL on large buffers: hash beside the network write.
+                await asyncio.gather(asyncio.to_thread(hasher.update, chunk), response.write(chunk))
+            else:
+                hasher.update(chunk)
+                await response.write(chunk)
+        else:
+            await response.write(chunk)
+        sent += len(chunk)
+    if sent != reader.length:
+        raise RegistryError(Errors.UNAVAILABLE, {"expected": reader.length, "received": sent},
+                            message="backend stream ended early")
+    if hasher is not None and f"{reader.digest.split(':', 1)[0]}:{hasher.hexdigest()}" != reader.digest:
+        raise RegistryError(Errors.UNAVAILABLE, {"digest": reader.digest}, message="backend blob failed digest verification")
+
+
+async def _sendfile(request: web.Request, response: web.StreamResponse, reader: BlobReader) -> None:
+    """Zero-copy from a local file; TLS transports can't, so they take the chunk loop."""
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("client disconnected")
+    assert reader.path is not None
+    with open(reader.path, "rb") as fobj:
+        try:
+            await asyncio.get_running_loop().sendfile(transport, fobj, reader.start, reader.length)
+            return
+        except NotImplementedError:
+            pass
+    async for chunk in reader:
+        await response.write(chunk)
+
+
+def _abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()

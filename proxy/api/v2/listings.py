@@ -1,0 +1,40 @@
+"""Tags, catalog and referrers listings (distribution-spec §Listing tags, §Referrers)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from ...oci import mediatypes as mt
+from ...service.referrers import referrers_document
+from ..state import REGISTRY
+from .common import digest_param, page_size, repo_name
+
+
+def _link(path: str, n: int | None, last: str | None) -> dict[str, str]:
+    if last is None or n is None:
+        return {}
+    return {"Link": f'<{path}?{urlencode({"n": n, "last": last})}>; rel="next"'}
+
+
+async def tags(request: web.Request) -> web.Response:
+    repo = repo_name(request)
+    n = page_size(request)
+    page, next_last = await request.app[REGISTRY].tags(repo, n, request.query.get("last"))
+    return web.json_response({"name": repo, "tags": page}, headers=_link(request.path, n, next_last))
+
+
+async def catalog(request: web.Request) -> web.Response:
+    n = page_size(request)
+    page, next_last = await request.app[REGISTRY].catalog(n, request.query.get("last"))
+    return web.json_response({"repositories": page}, headers=_link(request.path, n, next_last))
+
+
+async def referrers(request: web.Request) -> web.Response:
+    repo = repo_name(request)
+    digest = digest_param(request.match_info["digest"])
+    artifact_type = request.query.get("artifactType")
+    found = await request.app[REGISTRY].list_referrers(repo, digest, artifact_type)
+    headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type is not None else {}
+    return web.json_response(referrers_document(found), headers=headers, content_type=mt.OCI_INDEX)

@@ -1,0 +1,135 @@
+"""Blob uploads (distribution-spec §Pushing blobs): sessions, chunks, mounts.
+
+Each response carries the session's ``Location``; a backend may change the upload id at
+every step (the remote backend does), so clients always follow the latest Location."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from ...backend import BlobInfo, UploadStatus
+from ...oci.errors import Errors, RegistryError
+from ...oci.reference import validate_name
+from ..state import REGISTRY
+from ..streaming import request_chunks
+from .common import digest_param, location, repo_name
+
+_CONTENT_RANGE_RE = re.compile(r"^(?:bytes )?(\d+)-(\d+)$")
+
+
+def _session_response(request: web.Request, repo: str, status: UploadStatus, code: int) -> web.Response:
+    end = max(status.offset - 1, 0)
+    return web.Response(
+        status=code,
+        headers={
+            "Location": location(request, f"/v2/{repo}/blobs/uploads/{status.upload_id}"),
+            "Range": f"0-{end}",
+            "Docker-Upload-UUID": status.upload_id,
+            "Content-Length": "0",
+        },
+    )
+
+
+def _blob_created(request: web.Request, repo: str, blob: BlobInfo) -> web.Response:
+    return web.Response(
+        status=201,
+        headers={
+            "Location": location(request, f"/v2/{repo}/blobs/{blob.digest}"),
+            "Docker-Content-Digest": blob.digest,
+            "Content-Length": "0",
+        },
+    )
+
+
+def _declared_length(request: web.Request) -> int | None:
+    length = request.content_length
+    if length is not None and length < 0:
+        raise RegistryError(Errors.SIZE_INVALID, {"Content-Length": length})
+    return length
+
+
+async def start_upload(request: web.Request) -> web.Response:
+    repo = repo_name(request)
+    backend = request.app[REGISTRY].backend
+    mount, source = request.query.get("mount"), request.query.get("from")
+    if mount is not None:
+        digest = digest_param(mount)
+        if source:
+            validate_name(source)
+            blob = await backend.mount_blob(repo, digest, source)
+            if blob is not None:
+                return _blob_created(request, repo, blob)
+        # Spec: a mount that can't be made falls back to an ordinary session (202).
+    digest_arg = request.query.get("digest")
+    if digest_arg is not None:  # monolithic: POST ?digest= with the whole body
+        digest = digest_param(digest_arg)
+        status = await backend.start_upload(repo)
+        blob = await _finish(request, repo, status.upload_id, digest)
+        return _blob_created(request, repo, blob)
+    status = await backend.start_upload(repo)
+    return _session_response(request, repo, status, 202)
+
+
+async def upload_status(request: web.Request) -> web.Response:
+    repo = repo_name(request)
+    status = await request.app[REGISTRY].backend.upload_status(repo, request.match_info["upload_id"])
+    return _session_response(request, repo, status, 204)
+
+
+async def patch_upload(request: web.Request) -> web.Response:
+    repo = repo_name(request)
+    upload_id = request.match_info["upload_id"]
+    backend = request.app[REGISTRY].backend
+    start: int | None = None
+    limit = _declared_length(request)
+    content_range = request.headers.get("Content-Range")
+    if content_range is not None:
+        match = _CONTENT_RANGE_RE.match(content_range.strip())
+        if not match or int(match.group(2)) < int(match.group(1)):
+            raise RegistryError(Errors.RANGE_INVALID, {"Content-Range": content_range[:100]})
+        start, end = int(match.group(1)), int(match.group(2))
+        if limit is not None and limit != end - start + 1:
+            raise RegistryError(Errors.SIZE_INVALID, {"Content-Range": content_range, "Content-Length": limit})
+        limit = end - start + 1
+        current = await backend.upload_status(repo, upload_id)
+        if start != current.offset:
+            raise RegistryError(
+                Errors.RANGE_INVALID,
+                {"expected_start": current.offset, "Content-Range": content_range},
+                headers={"Location": location(request, f"/v2/{repo}/blobs/uploads/{current.upload_id}"),
+                         "Range": f"0-{max(current.offset - 1, 0)}"},
+            )
+    status = await backend.write_upload(repo, upload_id, request_chunks(request, limit), start)
+    return _session_response(request, repo, status, 202)
+
+
+async def finish_upload(request: web.Request) -> web.Response:
+    repo = repo_name(request)
+    digest = digest_param(request.query.get("digest"))
+    blob = await _finish(request, repo, request.match_info["upload_id"], digest)
+    return _blob_created(request, repo, blob)
+
+
+async def _finish(request: web.Request, repo: str, upload_id: str, digest: str) -> BlobInfo:
+    backend = request.app[REGISTRY].backend
+    length = _declared_length(request)
+    has_body = bool(length) or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
+    chunks = request_chunks(request, length) if has_body else None
+    try:
+        return await backend.finish_upload(repo, upload_id, digest, chunks)
+    except RegistryError as exc:
+        if exc.error in (Errors.SIZE_INVALID, Errors.UNAVAILABLE):
+            # A failed close must not leave a half-written session behind.
+            try:
+                await backend.cancel_upload(repo, upload_id)
+            except RegistryError:
+                pass
+        raise
+
+
+async def cancel_upload(request: web.Request) -> web.Response:
+    repo = repo_name(request)
+    await request.app[REGISTRY].backend.cancel_upload(repo, request.match_info["upload_id"])
+    return web.Response(status=204)

@@ -1,0 +1,84 @@
+"""Application wiring: build the services from config and mount the HTTP routes.
+
+Lifetimes go through ``cleanup_ctx``: open on start-up, ``yield``, close on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from .api import middleware
+from .api.ops import add_ops_routes
+from .api.routes import V2_ROUTES, add_routes
+from .api.state import CONFIG, DATABASE, EVENTS, METRICS, POLICY, REGISTRY
+from .api.v2 import HANDLERS
+from .backend import Backend
+from .backend.factory import create_backend
+from .config import Config
+from .meta import Database
+from .metrics import Metrics
+from .service import referrers
+from .service.events import EventBus
+from .service.policy import AllowAll, PolicyChain
+from .service.registry import RegistryService
+
+__all__ = ["create_app", "BACKEND"]
+
+log = logging.getLogger(__name__)
+
+BACKEND = web.AppKey("backend", Backend)
+# How often expired upload sessions are swept.
+_SWEEP_INTERVAL = 600.0
+
+
+def create_app(config: Config, *, backend: Backend | None = None) -> web.Application:
+    app = web.Application(
+        middlewares=[middleware.observe, middleware.registry_errors, middleware.policy_check],
+        client_max_size=1024**4,  # bodies are streamed; limits are enforced per route
+    )
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app[EVENTS] = EventBus()
+    app[POLICY] = PolicyChain([AllowAll()])
+    app[DATABASE] = Database(config.metadata.path)
+    app[BACKEND] = backend = backend or create_backend(config.storage)
+    app[REGISTRY] = RegistryService(
+        backend,
+        referrers.ReferrersIndex(app[DATABASE], backend),
+        app[EVENTS],
+        max_manifest_bytes=config.server.max_manifest_bytes,
+    )
+    app.cleanup_ctx.append(_storage)
+    app.on_response_prepare.append(middleware.add_api_version)
+    add_routes(app, V2_ROUTES, HANDLERS)
+    add_ops_routes(app)
+    return app
+
+
+async def _storage(app: web.Application) -> AsyncIterator[None]:
+    db, backend = app[DATABASE], app[BACKEND]
+    await db.open()
+    await db.migrate(referrers.SCHEMA)
+    await backend.start()
+    sweeper = asyncio.create_task(_sweep_uploads(backend))
+    yield
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
+    await backend.close()
+    await db.close()
+
+
+async def _sweep_uploads(backend: Backend) -> None:
+    while True:
+        try:
+            removed = await backend.purge_expired_uploads()
+            if removed:
+                log.info("expired upload sessions removed", extra={"count": removed})
+        except Exception:  # noqa: BLE001 - the sweeper must outlive a bad pass
+            log.exception("upload sweep failed")
+        await asyncio.sleep(_SWEEP_INTERVAL)

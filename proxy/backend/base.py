@@ -1,0 +1,177 @@
+"""The storage contract every backend implements.
+
+The registry API handlers and the packer talk to storage only through ``Backend``;
+they cannot tell the embedded filesystem store from a remote registry. Backends raise
+``RegistryError`` from the one error table (``BLOB_UNKNOWN``, ``MANIFEST_UNKNOWN``,
+``BLOB_UPLOAD_UNKNOWN``, ``DIGEST_INVALID``, ``RANGE_INVALID``, ``UNAVAILABLE`` …) and
+never leak foreign exceptions (``OSError``, ``aiohttp.ClientError``).
+
+Blob content always moves as async iterables of ``bytes`` chunks of bounded size: a
+backend never holds a whole blob in memory.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterable, AsyncIterator
+
+__all__ = ["Backend", "BlobInfo", "BlobReader", "ManifestData", "ManifestInfo", "UploadStatus"]
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    digest: str
+    media_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ManifestData:
+    digest: str
+    media_type: str
+    data: bytes
+
+    @property
+    def info(self) -> ManifestInfo:
+        return ManifestInfo(self.digest, self.media_type, len(self.data))
+
+
+@dataclass(frozen=True)
+class UploadStatus:
+    upload_id: str
+    offset: int  # bytes received so far
+
+
+class BlobReader(ABC):
+    """An open blob (or a byte range of one), consumed once as an async iterator.
+
+    ``size`` is the blob's full size; ``start``/``length`` describe the range served.
+    ``path`` is set when the bytes live in a local file at ``start`` so the HTTP layer
+    may use ``sendfile`` instead of iterating. ``close()`` releases the file or the
+    upstream connection and is safe to call twice.
+    """
+
+    digest: str
+    size: int
+    start: int
+    length: int
+    path: Path | None = None
+
+    @abstractmethod
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> "BlobReader":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class Backend(ABC):
+    """Content storage: blobs, upload sessions, manifests, tags, repositories."""
+
+    name: str = "backend"
+
+    async def start(self) -> None:
+        """Open connections or directories; called once before serving."""
+
+    async def close(self) -> None:
+        """Release everything; called once on shutdown."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise ``RegistryError(UNAVAILABLE)`` if storage cannot serve requests."""
+
+    # -- blobs ---------------------------------------------------------------
+    @abstractmethod
+    async def stat_blob(self, repo: str, digest: str) -> BlobInfo:
+        """Size of a blob linked into ``repo``; ``BLOB_UNKNOWN`` if absent."""
+
+    @abstractmethod
+    async def open_blob(self, repo: str, digest: str, start: int = 0, length: int | None = None) -> BlobReader:
+        """Open ``[start, start+length)`` of a blob (``length=None``: to the end).
+
+        The caller has validated the range against ``stat_blob``; a backend still
+        raises ``RANGE_INVALID`` for a start past the end."""
+
+    @abstractmethod
+    async def delete_blob(self, repo: str, digest: str) -> None:
+        """Unlink a blob from ``repo``; ``BLOB_UNKNOWN`` if absent."""
+
+    @abstractmethod
+    async def mount_blob(self, repo: str, digest: str, from_repo: str) -> BlobInfo | None:
+        """Link an existing blob of ``from_repo`` into ``repo``; ``None`` if it can't."""
+
+    # -- uploads -------------------------------------------------------------
+    @abstractmethod
+    async def start_upload(self, repo: str) -> UploadStatus:
+        """Open an upload session."""
+
+    @abstractmethod
+    async def upload_status(self, repo: str, upload_id: str) -> UploadStatus:
+        """Offset of a session; ``BLOB_UPLOAD_UNKNOWN`` if there is none."""
+
+    @abstractmethod
+    async def write_upload(
+        self, repo: str, upload_id: str, chunks: AsyncIterable[bytes], start: int | None = None
+    ) -> UploadStatus:
+        """Append a chunk. ``start`` (from ``Content-Range``) must equal the current
+        offset, else ``RANGE_INVALID``; ``None`` means "append" (streamed upload)."""
+
+    @abstractmethod
+    async def finish_upload(
+        self, repo: str, upload_id: str, digest: str, chunks: AsyncIterable[bytes] | None = None
+    ) -> BlobInfo:
+        """Append the optional final chunk, verify ``digest`` over all content and
+        publish the blob atomically. On mismatch: ``DIGEST_INVALID``, nothing is
+        published and the session is discarded."""
+
+    async def purge_expired_uploads(self) -> int:
+        """Remove sessions idle past their expiry; returns how many. Remote registries
+        expire their own sessions, so the default does nothing."""
+        return 0
+
+    @abstractmethod
+    async def cancel_upload(self, repo: str, upload_id: str) -> None:
+        """Discard a session and its data; ``BLOB_UPLOAD_UNKNOWN`` if there is none."""
+
+    # -- manifests -----------------------------------------------------------
+    @abstractmethod
+    async def get_manifest(self, repo: str, reference: str) -> ManifestData:
+        """Manifest bytes exactly as pushed, by tag or digest; ``MANIFEST_UNKNOWN``."""
+
+    @abstractmethod
+    async def stat_manifest(self, repo: str, reference: str) -> ManifestInfo:
+        """Digest, media type and size without the body; ``MANIFEST_UNKNOWN``."""
+
+    @abstractmethod
+    async def put_manifest(
+        self, repo: str, reference: str, data: bytes, media_type: str, digest: str
+    ) -> None:
+        """Store manifest bytes under ``digest`` and, if ``reference`` is a tag, tag it.
+
+        The caller has parsed and validated the manifest and computed ``digest``."""
+
+    @abstractmethod
+    async def delete_manifest(self, repo: str, reference: str) -> None:
+        """Delete a manifest by digest (and every tag pointing at it) or untag a tag."""
+
+    @abstractmethod
+    async def list_tags(self, repo: str) -> list[str]:
+        """All tags of ``repo``, sorted; ``NAME_UNKNOWN`` if the repository is unknown."""
+
+    @abstractmethod
+    async def list_repositories(self) -> list[str]:
+        """All repository names, sorted."""
+

@@ -1,0 +1,53 @@
+"""The ``algomint`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .config import ConfigError, load_config
+from .logs import setup_logging
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = Path("config/algomint.toml")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {}
+    if args.listen:
+        overrides["server__listen"] = args.listen
+    path = args.config
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    try:
+        config = load_config(path, **overrides)
+    except ConfigError as exc:
+        print(f"algomint: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log.level)
+    from .server import serve
+
+    serve(config)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="algomint", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the registry service")
+    serve.add_argument("--config", type=Path, help="TOML config file (default: config/algomint.toml if present)")
+    serve.add_argument("--listen", help="HOST:PORT to listen on (overrides server.listen)")
+    serve.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

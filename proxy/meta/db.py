@@ -1,0 +1,128 @@
+"""One SQLite database for all metadata, behind a small async interface.
+
+Components own their tables: each declares its schema as ``CREATE … IF NOT EXISTS``
+statements and passes them to ``Database.migrate`` at start-up. Writes are serialised by
+one connection (SQLite allows a single writer); WAL lets reads run alongside. A shared
+SQL server can replace this class without touching its callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterable, Iterator, Sequence
+
+import aiosqlite
+
+__all__ = ["Database", "MetadataError"]
+
+
+class MetadataError(Exception):
+    """The metadata store failed (disk full, locked, corrupt)."""
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise MetadataError(f"metadata store: {exc}") from exc
+
+
+class Database:
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self._conn: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with _translated():
+            self._conn = await aiosqlite.connect(self.path, isolation_level=None)
+            self._conn.row_factory = aiosqlite.Row
+            await self._conn.execute("PRAGMA journal_mode=WAL")
+            await self._conn.execute("PRAGMA synchronous=NORMAL")
+            await self._conn.execute("PRAGMA foreign_keys=ON")
+            await self._conn.execute("PRAGMA busy_timeout=5000")
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    @property
+    def conn(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise MetadataError("metadata store is not open")
+        return self._conn
+
+    async def migrate(self, statements: Sequence[str]) -> None:
+        async with self.transaction() as tx:
+            for statement in statements:
+                await tx.execute(statement)
+
+    async def ping(self) -> None:
+        await self.fetchone("SELECT 1")
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one write statement in its own transaction; returns rows changed."""
+        async with self.transaction() as tx:
+            return await tx.execute(sql, params)
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        with _translated():
+            async with self.conn.execute(sql, params) as cursor:
+                return await cursor.fetchone()
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with _translated():
+            async with self.conn.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator["Transaction"]:
+        """An immediate (write) transaction: commits on success, rolls back on error."""
+        async with self._write_lock:
+            with _translated():
+                await self.conn.execute("BEGIN IMMEDIATE")
+            tx = Transaction(self.conn)
+            try:
+                yield tx
+            except BaseException:
+                with _translated():
+                    await self.conn.rollback()
+                raise
+            else:
+                with _translated():
+                    await self.conn.commit()
+
+
+class Transaction:
+    """Statements inside one ``Database.transaction()``."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with _translated():
+            cursor = await self._conn.execute(sql, params)
+            count = cursor.rowcount
+            await cursor.close()
+            return count
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with _translated():
+            await self._conn.executemany(sql, rows)
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        with _translated():
+            async with self._conn.execute(sql, params) as cursor:
+                return await cursor.fetchone()
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with _translated():
+            async with self._conn.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())

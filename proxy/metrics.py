@@ -1,0 +1,35 @@
+"""Prometheus metrics, one registry per app so tests and replicas don't share state."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "algomint_http_requests", "HTTP requests by route and status", ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "algomint_http_request_duration_seconds", "Time to the end of the response", ["route", "method"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.bytes_in = Counter("algomint_http_received_bytes", "Request body bytes received", registry=self.registry)
+        self.bytes_out = Counter("algomint_http_sent_bytes", "Blob and archive bytes sent", registry=self.registry)
+        self.in_flight_streams = Gauge(
+            "algomint_streams_in_flight", "Blob and archive streams being served", registry=self.registry
+        )
+        self.in_flight_requests = Gauge(
+            "algomint_http_requests_in_flight", "Requests being handled", registry=self.registry
+        )
+        self.backend_errors = Counter(
+            "algomint_backend_errors", "Backend failures seen by requests", ["code"], registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

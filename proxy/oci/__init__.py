@@ -1,0 +1,1 @@
+"""OCI vocabulary: error table, reference grammar, media types and manifest parsing."""

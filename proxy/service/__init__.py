@@ -1,0 +1,1 @@
+"""Service logic below the HTTP layer: registry rules, policy and events."""

@@ -1,0 +1,104 @@
+"""The referrers index (distribution-spec §Listing Referrers), kept by algomint itself.
+
+Every manifest with a ``subject`` that passes through algomint is recorded here, so the
+referrers API works the same on every backend, including registries without one
+(distribution 2.8). Referrers pushed straight to the backend by clients that use the
+spec's fallback tag schema (``<alg>-<hex>`` tags holding an index) are merged in."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..backend import Backend
+from ..meta import Database
+from ..oci import mediatypes as mt
+from ..oci.errors import Errors, RegistryError
+from ..oci.manifest import Descriptor, ParsedManifest, parse_manifest
+
+__all__ = ["ReferrersIndex", "SCHEMA", "fallback_tag", "referrers_document"]
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS referrers (
+        repo TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        artifact_type TEXT,
+        annotations TEXT,
+        PRIMARY KEY (repo, subject, digest)
+    )""",
+    "CREATE INDEX IF NOT EXISTS referrers_by_digest ON referrers (repo, digest)",
+]
+
+
+def fallback_tag(digest: str) -> str:
+    """The referrers tag schema: ``sha256:abc`` -> ``sha256-abc``."""
+    return digest.replace(":", "-", 1)[:128]
+
+
+class ReferrersIndex:
+    def __init__(self, db: Database, backend: Backend) -> None:
+        self.db = db
+        self.backend = backend
+
+    async def record(self, repo: str, digest: str, size: int, manifest: ParsedManifest) -> None:
+        if manifest.subject is None:
+            return
+        await self.db.execute(
+            "INSERT OR REPLACE INTO referrers VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                repo,
+                manifest.subject.digest,
+                digest,
+                manifest.media_type,
+                size,
+                manifest.artifact_type,
+                json.dumps(manifest.annotations, sort_keys=True) if manifest.annotations else None,
+            ),
+        )
+
+    async def forget(self, repo: str, digest: str) -> None:
+        await self.db.execute("DELETE FROM referrers WHERE repo = ? AND digest = ?", (repo, digest))
+
+    async def list(self, repo: str, subject: str, artifact_type: str | None = None) -> list[Descriptor]:
+        rows = await self.db.fetchall(
+            "SELECT digest, media_type, size, artifact_type, annotations FROM referrers"
+            " WHERE repo = ? AND subject = ? ORDER BY digest",
+            (repo, subject),
+        )
+        found: dict[str, Descriptor] = {
+            row["digest"]: Descriptor(
+                row["media_type"],
+                row["digest"],
+                row["size"],
+                row["artifact_type"],
+                json.loads(row["annotations"]) if row["annotations"] else None,
+            )
+            for row in rows
+        }
+        for descriptor in await self._fallback(repo, subject):
+            found.setdefault(descriptor.digest, descriptor)
+        result = sorted(found.values(), key=lambda d: d.digest)
+        if artifact_type is not None:
+            result = [d for d in result if d.artifact_type == artifact_type]
+        return result
+
+    async def _fallback(self, repo: str, subject: str) -> list[Descriptor]:
+        try:
+            data = await self.backend.get_manifest(repo, fallback_tag(subject))
+            index = parse_manifest(data.data, data.media_type)
+        except RegistryError as exc:
+            if exc.error is Errors.UNAVAILABLE:
+                raise
+            return []  # no fallback tag, or not an index: nothing to merge
+        return list(index.manifests) if index.is_index else []
+
+
+def referrers_document(descriptors: list[Descriptor]) -> dict[str, Any]:
+    return {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_INDEX,
+        "manifests": [d.to_json() for d in descriptors],
+    }

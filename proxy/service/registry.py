@@ -1,0 +1,200 @@
+"""Registry rules above the storage backend.
+
+Manifest validation, Accept negotiation, the digest-addressed manifest cache, the
+referrers index, pagination and the "manifest stored" event live here, so every backend
+behaves the same and the HTTP handlers only parse and respond."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..backend import Backend, ManifestData, ManifestInfo
+from ..oci.errors import Errors, RegistryError
+from ..oci.manifest import Descriptor, ParsedManifest, accepts, parse_manifest
+from ..oci.reference import is_digest, parse_digest, sha256_digest, validate_tag
+from .events import EventBus, ManifestDeleted, ManifestStored
+from .referrers import ReferrersIndex
+
+__all__ = ["RegistryService", "StoredManifest", "paginate"]
+
+# Child presence checks run concurrently, but not unboundedly against the backend.
+_CHECK_CONCURRENCY = 16
+
+
+@dataclass(frozen=True)
+class StoredManifest:
+    digest: str
+    manifest: ParsedManifest
+
+
+class _ManifestCache:
+    """LRU of digest-addressed manifests: immutable, so safe to serve from memory."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, str], ManifestData] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, repo: str, digest: str) -> ManifestData | None:
+        item = self._items.get((repo, digest))
+        if item is not None:
+            self._items.move_to_end((repo, digest))
+        return item
+
+    def put(self, repo: str, item: ManifestData) -> None:
+        if len(item.data) > self.max_bytes // 8:
+            return
+        key = (repo, item.digest)
+        if key in self._items:
+            return
+        self._items[key] = item
+        self._bytes += len(item.data)
+        while self._bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= len(old.data)
+
+    def drop(self, repo: str, digest: str) -> None:
+        old = self._items.pop((repo, digest), None)
+        if old is not None:
+            self._bytes -= len(old.data)
+
+
+def paginate(items: Sequence[str], n: int | None, last: str | None) -> tuple[list[str], str | None]:
+    """Lexically sorted ``items`` after ``last``, at most ``n``; returns the page and the
+    ``last`` value for the next page (``None`` when this is the final page)."""
+    start = bisect.bisect_right(items, last) if last else 0
+    if n is None:
+        return list(items[start:]), None
+    page = list(items[start : start + n])
+    more = start + n < len(items)
+    return page, (page[-1] if more and page else None)
+
+
+class RegistryService:
+    def __init__(
+        self,
+        backend: Backend,
+        referrers: ReferrersIndex,
+        events: EventBus,
+        *,
+        max_manifest_bytes: int = 4 * 1024 * 1024,
+        manifest_cache_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.backend = backend
+        self.referrers = referrers
+        self.events = events
+        self.max_manifest_bytes = max_manifest_bytes
+        self._cache = _ManifestCache(manifest_cache_bytes)
+
+    # -- manifests -------------------------------------------------------------
+    async def get_manifest(self, repo: str, reference: str, accept: Sequence[str] = ()) -> ManifestData:
+        if is_digest(reference):
+            parse_digest(reference)
+            item = self._cache.get(repo, reference)
+            if item is None:
+                item = await self.backend.get_manifest(repo, reference)
+                if item.digest != reference:
+                    raise RegistryError(Errors.UNAVAILABLE, message="backend returned a manifest with another digest")
+                self._cache.put(repo, item)
+        else:
+            validate_tag(reference)
+            item = await self.backend.get_manifest(repo, reference)
+            self._cache.put(repo, item)
+        self._negotiate(item.media_type, accept, reference)
+        return item
+
+    async def stat_manifest(self, repo: str, reference: str, accept: Sequence[str] = ()) -> ManifestInfo:
+        if is_digest(reference):
+            parse_digest(reference)
+            item = self._cache.get(repo, reference)
+            if item is not None:
+                self._negotiate(item.media_type, accept, reference)
+                return item.info
+        else:
+            validate_tag(reference)
+        info = await self.backend.stat_manifest(repo, reference)
+        self._negotiate(info.media_type, accept, reference)
+        return info
+
+    @staticmethod
+    def _negotiate(media_type: str, accept: Sequence[str], reference: str) -> None:
+        if not accepts(media_type, accept):
+            raise RegistryError(
+                Errors.MANIFEST_UNKNOWN,
+                {"reference": reference, "mediaType": media_type, "reason": "not in the accepted media types"},
+            )
+
+    async def put_manifest(
+        self, repo: str, reference: str, data: bytes, content_type: str | None, actor: str | None = None
+    ) -> StoredManifest:
+        if len(data) > self.max_manifest_bytes:
+            raise RegistryError(Errors.MANIFEST_TOO_LARGE, {"size": len(data), "limit": self.max_manifest_bytes})
+        tag: str | None = None
+        digest = sha256_digest(data)
+        if is_digest(reference):
+            wanted = parse_digest(reference)
+            if wanted.algorithm != "sha256":
+                digest = f"{wanted.algorithm}:{hashlib.new(wanted.algorithm, data).hexdigest()}"
+            if digest != reference:
+                raise RegistryError(Errors.DIGEST_INVALID, {"reference": reference, "computed": digest})
+        else:
+            tag = validate_tag(reference)
+        manifest = parse_manifest(data, content_type)
+        await self._check_references(repo, manifest)
+        await self.backend.put_manifest(repo, reference, data, manifest.media_type, digest)
+        self._cache.put(repo, ManifestData(digest, manifest.media_type, data))
+        await self.referrers.record(repo, digest, len(data), manifest)
+        await self.events.publish(ManifestStored(repo, digest, manifest.media_type, tag, manifest, actor))
+        return StoredManifest(digest, manifest)
+
+    async def _check_references(self, repo: str, manifest: ParsedManifest) -> None:
+        limit = asyncio.Semaphore(_CHECK_CONCURRENCY)
+
+        async def present(descriptor: Descriptor, is_manifest: bool) -> Descriptor | None:
+            async with limit:
+                try:
+                    if is_manifest:
+                        await self.backend.stat_manifest(repo, descriptor.digest)
+                    else:
+                        await self.backend.stat_blob(repo, descriptor.digest)
+                except RegistryError as exc:
+                    if exc.error in (Errors.BLOB_UNKNOWN, Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
+                        return descriptor
+                    raise
+                return None
+
+        checks = [present(d, False) for d in manifest.blobs] + [present(d, True) for d in manifest.manifests]
+        missing = [d for d in await asyncio.gather(*checks) if d is not None]
+        if missing:
+            raise RegistryError(
+                Errors.MANIFEST_BLOB_UNKNOWN,
+                {"missing": [{"digest": d.digest, "mediaType": d.media_type} for d in missing[:20]]},
+            )
+
+    async def delete_manifest(self, repo: str, reference: str, actor: str | None = None) -> None:
+        if is_digest(reference):
+            parse_digest(reference)
+        else:
+            validate_tag(reference)
+        await self.backend.delete_manifest(repo, reference)
+        if is_digest(reference):
+            self._cache.drop(repo, reference)
+            await self.referrers.forget(repo, reference)
+        await self.events.publish(ManifestDeleted(repo, reference, actor))
+
+    async def list_referrers(self, repo: str, digest: str, artifact_type: str | None) -> list[Descriptor]:
+        parse_digest(digest)
+        return await self.referrers.list(repo, digest, artifact_type)
+
+    # -- listings ----------------------------------------------------------------
+    async def tags(self, repo: str, n: int | None, last: str | None) -> tuple[list[str], str | None]:
+        return paginate(await self.backend.list_tags(repo), n, last)
+
+    async def catalog(self, n: int | None, last: str | None) -> tuple[list[str], str | None]:
+        return paginate(await self.backend.list_repositories(), n, last)
+
