@@ -1,0 +1,751 @@
+"""Embedded default storage: a content-addressed store on the local filesystem.
+
+On-disk layout under ``root`` (modelled on distribution's ``storage/paths.go``)::
+
+    _tmp/                                        staging for atomic writes (same filesystem)
+    blobs/<algo>/<2 hex>/<hex>                   blob content, shared by every repository;
+                                                 manifests are stored here too
+    repositories/<repo>/                         <repo> may contain '/' (nested directories)
+        _layers/<algo>/<hex>                     empty file: the blob is linked into <repo>
+        _manifests/revisions/<algo>/<hex>        the manifest is linked into <repo>; the link
+                                                 file is its sidecar: {"mediaType": "..."}
+        _manifests/tags/<tag>                    the digest the tag points at (text)
+        _uploads/<uuid>/startedat                ISO-8601 UTC start time of the session
+        _uploads/<uuid>/data                     bytes received so far
+
+Repository name components never start with ``_`` (``proxy.oci.reference.NAME_RE``), so the
+``_layers``/``_manifests``/``_uploads`` directories cannot collide with nested repositories.
+
+Every file that readers may see is published atomically: written to a temp file in
+``_tmp`` (or, for uploads, the session's own ``data`` file), fsynced, then ``os.replace``d
+into place. Publishing the same content twice is harmless (same bytes, same name).
+
+Upload sessions live on disk and survive a restart. A running sha256 is kept in memory per
+session so finishing an upload needs no re-read in the common case; after a restart (or
+if the in-memory state does not match the file) the data is re-hashed from disk in chunks.
+
+All disk work runs in worker threads (``asyncio.to_thread``); ``OSError`` never escapes:
+it becomes the matching ``RegistryError`` or ``UNAVAILABLE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import weakref
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, AsyncIterable, AsyncIterator, Callable, TypeVar
+
+from ..oci.errors import Errors, RegistryError
+from ..oci.reference import TAG_RE, Digest, is_digest, parse_digest, validate_name, validate_tag
+from .base import Backend, BlobInfo, BlobReader, ManifestData, ManifestInfo, UploadStatus
+
+__all__ = ["FilesystemBackend"]
+
+T = TypeVar("T")
+
+# The running hash kept per upload session; other algorithms re-hash from disk at finish.
+_RUNNING_ALGORITHM = "sha256"
+
+
+@dataclass
+class _HashState:
+    """Running hash of an upload session's first ``offset`` bytes."""
+
+    repo: str
+    offset: int
+    hasher: Any  # hashlib._Hash
+
+
+def _disk_error(exc: OSError, action: str) -> RegistryError:
+    """Translate an unexpected ``OSError`` into ``UNAVAILABLE`` without leaking paths."""
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        reason = "storage is full"
+    elif exc.errno == errno.EROFS:
+        reason = "storage is read-only"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        reason = "storage permission denied"
+    else:
+        reason = "storage error"
+    detail = {"action": action, "error": exc.strerror or type(exc).__name__}
+    return RegistryError(Errors.UNAVAILABLE, detail, message=f"{reason} while trying to {action}")
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename/creation in ``path`` durable; best effort (not every OS can open dirs)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class _FileBlobReader(BlobReader):
+    """A byte range of a blob file, read in ``chunk_size`` pieces with ``pread``."""
+
+    def __init__(
+        self,
+        backend: "FilesystemBackend",
+        fd: int,
+        path: Path,
+        digest: str,
+        size: int,
+        start: int,
+        length: int,
+    ) -> None:
+        self._backend = backend
+        self._fd: int | None = fd
+        self._iterated = False
+        self.path = path
+        self.digest = digest
+        self.size = size
+        self.start = start
+        self.length = length
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._iterated:
+            raise RuntimeError("a BlobReader can be consumed only once")
+        self._iterated = True
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        position, end = self.start, self.start + self.length
+        try:
+            while position < end:
+                fd = self._fd
+                if fd is None:
+                    return  # closed under us: stop quietly, the consumer asked for it
+                want = min(self._backend.chunk_size, end - position)
+                data = await self._backend._run(os.pread, fd, want, position, action="read a blob")
+                if not data:
+                    # The file is shorter than its stat said: never serve a short body silently.
+                    raise RegistryError(
+                        Errors.UNAVAILABLE, {"digest": self.digest}, message="blob is truncated on disk"
+                    )
+                position += len(data)
+                yield data
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class FilesystemBackend(Backend):
+    """Content-addressed blobs, manifests and durable upload sessions under ``root``.
+
+    ``upload_expiry`` (seconds) is the age after which ``purge_expired_uploads`` removes a
+    session; ``chunk_size`` bounds every read and write. Deleting a blob or a manifest only
+    unlinks it from the repository: content files stay until a garbage collector (out of
+    scope here) removes unreferenced ones.
+    """
+
+    name = "filesystem"
+
+    def __init__(self, root: Path, *, upload_expiry: float = 24 * 3600, chunk_size: int = 1024 * 1024) -> None:
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        self.root = Path(root)
+        self.upload_expiry = upload_expiry
+        self.chunk_size = chunk_size
+        self._tmp = self.root / "_tmp"
+        self._blobs = self.root / "blobs"
+        self._repositories = self.root / "repositories"
+        # Keyed by upload id; the repo is checked too so an id never crosses repositories.
+        self._hashes: dict[str, _HashState] = {}
+        # One lock per live session serialises writes/finish/cancel/purge; weak values so
+        # locks of sessions nobody is touching disappear by themselves.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    # -- plumbing ------------------------------------------------------------
+    async def _run(self, fn: Callable[..., T], *args: Any, action: str) -> T:
+        """Run blocking disk work in a thread, translating ``OSError``.
+
+        If the caller is cancelled the thread can't be stopped, so we wait for it: the
+        session lock we may hold must keep covering the file until the work is done."""
+        task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await task
+            raise
+        except OSError as exc:
+            raise _disk_error(exc, action) from exc
+
+    def _repo_dir(self, repo: str) -> Path:
+        # The grammar forbids '..', empty and '_'-prefixed components: no traversal.
+        validate_name(repo)
+        return self._repositories.joinpath(*repo.split("/"))
+
+    def _blob_path(self, digest: Digest) -> Path:
+        return self._blobs / digest.algorithm / digest.encoded[:2] / digest.encoded
+
+    def _layer_link(self, repo: str, digest: Digest) -> Path:
+        return self._repo_dir(repo) / "_layers" / digest.algorithm / digest.encoded
+
+    def _revision_link(self, repo: str, digest: Digest) -> Path:
+        return self._repo_dir(repo) / "_manifests" / "revisions" / digest.algorithm / digest.encoded
+
+    def _tags_dir(self, repo: str) -> Path:
+        return self._repo_dir(repo) / "_manifests" / "tags"
+
+    def _session_dir(self, repo: str, upload_id: str) -> Path:
+        """The session directory of a well-formed id; ``BLOB_UPLOAD_UNKNOWN`` otherwise."""
+        repo_dir = self._repo_dir(repo)
+        try:
+            canonical = str(uuid.UUID(upload_id))
+        except (ValueError, TypeError, AttributeError):
+            canonical = None
+        # Only the canonical lowercase form we hand out is accepted: no other spelling
+        # (and no path fragment) can reach the filesystem.
+        if canonical != upload_id:
+            raise RegistryError(Errors.BLOB_UPLOAD_UNKNOWN, {"upload": str(upload_id)[:100]})
+        return repo_dir / "_uploads" / canonical
+
+    def _session_lock(self, upload_id: str) -> asyncio.Lock:
+        lock = self._locks.get(upload_id)
+        if lock is None:
+            lock = self._locks[upload_id] = asyncio.Lock()
+        return lock
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        """Publish ``data`` at ``path``: temp file in ``_tmp``, fsync, ``os.replace``."""
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="w-", suffix=".tmp")
+        try:
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
+
+    def _has_blob(self, path: Path, size: int | None = None) -> bool:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return False
+        return size is None or st.st_size == size
+
+    # -- health --------------------------------------------------------------
+    async def start(self) -> None:
+        def make_dirs() -> None:
+            for path in (self._tmp, self._blobs, self._repositories):
+                path.mkdir(parents=True, exist_ok=True)
+
+        await self._run(make_dirs, action="create the storage directories")
+
+    async def ping(self) -> None:
+        def check() -> str | None:
+            if not self.root.is_dir():
+                return "storage root does not exist or is not a directory"
+            if not os.access(self.root, os.W_OK | os.X_OK):
+                return "storage root is not writable"
+            return None
+
+        problem = await self._run(check, action="check the storage root")
+        if problem is not None:
+            raise RegistryError(Errors.UNAVAILABLE, {"backend": self.name}, message=problem)
+
+    # -- blobs ---------------------------------------------------------------
+    def _stat_blob_sync(self, repo: str, digest: Digest) -> BlobInfo:
+        if not self._layer_link(repo, digest).is_file():
+            raise RegistryError(Errors.BLOB_UNKNOWN, {"digest": str(digest)})
+        try:
+            size = self._blob_path(digest).stat().st_size
+        except FileNotFoundError:
+            raise RegistryError(Errors.BLOB_UNKNOWN, {"digest": str(digest)}) from None
+        return BlobInfo(str(digest), size)
+
+    async def stat_blob(self, repo: str, digest: str) -> BlobInfo:
+        parsed = parse_digest(digest)
+        return await self._run(self._stat_blob_sync, repo, parsed, action="stat a blob")
+
+    async def open_blob(self, repo: str, digest: str, start: int = 0, length: int | None = None) -> BlobReader:
+        parsed = parse_digest(digest)
+        path = self._blob_path(parsed)
+
+        def open_file() -> tuple[int, int]:
+            self._stat_blob_sync(repo, parsed)  # checks the repository link
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise RegistryError(Errors.BLOB_UNKNOWN, {"digest": digest}) from None
+            try:
+                return fd, os.fstat(fd).st_size
+            except BaseException:
+                os.close(fd)
+                raise
+
+        fd, size = await self._run(open_file, action="open a blob")
+        if start < 0 or start > size or (length is not None and length < 0):
+            os.close(fd)
+            raise RegistryError(Errors.RANGE_INVALID, {"start": start, "length": length, "size": size})
+        available = size - start
+        length = available if length is None else min(length, available)
+        return _FileBlobReader(self, fd, path, str(parsed), size, start, length)
+
+    async def delete_blob(self, repo: str, digest: str) -> None:
+        parsed = parse_digest(digest)
+
+        def unlink() -> None:
+            try:
+                self._layer_link(repo, parsed).unlink()
+            except FileNotFoundError:
+                raise RegistryError(Errors.BLOB_UNKNOWN, {"digest": digest}) from None
+
+        await self._run(unlink, action="delete a blob")
+
+    async def mount_blob(self, repo: str, digest: str, from_repo: str) -> BlobInfo | None:
+        parsed = parse_digest(digest)
+        self._repo_dir(repo)  # validate the target before touching anything
+
+        def mount() -> BlobInfo | None:
+            try:
+                info = self._stat_blob_sync(from_repo, parsed)
+            except RegistryError as exc:
+                if exc.error in (Errors.BLOB_UNKNOWN, Errors.NAME_INVALID):
+                    return None  # the client falls back to a plain upload
+                raise
+            self._write_atomic(self._layer_link(repo, parsed), b"")
+            return info
+
+        return await self._run(mount, action="mount a blob")
+
+    # -- uploads -------------------------------------------------------------
+    async def start_upload(self, repo: str) -> UploadStatus:
+        upload_id = str(uuid.uuid4())
+        session = self._session_dir(repo, upload_id)
+
+        def create() -> None:
+            session.mkdir(parents=True)
+            started = datetime.now(timezone.utc).isoformat()
+            (session / "startedat").write_text(started, encoding="ascii")
+            # ``data`` last: a session exists once its data file does.
+            (session / "data").touch(exist_ok=False)
+            _fsync_dir(session)
+            _fsync_dir(session.parent)
+
+        await self._run(create, action="start an upload")
+        self._hashes[upload_id] = _HashState(repo, 0, hashlib.new(_RUNNING_ALGORITHM))
+        return UploadStatus(upload_id, 0)
+
+    def _offset_sync(self, session: Path, upload_id: str) -> int:
+        try:
+            return (session / "data").stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            raise RegistryError(Errors.BLOB_UPLOAD_UNKNOWN, {"upload": upload_id}) from None
+
+    async def upload_status(self, repo: str, upload_id: str) -> UploadStatus:
+        session = self._session_dir(repo, upload_id)
+        offset = await self._run(self._offset_sync, session, upload_id, action="read an upload")
+        return UploadStatus(upload_id, offset)
+
+    @staticmethod
+    def _append_sync(data_path: Path, data: bytes, state: _HashState | None) -> None:
+        # No O_CREAT: a session cancelled or purged meanwhile must not be resurrected.
+        fd = os.open(data_path, os.O_WRONLY | os.O_APPEND)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        # Only after a complete write, so state.offset never runs ahead of the file.
+        if state is not None:
+            state.hasher.update(data)
+            state.offset += len(data)
+
+    @staticmethod
+    def _fsync_file(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def _append(
+        self, repo: str, upload_id: str, session: Path, chunks: AsyncIterable[bytes], start: int | None
+    ) -> int:
+        """Append ``chunks`` to a session (caller holds its lock); returns the new offset."""
+        offset = await self._run(self._offset_sync, session, upload_id, action="read an upload")
+        if start is not None and start != offset:
+            raise RegistryError(Errors.RANGE_INVALID, {"offset": offset, "start": start})
+        state = self._hashes.get(upload_id)
+        if state is not None and (state.repo != repo or state.offset != offset):
+            # Stale (another process touched the file, or a write failed half-way).
+            del self._hashes[upload_id]
+            state = None
+        if state is None and offset == 0:
+            # Nothing to catch up on (e.g. session started before a restart): hash from here.
+            state = self._hashes[upload_id] = _HashState(repo, 0, hashlib.new(_RUNNING_ALGORITHM))
+        data_path = session / "data"
+        buffer = bytearray()
+        wrote = False
+        try:
+            # Coalesce small network chunks into bounded writes: one thread hop per chunk_size.
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                buffer += chunk
+                if len(buffer) >= self.chunk_size:
+                    piece = bytes(buffer)
+                    buffer.clear()
+                    wrote = True
+                    await self._run(self._append_sync, data_path, piece, state, action="write an upload")
+                    offset += len(piece)
+            if buffer:
+                piece = bytes(buffer)
+                wrote = True
+                await self._run(self._append_sync, data_path, piece, state, action="write an upload")
+                offset += len(piece)
+        except BaseException:
+            # The body failed (e.g. client disconnect): keep what reached the disk durable,
+            # the client resumes from upload_status. Never mask the original error.
+            if wrote:
+                with contextlib.suppress(Exception):
+                    await self._run(self._fsync_file, data_path, action="write an upload")
+            raise
+        if wrote:
+            # The offset we report must survive a crash: the client resumes from it.
+            await self._run(self._fsync_file, data_path, action="write an upload")
+        return offset
+
+    async def write_upload(
+        self, repo: str, upload_id: str, chunks: AsyncIterable[bytes], start: int | None = None
+    ) -> UploadStatus:
+        session = self._session_dir(repo, upload_id)
+        async with self._session_lock(upload_id):
+            offset = await self._append(repo, upload_id, session, chunks, start)
+        return UploadStatus(upload_id, offset)
+
+    def _hash_file(self, path: Path, algorithm: str) -> str:
+        hasher = hashlib.new(algorithm)
+        with open(path, "rb") as f:
+            while block := f.read(self.chunk_size):
+                hasher.update(block)
+        return hasher.hexdigest()
+
+    @staticmethod
+    def _discard_sync(session: Path) -> None:
+        # Best effort: a failure here must not hide the DIGEST_INVALID the client needs.
+        shutil.rmtree(session, ignore_errors=True)
+
+    def _publish_sync(self, repo: str, session: Path, digest: Digest, size: int) -> None:
+        blob = self._blob_path(digest)
+        # Link first: a link without content reads as BLOB_UNKNOWN, and if moving the
+        # content fails the session keeps its data so the client can retry the PUT.
+        self._write_atomic(self._layer_link(repo, digest), b"")
+        if not self._has_blob(blob, size):
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            # The data file was fsynced by _append; a racing finish of the same content
+            # replaces identical bytes, which is harmless.
+            os.replace(session / "data", blob)
+            _fsync_dir(blob.parent)
+        shutil.rmtree(session, ignore_errors=True)
+
+    async def finish_upload(
+        self, repo: str, upload_id: str, digest: str, chunks: AsyncIterable[bytes] | None = None
+    ) -> BlobInfo:
+        session = self._session_dir(repo, upload_id)
+        # A malformed digest is a client mistake: refuse it but keep the session.
+        expected = parse_digest(digest)
+        async with self._session_lock(upload_id):
+            if chunks is not None:
+                size = await self._append(repo, upload_id, session, chunks, None)
+            else:
+                size = await self._run(self._offset_sync, session, upload_id, action="read an upload")
+            state = self._hashes.pop(upload_id, None)
+            if (
+                state is not None
+                and state.repo == repo
+                and state.offset == size
+                and expected.algorithm == _RUNNING_ALGORITHM
+            ):
+                actual = state.hasher.hexdigest()
+            else:
+                actual = await self._run(
+                    self._hash_file, session / "data", expected.algorithm, action="verify an upload"
+                )
+            if actual != expected.encoded:
+                await self._run(self._discard_sync, session, action="discard an upload")
+                raise RegistryError(
+                    Errors.DIGEST_INVALID, {"digest": digest, "actual": f"{expected.algorithm}:{actual}"}
+                )
+            await self._run(self._publish_sync, repo, session, expected, size, action="publish a blob")
+        return BlobInfo(str(expected), size)
+
+    async def cancel_upload(self, repo: str, upload_id: str) -> None:
+        session = self._session_dir(repo, upload_id)
+
+        def cancel() -> None:
+            self._offset_sync(session, upload_id)
+            shutil.rmtree(session)
+
+        async with self._session_lock(upload_id):
+            await self._run(cancel, action="cancel an upload")
+            self._hashes.pop(upload_id, None)
+
+    def _session_age_sync(self, session: Path) -> float:
+        try:
+            started = datetime.fromisoformat((session / "startedat").read_text(encoding="ascii").strip())
+            if started.tzinfo is None:
+                started = started.replace(tzinfo=timezone.utc)
+            return time.time() - started.timestamp()
+        except (OSError, ValueError):
+            # Missing or unreadable start time (e.g. a crash during start_upload).
+            return time.time() - session.stat().st_mtime
+
+    def _expired_sessions_sync(self) -> list[tuple[str, Path]]:
+        expired: list[tuple[str, Path]] = []
+        for repo_dir in self._walk_repositories():
+            uploads = repo_dir / "_uploads"
+            try:
+                entries = list(os.scandir(uploads))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                try:
+                    if str(uuid.UUID(entry.name)) != entry.name or not entry.is_dir():
+                        continue
+                    if self._session_age_sync(Path(entry.path)) > self.upload_expiry:
+                        expired.append((entry.name, Path(entry.path)))
+                except (ValueError, FileNotFoundError):
+                    continue  # not ours, or gone meanwhile
+        return expired
+
+    def _purge_tmp_sync(self) -> None:
+        # Leftovers of writes interrupted by a crash; live temp files are seconds old.
+        cutoff = time.time() - self.upload_expiry
+        try:
+            entries = list(os.scandir(self._tmp))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+
+    async def purge_expired_uploads(self) -> int:
+        """Delete upload sessions older than ``upload_expiry``; returns how many."""
+        expired = await self._run(self._expired_sessions_sync, action="list upload sessions")
+        purged = 0
+        for upload_id, session in expired:
+            lock = self._session_lock(upload_id)
+            if lock.locked():
+                continue  # being written right now; the next round will see it
+            async with lock:
+                # Re-check under the lock: it may have been finished or cancelled since listing.
+                if not await self._run(session.is_dir, action="purge an upload"):
+                    continue
+                await self._run(shutil.rmtree, session, True, action="purge an upload")
+                self._hashes.pop(upload_id, None)
+                purged += 1
+        await self._run(self._purge_tmp_sync, action="purge temporary files")
+        return purged
+
+    # -- manifests -----------------------------------------------------------
+    def _resolve_sync(self, repo: str, reference: str) -> Digest:
+        """The digest a tag or digest reference names in ``repo``; ``MANIFEST_UNKNOWN``."""
+        unknown = RegistryError(Errors.MANIFEST_UNKNOWN, {"name": repo, "reference": reference[:200]})
+        if is_digest(reference):
+            digest = parse_digest(reference, Errors.MANIFEST_UNKNOWN)
+        else:
+            if not TAG_RE.match(reference):
+                raise unknown
+            try:
+                text = (self._tags_dir(repo) / reference).read_bytes().decode("ascii", "replace").strip()
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                raise unknown from None
+            digest = parse_digest(text, Errors.MANIFEST_UNKNOWN)
+        if not self._revision_link(repo, digest).is_file():
+            raise unknown
+        return digest
+
+    def _manifest_meta_sync(self, repo: str, reference: str) -> tuple[Digest, str, Path]:
+        digest = self._resolve_sync(repo, reference)
+        try:
+            sidecar = json.loads(self._revision_link(repo, digest).read_bytes())
+            media_type = sidecar["mediaType"]
+        except FileNotFoundError:
+            raise RegistryError(Errors.MANIFEST_UNKNOWN, {"name": repo, "reference": reference}) from None
+        except (ValueError, KeyError, TypeError):
+            raise RegistryError(
+                Errors.UNAVAILABLE, {"digest": str(digest)}, message="corrupt manifest metadata on disk"
+            ) from None
+        return digest, media_type, self._blob_path(digest)
+
+    async def get_manifest(self, repo: str, reference: str) -> ManifestData:
+        def read() -> ManifestData:
+            digest, media_type, blob = self._manifest_meta_sync(repo, reference)
+            try:
+                data = blob.read_bytes()
+            except FileNotFoundError:
+                raise RegistryError(Errors.MANIFEST_UNKNOWN, {"name": repo, "reference": reference}) from None
+            return ManifestData(str(digest), media_type, data)
+
+        return await self._run(read, action="read a manifest")
+
+    async def stat_manifest(self, repo: str, reference: str) -> ManifestInfo:
+        def stat() -> ManifestInfo:
+            digest, media_type, blob = self._manifest_meta_sync(repo, reference)
+            try:
+                size = blob.stat().st_size
+            except FileNotFoundError:
+                raise RegistryError(Errors.MANIFEST_UNKNOWN, {"name": repo, "reference": reference}) from None
+            return ManifestInfo(str(digest), media_type, size)
+
+        return await self._run(stat, action="stat a manifest")
+
+    async def put_manifest(self, repo: str, reference: str, data: bytes, media_type: str, digest: str) -> None:
+        parsed = parse_digest(digest)
+        self._repo_dir(repo)
+        tag: str | None = None
+        if is_digest(reference):
+            if reference != digest:
+                raise RegistryError(Errors.DIGEST_INVALID, {"reference": reference, "digest": digest})
+        else:
+            tag = validate_tag(reference)
+        # Cheap for KB-sized manifests, and the store is content-addressed: never let a
+        # wrong name in.
+        actual = hashlib.new(parsed.algorithm, data).hexdigest()
+        if actual != parsed.encoded:
+            raise RegistryError(Errors.DIGEST_INVALID, {"digest": digest, "actual": f"{parsed.algorithm}:{actual}"})
+        sidecar = json.dumps({"mediaType": media_type}, separators=(",", ":")).encode()
+
+        def store() -> None:
+            blob = self._blob_path(parsed)
+            if not self._has_blob(blob, len(data)):
+                self._write_atomic(blob, data)
+            # Content, then revision, then tag: a tag never points at a missing revision.
+            self._write_atomic(self._revision_link(repo, parsed), sidecar)
+            if tag is not None:
+                self._write_atomic(self._tags_dir(repo) / tag, digest.encode("ascii"))
+
+        await self._run(store, action="store a manifest")
+
+    async def delete_manifest(self, repo: str, reference: str) -> None:
+        def delete() -> None:
+            unknown = RegistryError(Errors.MANIFEST_UNKNOWN, {"name": repo, "reference": reference[:200]})
+            tags = self._tags_dir(repo)
+            if not is_digest(reference):
+                if not TAG_RE.match(reference):
+                    raise unknown
+                try:
+                    (tags / reference).unlink()
+                except (FileNotFoundError, NotADirectoryError):
+                    raise unknown from None
+                return
+            digest = parse_digest(reference, Errors.MANIFEST_UNKNOWN)
+            revision = self._revision_link(repo, digest)
+            if not revision.is_file():
+                raise unknown
+            # Tags first, so no tag ever dangles.
+            for tag, target in self._read_tags(tags):
+                if target == str(digest):
+                    with contextlib.suppress(FileNotFoundError):
+                        (tags / tag).unlink()
+            try:
+                revision.unlink()
+            except FileNotFoundError:
+                raise unknown from None
+
+        await self._run(delete, action="delete a manifest")
+
+    @staticmethod
+    def _read_tags(tags: Path) -> list[tuple[str, str]]:
+        result: list[tuple[str, str]] = []
+        try:
+            entries = list(os.scandir(tags))
+        except (FileNotFoundError, NotADirectoryError):
+            return result
+        for entry in entries:
+            if not TAG_RE.match(entry.name):
+                continue
+            try:
+                result.append((entry.name, Path(entry.path).read_bytes().decode("ascii", "replace").strip()))
+            except (FileNotFoundError, IsADirectoryError):
+                continue
+        return result
+
+    @staticmethod
+    def _has_manifests(repo_dir: Path) -> bool:
+        manifests = repo_dir / "_manifests"
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            with os.scandir(manifests / "tags") as it:
+                if any(entry.is_file() for entry in it):
+                    return True
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            with os.scandir(manifests / "revisions") as algorithms:
+                for algorithm in algorithms:
+                    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                        with os.scandir(algorithm.path) as it:
+                            if any(entry.is_file() for entry in it):
+                                return True
+        return False
+
+    async def list_tags(self, repo: str) -> list[str]:
+        repo_dir = self._repo_dir(repo)
+
+        def list_() -> list[str]:
+            # "Known" means the same as for the catalog: at least one revision or tag.
+            if not self._has_manifests(repo_dir):
+                raise RegistryError(Errors.NAME_UNKNOWN, {"name": repo})
+            return sorted(tag for tag, _ in self._read_tags(repo_dir / "_manifests" / "tags"))
+
+        return await self._run(list_, action="list tags")
+
+    def _walk_repositories(self) -> list[Path]:
+        """Every directory under ``repositories`` that may be a repository."""
+        found: list[Path] = []
+        pending = [self._repositories]
+        while pending:
+            directory = pending.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                # '_'-prefixed entries are a repository's own data, never a nested name.
+                if entry.name.startswith("_") or not entry.is_dir(follow_symlinks=False):
+                    continue
+                found.append(Path(entry.path))
+                pending.append(Path(entry.path))
+        return found
+
+    async def list_repositories(self) -> list[str]:
+        def list_() -> list[str]:
+            names = [
+                "/".join(path.relative_to(self._repositories).parts)
+                for path in self._walk_repositories()
+                if self._has_manifests(path)
+            ]
+            return sorted(names)
+
+        return await self._run(list_, action="list repositories")
