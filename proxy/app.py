@@ -12,6 +12,8 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from .api import middleware
+from .api import manage
+from .api.manage.openapi import OPENAPI, build_document, openapi_router
 from .api.ops import add_ops_routes
 from .api.routes import V2_ROUTES, add_routes
 from .api.state import CONFIG, DATABASE, EVENTS, METRICS, POLICY, REGISTRY
@@ -37,7 +39,7 @@ _SWEEP_INTERVAL = 600.0
 
 def create_app(config: Config, *, backend: Backend | None = None) -> web.Application:
     app = web.Application(
-        middlewares=[middleware.observe, middleware.registry_errors, middleware.policy_check],
+        middlewares=[middleware.observe, middleware.render_errors, middleware.policy_check],
         client_max_size=1024**4,  # bodies are streamed; limits are enforced per route
     )
     app[CONFIG] = config
@@ -56,6 +58,9 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app.on_response_prepare.append(middleware.add_api_version)
     add_routes(app, V2_ROUTES, HANDLERS)
     add_ops_routes(app)
+    routers = [openapi_router]
+    manage.mount(app, routers)
+    app[OPENAPI] = build_document(routers)
     return app
 
 

@@ -12,11 +12,12 @@ from aiohttp import web
 
 from ..meta import MetadataError
 from ..oci.errors import Errors, RegistryError
+from .manage.errors import ApiError, from_registry_error
 from ..service.policy import ANONYMOUS, Request as PolicyRequest
 from .routes import route_action
 from .state import METRICS, POLICY, PRINCIPAL, REQUEST_ID
 
-__all__ = ["add_api_version", "observe", "registry_errors", "policy_check", "json_error"]
+__all__ = ["add_api_version", "observe", "render_errors", "policy_check", "json_error"]
 
 log = logging.getLogger("algomint.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -71,34 +72,42 @@ def json_error(exc: RegistryError, request_id: str | None = None) -> web.Respons
 
 
 @web.middleware
-async def registry_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render every failure as the spec's JSON error body; nothing escapes as a bare 500."""
-    metrics = request.app[METRICS]
+async def render_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every failure in the shape of the API it came through: the OCI error body
+    on /v2, the management shape on /api; nothing escapes as a bare 500."""
+    request_id = request.get(REQUEST_ID)
+    management = request.path.startswith("/api/")
+
+    def render(exc: RegistryError) -> web.Response:
+        return from_registry_error(exc).response(request_id) if management else json_error(exc, request_id)
+
     try:
         return await handler(request)
+    except ApiError as exc:
+        return exc.response(request_id)
     except RegistryError as exc:
         if exc.error is Errors.UNAVAILABLE:
-            metrics.backend_errors.labels(exc.code).inc()
-            log.warning("backend unavailable", extra={"request_id": request.get(REQUEST_ID), "error": str(exc)})
-        return json_error(exc, request.get(REQUEST_ID))
+            request.app[METRICS].backend_errors.labels(exc.code).inc()
+            log.warning("backend unavailable", extra={"request_id": request_id, "error": str(exc)})
+        return render(exc)
     except MetadataError as exc:
-        log.error("metadata store failed", extra={"request_id": request.get(REQUEST_ID), "error": str(exc)})
-        return json_error(RegistryError(Errors.UNAVAILABLE, message="metadata store unavailable"), request.get(REQUEST_ID))
-    except web.HTTPNotFound:
-        if not request.path.startswith("/v2/"):
-            raise
-        return json_error(RegistryError(Errors.NAME_UNKNOWN, {"path": request.path[:200]}), request.get(REQUEST_ID))
-    except web.HTTPMethodNotAllowed:
-        if not request.path.startswith("/v2/"):
-            raise
-        return json_error(RegistryError(Errors.UNSUPPORTED, {"method": request.method}), request.get(REQUEST_ID))
+        log.error("metadata store failed", extra={"request_id": request_id, "error": str(exc)})
+        return render(RegistryError(Errors.UNAVAILABLE, message="metadata store unavailable"))
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        not_found = isinstance(exc, web.HTTPNotFound)
+        if management:
+            return ApiError(exc.status, "no such route" if not_found else "method not allowed").response(request_id)
+        if request.path.startswith("/v2/"):
+            error = Errors.NAME_UNKNOWN if not_found else Errors.UNSUPPORTED
+            return json_error(RegistryError(error, {"path": request.path[:200], "method": request.method}), request_id)
+        raise
     except web.HTTPException:
         raise
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:
         raise  # the client went away: nothing to answer
     except Exception:
-        log.exception("unhandled error", extra={"request_id": request.get(REQUEST_ID)})
-        return json_error(RegistryError(Errors.UNKNOWN, message="internal error"), request.get(REQUEST_ID))
+        log.exception("unhandled error", extra={"request_id": request_id})
+        return render(RegistryError(Errors.UNKNOWN, message="internal error"))
 
 
 @web.middleware

@@ -1,0 +1,45 @@
+"""``algomint admin …``: the management API from the command line.
+
+Each area is a module with ``register(commands)`` adding its subcommands; every command
+receives an ``AdminClient`` and an ``Output``. The server URL and token come from
+``--url``/``--token`` or ``ALGOMINT_URL``/``ALGOMINT_TOKEN``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Callable
+
+from .client import AdminClient, AdminError
+from .output import Output
+
+__all__ = ["AdminClient", "AdminError", "Output", "add_admin_parser", "AREAS"]
+
+# Area modules, imported lazily so a broken area can't break `algomint serve`.
+AREAS: tuple[str, ...] = ()
+
+
+def add_admin_parser(commands: argparse._SubParsersAction) -> None:
+    import importlib
+
+    admin = commands.add_parser("admin", help="drive the management API")
+    admin.add_argument("--url", default=os.environ.get("ALGOMINT_URL", "http://127.0.0.1:5000"), help="server URL (env ALGOMINT_URL)")
+    admin.add_argument("--token", default=os.environ.get("ALGOMINT_TOKEN"), help="API token (env ALGOMINT_TOKEN)")
+    admin.add_argument("--user", default=os.environ.get("ALGOMINT_USER"), help="user for Basic auth instead of a token")
+    admin.add_argument("--password", default=os.environ.get("ALGOMINT_PASSWORD"), help="password for --user (env ALGOMINT_PASSWORD)")
+    admin.add_argument("--json", action="store_true", help="print raw JSON instead of tables")
+    areas = admin.add_subparsers(dest="area", required=True)
+    for area in AREAS:
+        importlib.import_module(f"{__name__}.{area}").register(areas)
+    admin.set_defaults(func=run_admin)
+
+
+def run_admin(args: argparse.Namespace) -> int:
+    client = AdminClient(args.url, token=args.token, user=args.user, password=args.password)
+    out = Output(json_mode=args.json)
+    handler: Callable[[argparse.Namespace, AdminClient, Output], int | None] = args.admin_func
+    try:
+        return handler(args, client, out) or 0
+    except AdminError as exc:
+        out.error(exc)
+        return 1

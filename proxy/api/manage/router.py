@@ -1,0 +1,139 @@
+"""Declaring management routes once: path, method, action, models, summary.
+
+A handler receives the ``web.Request``; it parses its body with ``parse_body(request,
+Model)`` (400 for bad JSON, 422 naming each invalid field, 413 past the size cap) and
+returns a ``web.Response``. ``authorize`` asks the same policy the registry uses."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from ...service.policy import ANONYMOUS, Action, Request as PolicyRequest
+from ..routes import ROUTE_ACTIONS
+from ..state import POLICY, PRINCIPAL
+from .errors import ApiError
+
+__all__ = ["ApiRoute", "ApiRouter", "Page", "authorize", "mount", "page_params", "parse_body", "encode_cursor", "decode_cursor", "PREFIX"]
+
+PREFIX = "/api/v1"
+MAX_BODY = 1024 * 1024
+MAX_PAGE = 500
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ModelT = TypeVar("ModelT", bound=BaseModel)
+ItemT = TypeVar("ItemT")
+
+
+class Page(BaseModel, Generic[ItemT]):
+    """One page of a listing; pass ``next`` back as ``cursor`` for the following page."""
+
+    items: list[ItemT]
+    next: str | None = None
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    method: str
+    path: str  # relative to /api/v1, e.g. "/users/{name}"
+    handler: Handler
+    name: str
+    summary: str
+    action: Action | None = Action.MANAGE  # asked by the policy middleware, registry-wide
+    body: type[BaseModel] | None = None
+    response: Any = None  # a pydantic model (or generic alias) describing the 2xx body
+    status: int = 200
+    query: dict[str, str] = field(default_factory=dict)  # name -> description
+    tag: str = ""
+    public: bool = False  # no authentication (health of the API itself, openapi.json)
+
+
+class ApiRouter:
+    """The routes of one resource module."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.routes: list[ApiRoute] = []
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        action: Action | None = Action.MANAGE,
+        body: type[BaseModel] | None = None,
+        response: Any = None,
+        status: int = 200,
+        query: dict[str, str] | None = None,
+        public: bool = False,
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.routes.append(
+                ApiRoute(method, path, handler, f"api.{self.tag}.{handler.__name__}", summary, action, body,
+                         response, status, query or {}, self.tag, public)
+            )
+            return handler
+
+        return register
+
+
+def mount(app: web.Application, routers: Sequence[ApiRouter]) -> None:
+    """Register every router's routes on ``app`` under ``/api/v1``."""
+    actions = app.setdefault(ROUTE_ACTIONS, {})
+    for router in routers:
+        for route in router.routes:
+            if route.method == "GET":
+                app.router.add_get(PREFIX + route.path, route.handler, name=route.name)
+            else:
+                app.router.add_route(route.method, PREFIX + route.path, route.handler, name=route.name)
+            actions[route.name] = route.action
+
+
+async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(413, f"request body exceeds {MAX_BODY} bytes")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, f"request body exceeds {MAX_BODY} bytes")
+    try:
+        data = json.loads(raw or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "request body is not valid JSON", {"reason": str(exc)}) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        fields = [
+            {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"]} for err in exc.errors()
+        ]
+        raise ApiError(422, "request body failed validation", {"fields": fields}) from None
+
+
+def encode_cursor(value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> Any:
+    try:
+        return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid cursor", {"cursor": cursor[:100]}) from None
+
+
+def page_params(request: web.Request, default: int = 100) -> tuple[int, Any]:
+    """``limit`` (1..500) and the decoded ``cursor`` (None on the first page)."""
+    raw = request.query.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise ApiError(400, f"limit must be an integer from 1 to {MAX_PAGE}", {"limit": raw[:20]})
+    cursor = request.query.get("cursor")
+    return int(raw), (decode_cursor(cursor) if cursor else None)
+
+
+async def authorize(request: web.Request, action: Action, repository: str | None, reference: str | None = None) -> None:
+    """Ask the policy about a repository named in a body or query, not in the path."""
+    await request.app[POLICY].check(PolicyRequest(request.get(PRINCIPAL, ANONYMOUS), action, repository, reference))
