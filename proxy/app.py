@@ -16,7 +16,7 @@ from .api import manage
 from .api.manage.openapi import OPENAPI, build_document, openapi_router
 from .api.ops import add_ops_routes
 from .api.routes import V2_ROUTES, add_routes
-from .api.state import CONFIG, DATABASE, EVENTS, METRICS, POLICY, REGISTRY
+from .api.state import CONFIG, DATABASE, EVENTS, IN_FLIGHT, METRICS, POLICY, REGISTRY, InFlight
 from .api.v2 import HANDLERS
 from .backend import Backend
 from .backend.factory import create_backend
@@ -44,6 +44,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     )
     app[CONFIG] = config
     app[METRICS] = Metrics()
+    app[IN_FLIGHT] = InFlight()
     app[EVENTS] = EventBus()
     app[POLICY] = PolicyChain([AllowAll()])
     app[DATABASE] = Database(config.metadata.path)

@@ -8,6 +8,7 @@ import signal
 
 from aiohttp import web
 
+from .api.state import IN_FLIGHT
 from .app import create_app
 from .config import Config
 
@@ -28,9 +29,15 @@ async def _run(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: draining in-flight requests")
-    # AppRunner.cleanup stops accepting, waits up to shutdown_timeout for handlers,
-    # then runs cleanup_ctx (closing backend and metadata store).
+    grace = config.server.shutdown_grace
+    log.info("shutting down: draining in-flight requests", extra={"in_flight": app[IN_FLIGHT].count})
+    # Stop listening first, then let in-flight requests finish (uploads still receive
+    # their bodies: aiohttp's own shutdown would stop reading them), then clean up.
+    await site.stop()
+    try:
+        await asyncio.wait_for(app[IN_FLIGHT].wait_idle(), grace)
+    except asyncio.TimeoutError:
+        log.warning("shutdown grace expired", extra={"in_flight": app[IN_FLIGHT].count})
     await runner.cleanup()
     log.info("stopped")
 

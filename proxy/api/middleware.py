@@ -15,7 +15,7 @@ from ..oci.errors import Errors, RegistryError
 from .manage.errors import ApiError, from_registry_error
 from ..service.policy import ANONYMOUS, Request as PolicyRequest
 from .routes import route_action
-from .state import METRICS, POLICY, PRINCIPAL, REQUEST_ID
+from .state import IN_FLIGHT, METRICS, POLICY, PRINCIPAL, REQUEST_ID
 
 __all__ = ["add_api_version", "observe", "render_errors", "policy_check", "json_error"]
 
@@ -35,6 +35,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     status = 500
     metrics.in_flight_requests.inc()
+    request.app[IN_FLIGHT].enter()
     try:
         response = await handler(request)
         status = response.status
@@ -46,6 +47,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         elapsed = time.perf_counter() - started
         metrics.in_flight_requests.dec()
+        request.app[IN_FLIGHT].leave()
         metrics.requests.labels(route, request.method, str(status)).inc()
         metrics.duration.labels(route, request.method).observe(elapsed)
         principal = request.get(PRINCIPAL)

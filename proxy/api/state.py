@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from ..config import Config
@@ -11,7 +13,28 @@ from ..service.events import EventBus
 from ..service.policy import PolicyChain
 from ..service.registry import RegistryService
 
-__all__ = ["CONFIG", "DATABASE", "EVENTS", "METRICS", "POLICY", "REGISTRY", "PRINCIPAL", "REQUEST_ID"]
+__all__ = ["IN_FLIGHT", "InFlight", "CONFIG", "DATABASE", "EVENTS", "METRICS", "POLICY", "REGISTRY", "PRINCIPAL", "REQUEST_ID"]
+
+class InFlight:
+    """Counts requests being handled, so shutdown can wait until none are left."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
 
 CONFIG = web.AppKey("config", Config)
 DATABASE = web.AppKey("database", Database)
@@ -19,6 +42,7 @@ EVENTS = web.AppKey("events", EventBus)
 METRICS = web.AppKey("metrics", Metrics)
 POLICY = web.AppKey("policy", PolicyChain)
 REGISTRY = web.AppKey("registry", RegistryService)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 # Per-request keys (plain strings: aiohttp requests take str keys).
 PRINCIPAL = "algomint.principal"

@@ -1,0 +1,76 @@
+"""Run ``algomint serve`` as a real process on a free loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .distribution import free_port
+
+__all__ = ["Server", "run_server", "start_server"]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def host(self) -> str:
+        return self.url.split("://", 1)[1]
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(workdir: Path, config_text: str = "", env: dict[str, str] | None = None, timeout: float = 20) -> Server:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = workdir / "algomint.toml"
+    config.write_text(
+        config_text
+        or f'[storage]\npath = "{workdir / "storage"}"\n[metadata]\npath = "{workdir / "metadata.db"}"\n'
+    )
+    log_path = workdir / "server.log"
+    log = open(log_path, "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
+        stdout=log,
+        stderr=log,
+        env={**os.environ, **(env or {})},
+        cwd=workdir,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=1)
+            return Server(url, proc, log_path)
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"algomint did not start:\n{log_path.read_text()}")
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def run_server(workdir: Path, config_text: str = "", env: dict[str, str] | None = None) -> Iterator[Server]:
+    server = start_server(workdir, config_text, env)
+    try:
+        yield server
+    finally:
+        if server.process.poll() is None:
+            server.process.terminate()
+            try:
+                server.process.wait(10)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
