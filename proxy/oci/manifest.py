@@ -111,7 +111,7 @@ def parse_manifest(data: bytes, content_type: str | None) -> ParsedManifest:
         )
 
     annotations = document.get("annotations") or {}
-    if not isinstance(annotations, dict):
+    if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
         raise RegistryError(Errors.MANIFEST_INVALID, {"field": "annotations", "reason": "string map"})
     subject = Descriptor.from_json(document["subject"], "subject") if document.get("subject") is not None else None
 
