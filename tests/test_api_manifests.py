@@ -151,3 +151,38 @@ async def test_referrers(client, repo):
     await client.delete(f"/v2/{repo}/manifests/{refs['application/vnd.example.sig']}")
     resp = await client.get(f"/v2/{repo}/referrers/{subject_digest}")
     assert [m["digest"] for m in (await resp.json())["manifests"]] == [refs["application/vnd.example.sbom"]]
+
+
+async def test_referrers_merge_fallback_tag_pushed_to_backend(aiohttp_client, tmp_path, distribution, repo):
+    """A client that used the spec's fallback tag schema straight against the backend."""
+    import aiohttp
+
+    from proxy.app import create_app
+    from tests.conftest import make_config
+
+    client = await aiohttp_client(create_app(make_config(tmp_path, "registry", distribution)))
+    subject_digest, subject = await push_image(client, repo, "v1", [b"base"])
+    await push_blob(client, repo, b"{}")
+    referrer = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST,
+        "artifactType": "application/vnd.example.direct",
+        "config": descriptor(b"{}", mt.OCI_EMPTY),
+        "layers": [descriptor(b"{}", mt.OCI_EMPTY)],
+        "subject": descriptor(subject, mt.OCI_MANIFEST),
+    }).encode()
+    index = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_INDEX,
+        "manifests": [descriptor(referrer, mt.OCI_MANIFEST, artifactType="application/vnd.example.direct")],
+    }).encode()
+    async with aiohttp.ClientSession() as direct:
+        for ref, body, media_type in ((digest_of(referrer), referrer, mt.OCI_MANIFEST),
+                                      (subject_digest.replace(":", "-"), index, mt.OCI_INDEX)):
+            resp = await direct.put(f"{distribution.url}/v2/{repo}/manifests/{ref}", data=body,
+                                    headers={"Content-Type": media_type})
+            assert resp.status == 201, await resp.text()
+    resp = await client.get(f"/v2/{repo}/referrers/{subject_digest}")
+    listed = (await resp.json())["manifests"]
+    assert [m["digest"] for m in listed] == [digest_of(referrer)]
+    assert listed[0]["artifactType"] == "application/vnd.example.direct"
