@@ -1,0 +1,39 @@
+"""``[full_builds]``: the build queue and the limits applied to every layer.
+
+Imports nothing heavy, so ``proxy.config`` can include it cheaply."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["FullBuildConfig"]
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+class FullBuildConfig(BaseModel):
+    """The build queue and the tar-bomb and recompression settings of every layer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workers: int = Field(1, ge=1, le=16)
+    images_prefix: str = "images/"
+    # Tar-bomb limits, per layer: decompressed bytes and tar entries.
+    max_layer_bytes: int = Field(64 * GiB, gt=0)
+    max_entries: int = Field(1_000_000, gt=0)
+    # PAX records and GNU long names of one entry.
+    max_header_bytes: int = Field(1 * MiB, ge=4096, le=64 * MiB)
+    # Recompression: isal gzip level (0-3) and zstd level; threads for compressors.
+    gzip_level: int = Field(1, ge=0, le=3)
+    zstd_level: int = Field(3, ge=1, le=19)
+    threads: int = Field(2, ge=1, le=64)
+    poll_interval: float = Field(5.0, gt=0)
+
+    @field_validator("images_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        if not value:
+            raise ValueError("must name a namespace")
+        return value + "/"
