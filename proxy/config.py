@@ -15,6 +15,9 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from packer.fullbuild.settings import FullBuildConfig
+from packer.licensing.settings import Licenses, default_licenses
+
 __all__ = ["Config", "ConfigError", "load_config", "ENV_PREFIX"]
 
 ENV_PREFIX = "ALGOMINT_"
@@ -89,6 +92,9 @@ class Config(_Section):
     metadata: MetadataConfig = MetadataConfig()
     auth: AuthConfig = AuthConfig()
     log: LogConfig = LogConfig()
+    # License kinds, [licenses.<kind>]; "full" (no encryption) always exists.
+    licenses: Licenses = Field(default_factory=default_licenses)
+    full_builds: FullBuildConfig = FullBuildConfig()
 
 
 def _parse_scalar(text: str) -> Any:
