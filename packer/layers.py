@@ -1,0 +1,436 @@
+"""Stream one image layer through decompress -> tar rewrite -> recompress -> upload.
+
+The CPU-bound work (decompression, the tar walk, encryption, compression, hashing) runs
+in a dedicated worker thread; the event loop only moves bytes between the backend and
+two bounded queues. Memory per layer is bounded by the queue depth times the chunk size,
+whatever the layer's size. The compressed digest and the ``diff_id`` of the new layer are
+computed in the same pass that produces it, and the source blob's digest is verified as
+it is read.
+
+Dedicated threads (not the default executor) keep a slow build from starving the
+backend's own file I/O, which also runs in executor threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+import zstandard
+from isal import igzip_threaded, isal_zlib
+
+from proxy.backend import Backend
+from proxy.oci import mediatypes as mt
+from proxy.oci.errors import RegistryError
+
+from .tarstream import RewriteStats, Sealer, TarError, TarLimits, rewrite_tar, scan_tar
+
+__all__ = [
+    "Codec",
+    "LayerError",
+    "LayerOutcome",
+    "TAR_LAYER_TYPES",
+    "scan_layer",
+    "rewrite_layer",
+]
+
+T = TypeVar("T")
+CHUNK = 1024 * 1024
+_DEPTH = 4  # chunks in flight on each side of the worker thread
+_POLL = 0.25  # how often a blocked worker thread checks for cancellation
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+# Layer media types whose content is a (possibly compressed) tar.
+TAR_LAYER_TYPES = frozenset({
+    mt.OCI_LAYER_TAR,
+    mt.OCI_LAYER_GZIP,
+    mt.OCI_LAYER_ZSTD,
+    mt.DOCKER_LAYER_GZIP,
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+})
+
+
+class LayerError(Exception):
+    """A layer that cannot be read or rewritten; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Recompression settings (the same codec as the source, these levels)."""
+
+    gzip_level: int = 1
+    zstd_level: int = 3
+    threads: int = 2
+
+
+@dataclass
+class LayerOutcome:
+    digest: str
+    size: int
+    diff_id: str
+    encrypted: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Cancelled(Exception):
+    """Raised inside the worker thread when the async side gave up."""
+
+
+# -- the bridge between the event loop and the worker thread --------------------------------
+class _Bridge:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.inbox: asyncio.Queue[bytes | None] = asyncio.Queue(_DEPTH)
+        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue(_DEPTH)
+        self.cancelled = threading.Event()
+
+    def _wait(self, coro: Any) -> Any:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        while True:
+            if self.cancelled.is_set():
+                future.cancel()
+                raise _Cancelled()
+            try:
+                return future.result(_POLL)
+            except TimeoutError:
+                continue
+
+    def get(self) -> bytes | None:
+        return self._wait(self.inbox.get())
+
+    def put(self, data: bytes | None) -> None:
+        self._wait(self.outbox.put(data))
+
+
+class _InboxReader(io.RawIOBase):
+    """The source blob as a file, for decompressors running in the worker thread;
+    hashes what it reads so the source digest is verified in the same pass."""
+
+    def __init__(self, bridge: _Bridge, algorithm: str) -> None:
+        self.bridge = bridge
+        self.hasher = hashlib.new(algorithm)
+        self.consumed = 0
+        self._buffer = memoryview(b"")
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer and not self._eof:
+            chunk = self.bridge.get()
+            if chunk is None:
+                self._eof = True
+            else:
+                self.hasher.update(chunk)
+                self.consumed += len(chunk)
+                self._buffer = memoryview(chunk)
+        n = min(len(target), len(self._buffer))
+        target[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+    def peek(self, n: int) -> bytes:
+        while len(self._buffer) < n and not self._eof:
+            chunk = self.bridge.get()
+            if chunk is None:
+                self._eof = True
+            else:
+                self.hasher.update(chunk)
+                self.consumed += len(chunk)
+                self._buffer = memoryview(bytes(self._buffer) + chunk)
+        return bytes(self._buffer[:n])
+
+
+class _OutboxWriter(io.RawIOBase):
+    """The new blob as a file for compressors: batches writes into ``CHUNK`` pieces,
+    hashes and counts them, and hands them to the uploader."""
+
+    def __init__(self, bridge: _Bridge) -> None:
+        self.bridge = bridge
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        self._pending = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        n = len(data)
+        self._pending += data
+        if len(self._pending) >= CHUNK:
+            self._send()
+        return n
+
+    def _send(self) -> None:
+        if self._pending:
+            piece = bytes(self._pending)
+            self._pending.clear()
+            self.hasher.update(piece)
+            self.size += len(piece)
+            self.bridge.put(piece)
+
+    def finish(self) -> None:
+        self._send()
+        self.bridge.put(None)
+
+
+class _ZstdReader(io.RawIOBase):
+    """Decompress concatenated zstd frames; a frame cut short is an error (the
+    library's stream reader would end quietly)."""
+
+    def __init__(self, raw: io.RawIOBase) -> None:
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
+        self._started = False
+        self._out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._out:
+            data = self._raw.read(CHUNK)
+            if not data:
+                if self._started and not self._obj.eof:
+                    raise LayerError("zstd stream is truncated")
+                return 0
+            produced = bytearray()
+            while data:
+                self._started = True
+                produced += self._obj.decompress(data)
+                if self._obj.eof:
+                    data = self._obj.unused_data
+                    self._obj = self._dctx.decompressobj()
+                    self._started = False
+                else:
+                    data = b""
+            self._out = memoryview(bytes(produced))
+        n = min(len(target), len(self._out))
+        target[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+
+def _sniff(head: bytes) -> str:
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    return "tar"
+
+
+def _decompressor(kind: str, raw: _InboxReader) -> Any:
+    if kind == "gzip":
+        return igzip_threaded.open(raw, "rb", threads=1)
+    if kind == "zstd":
+        return io.BufferedReader(_ZstdReader(raw), CHUNK)
+    return io.BufferedReader(raw, CHUNK)
+
+
+class _Compressor:
+    """The recompression end: a ``write`` sink producing the same codec as the source."""
+
+    def __init__(self, kind: str, out: _OutboxWriter, codec: Codec) -> None:
+        self.kind = kind
+        self.out = out
+        if kind == "gzip":
+            self._stream: Any = igzip_threaded.open(out, "wb", compresslevel=codec.gzip_level, threads=codec.threads)
+        elif kind == "zstd":
+            cctx = zstandard.ZstdCompressor(level=codec.zstd_level, threads=codec.threads, write_checksum=True)
+            self._stream = cctx.stream_writer(out, closefd=False, write_size=CHUNK)
+        else:
+            self._stream = out
+        self.diff_hasher = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.diff_hasher.update(data)
+        self._stream.write(data)
+
+    def close(self) -> None:
+        if self._stream is not self.out:
+            self._stream.close()
+        self.out.finish()
+
+
+def _translate(exc: BaseException) -> LayerError:
+    if isinstance(exc, (LayerError, _Cancelled)):
+        return exc  # type: ignore[return-value]
+    if isinstance(exc, TarError):
+        return LayerError(str(exc))
+    if isinstance(exc, EOFError):
+        return LayerError(f"compressed stream is truncated: {exc}")
+    if isinstance(exc, (OSError, zstandard.ZstdError, isal_zlib.error, ValueError)):
+        return LayerError(f"layer is not a valid compressed tar: {exc}")
+    return LayerError(f"layer could not be processed: {type(exc).__name__}: {exc}")
+
+
+# -- running the worker ------------------------------------------------------------------
+def _start_thread(loop: asyncio.AbstractEventLoop, fn: Callable[[], T], name: str) -> asyncio.Future[T]:
+    future: asyncio.Future[T] = loop.create_future()
+
+    def deliver(result: T | None, error: BaseException | None) -> None:
+        if future.cancelled():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            loop.call_soon_threadsafe(deliver, result, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+async def _feed(backend: Backend, repo: str, digest: str, size: int, bridge: _Bridge,
+                progress: Callable[[int], None] | None) -> None:
+    reader = await backend.open_blob(repo, digest)
+    try:
+        async for chunk in reader:
+            await bridge.inbox.put(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        await reader.close()
+    await bridge.inbox.put(None)
+
+
+def _check_source(raw: _InboxReader, digest: str, size: int, whole: bool) -> None:
+    if not whole:
+        return
+    while raw.read(CHUNK):  # anything after the decompressed end still counts
+        pass
+    if raw.consumed != size:
+        raise LayerError(f"source layer {digest} has {raw.consumed} bytes, its descriptor says {size}")
+    if f"{digest.split(':', 1)[0]}:{raw.hasher.hexdigest()}" != digest:
+        raise LayerError(f"source layer {digest} failed digest verification")
+
+
+async def _run(
+    backend: Backend, repo: str, digest: str, size: int, work: Callable[[_Bridge], T],
+    progress: Callable[[int], None] | None, consumer: Callable[[_Bridge], Any] | None = None,
+) -> T:
+    loop = asyncio.get_running_loop()
+    bridge = _Bridge(loop)
+    worker = _start_thread(loop, lambda: work(bridge), f"layer-{digest[7:19]}")
+    feeder = asyncio.ensure_future(_feed(backend, repo, digest, size, bridge, progress))
+    tasks = [feeder, worker] + ([asyncio.ensure_future(consumer(bridge))] if consumer else [])
+    try:
+        # The worker may finish before the feeder (a scan stops at its first match);
+        # any task failing ends the run, and ``finally`` stops the rest.
+        pending: set[asyncio.Future[Any]] = set(tasks)
+        while not (worker.done() and all(t.done() for t in tasks[2:])):
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        return worker.result()
+    finally:
+        bridge.cancelled.set()
+        for task in tasks:
+            if not task.done() and task is not worker:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def scan_layer(
+    backend: Backend, repo: str, digest: str, size: int, select: Callable[[str], bool], limits: TarLimits,
+    progress: Callable[[int], None] | None = None,
+) -> bool:
+    """Whether the layer holds a regular file matching ``select``; reads no further than
+    the first match. Checks every header it passes (paths, limits, corruption)."""
+
+    def work(bridge: _Bridge) -> bool:
+        raw = _InboxReader(bridge, digest.split(":", 1)[0])
+        kind = _sniff(raw.peek(4))
+        stream = _decompressor(kind, raw)
+        try:
+            found = scan_tar(stream, select, limits)
+            if not found:
+                _check_source(raw, digest, size, True)
+            return found
+        except BaseException as exc:
+            raise _translate(exc) from None
+        finally:
+            with contextlib.suppress(Exception):
+                stream.close()
+
+    try:
+        return await _run(backend, repo, digest, size, work, progress)
+    except RegistryError as exc:
+        raise LayerError(f"cannot read layer {digest} of {repo}: {exc.message}") from None
+
+
+async def rewrite_layer(
+    backend: Backend,
+    src_repo: str,
+    dst_repo: str,
+    digest: str,
+    size: int,
+    select: Callable[[str], bool],
+    seal: Callable[[str, int], Sealer],
+    limits: TarLimits,
+    codec: Codec,
+    progress: Callable[[int], None] | None = None,
+) -> LayerOutcome:
+    """Rewrite the layer with every selected file sealed and upload the result to
+    ``dst_repo`` as it is produced; returns the new blob's digest, size and diff_id."""
+    session = await backend.start_upload(dst_repo)
+    upload_id = session.upload_id
+    outcome: dict[str, Any] = {}
+
+    def work(bridge: _Bridge) -> RewriteStats:
+        raw = _InboxReader(bridge, digest.split(":", 1)[0])
+        kind = _sniff(raw.peek(4))
+        stream = _decompressor(kind, raw)
+        out = _OutboxWriter(bridge)
+        try:
+            compressor = _Compressor(kind, out, codec)
+            stats = rewrite_tar(stream, compressor.write, select, seal, limits)
+            compressor.close()
+            _check_source(raw, digest, size, True)
+            outcome.update(digest="sha256:" + out.hasher.hexdigest(), size=out.size,
+                           diff_id="sha256:" + compressor.diff_hasher.hexdigest())
+            return stats
+        except BaseException as exc:
+            raise _translate(exc) from None
+        finally:
+            with contextlib.suppress(Exception):
+                stream.close()
+
+    async def chunks(bridge: _Bridge) -> Any:
+        while (piece := await bridge.outbox.get()) is not None:
+            yield piece
+
+    async def upload(bridge: _Bridge) -> None:
+        nonlocal upload_id
+        status = await backend.write_upload(dst_repo, upload_id, chunks(bridge))
+        upload_id = status.upload_id
+
+    try:
+        stats = await _run(backend, src_repo, digest, size, work, progress, upload)
+        await backend.finish_upload(dst_repo, upload_id, outcome["digest"])
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(backend.cancel_upload(dst_repo, upload_id))
+        if isinstance(exc, RegistryError):
+            raise LayerError(f"layer {digest}: storage failed: {exc.message}") from None
+        raise
+    return LayerOutcome(outcome["digest"], outcome["size"], outcome["diff_id"], stats.encrypted, stats.warnings)

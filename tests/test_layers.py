@@ -1,0 +1,106 @@
+"""The layer pipeline against a real filesystem backend: rewrite, digests, bad layers."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+
+import pytest
+import zstandard
+
+from packer.layers import Codec, LayerError, rewrite_layer, scan_layer
+from packer.licensing.envelope import Encryptor
+from packer.tarstream import TarLimits, compile_globs
+from proxy.backend.filesystem import FilesystemBackend
+from tests.support.images import MODELS, layer_with_models, plain_layer
+
+KEY, KEY_ID = os.urandom(32), os.urandom(16)
+SELECT = compile_globs([MODELS])
+
+
+def seal(name: str, size: int) -> Encryptor:
+    return Encryptor(KEY, KEY_ID, size)
+
+
+@pytest.fixture
+async def backend(tmp_path):
+    b = FilesystemBackend(tmp_path / "store")
+    await b.start()
+    yield b
+    await b.close()
+
+
+async def put_blob(backend, repo: str, data: bytes) -> str:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    up = await backend.start_upload(repo)
+
+    async def one():
+        yield data
+
+    await backend.finish_upload(repo, up.upload_id, digest, one())
+    return digest
+
+
+async def fetch(backend, repo, digest) -> bytes:
+    reader = await backend.open_blob(repo, digest)
+    return b"".join([c async for c in reader])
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd", "tar"])
+async def test_rewrite_each_codec(backend, tmp_path, codec):
+    tar, models = layer_with_models(tmp_path)
+    blob = {"gzip": lambda t: gzip.compress(t, mtime=0), "zstd": zstandard.ZstdCompressor().compress,
+            "tar": lambda t: t}[codec](tar)
+    digest = await put_blob(backend, "images/a", blob)
+    assert await scan_layer(backend, "images/a", digest, len(blob), SELECT, TarLimits())
+    seen = []
+    out = await rewrite_layer(backend, "images/a", "images/a", digest, len(blob), SELECT, seal, TarLimits(),
+                              Codec(), seen.append)
+    assert sum(seen) == len(blob)
+    new = await fetch(backend, "images/a", out.digest)
+    assert out.size == len(new) and out.digest == "sha256:" + hashlib.sha256(new).hexdigest()
+    plain = {"gzip": gzip.decompress, "zstd": lambda b: zstandard.ZstdDecompressor().decompressobj().decompress(b),
+             "tar": lambda b: b}[codec](new)
+    assert out.diff_id == "sha256:" + hashlib.sha256(plain).hexdigest()
+    assert sorted(out.encrypted) == sorted(models)
+    assert new[:2] == blob[:2]  # same codec
+
+
+async def test_scan_without_models_reads_everything(backend):
+    blob = gzip.compress(plain_layer({"usr/lib/x.so": os.urandom(5000)}))
+    digest = await put_blob(backend, "images/b", blob)
+    assert not await scan_layer(backend, "images/b", digest, len(blob), SELECT, TarLimits())
+
+
+@pytest.mark.parametrize(
+    "mangle,match",
+    [
+        (lambda b: b[: len(b) // 2], "truncated"),
+        (lambda b: b[:30] + bytes([b[30] ^ 0xFF]) + b[31:], "not a valid|truncated|corrupt"),
+        (lambda b: b"not a tar at all" * 100, "truncated|corrupt|checksum"),
+    ],
+)
+async def test_bad_layers_fail_clearly_and_upload_nothing(backend, tmp_path, mangle, match):
+    tar, _ = layer_with_models(tmp_path)
+    blob = mangle(gzip.compress(tar, mtime=0))
+    digest = await put_blob(backend, "images/c", blob)
+    with pytest.raises(LayerError, match=match):
+        await rewrite_layer(backend, "images/c", "images/c", digest, len(blob), SELECT, seal, TarLimits(), Codec())
+
+
+async def test_tar_bomb_limits(backend):
+    blob = gzip.compress(plain_layer({"opt/models/a.onnx": b"\0" * 2_000_000}))
+    digest = await put_blob(backend, "images/d", blob)
+    with pytest.raises(LayerError, match="size limit"):
+        await rewrite_layer(backend, "images/d", "images/d", digest, len(blob), SELECT, seal,
+                            TarLimits(max_bytes=1_000_000), Codec())
+
+
+async def test_source_digest_is_verified(backend, tmp_path):
+    blob = gzip.compress(plain_layer({"opt/models/a.onnx": b"model"}))
+    digest = await put_blob(backend, "images/e", blob)
+    # The descriptor's size disagrees with the blob: refused, not silently accepted.
+    with pytest.raises(LayerError, match="descriptor says"):
+        await rewrite_layer(backend, "images/e", "images/e", digest, len(blob) + 1, SELECT, seal, TarLimits(), Codec())
