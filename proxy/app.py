@@ -14,6 +14,7 @@ from aiohttp import web
 from .api import middleware
 from .api import manage
 from .api.manage.openapi import OPENAPI, build_document, openapi_router
+from .api.manage import assemblies, chains, plugins, subscriptions
 from .api.ops import add_ops_routes
 from .api.routes import V2_ROUTES, add_routes
 from .api.state import CONFIG, DATABASE, EVENTS, IN_FLIGHT, METRICS, POLICY, REGISTRY, InFlight
@@ -27,6 +28,8 @@ from .service import referrers
 from .service.events import EventBus
 from .service.policy import AllowAll, PolicyChain
 from .service.registry import RegistryService
+from .api.state import PACKER
+from packer.runtime import Packer
 
 __all__ = ["create_app", "BACKEND"]
 
@@ -56,10 +59,13 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         max_manifest_bytes=config.server.max_manifest_bytes,
     )
     app.cleanup_ctx.append(_storage)
+    app[PACKER] = Packer(config, app[DATABASE], app[REGISTRY], app[EVENTS])
+    app.cleanup_ctx.append(_packer)  # after storage: needs the database and backend open
     app.on_response_prepare.append(middleware.add_api_version)
     add_routes(app, V2_ROUTES, HANDLERS)
     add_ops_routes(app)
     routers = [openapi_router]
+    routers += [chains.router, plugins.router, assemblies.router, subscriptions.router]
     manage.mount(app, routers)
     app[OPENAPI] = build_document(routers)
     return app
@@ -77,6 +83,12 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         await sweeper
     await backend.close()
     await db.close()
+
+
+async def _packer(app: web.Application) -> AsyncIterator[None]:
+    await app[PACKER].start()
+    yield
+    await app[PACKER].close()
 
 
 async def _sweep_uploads(backend: Backend) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from packer.fullbuild.settings import FullBuildConfig
+from packer.settings import AssemblyConfig, ChainsConfig, PluginsConfig, WebhooksConfig
 from packer.licensing.settings import Licenses, default_licenses
 
 __all__ = ["Config", "ConfigError", "load_config", "ENV_PREFIX"]
@@ -95,6 +96,11 @@ class Config(_Section):
     # License kinds, [licenses.<kind>]; "full" (no encryption) always exists.
     licenses: Licenses = Field(default_factory=default_licenses)
     full_builds: FullBuildConfig = FullBuildConfig()
+    # Assembly of business packages: [assembly], [chains], [plugins.<kind>], [webhooks].
+    assembly: AssemblyConfig = AssemblyConfig()
+    chains: ChainsConfig = ChainsConfig()
+    plugins: PluginsConfig = PluginsConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
 
 
 def _parse_scalar(text: str) -> Any:

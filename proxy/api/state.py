@@ -12,8 +12,9 @@ from ..metrics import Metrics
 from ..service.events import EventBus
 from ..service.policy import PolicyChain
 from ..service.registry import RegistryService
+from packer.runtime import Packer
 
-__all__ = ["IN_FLIGHT", "InFlight", "CONFIG", "DATABASE", "EVENTS", "METRICS", "POLICY", "REGISTRY", "PRINCIPAL", "REQUEST_ID"]
+__all__ = ["IN_FLIGHT", "InFlight", "CONFIG", "DATABASE", "EVENTS", "METRICS", "POLICY", "REGISTRY", "PACKER", "PRINCIPAL", "REQUEST_ID"]
 
 class InFlight:
     """Counts requests being handled, so shutdown can wait until none are left."""
@@ -43,6 +44,7 @@ METRICS = web.AppKey("metrics", Metrics)
 POLICY = web.AppKey("policy", PolicyChain)
 REGISTRY = web.AppKey("registry", RegistryService)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
+PACKER = web.AppKey("packer", Packer)  # chains, plugins, assembly jobs, subscriptions
 
 # Per-request keys (plain strings: aiohttp requests take str keys).
 PRINCIPAL = "algomint.principal"

@@ -1,0 +1,90 @@
+"""The algorithm descriptor: the JSON config blob of generic and business packages.
+
+Contract (DESIGN §3): an object with at least ``name``, ``version``, ``platform``,
+``inputs``/``outputs`` (lists of ``{name, type, description}``), ``parameters`` (object)
+and ``runtime.images`` (list of ``{ref, models}``: an image reference in this registry and
+glob patterns of model files inside that image's root filesystem). Every model here keeps
+unknown fields (``extra="allow"``), so reading and writing a descriptor never drops what
+another tool put there.
+
+Stable API for other packer modules (assembly, full builds):
+
+- ``AlgorithmDescriptor.parse(data)`` validates bytes or a dict, raising
+  ``DescriptorError`` whose ``field`` names the offending path (``runtime.images.0.ref``);
+- ``descriptor.to_dict()`` returns the JSON object, unknown fields included, without
+  adding defaults the original did not have;
+- ``RuntimeImage.ref`` / ``.models`` are the fields a full build rewrites.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = ["AlgorithmDescriptor", "DescriptorError", "IOField", "Runtime", "RuntimeImage"]
+
+
+class DescriptorError(ValueError):
+    """A descriptor that is not valid JSON or breaks the contract; ``field`` says where."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.message = message
+        self.field = field
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class IOField(_Open):
+    """One input or output of the algorithm."""
+
+    name: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+    description: str = ""
+
+
+class RuntimeImage(_Open):
+    """A runtime image (``images/face-recog:v1`` or ``…@sha256:…``) and its model globs."""
+
+    ref: str = Field(min_length=1)
+    models: list[str] = []
+
+
+class Runtime(_Open):
+    images: list[RuntimeImage] = []
+
+
+class AlgorithmDescriptor(_Open):
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    platform: str = ""
+    inputs: list[IOField] = []
+    outputs: list[IOField] = []
+    parameters: dict[str, Any] = {}
+    runtime: Runtime = Runtime()
+
+    @classmethod
+    def parse(cls, data: bytes | str | dict[str, Any]) -> "AlgorithmDescriptor":
+        """Validate raw JSON (or an already decoded object)."""
+        if isinstance(data, (bytes, str)):
+            try:
+                data = json.loads(data)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise DescriptorError(f"not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise DescriptorError("must be a JSON object")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or None
+            more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+            raise DescriptorError(err["msg"] + more, where) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object: set and unknown fields, no defaults that were never there."""
+        return self.model_dump(mode="json", exclude_unset=True)

@@ -1,0 +1,106 @@
+"""The packer's services built from config, with one start/close lifetime.
+
+``proxy.app`` creates a ``Packer`` beside the registry service and runs ``start``/``close``
+from ``cleanup_ctx`` (after storage is open, before it closes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from proxy.meta import Database
+from proxy.service.events import EventBus
+from proxy.service.registry import RegistryService
+
+from . import assembly, chains
+from . import webhooks
+from .cache import LruCache
+from .chains import ChainRegistry
+from .plugin import PluginEnv, PluginStore
+from .webhooks import SubscriptionStore, WebhookDelivery
+
+if TYPE_CHECKING:
+    from proxy.config import Config
+
+__all__ = ["Packer", "WORK_PREFIXES"]
+
+log = logging.getLogger(__name__)
+
+# Work directories plugin kinds create under the work area; leftovers of a crash are removed.
+WORK_PREFIXES = ("job-", "fn-")
+
+
+class Packer:
+    def __init__(self, config: "Config", db: Database, registry: RegistryService, events: EventBus) -> None:
+        self.config = config
+        self.db = db
+        self.registry = registry
+        self.events = events
+        settings = config.assembly
+        self.workdir = Path(settings.workdir or Path(config.metadata.path).parent / "work")
+        self.env = PluginEnv(config.plugins, self.workdir, cache=LruCache(config.plugins.service.cache_bytes))
+        self.plugins = PluginStore(registry, settings.plugins_prefix, settings.package_cap)
+        self.chains = ChainRegistry(db, config.chains.file, self._check_plugin,
+                                    (settings.business_prefix, settings.plugins_prefix))
+        self.subscriptions = SubscriptionStore(db)
+        self.webhooks = WebhookDelivery(db, config.webhooks)
+        self.assembly = assembly.AssemblyService(db, registry, self.chains, self.plugins, self.env, settings,
+                                                 on_emit=self.webhooks.notify)
+        self._reloads: set[asyncio.Task[None]] = set()
+        self._sighup = False
+
+    async def _check_plugin(self, ref: str) -> None:
+        await self.plugins.check(ref, self.env)
+
+    async def start(self) -> None:
+        await self.db.migrate(chains.SCHEMA + assembly.SCHEMA + webhooks.SCHEMA)
+        await asyncio.to_thread(self._clean_workdir)
+        self.env.http = aiohttp.ClientSession()
+        await self.chains.start()
+        self.events.subscribe(self.assembly.on_event)
+        await self.webhooks.start()
+        await self.assembly.start()
+        self._install_sighup()
+
+    async def close(self) -> None:
+        if self._sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        for task in list(self._reloads):
+            task.cancel()
+        await self.assembly.close()
+        await self.webhooks.close()
+        if self.env.http is not None:
+            await self.env.http.close()
+
+    def _clean_workdir(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for entry in self.workdir.iterdir():
+            if entry.name.startswith(WORK_PREFIXES):
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _install_sighup(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
+            self._sighup = True
+
+    def _on_sighup(self) -> None:
+        task = asyncio.create_task(self._reload_logged())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload_logged(self) -> None:
+        if self.config.chains.file is None:
+            log.warning("SIGHUP: no chains file configured")
+            return
+        try:
+            loaded = await self.chains.reload()
+            log.info("chains file reloaded", extra={"chains": [c.name for c in loaded]})
+        except chains.ChainError as exc:
+            log.error("chains file reload rejected; previous chains kept", extra={"error": str(exc)})

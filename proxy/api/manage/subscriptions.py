@@ -1,0 +1,132 @@
+"""``/api/v1/subscriptions``: webhooks on events, and their delivery attempts."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from packer.webhooks import SubscriptionPatch, SubscriptionSpec
+
+from ..state import PACKER
+from .errors import ApiError
+from .router import ApiRouter, Page, encode_cursor, page_params, parse_body
+
+__all__ = ["router"]
+
+router = ApiRouter("subscriptions")
+
+
+class SubscriptionOut(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+    repositories: list[str]
+    description: str
+    active: bool
+    created: float
+    updated: float
+
+
+class SubscriptionCreated(SubscriptionOut):
+    # Shown once: receivers verify X-Algomint-Signature with it.
+    secret: str
+
+
+class Attempt(BaseModel):
+    attempt: int
+    at: float
+    duration_ms: float
+    status: int | None
+    error: str | None
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    event_id: str
+    event_type: str
+    repository: str
+    status: Literal["pending", "delivered", "dead"]
+    attempts: int
+    next_attempt: float | None
+    last_status: int | None
+    last_error: str | None
+    created: float
+    delivered: float | None
+    history: list[Attempt]
+
+
+async def _existing(request: web.Request) -> dict[str, Any]:
+    sub = await request.app[PACKER].subscriptions.get(request.match_info["id"])
+    if sub is None:
+        raise ApiError(404, f"no subscription {request.match_info['id'][:64]!r}")
+    return sub
+
+
+@router.route("GET", "/subscriptions", summary="List subscriptions", response=Page[SubscriptionOut],
+              query={"limit": "page size (1-500)", "cursor": "from the previous page's next"})
+async def list_subscriptions(request: web.Request) -> web.Response:
+    limit, cursor = page_params(request)
+    if cursor is not None and not isinstance(cursor, str):
+        raise ApiError(400, "invalid cursor")
+    items = await request.app[PACKER].subscriptions.list(limit, cursor)
+    return web.json_response({"items": items, "next": encode_cursor(items[-1]["id"]) if len(items) == limit else None})
+
+
+@router.route("POST", "/subscriptions", summary="Subscribe a URL to events (the secret is shown once)",
+              body=SubscriptionSpec, response=SubscriptionCreated, status=201)
+async def create_subscription(request: web.Request) -> web.Response:
+    spec = await parse_body(request, SubscriptionSpec)
+    sub, secret = await request.app[PACKER].subscriptions.create(spec)
+    return web.json_response({**sub, "secret": secret}, status=201)
+
+
+@router.route("GET", "/subscriptions/{id}", summary="One subscription", response=SubscriptionOut)
+async def get_subscription(request: web.Request) -> web.Response:
+    return web.json_response(await _existing(request))
+
+
+@router.route("PATCH", "/subscriptions/{id}", summary="Change a subscription", body=SubscriptionPatch,
+              response=SubscriptionOut)
+async def update_subscription(request: web.Request) -> web.Response:
+    patch = await parse_body(request, SubscriptionPatch)
+    sub = await request.app[PACKER].subscriptions.update(request.match_info["id"], patch)
+    if sub is None:
+        raise ApiError(404, f"no subscription {request.match_info['id'][:64]!r}")
+    return web.json_response(sub)
+
+
+@router.route("DELETE", "/subscriptions/{id}", summary="Delete a subscription and its pending deliveries", status=204)
+async def delete_subscription(request: web.Request) -> web.Response:
+    if not await request.app[PACKER].subscriptions.delete(request.match_info["id"]):
+        raise ApiError(404, f"no subscription {request.match_info['id'][:64]!r}")
+    return web.Response(status=204)
+
+
+@router.route("GET", "/subscriptions/{id}/deliveries", summary="Deliveries and every attempt, newest first",
+              response=Page[DeliveryOut],
+              query={"status": "pending|delivered|dead", "limit": "page size (1-500)",
+                     "cursor": "from the previous page's next"})
+async def list_deliveries(request: web.Request) -> web.Response:
+    await _existing(request)
+    limit, cursor = page_params(request)
+    status = request.query.get("status")
+    if status is not None and status not in ("pending", "delivered", "dead"):
+        raise ApiError(400, "status must be pending, delivered or dead", {"status": status[:50]})
+    if cursor is not None and not isinstance(cursor, int):
+        raise ApiError(400, "invalid cursor")
+    items = await request.app[PACKER].subscriptions.deliveries(request.match_info["id"], limit, cursor, status)
+    return web.json_response({"items": items, "next": encode_cursor(items[-1]["id"]) if len(items) == limit else None})
+
+
+@router.route("POST", "/subscriptions/{id}/deliveries/{delivery}/retry",
+              summary="Queue a delivery again (e.g. dead-lettered) with a fresh attempt budget", status=202)
+async def retry_delivery(request: web.Request) -> web.Response:
+    await _existing(request)
+    raw = request.match_info["delivery"]
+    packer = request.app[PACKER]
+    if not raw.isdigit() or len(raw) > 18 or not await packer.subscriptions.redeliver(request.match_info["id"], int(raw)):
+        raise ApiError(404, f"no delivery {raw[:30]!r} for this subscription")
+    packer.webhooks.notify()
+    return web.json_response({"delivery": int(raw), "status": "pending"}, status=202)
