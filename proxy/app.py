@@ -30,6 +30,10 @@ from .service.policy import AllowAll, PolicyChain
 from .service.registry import RegistryService
 from .api.state import PACKER
 from packer.runtime import Packer
+from .api.manage import archive as archive_api, fullbuilds
+from packer.fullbuild.freeze import FreezePolicy
+from packer.fullbuild.names import Namespaces
+from packer.fullbuild.service import FullBuildService
 
 __all__ = ["create_app", "BACKEND"]
 
@@ -61,10 +65,16 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app.cleanup_ctx.append(_storage)
     app[PACKER] = Packer(config, app[DATABASE], app[REGISTRY], app[EVENTS])
     app.cleanup_ctx.append(_packer)  # after storage: needs the database and backend open
+    app[fullbuilds.FULL_BUILDS] = builds = FullBuildService(
+        app[REGISTRY], app[DATABASE], config.full_builds, config.licenses, _namespaces(config)
+    )
+    app[POLICY].add(FreezePolicy(builds.store, lambda: builds.license_suffixes, builds.namespaces))
+    app.cleanup_ctx.append(_full_builds)  # after storage: needs the database and backend open
     app.on_response_prepare.append(middleware.add_api_version)
     add_routes(app, V2_ROUTES, HANDLERS)
     add_ops_routes(app)
     routers = [openapi_router]
+    routers += [fullbuilds.router, archive_api.router]
     routers += [chains.router, plugins.router, assemblies.router, subscriptions.router]
     manage.mount(app, routers)
     app[OPENAPI] = build_document(routers)
@@ -83,6 +93,21 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         await sweeper
     await backend.close()
     await db.close()
+
+
+def _namespaces(config: Config) -> Namespaces:
+    assembly = getattr(config, "assembly", None)
+    return Namespaces(
+        generic=getattr(assembly, "generic_prefix", "generic/"),
+        business=getattr(assembly, "business_prefix", "business/"),
+        images=config.full_builds.images_prefix,
+    )
+
+
+async def _full_builds(app: web.Application) -> AsyncIterator[None]:
+    await app[fullbuilds.FULL_BUILDS].start()
+    yield
+    await app[fullbuilds.FULL_BUILDS].close()
 
 
 async def _packer(app: web.Application) -> AsyncIterator[None]:

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML config file (default: config/algomint.toml if present)")
     serve.add_argument("--listen", help="HOST:PORT to listen on (overrides server.listen)")
     serve.set_defaults(func=_serve)
+    from packer.licensing.cli import register as add_license_commands
+
+    add_license_commands(commands)
     from .admin import add_admin_parser
 
     add_admin_parser(commands)

@@ -14,7 +14,7 @@ from packer.layers import Codec, LayerError, rewrite_layer, scan_layer
 from packer.licensing.envelope import Encryptor
 from packer.tarstream import TarLimits, compile_globs
 from proxy.backend.filesystem import FilesystemBackend
-from tests.support.images import MODELS, layer_with_models, plain_layer
+from tests.support.tarlayers import MODELS, layer_with_models, plain_layer
 
 KEY, KEY_ID = os.urandom(32), os.urandom(16)
 SELECT = compile_globs([MODELS])

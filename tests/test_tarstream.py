@@ -10,7 +10,7 @@ import pytest
 
 from packer.licensing.envelope import Decryptor, Encryptor
 from packer.tarstream import TarError, TarLimits, compile_globs, rewrite_tar, scan_tar
-from tests.support.images import MODELS, layer_with_models, plain_layer, raw_member_slices
+from tests.support.tarlayers import MODELS, layer_with_models, plain_layer, raw_member_slices
 
 KEY, KEY_ID = os.urandom(32), os.urandom(16)
 

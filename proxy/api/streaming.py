@@ -8,10 +8,11 @@ or upstream failure (never a clean end of a truncated body)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
-from typing import AsyncIterator, Mapping
+from typing import AsyncGenerator, AsyncIterator, Mapping
 
 from aiohttp import web
 
@@ -19,7 +20,7 @@ from ..backend import BlobReader
 from ..oci.errors import Errors, RegistryError
 from .state import METRICS
 
-__all__ = ["ByteRange", "parse_range", "request_chunks", "read_body", "send_blob", "CHUNK"]
+__all__ = ["ByteRange", "parse_range", "request_chunks", "read_body", "send_blob", "send_stream", "CHUNK"]
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,46 @@ async def _sendfile(request: web.Request, response: web.StreamResponse, reader: 
             pass
     async for chunk in reader:
         await response.write(chunk)
+
+
+async def send_stream(
+    request: web.Request,
+    chunks: AsyncGenerator[bytes, None],
+    headers: Mapping[str, str],
+    *,
+    status: int = 200,
+    length: int | None = None,
+) -> web.StreamResponse:
+    """Stream a generated body (``length`` known: ``Content-Length``, else chunked).
+
+    The generator is closed whatever happens (so its backend streams are released when
+    the client goes away); if it fails once the headers are out, or yields a different
+    number of bytes than ``length``, the connection is aborted, never ended cleanly."""
+    metrics = request.app[METRICS]
+    response = web.StreamResponse(status=status, headers=headers)
+    if length is not None:
+        response.content_length = length
+    metrics.in_flight_streams.inc()
+    sent = 0
+    try:
+        async with contextlib.aclosing(chunks):
+            await response.prepare(request)
+            async for chunk in chunks:
+                await response.write(chunk)
+                sent += len(chunk)
+        if length is not None and sent != length:
+            raise RuntimeError(f"generated {sent} bytes, promised {length}")
+        await response.write_eof()
+        return response
+    except ConnectionError:
+        return response  # the client went away; the generator is closed
+    except Exception as exc:  # noqa: BLE001 - after the headers, aborting is the only signal left
+        log.warning("stream aborted", extra={"path": request.path, "error": str(exc), "sent": sent})
+        _abort(request)
+        return response
+    finally:
+        metrics.bytes_out.inc(sent)
+        metrics.in_flight_streams.dec()
 
 
 def _abort(request: web.Request) -> None:

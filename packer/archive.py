@@ -1,0 +1,245 @@
+"""Any artifact as one deterministic tar in OCI image-layout form, planned up front.
+
+Layout: ``oci-layout``, ``index.json`` (the root manifest and, for a full package, each
+runtime image manifest, named with ``org.opencontainers.image.ref.name``), the
+``blobs/`` directories, then ``blobs/<alg>/<hex>`` for manifests, configs, thin-package
+layers and image layers, in that order, each blob once. Every header is a fixed ustar
+header written here (mtime 0, uid/gid 0, no owner names, modes 0644/0755), so the
+archive's bytes depend only on the root digest: its size is known before the first byte
+and any byte range maps onto a list of segments (header bytes, blob byte ranges,
+padding). A range asks the backend for only the blob bytes it covers; whole blobs are
+digest-verified as they stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from proxy.backend import Backend
+from proxy.oci import mediatypes as mt
+from proxy.oci.errors import Errors, RegistryError
+from proxy.oci.manifest import Descriptor, parse_manifest
+from proxy.oci.reference import is_digest, sha256_digest
+from proxy.service.registry import RegistryService
+
+from .fullbuild.builder import ANNOTATION_IMAGE_REF
+from .tarstream import BLOCK, ustar_header
+
+__all__ = ["ArchiveError", "ArchivePlan", "Segment", "plan_archive", "stream_archive", "ArchiveLimits"]
+
+_IMAGE_CONFIGS = (mt.OCI_CONFIG, mt.DOCKER_CONFIG)
+_HASH_IN_THREAD = 256 * 1024
+
+
+class ArchiveError(Exception):
+    """The artifact can't be archived (too big a graph) or a blob failed mid-stream."""
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    max_manifests: int = 1024
+    max_manifest_bytes: int = 16 * 1024 * 1024  # all manifests of one archive, held in memory
+    max_blobs: int = 100_000
+    max_depth: int = 4
+
+
+@dataclass(frozen=True)
+class Segment:
+    offset: int  # where it starts in the archive
+    size: int
+    data: bytes | None = None  # literal bytes; else a blob
+    digest: str | None = None
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+@dataclass
+class ArchivePlan:
+    repository: str
+    ref_name: str
+    root: Descriptor
+    segments: list[Segment]
+    size: int
+    names: list[str]  # tar member names, in order
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.root.digest}"'
+
+    def locate(self, offset: int) -> int:
+        """Index of the segment holding archive byte ``offset``."""
+        starts = [s.offset for s in self.segments]
+        return bisect.bisect_right(starts, offset) - 1
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.segments: list[Segment] = []
+        self.names: list[str] = []
+        self.offset = 0
+
+    def _literal(self, data: bytes) -> None:
+        if data:
+            self.segments.append(Segment(self.offset, len(data), data=data))
+            self.offset += len(data)
+
+    def directory(self, name: str) -> None:
+        self.names.append(name)
+        self._literal(ustar_header(name, 0, typeflag=b"5", mode=0o755))
+
+    def file(self, name: str, data: bytes) -> None:
+        self.names.append(name)
+        self._literal(ustar_header(name, len(data)) + data + b"\0" * (-len(data) % BLOCK))
+
+    def blob(self, name: str, digest: str, size: int) -> None:
+        self.names.append(name)
+        self._literal(ustar_header(name, size))
+        if size:
+            self.segments.append(Segment(self.offset, size, digest=digest))
+            self.offset += size
+        self._literal(b"\0" * (-size % BLOCK))
+
+    def finish(self) -> None:
+        self._literal(b"\0" * (2 * BLOCK))
+
+
+def _blob_name(digest: str) -> str:
+    algorithm, encoded = digest.split(":", 1)
+    return f"blobs/{algorithm}/{encoded}"
+
+
+async def plan_archive(service: RegistryService, repo: str, reference: str,
+                       limits: ArchiveLimits = ArchiveLimits()) -> ArchivePlan:
+    """Walk the artifact's manifests (held, verified, in memory) and lay out the tar."""
+    root_data = await service.get_manifest(repo, reference)
+    if sha256_digest(root_data.data) != root_data.digest and root_data.digest.startswith("sha256:"):
+        raise RegistryError(Errors.UNAVAILABLE, message="backend returned a manifest that fails its digest")
+    root_parsed = parse_manifest(root_data.data, root_data.media_type)
+    ref_name = f"{repo}@{reference}" if is_digest(reference) else f"{repo}:{reference}"
+    root = Descriptor(root_data.media_type, root_data.digest, len(root_data.data),
+                      artifact_type=root_parsed.artifact_type if root_parsed.document.get("artifactType") else None)
+
+    manifests: dict[str, bytes] = {root.digest: root_data.data}
+    order = [root.digest]
+    configs: list[Descriptor] = []
+    thin_layers: list[Descriptor] = []
+    image_layers: list[Descriptor] = []
+    named: list[dict[str, Any]] = []
+    held = len(root_data.data)
+    queue = [(root_parsed, 0)]
+    while queue:
+        parsed, depth = queue.pop(0)
+        if parsed.is_index:
+            if depth >= limits.max_depth:
+                raise ArchiveError(f"manifest graph deeper than {limits.max_depth}")
+            for child in parsed.manifests:
+                if child.digest in manifests:
+                    continue
+                if len(manifests) >= limits.max_manifests:
+                    raise ArchiveError(f"more than {limits.max_manifests} manifests")
+                data = await service.get_manifest(repo, child.digest)
+                if child.digest.startswith("sha256:") and sha256_digest(data.data) != child.digest:
+                    raise RegistryError(Errors.UNAVAILABLE, message=f"manifest {child.digest} fails its digest")
+                held += len(data.data)
+                if held > limits.max_manifest_bytes:
+                    raise ArchiveError(f"manifests exceed {limits.max_manifest_bytes} bytes")
+                manifests[child.digest] = data.data
+                order.append(child.digest)
+                queue.append((parse_manifest(data.data, data.media_type), depth + 1))
+                if depth == 0 and (child.annotations or {}).get(ANNOTATION_IMAGE_REF):
+                    entry = {"mediaType": data.media_type, "digest": child.digest, "size": len(data.data),
+                             "annotations": {mt.ANNOTATION_REF_NAME: child.annotations[ANNOTATION_IMAGE_REF]}}  # type: ignore[index]
+                    if child.platform:
+                        entry["platform"] = child.platform
+                    named.append(entry)
+        else:
+            assert parsed.config is not None
+            configs.append(parsed.config)
+            image = parsed.config.media_type in _IMAGE_CONFIGS
+            (image_layers if image else thin_layers).extend(parsed.layers)
+
+    root_entry: dict[str, Any] = {"mediaType": root.media_type, "digest": root.digest, "size": root.size}
+    if root.artifact_type:
+        root_entry["artifactType"] = root.artifact_type
+    root_entry["annotations"] = {mt.ANNOTATION_REF_NAME: ref_name}
+    index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [root_entry, *named]}
+
+    out = _Builder()
+    out.file("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+    out.file("index.json", json.dumps(index, separators=(",", ":")).encode())
+    out.directory("blobs/")
+    algorithms = sorted({d.split(":", 1)[0] for d in [*order, *(b.digest for b in configs + thin_layers + image_layers)]})
+    for algorithm in algorithms:
+        out.directory(f"blobs/{algorithm}/")
+    seen: set[str] = set()
+    for digest in order:
+        seen.add(digest)
+        out.file(_blob_name(digest), manifests[digest])
+    for blob in [*configs, *thin_layers, *image_layers]:
+        if blob.digest in seen:
+            continue
+        seen.add(blob.digest)
+        if len(seen) > limits.max_blobs:
+            raise ArchiveError(f"more than {limits.max_blobs} blobs")
+        out.blob(_blob_name(blob.digest), blob.digest, blob.size)
+    out.finish()
+    return ArchivePlan(repo, ref_name, root, out.segments, out.offset, out.names)
+
+
+async def stream_archive(backend: Backend, plan: ArchivePlan, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    """Bytes ``[start, end]`` (inclusive) of the archive. Raises ``ArchiveError`` when a
+    blob comes back short or fails its digest: the caller must not end cleanly."""
+    end = plan.size - 1 if end is None else end
+    if plan.size == 0 or start > end:
+        return
+    index = plan.locate(start)
+    position = start
+    while position <= end:
+        segment = plan.segments[index]
+        local = position - segment.offset
+        length = min(segment.end, end + 1) - position
+        if segment.data is not None:
+            yield segment.data[local : local + length]
+        else:
+            assert segment.digest is not None
+            async for chunk in _blob_range(backend, plan.repository, segment, local, length):
+                yield chunk
+        position += length
+        index += 1
+
+
+async def _blob_range(backend: Backend, repo: str, segment: Segment, local: int, length: int) -> AsyncIterator[bytes]:
+    assert segment.digest is not None
+    whole = local == 0 and length == segment.size
+    hasher = hashlib.new(segment.digest.split(":", 1)[0]) if whole else None
+    try:
+        reader = await backend.open_blob(repo, segment.digest, local, length)
+    except RegistryError as exc:
+        raise ArchiveError(f"blob {segment.digest}: {exc.message}") from None
+    sent = 0
+    try:
+        async for chunk in reader:
+            if sent + len(chunk) > length:
+                raise ArchiveError(f"blob {segment.digest} is larger than its descriptor says")
+            if hasher is not None:
+                if len(chunk) >= _HASH_IN_THREAD:
+                    await asyncio.to_thread(hasher.update, chunk)
+                else:
+                    hasher.update(chunk)
+            sent += len(chunk)
+            yield chunk
+    except RegistryError as exc:
+        raise ArchiveError(f"blob {segment.digest}: {exc.message}") from None
+    finally:
+        await reader.close()
+    if sent != length:
+        raise ArchiveError(f"blob {segment.digest} ended after {sent} of {length} bytes")
+    if hasher is not None and f"{segment.digest.split(':', 1)[0]}:{hasher.hexdigest()}" != segment.digest:
+        raise ArchiveError(f"blob {segment.digest} failed digest verification")

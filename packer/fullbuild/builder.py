@@ -1,0 +1,476 @@
+"""One full build: licensed runtime images, the license-specific descriptor, the full index.
+
+For each runtime image in the business package's descriptor, every layer holding a
+file that matches the image's model globs is rewritten with those files sealed under a
+fresh data key (``packer.layers``); other layers are reused by digest. A license layer
+carries the wrapped data key. The new config (``diff_ids``, labels) and manifest are
+stored by digest; image indexes are licensed child by child. Then the descriptor with
+runtime refs pinned to the licensed images, and the full package index listing it and
+the images, are stored in the business repository, into which the images' blobs are
+mounted (linked, not copied) so ``/v2`` clients can pull the index and its parts there.
+
+Tags are written last, images first and the full package's tag at the very end, so an
+interrupted build never leaves a tag pointing at something half-written.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+from proxy.backend import Backend, ManifestData
+from proxy.oci import mediatypes as mt
+from proxy.oci.errors import Errors, RegistryError
+from proxy.oci.manifest import ParsedManifest, parse_manifest
+from proxy.oci.reference import sha256_digest
+from proxy.service.policy import SYSTEM
+from proxy.service.registry import RegistryService
+
+from ..layers import TAR_LAYER_TYPES, Codec, LayerError, rewrite_layer, scan_layer
+from ..licensing.envelope import KEY_ID_SIZE, Encryptor
+from ..licensing.licenser import Licenser
+from ..licensing.settings import LicenseConfig
+from ..tarstream import BLOCK, TarLimits, compile_globs, ustar_header
+from .names import BuildInputError, Namespaces, PackageName, RuntimeImageRef, load_descriptor, runtime_images
+from .settings import FullBuildConfig
+from .store import BuildRecord, Frozen, LayerProgress
+
+__all__ = ["BuildError", "FullBuilder", "Tracker", "ANNOTATION_LICENSE", "ANNOTATION_SOURCE", "ANNOTATION_IMAGE_REF"]
+
+MAX_SMALL_BLOB = 4 * 1024 * 1024
+ANNOTATION_LICENSE = "org.algomint.license.kind"
+ANNOTATION_SOURCE = "org.algomint.source.digest"
+ANNOTATION_PACKAGE = "org.algomint.package"
+ANNOTATION_IMAGE_REF = "org.algomint.image.ref"
+ANNOTATION_IMAGE_SOURCE = "org.algomint.image.source"
+LABEL_LICENSE = "org.algomint.license.kind"
+LABEL_SOURCE = "org.algomint.source.image"
+_IMAGE_CONFIGS = (mt.OCI_CONFIG, mt.DOCKER_CONFIG)
+
+
+class BuildError(Exception):
+    """A build that cannot complete; the message is recorded on the build."""
+
+
+class Tracker:
+    """Per-layer progress of a running build, flushed to the store by the service."""
+
+    def __init__(self) -> None:
+        self.layers: dict[tuple[str, int], LayerProgress] = {}
+        self.dirty = False
+
+    def add(self, image: str, position: int, digest: str, size: int) -> LayerProgress:
+        progress = LayerProgress(image, position, digest, size)
+        self.layers[(image, position)] = progress
+        return progress
+
+    def set(self, layer: LayerProgress, state: str, done: int | None = None) -> None:
+        layer.state = state
+        if done is not None:
+            layer.bytes_done = done
+        self.dirty = True
+
+    def advance(self, layer: LayerProgress) -> Callable[[int], None]:
+        def step(n: int) -> None:
+            layer.bytes_done = min(layer.size, layer.bytes_done + n)
+            self.dirty = True
+
+        return step
+
+    @property
+    def bytes_total(self) -> int:
+        return sum(layer.size for layer in self.layers.values())
+
+    @property
+    def bytes_done(self) -> int:
+        return sum(layer.bytes_done for layer in self.layers.values())
+
+
+@dataclass
+class _Image:
+    """One image manifest to license (a runtime image, or one platform of its index)."""
+
+    label: str
+    repo: str
+    data: ManifestData
+    parsed: ParsedManifest
+    layers: list[LayerProgress] = field(default_factory=list)
+
+
+@dataclass
+class _Runtime:
+    ref: RuntimeImageRef
+    root: ManifestData
+    images: list[_Image]
+    licensed: ManifestData | None = None
+    licensed_children: list[tuple[ManifestData, _Image]] = field(default_factory=list)
+    key_id: bytes = b""
+    encrypted: int = 0
+
+
+def _json(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+class FullBuilder:
+    def __init__(self, service: RegistryService, licensers: dict[str, Licenser], licenses: dict[str, LicenseConfig],
+                 settings: FullBuildConfig, namespaces: Namespaces) -> None:
+        self.service = service
+        self.backend: Backend = service.backend
+        self.licensers = licensers
+        self.licenses = licenses
+        self.settings = settings
+        self.ns = namespaces
+        self.limits = TarLimits(settings.max_layer_bytes, settings.max_entries, settings.max_header_bytes)
+        self.codec = Codec(settings.gzip_level, settings.zstd_level, settings.threads)
+
+    # -- request validation (before anything is queued) ------------------------------------
+    async def check(self, package: str, license: str) -> tuple[PackageName, str]:
+        """Resolve a request to (package, source manifest digest) or raise ``BuildInputError``."""
+        if license not in self.licensers:
+            raise BuildInputError(422, f"unknown license kind {license!r}",
+                                  {"field": "license", "known": sorted(self.licensers)})
+        name = PackageName.parse(package, self.ns)
+        for kind in self.licensers:
+            if name.version.endswith(f"-{kind}"):
+                raise BuildInputError(422, f"{package} is itself a full package (tag ends in -{kind})",
+                                      {"field": "package"})
+        try:
+            data = await self.service.get_manifest(name.repository, name.version)
+        except RegistryError as exc:
+            if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
+                raise BuildInputError(404, f"unknown package {package}", {"field": "package"}) from None
+            raise
+        _, descriptor = await self._package(name.repository, data)
+        for image in runtime_images(descriptor, self.ns):
+            try:
+                await self.service.stat_manifest(image.repository, image.reference.reference)
+            except RegistryError as exc:
+                if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
+                    raise BuildInputError(422, f"runtime image {image.ref} does not exist",
+                                          {"field": f"runtime.images.{image.index}.ref"}) from None
+                raise
+        return name, data.digest
+
+    async def _package(self, repo: str, data: ManifestData) -> tuple[ParsedManifest, dict[str, Any]]:
+        parsed = parse_manifest(data.data, data.media_type)
+        if parsed.is_index or parsed.artifact_type != mt.BUSINESS:
+            raise BuildInputError(422, f"{repo}@{data.digest} is not a business package "
+                                  f"(artifactType {parsed.artifact_type!r})", {"field": "package"})
+        assert parsed.config is not None
+        if parsed.config.media_type != mt.ALGORITHM_CONFIG:
+            raise BuildInputError(422, f"the package's config is {parsed.config.media_type}, not an algorithm descriptor")
+        raw = await self._small_blob(repo, parsed.config.digest)
+        return parsed, load_descriptor(raw)
+
+    async def _small_blob(self, repo: str, digest: str, limit: int = MAX_SMALL_BLOB) -> bytes:
+        reader = await self.backend.open_blob(repo, digest)
+        try:
+            if reader.size > limit:
+                raise BuildError(f"blob {digest} in {repo} is {reader.size} bytes; the limit is {limit}")
+            data = b"".join([chunk async for chunk in reader])
+        finally:
+            await reader.close()
+        if sha256_digest(data) != digest:
+            raise BuildError(f"blob {digest} in {repo} failed digest verification")
+        return data
+
+    async def _put_blob(self, repo: str, data: bytes) -> str:
+        digest = sha256_digest(data)
+        try:
+            await self.backend.stat_blob(repo, digest)
+            return digest
+        except RegistryError as exc:
+            if exc.error not in (Errors.BLOB_UNKNOWN, Errors.NAME_UNKNOWN):
+                raise
+        session = await self.backend.start_upload(repo)
+        await self.backend.finish_upload(repo, session.upload_id, digest, _one(data))
+        return digest
+
+    async def _put_manifest(self, repo: str, reference: str, data: bytes, media_type: str) -> str:
+        stored = await self.service.put_manifest(repo, reference, data, media_type, SYSTEM.name)
+        return stored.digest
+
+    # -- the build ---------------------------------------------------------------------------
+    async def run(self, record: BuildRecord, tracker: Tracker, planned: Callable[[], Any],
+                  warnings: list[str]) -> tuple[dict[str, Any], list[Frozen]]:
+        """Build ``record``; ``planned`` is awaited once the layer list is known."""
+        licenser = self.licensers.get(record.license)
+        if licenser is None:
+            raise BuildError(f"license kind {record.license!r} is no longer configured")
+        settings = self.licenses[record.license]
+        name = PackageName.parse(record.package, self.ns)
+        try:
+            source = await self.service.get_manifest(name.repository, record.source_digest)
+            package, descriptor = await self._package(name.repository, source)
+            refs = runtime_images(descriptor, self.ns)
+        except BuildInputError as exc:
+            raise BuildError(exc.message) from None
+
+        runtimes: dict[str, _Runtime] = {}
+        for ref in refs:
+            if ref.ref not in runtimes:
+                runtimes[ref.ref] = await self._plan(ref, tracker, warnings)
+        await planned()
+
+        for runtime in runtimes.values():
+            await self._license_runtime(runtime, licenser, settings, tracker, warnings)
+
+        # The license-specific descriptor and the full index, in the business repository.
+        descriptor = copy.deepcopy(descriptor)
+        for ref in refs:
+            runtime = runtimes[ref.ref]
+            assert runtime.licensed is not None
+            entry = descriptor["runtime"]["images"][ref.index]
+            entry["ref"] = f"{ref.repository}@{runtime.licensed.digest}"
+            entry["source"] = ref.ref
+            entry["tag"] = f"{ref.repository}:{ref.licensed_tag(record.license)}"
+        descriptor["license"] = {
+            **licenser.describe(),
+            **({"licensePath": settings.license_path} if licenser.encrypts else {}),
+            "package": f"{name.repository}@{record.source_digest}",
+        }
+        config = _json(descriptor)
+        config_digest = await self._put_blob(name.repository, config)
+        thin = copy.deepcopy(package.document)
+        thin["config"] = {**thin["config"], "digest": config_digest, "size": len(config)}
+        thin.pop("subject", None)
+        thin["annotations"] = {**(thin.get("annotations") or {}), ANNOTATION_LICENSE: record.license,
+                               ANNOTATION_SOURCE: record.source_digest}
+        thin_data = _json(thin)
+        thin_digest = await self._put_manifest(name.repository, sha256_digest(thin_data), thin_data, package.media_type)
+
+        entries: list[dict[str, Any]] = [{
+            "mediaType": package.media_type, "digest": thin_digest, "size": len(thin_data),
+            "artifactType": mt.BUSINESS,
+        }]
+        for runtime in runtimes.values():
+            await self._link_into(name.repository, runtime)
+            licensed = runtime.licensed
+            assert licensed is not None
+            entry = {"mediaType": licensed.media_type, "digest": licensed.digest, "size": len(licensed.data),
+                     "annotations": {ANNOTATION_IMAGE_REF: f"{runtime.ref.repository}:{runtime.ref.licensed_tag(record.license)}",
+                                     ANNOTATION_IMAGE_SOURCE: f"{runtime.ref.repository}@{runtime.root.digest}"}}
+            platform = await self._platform(runtime)
+            if platform:
+                entry["platform"] = platform
+            entries.append(entry)
+        index = {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_INDEX,
+            "artifactType": mt.FULL,
+            "manifests": entries,
+            "subject": {"mediaType": source.media_type, "digest": source.digest, "size": len(source.data)},
+            "annotations": {ANNOTATION_LICENSE: record.license, ANNOTATION_SOURCE: record.source_digest,
+                            ANNOTATION_PACKAGE: str(name)},
+        }
+        index_data = _json(index)
+        index_digest = await self._put_manifest(name.repository, sha256_digest(index_data), index_data, mt.OCI_INDEX)
+
+        # Tags last: every image first, the full package at the very end.
+        freezes = [
+            Frozen(name.repository, name.version, record.source_digest, record.id, str(name)),
+        ]
+        generic = name.generic(self.ns)
+        try:
+            generic_info = await self.service.stat_manifest(generic, name.version)
+            freezes.append(Frozen(generic, name.version, generic_info.digest, record.id, str(name)))
+        except RegistryError as exc:
+            if exc.error not in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
+                raise
+        images_out = []
+        for runtime in runtimes.values():
+            assert runtime.licensed is not None
+            tag = runtime.ref.licensed_tag(record.license)
+            await self._put_manifest(runtime.ref.repository, tag, runtime.licensed.data, runtime.licensed.media_type)
+            freezes.append(Frozen(runtime.ref.repository, tag, runtime.licensed.digest, record.id, str(name)))
+            images_out.append({
+                "ref": runtime.ref.ref, "source_digest": runtime.root.digest,
+                "licensed": f"{runtime.ref.repository}:{tag}", "digest": runtime.licensed.digest,
+                "key_id": runtime.key_id.hex() if runtime.key_id else None, "encrypted_files": runtime.encrypted,
+            })
+        full_tag = name.full_tag(record.license)
+        await self._put_manifest(name.repository, full_tag, index_data, mt.OCI_INDEX)
+        freezes.append(Frozen(name.repository, full_tag, index_digest, record.id, str(name)))
+        result = {"tag": f"{name.repository}:{full_tag}", "digest": index_digest, "descriptor": thin_digest,
+                  "images": images_out}
+        return result, freezes
+
+    async def _plan(self, ref: RuntimeImageRef, tracker: Tracker, warnings: list[str]) -> _Runtime:
+        try:
+            root = await self.service.get_manifest(ref.repository, ref.reference.reference)
+        except RegistryError as exc:
+            raise BuildError(f"runtime image {ref.ref}: {exc.message}") from None
+        parsed = parse_manifest(root.data, root.media_type)
+        images: list[_Image] = []
+        if parsed.is_index:
+            for child in parsed.manifests:
+                if child.media_type not in mt.IMAGE_MANIFESTS:
+                    continue
+                if (child.platform or {}).get("os") == "unknown":
+                    continue  # attestations (buildkit): they describe the source image, not this one
+                data = await self.service.get_manifest(ref.repository, child.digest)
+                platform = child.platform or {}
+                label = f"{ref.ref} [{platform.get('os', '?')}/{platform.get('architecture', '?')}]"
+                images.append(_Image(label, ref.repository, data, parse_manifest(data.data, data.media_type)))
+            if not images:
+                raise BuildError(f"runtime image {ref.ref} is an index without image manifests")
+        else:
+            images.append(_Image(ref.ref, ref.repository, root, parsed))
+        for image in images:
+            for position, layer in enumerate(image.parsed.layers):
+                image.layers.append(tracker.add(image.label, position, layer.digest, layer.size))
+        return _Runtime(ref, root, images)
+
+    async def _license_runtime(self, runtime: _Runtime, licenser: Licenser, settings: LicenseConfig,
+                               tracker: Tracker, warnings: list[str]) -> None:
+        ref = runtime.ref
+        license_layer: bytes | None = None
+        key = b""
+        if licenser.encrypts:
+            key, runtime.key_id = os.urandom(32), os.urandom(KEY_ID_SIZE)
+            license_file = licenser.wrap(key, runtime.key_id)
+            tar = ustar_header(settings.license_path, len(license_file)) + license_file
+            tar += b"\0" * (-len(tar) % BLOCK) + b"\0" * (2 * BLOCK)
+            license_layer = gzip.compress(tar, compresslevel=9, mtime=0)
+        for image in runtime.images:
+            licensed = await self._license_image(image, ref, licenser, settings, key, runtime, license_layer, tracker)
+            runtime.licensed_children.append((licensed, image))
+        if licenser.encrypts and runtime.encrypted == 0:
+            warnings.append(f"model patterns {list(ref.models)} matched no file in {ref.ref}: nothing was encrypted")
+        root = parse_manifest(runtime.root.data, runtime.root.media_type)
+        if not root.is_index:
+            runtime.licensed = runtime.licensed_children[0][0]
+            return
+        children = {image.data.digest: licensed for licensed, image in runtime.licensed_children}
+        doc = copy.deepcopy(root.document)
+        manifests = []
+        for child in doc["manifests"]:
+            new = children.get(child.get("digest"))
+            if new is None:
+                continue  # attestations and other non-image children are not carried over
+            manifests.append({**child, "digest": new.digest, "size": len(new.data), "mediaType": new.media_type})
+        doc["manifests"] = manifests
+        if root.media_type == mt.OCI_INDEX:
+            doc["annotations"] = {**(doc.get("annotations") or {}), ANNOTATION_LICENSE: licenser.kind,
+                                  ANNOTATION_SOURCE: runtime.root.digest}
+        data = _json(doc)
+        digest = await self._put_manifest(ref.repository, sha256_digest(data), data, root.media_type)
+        runtime.licensed = ManifestData(digest, root.media_type, data)
+
+    async def _license_image(self, image: _Image, ref: RuntimeImageRef, licenser: Licenser, settings: LicenseConfig,
+                             key: bytes, runtime: _Runtime, license_layer: bytes | None,
+                             tracker: Tracker) -> ManifestData:
+        parsed, repo = image.parsed, image.repo
+        assert parsed.config is not None
+        if parsed.config.media_type not in _IMAGE_CONFIGS:
+            raise BuildError(f"{image.label} is not a runtime image (config {parsed.config.media_type})")
+        config = json.loads(await self._small_blob(repo, parsed.config.digest))
+        rootfs = config.get("rootfs") if isinstance(config, dict) else None
+        diff_ids = list(rootfs.get("diff_ids") or []) if isinstance(rootfs, dict) else None
+        if diff_ids is None or len(diff_ids) != len(parsed.layers):
+            raise BuildError(f"{image.label}: config rootfs.diff_ids does not match the manifest's layers")
+        layers_json = copy.deepcopy(image.parsed.document["layers"])
+        select = compile_globs(ref.models)
+
+        def seal(path: str, size: int) -> Encryptor:
+            return Encryptor(key, runtime.key_id, size, settings.chunk_size)
+
+        for position, layer in enumerate(parsed.layers):
+            progress = image.layers[position]
+            if not licenser.encrypts or not ref.models:
+                tracker.set(progress, "reused", layer.size)
+                continue
+            where = f"{image.label} layer {position} ({layer.digest})"
+            if layer.media_type not in TAR_LAYER_TYPES:
+                raise BuildError(f"{where}: media type {layer.media_type} is not a tar layer")
+            try:
+                tracker.set(progress, "scanning", 0)
+                found = await scan_layer(self.backend, repo, layer.digest, layer.size, select, self.limits,
+                                         tracker.advance(progress))
+                if not found:
+                    tracker.set(progress, "reused", layer.size)
+                    continue
+                tracker.set(progress, "rewriting", 0)
+                out = await rewrite_layer(self.backend, repo, repo, layer.digest, layer.size, select, seal,
+                                          self.limits, self.codec, tracker.advance(progress))
+            except LayerError as exc:
+                tracker.set(progress, "failed")
+                raise BuildError(f"{where}: {exc}") from None
+            entry = {k: v for k, v in layers_json[position].items() if k != "urls"}
+            entry.update(digest=out.digest, size=out.size)
+            layers_json[position] = entry
+            diff_ids[position] = out.diff_id
+            progress.result_digest, progress.diff_id, progress.encrypted = out.digest, out.diff_id, len(out.encrypted)
+            tracker.set(progress, "rewritten", layer.size)
+            runtime.encrypted += len(out.encrypted)
+
+        oci = image.data.media_type == mt.OCI_MANIFEST
+        if license_layer is not None:
+            digest = await self._put_blob(repo, license_layer)
+            layers_json.append({"mediaType": mt.OCI_LAYER_GZIP if oci else mt.DOCKER_LAYER_GZIP,
+                                "digest": digest, "size": len(license_layer)})
+            diff_ids.append(sha256_digest(gzip.decompress(license_layer)))
+            if isinstance(config.get("history"), list):
+                config["history"].append({"created_by": f"algomint full build: {licenser.kind} license file",
+                                          "comment": settings.license_path})
+        config["rootfs"]["diff_ids"] = diff_ids
+        inner = config.setdefault("config", {})
+        if not isinstance(inner, dict):
+            raise BuildError(f"{image.label}: config.config is not an object")
+        labels = inner.get("Labels") or {}
+        inner["Labels"] = {**labels, LABEL_LICENSE: licenser.kind, LABEL_SOURCE: f"{repo}@{image.data.digest}"}
+        config_data = _json(config)
+        config_digest = await self._put_blob(repo, config_data)
+
+        doc = copy.deepcopy(image.parsed.document)
+        doc["config"] = {**doc["config"], "digest": config_digest, "size": len(config_data)}
+        doc["layers"] = layers_json
+        if oci:
+            doc["annotations"] = {**(doc.get("annotations") or {}), ANNOTATION_LICENSE: licenser.kind,
+                                  ANNOTATION_SOURCE: image.data.digest}
+        data = _json(doc)
+        digest = await self._put_manifest(repo, sha256_digest(data), data, image.data.media_type)
+        return ManifestData(digest, image.data.media_type, data)
+
+    async def _platform(self, runtime: _Runtime) -> dict[str, Any] | None:
+        if len(runtime.licensed_children) != 1 or runtime.licensed is not runtime.licensed_children[0][0]:
+            return None
+        licensed = runtime.licensed
+        parsed = parse_manifest(licensed.data, licensed.media_type)
+        assert parsed.config is not None
+        config = json.loads(await self._small_blob(runtime.ref.repository, parsed.config.digest))
+        platform = {k: config[k] for k in ("architecture", "os", "variant") if isinstance(config.get(k), str)}
+        return platform if {"architecture", "os"} <= platform.keys() else None
+
+    async def _link_into(self, repo: str, runtime: _Runtime) -> None:
+        """Make the licensed image pullable from the business repository: mount its
+        blobs (a link, no copy) and store its manifests there by digest."""
+        source = runtime.ref.repository
+        for licensed, _ in runtime.licensed_children:
+            parsed = parse_manifest(licensed.data, licensed.media_type)
+            for blob in parsed.blobs:
+                if await self.backend.mount_blob(repo, blob.digest, source) is None:
+                    await self._copy_blob(source, repo, blob.digest)
+            await self._put_manifest(repo, licensed.digest, licensed.data, licensed.media_type)
+        assert runtime.licensed is not None
+        if runtime.licensed.digest != runtime.licensed_children[0][0].digest:
+            await self._put_manifest(repo, runtime.licensed.digest, runtime.licensed.data, runtime.licensed.media_type)
+
+    async def _copy_blob(self, source: str, repo: str, digest: str) -> None:
+        """Fallback for backends that can't mount across repositories: stream the blob."""
+        reader = await self.backend.open_blob(source, digest)
+        session = await self.backend.start_upload(repo)
+        try:
+            await self.backend.finish_upload(repo, session.upload_id, digest, reader)
+        finally:
+            await reader.close()

@@ -1,0 +1,58 @@
+"""The freeze policy (DESIGN §5): what a successful full build makes immutable.
+
+After a full build, the business tag it was made from, the same version of the generic
+algorithm, the full package tag and the licensed image tags can no longer be
+overwritten or deleted through the registry API (``DENIED`` naming the build). Tags of
+thin packages that end in a license suffix are refused outright (``TAG_INVALID``): that
+name space belongs to full packages. algomint's own writes go through the service, not
+through this policy."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from proxy.oci.errors import Errors, RegistryError
+from proxy.oci.reference import is_digest
+from proxy.service.policy import Action, Request
+
+from .names import Namespaces
+from .store import BuildStore
+
+__all__ = ["FreezePolicy"]
+
+
+class FreezePolicy:
+    def __init__(self, store: BuildStore, suffixes: Callable[[], tuple[str, ...]], namespaces: Namespaces) -> None:
+        self.store = store
+        self.suffixes = suffixes
+        self.thin_namespaces = (namespaces.generic, namespaces.business)
+
+    async def check(self, request: Request) -> None:
+        if request.principal.kind == "system" or request.action not in (Action.PUSH, Action.DELETE):
+            return
+        repo, reference = request.repository, request.reference
+        if not repo or not reference:
+            return  # blob uploads and registry-wide requests
+        if is_digest(reference):
+            if request.action is Action.DELETE:
+                frozen = await self.store.frozen_digest(repo, reference)
+                if frozen is not None:
+                    raise self._denied(frozen.repository, frozen.tag, frozen.build_id, frozen.package)
+            return
+        frozen = await self.store.frozen_tag(repo, reference)
+        if frozen is not None:
+            raise self._denied(repo, reference, frozen.build_id, frozen.package)
+        if request.action is Action.PUSH and repo.startswith(self.thin_namespaces):
+            suffix = next((s for s in self.suffixes() if reference.endswith(s)), None)
+            if suffix is not None:
+                raise RegistryError(
+                    Errors.TAG_INVALID, {"tag": reference, "reserved_suffix": suffix},
+                    message=f"tags ending in {suffix} are reserved for full packages",
+                )
+
+    @staticmethod
+    def _denied(repo: str, tag: str, build_id: str, package: str) -> RegistryError:
+        return RegistryError(
+            Errors.DENIED, {"repository": repo, "tag": tag, "full_build": build_id, "package": package},
+            message=f"{repo}:{tag} is frozen: full build {build_id} of {package} was made from it",
+        )

@@ -1,0 +1,117 @@
+"""Where a full build reads and writes: package, generic and licensed-image names.
+
+The descriptor's ``runtime.images[]`` is parsed here with just what a full build needs
+(``ref`` and ``models``); the rest of the descriptor is kept as it is."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.oci.errors import RegistryError
+from proxy.oci.reference import Reference, parse_reference
+
+__all__ = ["BuildInputError", "Namespaces", "PackageName", "RuntimeImageRef", "runtime_images", "load_descriptor"]
+
+
+class BuildInputError(Exception):
+    """A request a full build cannot start from: ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str, detail: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.detail = status, message, detail
+
+
+@dataclass(frozen=True)
+class Namespaces:
+    generic: str = "generic/"
+    business: str = "business/"
+    images: str = "images/"
+
+
+@dataclass(frozen=True)
+class PackageName:
+    """``business/<system>/<algorithm>:<version>``."""
+
+    repository: str
+    version: str
+    system: str
+    algorithm: str
+
+    @classmethod
+    def parse(cls, value: str, ns: Namespaces) -> "PackageName":
+        try:
+            ref = parse_reference(value, default_tag=None)
+        except RegistryError as exc:
+            raise BuildInputError(422, f"package {value[:200]!r} is not a valid reference: {exc.message}",
+                                  {"field": "package"}) from None
+        if ref.digest is not None or ref.tag is None:
+            raise BuildInputError(422, "package must be named by tag: business/<system>/<algorithm>:<version>",
+                                  {"field": "package"})
+        rest = ref.name[len(ns.business):] if ref.name.startswith(ns.business) else ""
+        system, _, algorithm = rest.partition("/")
+        if not system or not algorithm:
+            raise BuildInputError(422, f"package must be in {ns.business}<system>/<algorithm>", {"field": "package"})
+        return cls(ref.name, ref.tag, system, algorithm)
+
+    def __str__(self) -> str:
+        return f"{self.repository}:{self.version}"
+
+    def generic(self, ns: Namespaces) -> str:
+        return ns.generic + self.algorithm
+
+    def full_tag(self, license: str) -> str:
+        return f"{self.version}-{license}"
+
+
+@dataclass(frozen=True)
+class RuntimeImageRef:
+    index: int  # position in runtime.images
+    ref: str
+    reference: Reference
+    models: tuple[str, ...]
+
+    @property
+    def repository(self) -> str:
+        return self.reference.name
+
+    def licensed_tag(self, license: str) -> str:
+        base = self.reference.tag if self.reference.tag else "sha256-" + self.reference.digest.split(":", 1)[1][:16]  # type: ignore[union-attr]
+        return f"{base}-{license}"
+
+
+def load_descriptor(data: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BuildInputError(422, f"the package's descriptor is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BuildInputError(422, "the package's descriptor must be a JSON object")
+    return doc
+
+
+def runtime_images(descriptor: dict[str, Any], ns: Namespaces) -> list[RuntimeImageRef]:
+    """``runtime.images`` as references into ``images/``; a precise 422 for anything else."""
+    runtime = descriptor.get("runtime")
+    images = runtime.get("images") if isinstance(runtime, dict) else None
+    if not isinstance(images, list) or not images:
+        raise BuildInputError(422, "the package's descriptor has no runtime images (runtime.images is empty)",
+                              {"field": "runtime.images"})
+    out = []
+    for i, entry in enumerate(images):
+        where = f"runtime.images.{i}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("ref"), str):
+            raise BuildInputError(422, f"{where}.ref must be an image reference", {"field": f"{where}.ref"})
+        models = entry.get("models", [])
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise BuildInputError(422, f"{where}.models must be a list of glob patterns", {"field": f"{where}.models"})
+        try:
+            reference = parse_reference(entry["ref"])
+        except RegistryError as exc:
+            raise BuildInputError(422, f"{where}.ref {entry['ref'][:200]!r} is invalid: {exc.message}",
+                                  {"field": f"{where}.ref"}) from None
+        if not reference.name.startswith(ns.images):
+            raise BuildInputError(422, f"{where}.ref {entry['ref']!r} is not in {ns.images}", {"field": f"{where}.ref"})
+        out.append(RuntimeImageRef(i, entry["ref"], reference, tuple(models)))
+    return out

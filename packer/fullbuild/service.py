@@ -1,0 +1,132 @@
+"""The full-build queue: submit (validated, de-duplicated), durable records, workers.
+
+A build interrupted by a crash or shutdown is found ``running`` at the next start and
+queued again; it re-runs from the start, which is safe because tags are written last."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from proxy.meta import Database, MetadataError
+from proxy.oci.errors import RegistryError
+from proxy.service.registry import RegistryService
+
+from ..licensing.licenser import Licenser, build_licensers
+from ..licensing.settings import LicenseConfig
+from .builder import BuildError, FullBuilder, Tracker
+from .names import BuildInputError, Namespaces
+from .settings import FullBuildConfig
+from .store import BuildRecord, BuildStore
+
+__all__ = ["FullBuildService", "BuildInputError"]
+
+log = logging.getLogger(__name__)
+_FLUSH_INTERVAL = 1.0
+
+
+class FullBuildService:
+    def __init__(self, service: RegistryService, db: Database, settings: FullBuildConfig,
+                 licenses: dict[str, LicenseConfig], namespaces: Namespaces,
+                 licensers: dict[str, Licenser] | None = None) -> None:
+        self.settings = settings
+        self.namespaces = namespaces
+        self.licensers = licensers if licensers is not None else build_licensers(licenses)
+        self.store = BuildStore(db)
+        self.builder = FullBuilder(service, self.licensers, licenses, settings, namespaces)
+        self._wake = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+
+    @property
+    def license_suffixes(self) -> tuple[str, ...]:
+        return tuple(f"-{kind}" for kind in self.licensers)
+
+    async def start(self) -> None:
+        await self.store.migrate()
+        requeued = await self.store.requeue_running()
+        if requeued:
+            log.info("interrupted full builds queued again", extra={"count": requeued})
+        self._workers = [asyncio.create_task(self._worker(i), name=f"full-build-{i}")
+                         for i in range(self.settings.workers)]
+
+    async def close(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._workers = []
+
+    async def submit(self, package: str, license: str) -> tuple[BuildRecord, bool]:
+        """Queue a build; returns (record, created). The same package content and
+        license already queued, running or built returns that build instead."""
+        name, digest = await self.builder.check(package, license)
+        existing = await self.store.find_reusable(name.repository, name.version, license, digest)
+        if existing is not None:
+            return existing, False
+        record = await self.store.create(str(name), name.repository, name.version, license, digest)
+        self._wake.set()
+        return record, True
+
+    async def _worker(self, number: int) -> None:
+        while True:
+            try:
+                record = await self.store.claim_next()
+            except MetadataError:
+                log.exception("full-build queue unavailable")
+                record = None
+            if record is None:
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+                continue
+            await self._run(record)
+
+    async def _run(self, record: BuildRecord) -> None:
+        tracker = Tracker()
+        warnings: list[str] = []
+        log.info("full build started", extra={"build": record.id, "package": record.package, "license": record.license})
+
+        async def planned() -> None:
+            await self.store.set_layers(record.id, list(tracker.layers.values()), tracker.bytes_total)
+
+        async def flush_loop() -> None:
+            while True:
+                await asyncio.sleep(_FLUSH_INTERVAL)
+                if tracker.dirty:
+                    tracker.dirty = False
+                    with contextlib.suppress(MetadataError):
+                        await self.store.save_progress(record.id, tracker.bytes_done, tracker.layers.values())
+
+        flusher = asyncio.create_task(flush_loop())
+        try:
+            result, freezes = await self.builder.run(record, tracker, planned, warnings)
+        except asyncio.CancelledError:
+            raise  # shutdown: the record stays "running" and is queued again at start
+        except (BuildError, RegistryError, BuildInputError) as exc:
+            await self._fail(record, tracker, str(getattr(exc, "message", None) or exc), warnings)
+        except Exception as exc:  # noqa: BLE001 - a build must end in a recorded state
+            log.exception("full build crashed", extra={"build": record.id})
+            await self._fail(record, tracker, f"internal error: {type(exc).__name__}: {exc}", warnings)
+        else:
+            await self.store.save_progress(record.id, tracker.bytes_total, tracker.layers.values())
+            await self.store.succeed(record.id, result, warnings, freezes)
+            log.info("full build succeeded", extra={"build": record.id, "tag": result["tag"]})
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+
+    async def _fail(self, record: BuildRecord, tracker: Tracker, error: str, warnings: list[str]) -> None:
+        log.warning("full build failed", extra={"build": record.id, "error": error})
+        with contextlib.suppress(MetadataError):
+            await self.store.save_progress(record.id, tracker.bytes_done, tracker.layers.values())
+        await self.store.fail(record.id, error, warnings)
+
+    async def get(self, build_id: str) -> BuildRecord | None:
+        return await self.store.get(build_id)
+
+    async def list(self, limit: int, cursor: Any = None, **filters: Any) -> list[BuildRecord]:
+        return await self.store.list(limit, tuple(cursor) if cursor else None, **filters)

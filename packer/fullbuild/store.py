@@ -1,0 +1,260 @@
+"""Durable full-build records and frozen tags (SQLite through ``proxy.meta.Database``)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from proxy.meta import Database
+
+__all__ = ["SCHEMA", "BuildRecord", "BuildStore", "Frozen", "LayerProgress", "STATES", "ACTIVE"]
+
+STATES = ("queued", "running", "succeeded", "failed")
+ACTIVE = ("queued", "running")
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS full_builds (
+        id TEXT PRIMARY KEY,
+        package TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        license TEXT NOT NULL,
+        source_digest TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        bytes_total INTEGER NOT NULL DEFAULT 0,
+        bytes_done INTEGER NOT NULL DEFAULT 0,
+        result TEXT,
+        error TEXT,
+        warnings TEXT NOT NULL DEFAULT '[]'
+    )""",
+    "CREATE INDEX IF NOT EXISTS full_builds_state ON full_builds (state, created_at)",
+    "CREATE INDEX IF NOT EXISTS full_builds_package ON full_builds (repository, tag, license, source_digest)",
+    """CREATE TABLE IF NOT EXISTS full_build_layers (
+        build_id TEXT NOT NULL REFERENCES full_builds(id) ON DELETE CASCADE,
+        image TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        bytes_done INTEGER NOT NULL DEFAULT 0,
+        result_digest TEXT,
+        diff_id TEXT,
+        encrypted INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (build_id, image, position)
+    )""",
+    """CREATE TABLE IF NOT EXISTS frozen_tags (
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        package TEXT NOT NULL,
+        PRIMARY KEY (repository, tag)
+    )""",
+    "CREATE INDEX IF NOT EXISTS frozen_tags_digest ON frozen_tags (repository, digest)",
+]
+
+
+@dataclass
+class LayerProgress:
+    image: str
+    position: int
+    digest: str
+    size: int
+    state: str = "pending"  # pending | scanning | rewriting | rewritten | reused | failed
+    bytes_done: int = 0
+    result_digest: str | None = None
+    diff_id: str | None = None
+    encrypted: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": self.image, "position": self.position, "digest": self.digest, "size": self.size,
+            "state": self.state, "bytes_done": self.bytes_done, "result_digest": self.result_digest,
+            "diff_id": self.diff_id, "encrypted_files": self.encrypted,
+        }
+
+
+@dataclass
+class BuildRecord:
+    id: str
+    package: str
+    repository: str
+    tag: str
+    license: str
+    source_digest: str
+    state: str
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    layers: list[LayerProgress] = field(default_factory=list)
+
+    def to_json(self, *, layers: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id, "package": self.package, "license": self.license, "source_digest": self.source_digest,
+            "state": self.state, "created_at": self.created_at, "started_at": self.started_at,
+            "finished_at": self.finished_at, "attempts": self.attempts, "bytes_total": self.bytes_total,
+            "bytes_done": self.bytes_done, "result": self.result, "error": self.error, "warnings": self.warnings,
+        }
+        if layers:
+            out["layers"] = [layer.to_json() for layer in self.layers]
+        return out
+
+
+@dataclass(frozen=True)
+class Frozen:
+    repository: str
+    tag: str
+    digest: str
+    build_id: str
+    package: str
+
+
+def _record(row: Any) -> BuildRecord:
+    return BuildRecord(
+        id=row["id"], package=row["package"], repository=row["repository"], tag=row["tag"], license=row["license"],
+        source_digest=row["source_digest"], state=row["state"], created_at=row["created_at"],
+        started_at=row["started_at"], finished_at=row["finished_at"], attempts=row["attempts"],
+        bytes_total=row["bytes_total"], bytes_done=row["bytes_done"],
+        result=json.loads(row["result"]) if row["result"] else None, error=row["error"],
+        warnings=json.loads(row["warnings"] or "[]"),
+    )
+
+
+class BuildStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def migrate(self) -> None:
+        await self.db.migrate(SCHEMA)
+
+    async def create(self, package: str, repository: str, tag: str, license: str, source_digest: str) -> BuildRecord:
+        record = BuildRecord(uuid.uuid4().hex, package, repository, tag, license, source_digest, "queued", time.time())
+        await self.db.execute(
+            "INSERT INTO full_builds (id, package, repository, tag, license, source_digest, state, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.id, package, repository, tag, license, source_digest, record.state, record.created_at),
+        )
+        return record
+
+    async def find_reusable(self, repository: str, tag: str, license: str, source_digest: str) -> BuildRecord | None:
+        """An active or succeeded build of exactly this package content and license."""
+        row = await self.db.fetchone(
+            "SELECT * FROM full_builds WHERE repository = ? AND tag = ? AND license = ? AND source_digest = ? "
+            "AND state IN ('queued', 'running', 'succeeded') ORDER BY created_at DESC LIMIT 1",
+            (repository, tag, license, source_digest),
+        )
+        return _record(row) if row else None
+
+    async def get(self, build_id: str, *, layers: bool = True) -> BuildRecord | None:
+        row = await self.db.fetchone("SELECT * FROM full_builds WHERE id = ?", (build_id,))
+        if row is None:
+            return None
+        record = _record(row)
+        if layers:
+            rows = await self.db.fetchall(
+                "SELECT * FROM full_build_layers WHERE build_id = ? ORDER BY image, position", (build_id,)
+            )
+            record.layers = [
+                LayerProgress(r["image"], r["position"], r["digest"], r["size"], r["state"], r["bytes_done"],
+                              r["result_digest"], r["diff_id"], r["encrypted"])
+                for r in rows
+            ]
+        return record
+
+    async def list(self, limit: int, before: tuple[float, str] | None = None, *, package: str | None = None,
+                   state: str | None = None) -> list[BuildRecord]:
+        """Newest first; ``before`` is the (created_at, id) of the last item already seen."""
+        where, params = [], []  # type: list[str], list[Any]
+        if before is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params += [before[0], before[0], before[1]]
+        if package is not None:
+            where.append("package = ?")
+            params.append(package)
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        sql = "SELECT * FROM full_builds" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self.db.fetchall(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit))
+        return [_record(r) for r in rows]
+
+    async def claim_next(self) -> BuildRecord | None:
+        async with self.db.transaction() as tx:
+            row = await tx.fetchone("SELECT * FROM full_builds WHERE state = 'queued' ORDER BY created_at LIMIT 1")
+            if row is None:
+                return None
+            now = time.time()
+            await tx.execute(
+                "UPDATE full_builds SET state = 'running', started_at = ?, attempts = attempts + 1, bytes_done = 0, "
+                "error = NULL, warnings = '[]' WHERE id = ?",
+                (now, row["id"]),
+            )
+            await tx.execute("DELETE FROM full_build_layers WHERE build_id = ?", (row["id"],))
+        record = _record(row)
+        record.state, record.started_at, record.attempts = "running", now, record.attempts + 1
+        return record
+
+    async def requeue_running(self) -> int:
+        """Builds a crash or shutdown interrupted run again from the start."""
+        return await self.db.execute("UPDATE full_builds SET state = 'queued' WHERE state = 'running'")
+
+    async def set_layers(self, build_id: str, layers: Sequence[LayerProgress], bytes_total: int) -> None:
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM full_build_layers WHERE build_id = ?", (build_id,))
+            await tx.executemany(
+                "INSERT INTO full_build_layers (build_id, image, position, digest, size, state) VALUES (?, ?, ?, ?, ?, ?)",
+                [(build_id, l.image, l.position, l.digest, l.size, l.state) for l in layers],
+            )
+            await tx.execute("UPDATE full_builds SET bytes_total = ? WHERE id = ?", (bytes_total, build_id))
+
+    async def save_progress(self, build_id: str, bytes_done: int, layers: Iterable[LayerProgress]) -> None:
+        async with self.db.transaction() as tx:
+            await tx.execute("UPDATE full_builds SET bytes_done = ? WHERE id = ?", (bytes_done, build_id))
+            await tx.executemany(
+                "UPDATE full_build_layers SET state = ?, bytes_done = ?, result_digest = ?, diff_id = ?, encrypted = ? "
+                "WHERE build_id = ? AND image = ? AND position = ?",
+                [(l.state, l.bytes_done, l.result_digest, l.diff_id, l.encrypted, build_id, l.image, l.position)
+                 for l in layers],
+            )
+
+    async def succeed(self, build_id: str, result: dict[str, Any], warnings: list[str], freezes: Iterable[Frozen]) -> None:
+        """Record success and freeze the package's tags in one transaction."""
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "UPDATE full_builds SET state = 'succeeded', finished_at = ?, result = ?, warnings = ?, "
+                "bytes_done = bytes_total WHERE id = ?",
+                (time.time(), json.dumps(result), json.dumps(warnings), build_id),
+            )
+            await tx.executemany(
+                "INSERT OR REPLACE INTO frozen_tags (repository, tag, digest, build_id, package) VALUES (?, ?, ?, ?, ?)",
+                [(f.repository, f.tag, f.digest, f.build_id, f.package) for f in freezes],
+            )
+
+    async def fail(self, build_id: str, error: str, warnings: list[str]) -> None:
+        await self.db.execute(
+            "UPDATE full_builds SET state = 'failed', finished_at = ?, error = ?, warnings = ? WHERE id = ?",
+            (time.time(), error[:4000], json.dumps(warnings), build_id),
+        )
+
+    async def frozen_tag(self, repository: str, tag: str) -> Frozen | None:
+        row = await self.db.fetchone("SELECT * FROM frozen_tags WHERE repository = ? AND tag = ?", (repository, tag))
+        return Frozen(row["repository"], row["tag"], row["digest"], row["build_id"], row["package"]) if row else None
+
+    async def frozen_digest(self, repository: str, digest: str) -> Frozen | None:
+        row = await self.db.fetchone(
+            "SELECT * FROM frozen_tags WHERE repository = ? AND digest = ? LIMIT 1", (repository, digest)
+        )
+        return Frozen(row["repository"], row["tag"], row["digest"], row["build_id"], row["package"]) if row else None

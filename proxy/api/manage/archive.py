@@ -1,0 +1,103 @@
+"""``GET /api/v1/archive/<repository>:<tag>`` (or ``@<digest>``): an artifact as one tar.
+
+Answers ``HEAD``, ``Range`` (one range; malformed, multi-range or past-the-end: 416),
+``If-Range`` and ``If-None-Match`` against the ``ETag`` (the root digest), and
+``?compress=zstd`` (a zstd stream: no length known up front, so no ranges)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import posixpath
+from typing import AsyncGenerator
+
+import zstandard
+from aiohttp import web
+
+from packer.archive import ArchiveError, ArchivePlan, plan_archive, stream_archive
+from proxy.oci.errors import RegistryError
+from proxy.oci.reference import parse_reference
+from proxy.service.policy import Action
+
+from ..state import CONFIG, REGISTRY
+from ..streaming import parse_range, send_stream
+from .errors import ApiError
+from .router import ApiRouter, authorize
+
+__all__ = ["router"]
+
+router = ApiRouter("archive")
+
+
+def _target(request: web.Request) -> tuple[str, str]:
+    raw = request.match_info["target"]
+    try:
+        ref = parse_reference(raw, default_tag=None)
+    except RegistryError as exc:
+        raise ApiError(400, f"not a repository reference: {exc.message}", {"target": raw[:300]}) from None
+    if ref.tag is None and ref.digest is None:
+        raise ApiError(400, "name a tag or a digest: <repository>:<tag> or <repository>@<digest>", {"target": raw[:300]})
+    return ref.name, ref.digest or ref.tag  # type: ignore[return-value]
+
+
+def _filename(plan: ArchivePlan, reference: str) -> str:
+    base = posixpath.basename(plan.repository)
+    suffix = reference.replace(":", "-") if ":" in reference else reference
+    return f"{base}-{suffix}.tar"
+
+
+async def _zstd(chunks: AsyncGenerator[bytes, None], threads: int) -> AsyncGenerator[bytes, None]:
+    compressor = zstandard.ZstdCompressor(level=3, threads=threads, write_checksum=True).compressobj()
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            out = await asyncio.to_thread(compressor.compress, chunk)
+            if out:
+                yield out
+    yield compressor.flush()
+
+
+@router.route("GET", "/archive/{target:.+}", action=None,
+              summary="Stream an artifact (generic, business thin or full package) as an OCI image-layout tar",
+              query={"compress": "zstd: a zstd-compressed stream (no Range)"})
+async def get_archive(request: web.Request) -> web.StreamResponse:
+    repo, reference = _target(request)
+    await authorize(request, Action.PULL, repo, reference)
+    compress = request.query.get("compress")
+    if compress not in (None, "", "zstd"):
+        raise ApiError(400, "compress must be zstd", {"compress": compress[:20]})
+    try:
+        plan = await plan_archive(request.app[REGISTRY], repo, reference)
+    except ArchiveError as exc:
+        raise ApiError(422, str(exc)) from None
+    backend = request.app[REGISTRY].backend
+    immutable = "max-age=31536000, immutable" if "@" in request.match_info["target"] else "no-cache"
+    headers = {
+        "ETag": plan.etag,
+        "Cache-Control": immutable,
+        "Content-Disposition": f'attachment; filename="{_filename(plan, reference)}"',
+        "X-Algomint-Root-Digest": plan.root.digest,
+    }
+    if compress == "zstd":
+        headers.update({"Content-Type": "application/zstd", "ETag": f'"{plan.root.digest}+zstd"'})
+        if request.method == "HEAD":
+            return web.Response(headers=headers)
+        threads = request.app[CONFIG].full_builds.threads
+        return await send_stream(request, _zstd(stream_archive(backend, plan), threads), headers)
+
+    headers.update({"Content-Type": "application/x-tar", "Accept-Ranges": "bytes"})
+    if request.headers.get("If-None-Match") == plan.etag:
+        return web.Response(status=304, headers={k: headers[k] for k in ("ETag", "Cache-Control")})
+    range_header = request.headers.get("Range")
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and if_range != plan.etag:
+        range_header = None  # the representation changed: send it whole (RFC 9110 §13.1.5)
+    byte_range = parse_range(range_header, plan.size)
+    if byte_range is None:
+        start, end, status = 0, plan.size - 1, 200
+    else:
+        start, end, status = byte_range.start, byte_range.end, 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{plan.size}"
+    length = end - start + 1
+    if request.method == "HEAD":
+        return web.Response(status=status, headers={**headers, "Content-Length": str(length)})
+    return await send_stream(request, stream_archive(backend, plan, start, end), headers, status=status, length=length)
