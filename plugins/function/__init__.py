@@ -76,7 +76,8 @@ class FunctionPlugin:
         if result.timed_out:
             raise PluginError(f"function timed out after {self.timeout:g}s; its process was killed")
         if result.overflow == "stdout":
-            raise PluginError(f"function returned more than {document_limit(context.cap)} bytes (the package cap is {context.cap})")
+            raise PluginError(f"function returned a package over the {context.cap}-byte package cap "
+                              f"(more than {document_limit(context.cap)} bytes of JSON)")
         if result.overflow == "stderr":
             raise PluginError(f"function printed more than {settings.output_limit} bytes of log; it was killed")
         if result.signal is not None:
