@@ -420,3 +420,19 @@ async def test_archive_of_a_generic_package(fb, tmp_path):
         assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == f"{pkg.generic}:1.0"
         assert index["manifests"][0]["artifactType"] == mt.ALGORITHM
         assert len([n for n in tf.getnames() if n.startswith("blobs/sha256/")]) == 3  # manifest, config, README
+
+
+async def test_admin_cli(fb, tmp_path, capsys):
+    pkg = await make_package(fb, tmp_path)
+    url = f"http://127.0.0.1:{fb.server.port}"
+    code = await asyncio.to_thread(cli_main, ["admin", "--url", url, "--json", "full-build", "create", pkg.name,
+                                              "--license", "soft", "--wait", "--timeout", "60"])
+    assert code == 0
+    build = json.loads(capsys.readouterr().out)
+    assert build["state"] == "succeeded" and build["result"]["tag"] == f"{pkg.business}:1.0-soft"
+    assert await asyncio.to_thread(cli_main, ["admin", "--url", url, "full-build", "show", build["id"]]) == 0
+    assert "1.0-soft" in capsys.readouterr().out
+    assert await asyncio.to_thread(cli_main, ["admin", "--url", url, "full-build", "list", "--package", pkg.name]) == 0
+    assert build["id"] in capsys.readouterr().out
+    code = await asyncio.to_thread(cli_main, ["admin", "--url", url, "full-build", "create", pkg.name, "--license", "x"])
+    assert code == 1 and "unknown license kind" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from .output import Output
 __all__ = ["AdminClient", "AdminError", "Output", "add_admin_parser", "AREAS"]
 
 # Area modules, imported lazily so a broken area can't break `algomint serve`.
-AREAS: tuple[str, ...] = ()
+AREAS: tuple[str, ...] = ("fullbuilds",)
 
 
 def add_admin_parser(commands: argparse._SubParsersAction) -> None:
