@@ -1,0 +1,251 @@
+"""Full packages benchmark, run by hand from the repository root (never in CI).
+
+One run starts Debian's docker-registry and ``algomint serve`` in front of it (storage
+``backend = "registry"``), each on a free loopback port, and prints:
+
+1. archive download MB/s of a full package whose runtime image has one 1 GiB layer
+   (``GET /api/v1/archive/<business>:<version>-full`` with ``curl -o /dev/null``) beside
+   pulling the same blobs directly from docker-registry with curl, in the same run
+   (target >= 0.85x); then algomint's peak RSS (``VmHWM``) during four concurrent archive
+   downloads as the package grows from 256 MiB to 2 GiB (target <= 200 MiB, flat);
+2. full-build throughput (``soft`` license) on an image whose 1 GiB gzip layer holds one
+   1 GiB model file, beside the floor of only decompressing and recompressing that layer
+   with the same codec and settings (isal, level and threads from ``[full_builds]``) in
+   one process (target >= 0.8x).
+
+Needs ``docker-registry`` and ``curl`` (``apt-get install docker-registry curl``).
+MB = 10^6 bytes, MiB = 2^20.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_registry as core  # noqa: E402
+from isal import igzip_threaded  # noqa: E402
+
+from packer.licensing.keys import generate_keypair  # noqa: E402
+from tests.support.distribution import run_distribution  # noqa: E402
+from tests.support.server import run_server  # noqa: E402
+
+MiB = 1 << 20
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+ALGO_CONFIG = "application/vnd.algomint.algorithm.config.v1+json"
+BUSINESS = "application/vnd.algomint.business.v1+json"
+_URLOPEN = urllib.request.build_opener(urllib.request.ProxyHandler({})).open
+
+
+def api(base: str, method: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    with _URLOPEN(req, timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+def put_manifest(base: str, repo: str, tag: str, doc: dict) -> str:
+    data = json.dumps(doc).encode()
+    with core._request("PUT", f"{base}/v2/{repo}/manifests/{tag}", data, {"Content-Type": OCI_MANIFEST}):
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def push_image(registry: str, repo: str, layer: core.Blob, diff_id: str, media_type: str) -> None:
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+    config_digest = core.push_small_blob(registry, repo, config)
+    core.upload_file(registry, repo, layer)
+    put_manifest(registry, repo, "v1", {
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": len(config)},
+        "layers": [{"mediaType": media_type, "digest": layer.digest, "size": layer.size}],
+    })
+
+
+def push_business(registry: str, repo: str, image: str, models: list[str]) -> None:
+    config = json.dumps({"name": "bench", "version": "1.0", "platform": "linux/amd64", "inputs": [], "outputs": [],
+                         "parameters": {}, "runtime": {"images": [{"ref": image, "models": models}]}}).encode()
+    digest = core.push_small_blob(registry, repo, config)
+    put_manifest(registry, repo, "1.0", {
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": BUSINESS,
+        "config": {"mediaType": ALGO_CONFIG, "digest": digest, "size": len(config)}, "layers": [],
+    })
+
+
+def full_build(base: str, package: str, license: str) -> tuple[dict, float]:
+    started = time.perf_counter()
+    build = api(base, "POST", "/api/v1/full-builds", {"package": package, "license": license})
+    while build["state"] in ("queued", "running"):
+        time.sleep(0.1)
+        build = api(base, "GET", f"/api/v1/full-builds/{build['id']}")
+    elapsed = time.perf_counter() - started
+    if build["state"] != "succeeded":
+        raise RuntimeError(f"full build failed: {build.get('error')}")
+    return build, elapsed
+
+
+def timed_curl(urls: list[str]) -> tuple[int, float]:
+    """Fetch ``urls`` one after another in one curl process; (bytes, seconds)."""
+    started = time.perf_counter()
+    out = subprocess.run([*core.CURL[:-2], "-w", "%{size_download}\n", *[a for u in urls for a in ("-o", "/dev/null", u)]],
+                         check=True, capture_output=True, text=True).stdout
+    return sum(int(x) for x in out.split()), time.perf_counter() - started
+
+
+def direct_urls(registry: str, business: str, tag: str) -> list[str]:
+    """Every blob of the full package, straight from docker-registry."""
+    def manifest(repo: str, ref: str) -> dict:
+        req = urllib.request.Request(f"{registry}/v2/{repo}/manifests/{ref}", headers={
+            "Accept": "application/vnd.oci.image.index.v1+json, " + OCI_MANIFEST})
+        with _URLOPEN(req, timeout=60) as resp:
+            return json.loads(resp.read())
+
+    urls = [f"{registry}/v2/{business}/manifests/{tag}"]
+    index = manifest(business, tag)
+    for child in index["manifests"]:
+        urls.append(f"{registry}/v2/{business}/manifests/{child['digest']}")
+        doc = manifest(business, child["digest"])
+        for blob in [doc["config"], *doc["layers"]]:
+            urls.append(f"{registry}/v2/{business}/blobs/{blob['digest']}")
+    return urls
+
+
+def archive_rss(pid: int, url: str, downloads: int = 4) -> float:
+    core.reset_peak_rss(pid)
+    procs = [subprocess.Popen([*core.CURL, url], stdout=subprocess.PIPE, text=True) for _ in range(downloads)]
+    for proc in procs:
+        out = proc.communicate()[0]
+        if not out.startswith("200"):
+            raise RuntimeError(f"archive download answered {out}")
+    return core.peak_rss_mib(pid)
+
+
+def model_layer(path: Path, size: int) -> tuple[core.Blob, str]:
+    """A gzip tar layer holding one ``size``-byte model file; (blob, diff_id)."""
+    raw = core.make_blob(path.with_suffix(".model"), size)
+    diff = hashlib.sha256()
+    gz = path.with_suffix(".tar.gz")
+    with open(gz, "wb") as out, igzip_threaded.open(out, "wb", compresslevel=1, threads=2) as packed:
+        info = tarfile.TarInfo("opt/models/big.onnx")
+        info.size = size
+        header = info.tobuf(tarfile.PAX_FORMAT)
+        packed.write(header)
+        diff.update(header)
+        with open(raw.path, "rb") as src:
+            while piece := src.read(MiB):
+                packed.write(piece)
+                diff.update(piece)
+        tail = b"\0" * (-size % 512) + b"\0" * 1024
+        packed.write(tail)
+        diff.update(tail)
+    raw.path.unlink()
+    digest = hashlib.sha256()
+    with open(gz, "rb") as f:
+        while piece := f.read(MiB):
+            digest.update(piece)
+    return core.Blob(gz, "sha256:" + digest.hexdigest(), gz.stat().st_size), "sha256:" + diff.hexdigest()
+
+
+def floor_seconds(blob: core.Blob, level: int, threads: int) -> float:
+    """Decompress and recompress the layer with the same codec and settings, nothing else."""
+    class Sink(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data) -> int:
+            return len(data)
+
+    started = time.perf_counter()
+    with open(blob.path, "rb") as src, igzip_threaded.open(src, "rb", threads=1) as inp, \
+            igzip_threaded.open(Sink(), "wb", compresslevel=level, threads=threads) as out:
+        while piece := inp.read(MiB):
+            out.write(piece)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layer-mib", type=int, default=1024, help="size of the big layer (default 1024)")
+    parser.add_argument("--rss-sizes", default="256,512,1024,2048", help="package sizes (MiB) for the RSS series")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    print("reproduce: python bench/bench_fullpkg.py " + " ".join(sys.argv[1:]))
+
+    with tempfile.TemporaryDirectory(prefix="bench-fullpkg-") as tmp:
+        work = Path(tmp)
+        private, public = generate_keypair()
+        (work / "soft.pub").write_bytes(public)
+        with run_distribution(work / "registry") as dist:
+            config = (f'[storage]\nbackend = "registry"\nurl = "{dist.url}"\n'
+                      f'[metadata]\npath = "{work / "metadata.db"}"\n[log]\nlevel = "warning"\n'
+                      f'[licenses.soft]\nscheme = "x25519"\npublic_key = "{work / "soft.pub"}"\n')
+            with run_server(work / "algomint", config) as server:
+                pid = server.process.pid
+                # (1) archive throughput and memory.
+                sizes = [int(s) for s in args.rss_sizes.split(",")]
+                packages = {}
+                for mib in sorted({args.layer_mib, *sizes}):
+                    blob = core.make_blob(work / f"layer-{mib}.bin", mib * MiB)
+                    image, business = f"images/bench{mib}", f"business/bench/algo{mib}"
+                    push_image(dist.url, image, blob, blob.digest, "application/vnd.oci.image.layer.v1.tar")
+                    blob.path.unlink()
+                    push_business(dist.url, business, f"{image}:v1", [])
+                    full_build(server.url, f"{business}:1.0", "full")
+                    packages[mib] = business
+                business = packages[args.layer_mib]
+                url = f"{server.url}/api/v1/archive/{business}:1.0-full"
+                direct = direct_urls(dist.url, business, "1.0-full")
+                ours, theirs = [], []
+                for _ in range(args.repeat):
+                    size, seconds = timed_curl([url])
+                    ours.append(size / seconds / 1e6)
+                    size2, seconds2 = timed_curl(direct)
+                    theirs.append(size2 / seconds2 / 1e6)
+                a, d = statistics.median(ours), statistics.median(theirs)
+                print(f"\n(1) archive of a full package with a {args.layer_mib} MiB layer "
+                      f"({size / 1e6:.0f} MB tar; direct blobs {size2 / 1e6:.0f} MB), median of {args.repeat}:")
+                print(f"    algomint archive {a:8.0f} MB/s | docker-registry direct {d:8.0f} MB/s | "
+                      f"ratio {a / d:.2f}x (target >= 0.85x: {'met' if a / d >= 0.85 else 'NOT MET'})")
+                peaks = {}
+                for mib in sizes:
+                    peaks[mib] = archive_rss(pid, f"{server.url}/api/v1/archive/{packages[mib]}:1.0-full")
+                print("    peak RSS during 4 concurrent archive downloads: "
+                      + ", ".join(f"{mib} MiB package: {peak:.0f} MiB" for mib, peak in peaks.items())
+                      + f" (target <= 200 MiB and flat: {'met' if max(peaks.values()) <= 200 else 'NOT MET'})")
+
+                # (2) full-build throughput on a model layer vs the codec floor.
+                blob, diff_id = model_layer(work / "model", args.layer_mib * MiB)
+                push_image(dist.url, "images/benchmodel", blob, diff_id, "application/vnd.oci.image.layer.v1.tar+gzip")
+                floors = [floor_seconds(blob, 1, 2) for _ in range(args.repeat)]
+                builds = []
+                for i in range(args.repeat):
+                    business = f"business/bench/model{i}"
+                    push_business(dist.url, business, "images/benchmodel:v1", ["opt/models/*.onnx"])
+                    build, seconds = full_build(server.url, f"{business}:1.0", "soft")
+                    assert build["result"]["images"][0]["encrypted_files"] == 1
+                    builds.append(seconds)
+                layer_mb = blob.size / 1e6
+                f, b = layer_mb / statistics.median(floors), layer_mb / statistics.median(builds)
+                print(f"\n(2) full build (soft) of a {args.layer_mib} MiB model layer ({layer_mb:.0f} MB gzip), "
+                      f"median of {args.repeat}:")
+                print(f"    full build {b:8.0f} MB/s | decompress+recompress floor {f:8.0f} MB/s | "
+                      f"ratio {b / f:.2f}x (target >= 0.8x: {'met' if b / f >= 0.8 else 'NOT MET'})")
+                print(f"    algomint peak RSS over the whole run: {core.peak_rss_mib(pid):.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
