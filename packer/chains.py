@@ -163,8 +163,13 @@ def load_chains_file(path: Path) -> list[tuple[ChainSpec, int | None]]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        line = getattr(exc, "lineno", None)
-        raise ChainError(f"invalid TOML: {exc}", file=name, line=line) from None
+        message, line = str(exc), None
+        found = re.search(r"\s*\(at line (\d+), column \d+\)$", message)
+        if found:
+            message, line = message[: found.start()], int(found.group(1))
+        elif message.endswith("(at end of document)"):
+            message, line = message[: -len(" (at end of document)")] + " at end of file", len(text.splitlines()) or 1
+        raise ChainError(f"invalid TOML: {message}", file=name, line=line) from None
     unknown = set(data) - {"chain"}
     if unknown:
         raise ChainError(f"unknown top-level keys {sorted(unknown)}; chains are [[chain]] tables", file=name)

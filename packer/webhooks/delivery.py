@@ -99,8 +99,9 @@ class WebhookDelivery:
         if due:
             return
         self._wake.clear()
+        pause = await self._sleep_time()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), await self._sleep_time())
+            await asyncio.wait_for(self._wake.wait(), pause)
 
     async def _sleep_time(self) -> float:
         row = await self.db.fetchone("SELECT MIN(next_attempt) AS next FROM webhook_deliveries WHERE status = 'pending'")
