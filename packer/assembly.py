@@ -356,6 +356,8 @@ class AssemblyService:
 
     async def _run(self, row: Any) -> None:
         job_log = JobLog(self.settings.log_limit)
+        if row["logs"]:
+            job_log.write(row["logs"])  # earlier, interrupted runs stay in the record
         job_log.write(f"run {row['runs'] + 1}: chain {row['chain']}, {row['source_repo']}:{row['source_tag']}@{row['source_digest']}")
         outcome = _Outcome("failed")
         started = time.perf_counter()
