@@ -157,3 +157,18 @@ async def test_reload_through_the_api(aiohttp_client, config, tmp_path):
                                                       "field": "plugins.0",
                                                       "message": f"plugin plugins/p-{uid}:2.0 not found"}
     assert [c["name"] for c in (await (await client.get("/api/v1/chains")).json())["items"]] == [f"c-{uid}"]
+
+
+def test_shipped_files_load(tmp_path):
+    from proxy.config import load_config
+
+    root = Path(__file__).resolve().parent.parent
+    config = load_config(root / "config" / "algomint.toml", environ={})
+    assert config.chains.file == Path("config/chains.toml") and config.assembly.workers == 2
+    shipped = root / "config" / "chains.toml"
+    assert load_chains_file(shipped) == []  # all examples are commented out
+    lines = shipped.read_text().splitlines()
+    start = lines.index("# [[chain]]")
+    example = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in lines[start:])
+    specs = load_chains_file(_write(tmp_path, example))
+    assert [s.name for s, _ in specs] == ["access-control", "fugitive-search"]
