@@ -33,7 +33,7 @@ from .tarstream import BLOCK, ustar_header
 __all__ = ["ArchiveError", "ArchivePlan", "Segment", "plan_archive", "stream_archive", "ArchiveLimits"]
 
 _IMAGE_CONFIGS = (mt.OCI_CONFIG, mt.DOCKER_CONFIG)
-_HASH_IN_THREAD = 256 * 1024
+BATCH = 1024 * 1024  # bytes per write and per hash step
 
 
 class ArchiveError(Exception):
@@ -216,29 +216,49 @@ async def stream_archive(backend: Backend, plan: ArchivePlan, start: int = 0, en
 
 
 async def _blob_range(backend: Backend, repo: str, segment: Segment, local: int, length: int) -> AsyncIterator[bytes]:
+    """The blob bytes of one segment, re-cut into ``BATCH`` pieces: fewer, larger writes,
+    and each whole-blob piece is hashed in a thread while the next one streams."""
     assert segment.digest is not None
     whole = local == 0 and length == segment.size
     hasher = hashlib.new(segment.digest.split(":", 1)[0]) if whole else None
+    hashing: asyncio.Future[None] | None = None
     try:
         reader = await backend.open_blob(repo, segment.digest, local, length)
     except RegistryError as exc:
         raise ArchiveError(f"blob {segment.digest}: {exc.message}") from None
     sent = 0
+    parts: list[bytes] = []
+    held = 0
+
+    async def flush() -> bytes:
+        nonlocal hashing, parts, held
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts, held = [], 0
+        if hasher is not None:
+            if hashing is not None:
+                await hashing  # one piece in flight: memory stays bounded
+            hashing = asyncio.ensure_future(asyncio.to_thread(hasher.update, data))
+        return data
+
     try:
         async for chunk in reader:
-            if sent + len(chunk) > length:
-                raise ArchiveError(f"blob {segment.digest} is larger than its descriptor says")
-            if hasher is not None:
-                if len(chunk) >= _HASH_IN_THREAD:
-                    await asyncio.to_thread(hasher.update, chunk)
-                else:
-                    hasher.update(chunk)
             sent += len(chunk)
-            yield chunk
+            if sent > length:
+                raise ArchiveError(f"blob {segment.digest} is larger than its descriptor says")
+            parts.append(chunk)
+            held += len(chunk)
+            if held >= BATCH:
+                yield await flush()
+        if parts:
+            yield await flush()
+        if hashing is not None:
+            await hashing
     except RegistryError as exc:
         raise ArchiveError(f"blob {segment.digest}: {exc.message}") from None
     finally:
         await reader.close()
+        if hashing is not None and not hashing.done():
+            hashing.cancel()
     if sent != length:
         raise ArchiveError(f"blob {segment.digest} ended after {sent} of {length} bytes")
     if hasher is not None and f"{segment.digest.split(':', 1)[0]}:{hasher.hexdigest()}" != segment.digest:

@@ -14,9 +14,11 @@ backend's own file I/O, which also runs in executor threads.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import io
+import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
@@ -86,29 +88,82 @@ class _Cancelled(Exception):
 
 
 # -- the bridge between the event loop and the worker thread --------------------------------
+class _Channel:
+    """A bounded FIFO between the event loop and threads. Each side blocks only when
+    the channel is full (producer) or empty (consumer), and never waits for the other
+    side to be scheduled otherwise: a hop costs a lock and, at most, one loop wake-up."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, cancelled: threading.Event, maxsize: int = _DEPTH) -> None:
+        self.loop = loop
+        self.cancelled = cancelled
+        self.maxsize = maxsize
+        self.items: collections.deque[bytes | None] = collections.deque()
+        self.cond = threading.Condition()
+        self.changed = asyncio.Event()  # set (from any thread) when the loop side may proceed
+
+    def _wake_loop(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self.loop.call_soon_threadsafe(self.changed.set)
+
+    # thread side
+    def put_blocking(self, item: bytes | None) -> None:
+        with self.cond:
+            while len(self.items) >= self.maxsize:
+                if self.cancelled.is_set():
+                    raise _Cancelled()
+                self.cond.wait(_POLL)
+            self.items.append(item)
+        self._wake_loop()
+
+    def get_blocking(self) -> bytes | None:
+        with self.cond:
+            while not self.items:
+                if self.cancelled.is_set():
+                    raise _Cancelled()
+                self.cond.wait(_POLL)
+            item = self.items.popleft()
+        self._wake_loop()
+        return item
+
+    # event-loop side
+    async def put(self, item: bytes | None) -> None:
+        while True:
+            with self.cond:
+                if len(self.items) < self.maxsize:
+                    self.items.append(item)
+                    self.cond.notify()
+                    return
+                self.changed.clear()  # under the lock: a later get's wake-up can't be lost
+            await self.changed.wait()
+
+    async def get(self) -> bytes | None:
+        while True:
+            with self.cond:
+                if self.items:
+                    item = self.items.popleft()
+                    self.cond.notify()
+                    return item
+                self.changed.clear()
+            await self.changed.wait()
+
+
 class _Bridge:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.inbox: asyncio.Queue[bytes | None] = asyncio.Queue(_DEPTH)
-        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue(_DEPTH)
         self.cancelled = threading.Event()
-
-    def _wait(self, coro: Any) -> Any:
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        while True:
-            if self.cancelled.is_set():
-                future.cancel()
-                raise _Cancelled()
-            try:
-                return future.result(_POLL)
-            except TimeoutError:
-                continue
+        self.inbox = _Channel(loop, self.cancelled)
+        self.outbox = _Channel(loop, self.cancelled)
 
     def get(self) -> bytes | None:
-        return self._wait(self.inbox.get())
+        return self.inbox.get_blocking()
 
     def put(self, data: bytes | None) -> None:
-        self._wait(self.outbox.put(data))
+        self.outbox.put_blocking(data)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        for channel in (self.inbox, self.outbox):
+            with channel.cond:
+                channel.cond.notify_all()
 
 
 class _InboxReader(io.RawIOBase):
@@ -117,7 +172,7 @@ class _InboxReader(io.RawIOBase):
 
     def __init__(self, bridge: _Bridge, algorithm: str) -> None:
         self.bridge = bridge
-        self.hasher = hashlib.new(algorithm)
+        self.hasher = _HashThread(bridge.cancelled, algorithm)
         self.consumed = 0
         self._buffer = memoryview(b"")
         self._eof = False
@@ -157,7 +212,7 @@ class _OutboxWriter(io.RawIOBase):
 
     def __init__(self, bridge: _Bridge) -> None:
         self.bridge = bridge
-        self.hasher = hashlib.sha256()
+        self.hasher = _HashThread(bridge.cancelled)
         self.size = 0
         self._pending = bytearray()
 
@@ -182,6 +237,45 @@ class _OutboxWriter(io.RawIOBase):
     def finish(self) -> None:
         self._send()
         self.bridge.put(None)
+
+
+class _HashThread:
+    """sha256 computed beside the caller: ``update`` hands pieces to a thread (bounded),
+    so hashing the uncompressed stream doesn't sit on the tar walker's critical path."""
+
+    def __init__(self, cancelled: threading.Event, algorithm: str = "sha256") -> None:
+        self._hasher = hashlib.new(algorithm)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(_DEPTH * 4)
+        self._cancelled = cancelled
+        self._thread = threading.Thread(target=self._run, name="layer-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                piece = self._queue.get(timeout=_POLL)
+            except queue.Empty:
+                if self._cancelled.is_set():
+                    return
+                continue
+            if piece is None:
+                return
+            self._hasher.update(piece)
+
+    def update(self, data: bytes) -> None:
+        while True:
+            try:
+                self._queue.put(data, timeout=_POLL)
+                return
+            except queue.Full:
+                if self._cancelled.is_set():
+                    raise _Cancelled() from None
+
+    def hexdigest(self) -> str:
+        self._queue.put(None)
+        self._thread.join()
+        return self._hasher.hexdigest()
+
 
 
 class _ZstdReader(io.RawIOBase):
@@ -241,7 +335,7 @@ def _decompressor(kind: str, raw: _InboxReader) -> Any:
 class _Compressor:
     """The recompression end: a ``write`` sink producing the same codec as the source."""
 
-    def __init__(self, kind: str, out: _OutboxWriter, codec: Codec) -> None:
+    def __init__(self, kind: str, out: _OutboxWriter, codec: Codec, cancelled: threading.Event) -> None:
         self.kind = kind
         self.out = out
         if kind == "gzip":
@@ -251,7 +345,7 @@ class _Compressor:
             self._stream = cctx.stream_writer(out, closefd=False, write_size=CHUNK)
         else:
             self._stream = out
-        self.diff_hasher = hashlib.sha256()
+        self.diff_hasher = _HashThread(cancelled)
 
     def write(self, data: bytes) -> None:
         self.diff_hasher.update(data)
@@ -343,7 +437,7 @@ async def _run(
                     raise task.exception()  # type: ignore[misc]
         return worker.result()
     finally:
-        bridge.cancelled.set()
+        bridge.cancel()
         for task in tasks:
             if not task.done() and task is not worker:
                 task.cancel()
@@ -402,7 +496,7 @@ async def rewrite_layer(
         stream = _decompressor(kind, raw)
         out = _OutboxWriter(bridge)
         try:
-            compressor = _Compressor(kind, out, codec)
+            compressor = _Compressor(kind, out, codec, bridge.cancelled)
             stats = rewrite_tar(stream, compressor.write, select, seal, limits)
             compressor.close()
             _check_source(raw, digest, size, True)

@@ -131,7 +131,7 @@ class Encryptor:
     def size(self) -> int:
         return encrypted_size(self.header.plain_size, self.header.chunk_size)
 
-    def _seal(self, data: bytes, final: bool) -> bytes:
+    def _seal(self, data: bytes | memoryview, final: bool) -> bytes:
         aad = self._packed + (b"\x01" if final else b"\x00")
         out = self._aead.encrypt(_nonce(self.header.nonce_prefix, self._index), data, aad)
         self._index += 1
@@ -144,18 +144,26 @@ class Encryptor:
         self._fed += len(data)
         if self._fed > self.header.plain_size:
             raise ValueError("more plaintext than declared")
-        out = bytearray()
+        out: list[bytes] = []
         if not self._started:
-            out += self._packed
+            out.append(self._packed)
             self._started = True
-        self._pending += data
         chunk = self.header.chunk_size
-        # Keep the last chunk back until we know it is the final one.
-        while len(self._pending) > chunk or (len(self._pending) == chunk and self._fed < self.header.plain_size):
-            piece = bytes(self._pending[:chunk])
-            del self._pending[:chunk]
-            out += self._seal(piece, False)
-        return bytes(out)
+        view = memoryview(data)
+        if self._pending:
+            take = min(len(view), chunk - len(self._pending))
+            self._pending += view[:take]
+            view = view[take:]
+            if len(self._pending) == chunk and (view or self._fed < self.header.plain_size):
+                out.append(self._seal(bytes(self._pending), False))
+                self._pending.clear()
+        # Whole chunks straight from the caller's buffer; the last one is kept back
+        # until we know whether it is the final chunk.
+        while len(view) > chunk or (len(view) == chunk and self._fed < self.header.plain_size):
+            out.append(self._seal(view[:chunk], False))
+            view = view[chunk:]
+        self._pending += view
+        return b"".join(out)
 
     def finish(self) -> bytes:
         """Seal the final chunk; the plaintext fed must equal the declared size."""
