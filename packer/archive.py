@@ -27,7 +27,7 @@ from proxy.oci.manifest import Descriptor, parse_manifest
 from proxy.oci.reference import is_digest, sha256_digest
 from proxy.service.registry import RegistryService
 
-from .fullbuild.builder import ANNOTATION_IMAGE_REF
+from .fullbuild.names import ANNOTATION_IMAGE_REF
 from .tarstream import BLOCK, ustar_header
 
 __all__ = ["ArchiveError", "ArchivePlan", "Segment", "plan_archive", "stream_archive", "ArchiveLimits"]

@@ -17,6 +17,7 @@ import pytest
 import zstandard
 
 from packer.licensing.envelope import Decryptor
+from proxy.api.manage.fullbuilds import FULL_BUILDS
 from proxy.api.state import REGISTRY
 from proxy.app import create_app
 from proxy.cli import main as cli_main
@@ -436,3 +437,22 @@ async def test_admin_cli(fb, tmp_path, capsys):
     assert build["id"] in capsys.readouterr().out
     code = await asyncio.to_thread(cli_main, ["admin", "--url", url, "full-build", "create", pkg.name, "--license", "x"])
     assert code == 1 and "unknown license kind" in capsys.readouterr().err
+
+
+async def test_interrupted_build_runs_again_after_restart(fb, aiohttp_client, fb_config, tmp_path):
+    pkg = await make_package(fb, tmp_path)
+    service = fb.server.app[FULL_BUILDS]
+    _, digest = await service.builder.check(pkg.name, "soft")
+    # A build a crash left half-way: "running", nothing tagged.
+    await service.store.db.execute(
+        "INSERT INTO full_builds (id, package, repository, tag, license, source_digest, state, created_at, attempts) "
+        "VALUES ('crashed', ?, ?, '1.0', 'soft', ?, 'running', 1, 1)", (pkg.name, pkg.business, digest))
+    restarted = await aiohttp_client(create_app(fb_config))
+    for _ in range(600):
+        build = await (await restarted.get("/api/v1/full-builds/crashed")).json()
+        if build["state"] in ("succeeded", "failed"):
+            break
+        await asyncio.sleep(0.05)
+    assert build["state"] == "succeeded" and build["attempts"] == 2, build
+    index, _ = await manifest(restarted, pkg.business, "1.0-soft")
+    assert index["artifactType"] == mt.FULL

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import gzip
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -36,20 +35,27 @@ from ..licensing.envelope import KEY_ID_SIZE, Encryptor
 from ..licensing.licenser import Licenser
 from ..licensing.settings import LicenseConfig
 from ..tarstream import BLOCK, TarLimits, compile_globs, ustar_header
-from .names import BuildInputError, Namespaces, PackageName, RuntimeImageRef, load_descriptor, runtime_images
+from .names import (
+    ANNOTATION_IMAGE_REF,
+    ANNOTATION_IMAGE_SOURCE,
+    ANNOTATION_LICENSE,
+    ANNOTATION_PACKAGE,
+    ANNOTATION_SOURCE,
+    LABEL_LICENSE,
+    LABEL_SOURCE,
+    BuildInputError,
+    Namespaces,
+    PackageName,
+    RuntimeImageRef,
+    load_descriptor,
+    runtime_images,
+)
 from .settings import FullBuildConfig
 from .store import BuildRecord, Frozen, LayerProgress
 
-__all__ = ["BuildError", "FullBuilder", "Tracker", "ANNOTATION_LICENSE", "ANNOTATION_SOURCE", "ANNOTATION_IMAGE_REF"]
+__all__ = ["BuildError", "FullBuilder", "Tracker"]
 
 MAX_SMALL_BLOB = 4 * 1024 * 1024
-ANNOTATION_LICENSE = "org.algomint.license.kind"
-ANNOTATION_SOURCE = "org.algomint.source.digest"
-ANNOTATION_PACKAGE = "org.algomint.package"
-ANNOTATION_IMAGE_REF = "org.algomint.image.ref"
-ANNOTATION_IMAGE_SOURCE = "org.algomint.image.source"
-LABEL_LICENSE = "org.algomint.license.kind"
-LABEL_SOURCE = "org.algomint.source.image"
 _IMAGE_CONFIGS = (mt.OCI_CONFIG, mt.DOCKER_CONFIG)
 
 

@@ -12,7 +12,25 @@ from typing import Any
 from proxy.oci.errors import RegistryError
 from proxy.oci.reference import Reference, parse_reference
 
-__all__ = ["BuildInputError", "Namespaces", "PackageName", "RuntimeImageRef", "runtime_images", "load_descriptor"]
+__all__ = [
+    "ANNOTATION_IMAGE_REF",
+    "ANNOTATION_IMAGE_SOURCE",
+    "ANNOTATION_LICENSE",
+    "ANNOTATION_PACKAGE",
+    "ANNOTATION_SOURCE",
+    "LABEL_LICENSE",
+    "LABEL_SOURCE",
+    "BuildInputError", "Namespaces", "PackageName", "RuntimeImageRef", "runtime_images", "load_descriptor"]
+
+# Annotations on what a full build writes, and labels on licensed image configs.
+ANNOTATION_LICENSE = "org.algomint.license.kind"
+ANNOTATION_SOURCE = "org.algomint.source.digest"
+ANNOTATION_PACKAGE = "org.algomint.package"
+# On the full index's image entries: the licensed tag (the archive names it in index.json).
+ANNOTATION_IMAGE_REF = "org.algomint.image.ref"
+ANNOTATION_IMAGE_SOURCE = "org.algomint.image.source"
+LABEL_LICENSE = "org.algomint.license.kind"
+LABEL_SOURCE = "org.algomint.source.image"
 
 
 class BuildInputError(Exception):
