@@ -236,6 +236,17 @@ async def test_soft_full_build_end_to_end(fb, tmp_path, keys):
                            f"oci:{tmp_path / 'skopeo-part'}:x")
     assert part.returncode == 0, part.stderr
 
+    # The oras SDK pulls the license-specific thin package's files from the full package.
+    import oras.provider
+
+    def oras_pull() -> list[str]:
+        registry = oras.provider.Registry(host, insecure=True)
+        return registry.pull(target=f"{host}/{pkg.business}@{thin_desc['digest']}", outdir=str(tmp_path / "oras"))
+
+    pulled = await asyncio.to_thread(oras_pull)
+    assert sorted(Path(p).name for p in pulled) == ["README.md", "form.json"]
+    assert (tmp_path / "oras" / "form.json").read_bytes() == b'{"door": true}'
+
     await check_archive(fb, pkg, index_digest, tmp_path, host)
     await check_freeze(fb, pkg, build["id"])
 
