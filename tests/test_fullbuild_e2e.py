@@ -467,3 +467,46 @@ async def test_interrupted_build_runs_again_after_restart(fb, aiohttp_client, fb
     assert build["state"] == "succeeded" and build["attempts"] == 2, build
     index, _ = await manifest(restarted, pkg.business, "1.0-soft")
     assert index["artifactType"] == mt.FULL
+
+
+async def test_multi_platform_runtime_image(fb, tmp_path):
+    """A runtime image pushed as an index (buildx style, with an attestation manifest)."""
+    uid = uuid.uuid4().hex[:10]
+    image = build_image(tmp_path / "multi")
+    repo = f"images/multi{uid}"
+    await push_image(fb, repo, image, tag=image.digest)
+    attestation_config = b'{"predicateType":"https://slsa.dev/provenance/v0.2"}'
+    statement = b'{"_type":"https://in-toto.io/Statement/v0.1"}'
+    await push_blob(fb, repo, attestation_config)
+    await push_blob(fb, repo, statement)
+    attestation = json.dumps({
+        "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.in-toto+json", "digest": digest_of(attestation_config),
+                   "size": len(attestation_config)},
+        "layers": [{"mediaType": "application/vnd.in-toto+json", "digest": digest_of(statement), "size": len(statement)}],
+    }).encode()
+    resp = await fb.put(f"/v2/{repo}/manifests/{digest_of(attestation)}", data=attestation,
+                        headers={"Content-Type": mt.OCI_MANIFEST})
+    assert resp.status == 201
+    index = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [
+        {"mediaType": mt.OCI_MANIFEST, "digest": image.digest, "size": len(image.manifest),
+         "platform": {"os": "linux", "architecture": "amd64"}},
+        {"mediaType": mt.OCI_MANIFEST, "digest": digest_of(attestation), "size": len(attestation),
+         "platform": {"os": "unknown", "architecture": "unknown"}},
+    ]}).encode()
+    resp = await fb.put(f"/v2/{repo}/manifests/v1", data=index, headers={"Content-Type": mt.OCI_INDEX})
+    assert resp.status == 201
+    business = f"business/door/multi{uid}"
+    await write_business(fb, business, "1.0", descriptor(f"{repo}:v1"), {})
+    build = await run_build(fb, f"{business}:1.0")
+    licensed, _ = await manifest(fb, repo, "v1-soft")
+    assert licensed["mediaType"] == mt.OCI_INDEX and len(licensed["manifests"]) == 1
+    child = licensed["manifests"][0]
+    assert child["platform"] == {"os": "linux", "architecture": "amd64"} and child["digest"] != image.digest
+    assert build["result"]["images"][0]["encrypted_files"] == len(image.models)
+    # The archive names the licensed index; skopeo picks the platform from it.
+    body = await (await fb.get(f"/api/v1/archive/{business}:1.0-soft")).read()
+    (tmp_path / "multi.tar").write_bytes(body)
+    out = await run(SKOPEO, "copy", "--override-os", "linux", "--override-arch", "amd64",
+                    f"oci-archive:{tmp_path / 'multi.tar'}:{repo}:v1-soft", f"oci:{tmp_path / 'multi-out'}:x")
+    assert out.returncode == 0, out.stderr
