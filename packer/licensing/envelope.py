@@ -54,6 +54,8 @@ KEY_ID_SIZE = 16
 _HEADER = struct.Struct(">8sBBHI16s8sQ")
 HEADER_SIZE = _HEADER.size  # 48
 _MAX_CHUNKS = 2**32
+# cryptography >= 45 seals into a caller's buffer: one allocation per batch of chunks.
+_HAS_ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")
 
 
 class EnvelopeError(Exception):
@@ -137,7 +139,7 @@ class Encryptor:
         self._index += 1
         return out
 
-    def update(self, data: bytes) -> bytes:
+    def update(self, data: bytes) -> bytes | bytearray:
         """Feed plaintext; returns the ciphertext of every chunk now complete."""
         if self._done:
             raise ValueError("encryptor already finished")
@@ -157,13 +159,30 @@ class Encryptor:
             if len(self._pending) == chunk and (view or self._fed < self.header.plain_size):
                 out.append(self._seal(bytes(self._pending), False))
                 self._pending.clear()
-        # Whole chunks straight from the caller's buffer; the last one is kept back
-        # until we know whether it is the final chunk.
-        while len(view) > chunk or (len(view) == chunk and self._fed < self.header.plain_size):
-            out.append(self._seal(view[:chunk], False))
-            view = view[chunk:]
+        # Whole chunks straight from the caller's buffer into one output buffer; the last
+        # one is kept back until we know whether it is the final chunk.
+        whole = len(view) // chunk
+        if whole and len(view) == whole * chunk and self._fed == self.header.plain_size:
+            whole -= 1
+        if whole:
+            out.append(self._seal_many(view[: whole * chunk], whole))
+            view = view[whole * chunk :]
         self._pending += view
-        return b"".join(out)
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _seal_many(self, view: memoryview, count: int) -> bytes | bytearray:
+        chunk = self.header.chunk_size
+        aad = self._packed + b"\x00"
+        if not _HAS_ENCRYPT_INTO:
+            return b"".join(self._seal(view[i * chunk : (i + 1) * chunk], False) for i in range(count))
+        buf = bytearray(count * (chunk + TAG_SIZE))
+        target = memoryview(buf)
+        prefix = self.header.nonce_prefix
+        for i in range(count):
+            self._aead.encrypt_into(_nonce(prefix, self._index), view[i * chunk : (i + 1) * chunk], aad,
+                                    target[i * (chunk + TAG_SIZE) : (i + 1) * (chunk + TAG_SIZE)])
+            self._index += 1
+        return buf
 
     def finish(self) -> bytes:
         """Seal the final chunk; the plaintext fed must equal the declared size."""
