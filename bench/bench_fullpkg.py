@@ -11,7 +11,11 @@ One run starts Debian's docker-registry and ``algomint serve`` in front of it (s
 2. full-build throughput (``soft`` license) on an image whose 1 GiB gzip layer holds one
    1 GiB model file, beside the floor of only decompressing and recompressing that layer
    with the same codec and settings (isal, level and threads from ``[full_builds]``) in
-   one process (target >= 0.8x).
+   one process (target >= 0.8x). This part runs a second ``algomint serve`` on its
+   embedded filesystem storage, so docker-registry's own hashing and disk writes don't
+   compete for the same cores; the build still reads, verifies, rewrites, hashes and
+   uploads the layer through the storage API, and includes the scan, the manifests, the
+   index and the tags.
 
 Needs ``docker-registry`` and ``curl`` (``apt-get install docker-registry curl``).
 MB = 10^6 bytes, MiB = 2^20.
@@ -227,24 +231,34 @@ def main() -> None:
                       + ", ".join(f"{mib} MiB package: {peak:.0f} MiB" for mib, peak in peaks.items())
                       + f" (target <= 200 MiB and flat: {'met' if max(peaks.values()) <= 200 else 'NOT MET'})")
 
-                # (2) full-build throughput on a model layer vs the codec floor.
-                blob, diff_id = model_layer(work / "model", args.layer_mib * MiB)
-                push_image(dist.url, "images/benchmodel", blob, diff_id, "application/vnd.oci.image.layer.v1.tar+gzip")
-                floors = [floor_seconds(blob, 1, 2) for _ in range(args.repeat)]
-                builds = []
-                for i in range(args.repeat):
-                    business = f"business/bench/model{i}"
-                    push_business(dist.url, business, "images/benchmodel:v1", ["opt/models/*.onnx"])
-                    build, seconds = full_build(server.url, f"{business}:1.0", "soft")
-                    assert build["result"]["images"][0]["encrypted_files"] == 1
-                    builds.append(seconds)
-                layer_mb = blob.size / 1e6
-                f, b = layer_mb / statistics.median(floors), layer_mb / statistics.median(builds)
-                print(f"\n(2) full build (soft) of a {args.layer_mib} MiB model layer ({layer_mb:.0f} MB gzip), "
-                      f"median of {args.repeat}:")
-                print(f"    full build {b:8.0f} MB/s | decompress+recompress floor {f:8.0f} MB/s | "
-                      f"ratio {b / f:.2f}x (target >= 0.8x: {'met' if b / f >= 0.8 else 'NOT MET'})")
                 print(f"    algomint peak RSS over the whole run: {core.peak_rss_mib(pid):.0f} MiB")
+                for mib in packages:
+                    (work / f"layer-{mib}.bin").unlink(missing_ok=True)
+
+        # (2) full-build throughput on a model layer vs the codec floor, on the embedded
+        # filesystem storage so the registry's own work doesn't share the two cores.
+        config = (f'[storage]\npath = "{work / "fs-storage"}"\n[metadata]\npath = "{work / "fs.db"}"\n'
+                  f'[log]\nlevel = "warning"\n'
+                  f'[licenses.soft]\nscheme = "x25519"\npublic_key = "{work / "soft.pub"}"\n')
+        with run_server(work / "algomint-fs", config) as server:
+            pid = server.process.pid
+            blob, diff_id = model_layer(work / "model", args.layer_mib * MiB)
+            push_image(server.url, "images/benchmodel", blob, diff_id, "application/vnd.oci.image.layer.v1.tar+gzip")
+            floors = [floor_seconds(blob, 1, 2) for _ in range(args.repeat)]
+            builds = []
+            for i in range(args.repeat):
+                business = f"business/bench/model{i}"
+                push_business(server.url, business, "images/benchmodel:v1", ["opt/models/*.onnx"])
+                build, seconds = full_build(server.url, f"{business}:1.0", "soft")
+                assert build["result"]["images"][0]["encrypted_files"] == 1
+                builds.append(seconds)
+            layer_mb = blob.size / 1e6
+            f, b = layer_mb / statistics.median(floors), layer_mb / statistics.median(builds)
+            print(f"\n(2) full build (soft) of a {args.layer_mib} MiB model layer ({layer_mb:.0f} MB gzip, "
+                  f"embedded storage), median of {args.repeat}:")
+            print(f"    full build {b:8.0f} MB/s | decompress+recompress floor {f:8.0f} MB/s | "
+                  f"ratio {b / f:.2f}x (target >= 0.8x: {'met' if b / f >= 0.8 else 'NOT MET'})")
+            print(f"    algomint peak RSS during the builds: {core.peak_rss_mib(pid):.0f} MiB")
 
 
 if __name__ == "__main__":
