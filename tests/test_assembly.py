@@ -213,3 +213,25 @@ async def test_assemble_all_matching_packages(app_client, plugin_service, uid, t
     assert missing.status == 422
     unknown = await client.post(f"/api/v1/chains/nope-{uid}/assemble", json={})
     assert unknown.status == 404
+
+
+async def test_deleting_a_business_package_removes_it_from_the_generic_referrers(app_client, plugin_service, uid, tmp_path):
+    client = app_client
+    refs = await _four_kinds(client, plugin_service, uid)
+    await create_chain(client, f"door-{uid}", [f"generic/algo-{uid}"], [refs[0]])
+    source = await push_generic(client, f"generic/algo-{uid}", "1.0", {"m": b"m"}, tmp_path / "g")
+    [job] = await wait_jobs_done(client, chain=f"door-{uid}")
+    listed = await (await client.get(f"/v2/generic/algo-{uid}/referrers/{source}")).json()
+    assert [m["digest"] for m in listed["manifests"]] == [job["target"]["digest"]]
+    resp = await client.delete(f"/v2/business/door-{uid}/algo-{uid}/manifests/{job['target']['digest']}")
+    assert resp.status == 202
+    listed = await (await client.get(f"/v2/generic/algo-{uid}/referrers/{source}")).json()
+    assert listed["manifests"] == []
+
+
+async def test_management_routes_are_described(app_client):
+    document = await (await app_client.get("/api/v1/openapi.json")).json()
+    for path in ("/api/v1/chains", "/api/v1/chains/{name}/assemble", "/api/v1/plugins", "/api/v1/assemblies/{id}",
+                 "/api/v1/subscriptions/{id}/deliveries"):
+        assert path in document["paths"], path
+    assert "AssemblyOut" in document["components"]["schemas"]

@@ -224,3 +224,38 @@ async def test_plugins_api(client):
                                                      "files": [{"path": "t.py", "data": "eCA9ICg="}]})
     assert bad.status == 422 and "does not compile" in (await bad.json())["error"]["detail"]["fields"][0]["message"]
     assert (await client.get(f"/api/v1/plugins/none-{uid}")).status == 404
+
+
+async def test_chain_and_plugin_routes_ask_about_their_repositories(aiohttp_client, config, tmp_path):
+    from packer.chains import ChainSpec
+    from proxy.api.state import PACKER, POLICY
+    from proxy.oci.errors import Errors, RegistryError
+    from proxy.service.policy import Action
+
+    class BusinessDoorOnly:
+        """Manage only under business/door* and plugins/door*; no pulls of business/other*."""
+
+        async def check(self, request):
+            repo = request.repository or ""
+            if request.action is Action.MANAGE and not repo.startswith(("business/door", "plugins/door")):
+                raise RegistryError(Errors.DENIED, {"repository": repo})
+            if request.action is Action.PULL and repo.startswith("business/other"):
+                raise RegistryError(Errors.DENIED, {"repository": repo})
+
+    app = create_app(config.model_copy(update={"assembly": AssemblyConfig(workdir=tmp_path / "work")}))
+    app[POLICY].add(BusinessDoorOnly())
+    client = await aiohttp_client(app)
+    uid = uuid.uuid4().hex[:8]
+    await push_plugin(client, f"door-{uid}", "1.0", "file", {}, {"x": b"x"})
+    await create_chain(client, f"door-{uid}", ["generic/*"], [f"plugins/door-{uid}:1.0"])
+    await client.app[PACKER].chains.create(ChainSpec(name=f"other-{uid}", match=["generic/*"],
+                                                     plugins=[f"plugins/door-{uid}:1.0"]))
+    listed = [c["name"] for c in (await (await client.get("/api/v1/chains")).json())["items"]]
+    assert f"door-{uid}" in listed and f"other-{uid}" not in listed
+    assert (await client.get(f"/api/v1/chains/other-{uid}")).status == 403
+    denied = await client.post("/api/v1/chains", json={"name": f"other2-{uid}", "match": ["generic/*"],
+                                                        "plugins": [f"plugins/door-{uid}:1.0"]})
+    assert denied.status == 403 and (await denied.json())["error"]["code"] == "forbidden"
+    assert (await client.post(f"/api/v1/chains/other-{uid}/assemble", json={})).status == 403
+    assert (await client.post("/api/v1/chains/reload")).status == 403  # the file is registry-wide
+    assert (await client.get("/api/v1/subscriptions")).status == 403

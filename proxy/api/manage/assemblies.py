@@ -1,4 +1,6 @@
-"""``/api/v1/assemblies``: assembly jobs with status, timings, plugin digests, errors and logs."""
+"""``/api/v1/assemblies``: assembly jobs with status, timings, plugin digests, errors and logs.
+
+A job is visible to whoever may pull its business repository."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ from pydantic import BaseModel
 
 from packer.assembly import STATUSES
 
+from ...service.policy import Action
 from ..state import PACKER
+from .access import may
 from .errors import ApiError
-from .router import ApiRouter, Page, encode_cursor, page_params
+from .router import ApiRouter, Page, authorize, encode_cursor, page_params
 
 __all__ = ["router"]
 
@@ -55,7 +59,7 @@ class AssemblyOut(BaseModel):
 @router.route("GET", "/assemblies", summary="List assembly jobs, newest first", response=Page[AssemblyOut],
               query={"status": "queued|running|succeeded|failed", "chain": "chain name",
                      "repository": "source or target repository", "limit": "page size (1-500)",
-                     "cursor": "from the previous page's next"})
+                     "cursor": "from the previous page's next"}, action=None)
 async def list_assemblies(request: web.Request) -> web.Response:
     limit, cursor = page_params(request)
     status = request.query.get("status")
@@ -67,10 +71,11 @@ async def list_assemblies(request: web.Request) -> web.Response:
         limit, cursor, status, request.query.get("chain"), request.query.get("repository")
     )
     next_cursor = encode_cursor(items[-1]["id"]) if len(items) == limit else None
-    return web.json_response({"items": items, "next": next_cursor})
+    visible = [job for job in items if await may(request, Action.PULL, job["target"]["repository"])]
+    return web.json_response({"items": visible, "next": next_cursor})
 
 
-@router.route("GET", "/assemblies/{id}", summary="One assembly job, with its log", response=AssemblyOut)
+@router.route("GET", "/assemblies/{id}", summary="One assembly job, with its log", response=AssemblyOut, action=None)
 async def get_assembly(request: web.Request) -> web.Response:
     raw = request.match_info["id"]
     if not raw.isdigit() or len(raw) > 18:
@@ -78,4 +83,5 @@ async def get_assembly(request: web.Request) -> web.Response:
     job = await request.app[PACKER].assembly.get(int(raw))
     if job is None:
         raise ApiError(404, f"no assembly job {raw}")
+    await authorize(request, Action.PULL, job["target"]["repository"])
     return web.json_response(job)

@@ -1,4 +1,7 @@
-"""``/api/v1/chains``: business systems (chains of plugins), their reload and re-assembly."""
+"""``/api/v1/chains``: business systems (chains of plugins), their reload and re-assembly.
+
+A chain is checked as its business namespace ``business/<chain>``: reading needs ``pull``
+there, changing it or re-assembling needs ``manage``; reloading the file is registry-wide."""
 
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from packer.assembly import RequestError
 from packer.chains import ChainError, ChainSpec
 
+from ...service.policy import Action
 from ..state import PACKER
+from .access import may
 from .errors import ApiError
-from .router import ApiRouter, parse_body
+from .router import ApiRouter, authorize, parse_body
 
 __all__ = ["router"]
 
@@ -68,20 +73,28 @@ def _chain_error(exc: ChainError) -> ApiError:
                                             **({"file": exc.file, "line": exc.line} if exc.file else {})})
 
 
-def _listing(request: web.Request) -> dict[str, Any]:
+def _repository(request: web.Request, name: str) -> str:
+    """The business namespace a chain writes to: permissions on it cover the chain."""
+    return f"{request.app[PACKER].assembly.settings.business_prefix}{name}"
+
+
+async def _listing(request: web.Request) -> dict[str, Any]:
     chains = request.app[PACKER].chains
-    return {"items": [c.to_json() for c in chains.all()], "file": chains.file_status()}
+    visible = [c.to_json() for c in chains.all() if await may(request, Action.PULL, _repository(request, c.name))]
+    return {"items": visible, "file": chains.file_status()}
 
 
-@router.route("GET", "/chains", summary="List chains (file chains first, in order, then API chains)", response=ChainList)
+@router.route("GET", "/chains", summary="List chains (file chains first, in order, then API chains)", response=ChainList,
+              action=None)
 async def list_chains(request: web.Request) -> web.Response:
-    return web.json_response(_listing(request))
+    return web.json_response(await _listing(request))
 
 
 @router.route("POST", "/chains", summary="Create a chain; every plugin reference must resolve", body=ChainSpec,
-              response=ChainOut, status=201)
+              response=ChainOut, status=201, action=None)
 async def create_chain(request: web.Request) -> web.Response:
     spec = await parse_body(request, ChainSpec)
+    await authorize(request, Action.MANAGE, _repository(request, spec.name))
     try:
         chain = await request.app[PACKER].chains.create(spec)
     except ChainError as exc:
@@ -95,12 +108,13 @@ async def reload_chains(request: web.Request) -> web.Response:
         await request.app[PACKER].chains.reload()
     except ChainError as exc:
         raise ApiError(422, "chains file rejected; the chains in force are kept", exc.to_json()) from None
-    return web.json_response(_listing(request))
+    return web.json_response(await _listing(request))
 
 
-@router.route("GET", "/chains/{name}", summary="One chain", response=ChainOut)
+@router.route("GET", "/chains/{name}", summary="One chain", response=ChainOut, action=None)
 async def get_chain(request: web.Request) -> web.Response:
     name = request.match_info["name"]
+    await authorize(request, Action.PULL, _repository(request, name))
     chain = request.app[PACKER].chains.get(name)
     if chain is None:
         raise ApiError(404, f"no chain {name!r}")
@@ -108,9 +122,10 @@ async def get_chain(request: web.Request) -> web.Response:
 
 
 @router.route("PUT", "/chains/{name}", summary="Replace an API chain's match, plugins and params", body=ChainUpdate,
-              response=ChainOut)
+              response=ChainOut, action=None)
 async def update_chain(request: web.Request) -> web.Response:
     name = request.match_info["name"]
+    await authorize(request, Action.MANAGE, _repository(request, name))
     body = await parse_body(request, ChainUpdate)
     try:
         chain = await request.app[PACKER].chains.update(ChainSpec(name=name, **body.model_dump()))
@@ -121,9 +136,11 @@ async def update_chain(request: web.Request) -> web.Response:
     return web.json_response(chain.to_json())
 
 
-@router.route("DELETE", "/chains/{name}", summary="Delete an API chain (its jobs and packages stay)", status=204)
+@router.route("DELETE", "/chains/{name}", summary="Delete an API chain (its jobs and packages stay)", status=204,
+              action=None)
 async def delete_chain(request: web.Request) -> web.Response:
     name = request.match_info["name"]
+    await authorize(request, Action.MANAGE, _repository(request, name))
     try:
         await request.app[PACKER].chains.delete(name)
     except KeyError:
@@ -134,9 +151,10 @@ async def delete_chain(request: web.Request) -> web.Response:
 
 
 @router.route("POST", "/chains/{name}/assemble", summary="Re-run a chain for chosen or all matching packages",
-              body=AssembleRequest, response=AssembleResponse, status=202)
+              body=AssembleRequest, response=AssembleResponse, status=202, action=None)
 async def assemble_chain(request: web.Request) -> web.Response:
     name = request.match_info["name"]
+    await authorize(request, Action.MANAGE, _repository(request, name))
     body = await parse_body(request, AssembleRequest)
     try:
         jobs = await request.app[PACKER].assembly.assemble(name, body.packages)

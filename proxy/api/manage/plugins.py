@@ -1,4 +1,6 @@
-"""``/api/v1/plugins``: plugin artifacts in the plugins namespace — list, inspect, push."""
+"""``/api/v1/plugins``: plugin artifacts in the plugins namespace — list, inspect, push.
+
+Checked like the registry checks ``plugins/<name>``: ``pull`` to see, ``push`` to publish."""
 
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ from packer.plugin import PluginConfig, PluginError
 
 from ...oci.errors import RegistryError
 from ...oci.reference import validate_name
+from ...service.policy import Action
 from ..state import PACKER
+from .access import may
 from .errors import ApiError
-from .router import ApiRouter, Page, encode_cursor, page_params, parse_body
+from .router import ApiRouter, Page, authorize, encode_cursor, page_params, parse_body
 
 __all__ = ["router"]
 
@@ -86,13 +90,15 @@ def _repository(request: web.Request) -> str:
 
 
 @router.route("GET", "/plugins", summary="List plugin repositories and their tags", response=Page[PluginSummary],
-              query={"limit": "page size (1-500)", "cursor": "from the previous page's next"})
+              query={"limit": "page size (1-500)", "cursor": "from the previous page's next"}, action=None)
 async def list_plugins(request: web.Request) -> web.Response:
     limit, cursor = page_params(request)
     packer = request.app[PACKER]
     repos = sorted(r for r in await packer.plugins.repositories() if cursor is None or r > str(cursor))[:limit]
     items = []
     for repo in repos:
+        if not await may(request, Action.PULL, repo):
+            continue
         try:
             tags = await packer.registry.backend.list_tags(repo)
         except RegistryError:
@@ -102,10 +108,11 @@ async def list_plugins(request: web.Request) -> web.Response:
 
 
 @router.route("GET", "/plugins/{name:.+}", summary="A plugin's versions: digest, config (kind, options), files",
-              response=PluginDetail)
+              response=PluginDetail, action=None)
 async def get_plugin(request: web.Request) -> web.Response:
     packer = request.app[PACKER]
     repository = _repository(request)
+    await authorize(request, Action.PULL, repository)
     try:
         versions = await packer.plugins.versions(repository)
     except RegistryError as exc:
@@ -116,7 +123,7 @@ async def get_plugin(request: web.Request) -> web.Response:
 
 
 @router.route("POST", "/plugins", summary="Push a plugin artifact (plugins/<name>:<version>)", body=PluginPush,
-              response=PluginPushed, status=201)
+              response=PluginPushed, status=201, action=None)
 async def push_plugin(request: web.Request) -> web.Response:
     body = await parse_body(request, PluginPush)
     packer = request.app[PACKER]
@@ -124,6 +131,7 @@ async def push_plugin(request: web.Request) -> web.Response:
         validate_name(packer.plugins.prefix + body.name)
     except RegistryError:
         raise ApiError(422, "invalid plugin", {"fields": [{"field": "name", "message": "not a repository name"}]}) from None
+    await authorize(request, Action.PUSH, packer.plugins.prefix + body.name, body.version)
     files: dict[str, PackageFile] = {}
     for i, item in enumerate(body.files):
         try:
