@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import io
@@ -88,6 +89,8 @@ async def test_bad_layers_fail_clearly_and_upload_nothing(backend, tmp_path, man
     digest = await put_blob(backend, "images/c", blob)
     with pytest.raises(LayerError, match=match):
         await rewrite_layer(backend, "images/c", "images/c", digest, len(blob), SELECT, seal, TarLimits(), Codec())
+    uploads = backend._repo_dir("images/c") / "_uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
 
 
 async def test_tar_bomb_limits(backend):
@@ -104,3 +107,30 @@ async def test_source_digest_is_verified(backend, tmp_path):
     # The descriptor's size disagrees with the blob: refused, not silently accepted.
     with pytest.raises(LayerError, match="descriptor says"):
         await rewrite_layer(backend, "images/e", "images/e", digest, len(blob) + 1, SELECT, seal, TarLimits(), Codec())
+
+
+async def test_cancelling_a_rewrite_stops_its_threads_and_upload(backend, tmp_path):
+    import threading
+
+    blob = gzip.compress(plain_layer({"opt/models/a.onnx": os.urandom(24_000_000)}), 1)
+    digest = await put_blob(backend, "images/f", blob)
+    before = threading.active_count()
+    started = asyncio.Event()
+
+    def progress(n: int) -> None:
+        started.set()
+
+    task = asyncio.ensure_future(rewrite_layer(backend, "images/f", "images/f", digest, len(blob), SELECT, seal,
+                                               TarLimits(), Codec(), progress))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if threading.active_count() <= before:
+            break
+        await asyncio.sleep(0.05)
+    assert threading.active_count() <= before
+    # The upload session was cancelled: nothing is left behind.
+    uploads = backend._repo_dir("images/f") / "_uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
