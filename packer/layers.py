@@ -214,20 +214,28 @@ class _OutboxWriter(io.RawIOBase):
         self.bridge = bridge
         self.hasher = _HashThread(bridge.cancelled)
         self.size = 0
+        self.discard = False
         self._pending = bytearray()
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
+        # Called from the compressor's own threads: never raise there (a dead writer
+        # thread would hang the compressor's close); after a failure, just drop bytes.
         n = len(data)
+        if self.discard:
+            return n
         self._pending += data
         if len(self._pending) >= CHUNK:
-            self._send()
+            try:
+                self._send()
+            except _Cancelled:
+                self.discard = True
         return n
 
     def _send(self) -> None:
-        if self._pending:
+        if self._pending and not self.discard:
             piece = bytes(self._pending)
             self._pending.clear()
             self.hasher.update(piece)
@@ -236,6 +244,8 @@ class _OutboxWriter(io.RawIOBase):
 
     def finish(self) -> None:
         self._send()
+        if self.discard:
+            raise _Cancelled()
         self.bridge.put(None)
 
 
@@ -355,6 +365,13 @@ class _Compressor:
         if self._stream is not self.out:
             self._stream.close()
         self.out.finish()
+
+    def abort(self) -> None:
+        """After a failure: let the compressor's threads finish into nothing."""
+        self.out.discard = True
+        if self._stream is not self.out:
+            with contextlib.suppress(Exception):
+                self._stream.close()
 
 
 def _translate(exc: BaseException) -> LayerError:
@@ -495,17 +512,21 @@ async def rewrite_layer(
         kind = _sniff(raw.peek(4))
         stream = _decompressor(kind, raw)
         out = _OutboxWriter(bridge)
+        compressor: _Compressor | None = None
         try:
             compressor = _Compressor(kind, out, codec, bridge.cancelled)
             stats = rewrite_tar(stream, compressor.write, select, seal, limits)
-            compressor.close()
+            done, compressor = compressor, None
+            done.close()
             _check_source(raw, digest, size, True)
             outcome.update(digest="sha256:" + out.hasher.hexdigest(), size=out.size,
-                           diff_id="sha256:" + compressor.diff_hasher.hexdigest())
+                           diff_id="sha256:" + done.diff_hasher.hexdigest())
             return stats
         except BaseException as exc:
             raise _translate(exc) from None
         finally:
+            if compressor is not None:
+                compressor.abort()
             with contextlib.suppress(Exception):
                 stream.close()
 
