@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 STATUSES = ("queued", "running", "succeeded", "failed")
 MAX_REQUESTED_JOBS = 10_000
 # Tags of the referrers fallback schema (``sha256-<hex>``) are bookkeeping, not versions.
-_FALLBACK_TAG_RE = re.compile(r"^[a-z0-9]+-[a-f0-9]{32,}$")
+_FALLBACK_TAG_RE = re.compile(r"^(sha256-[a-f0-9]{64}|sha512-[a-f0-9]{128})$")
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS assembly_jobs (
@@ -341,7 +341,9 @@ class AssemblyService:
         while True:
             try:
                 self._wake.clear()
-                row = await self._claim()
+                # Writes are shielded: cancelling one half-way would leave the shared
+                # connection inside an open transaction.
+                row = await asyncio.shield(self._claim())
                 if row is None:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
@@ -381,7 +383,7 @@ class AssemblyService:
         else:
             job_log.write(f"succeeded in {elapsed * 1000:.0f} ms: {row['target_repo']}:{row['target_tag']}@{outcome.digest}"
                           + ("" if outcome.written else " (unchanged, tag not rewritten)"))
-        await self._finish(row, outcome, job_log)
+        await asyncio.shield(self._finish(row, outcome, job_log))
 
     async def _finish(self, row: Any, outcome: _Outcome, job_log: JobLog) -> None:
         source = {"repository": row["source_repo"], "tag": row["source_tag"], "digest": row["source_digest"]}
@@ -420,7 +422,9 @@ class AssemblyService:
             except PluginError as exc:
                 raise AssemblyError(exc.reason, ref) from None
         outcome.plugins = [{"ref": r.ref, "repository": r.repository, "digest": r.digest} for r in resolved]
-        await self.db.execute("UPDATE assembly_jobs SET plugins = ? WHERE id = ?", (json.dumps(outcome.plugins), row["id"]))
+        await asyncio.shield(
+            self.db.execute("UPDATE assembly_jobs SET plugins = ? WHERE id = ?", (json.dumps(outcome.plugins), row["id"]))
+        )
 
         source_repo, cap = row["source_repo"], self.settings.package_cap
         try:

@@ -104,7 +104,10 @@ class WebhookDelivery:
             await asyncio.wait_for(self._wake.wait(), pause)
 
     async def _sleep_time(self) -> float:
-        row = await self.db.fetchone("SELECT MIN(next_attempt) AS next FROM webhook_deliveries WHERE status = 'pending'")
+        row = await self.db.fetchone(
+            "SELECT MIN(d.next_attempt) AS next FROM webhook_deliveries d JOIN subscriptions s ON s.id = d.subscription_id"
+            " WHERE d.status = 'pending' AND s.active = 1"
+        )
         poll = self.settings.poll_interval
         if row is None or row["next"] is None:
             return poll
@@ -115,7 +118,7 @@ class WebhookDelivery:
             "SELECT d.id, d.attempts, d.event_id, s.url, s.secret, e.type, e.repository, e.payload, e.created"
             " FROM webhook_deliveries d JOIN subscriptions s ON s.id = d.subscription_id"
             " JOIN webhook_events e ON e.id = d.event_id"
-            " WHERE d.status = 'pending' AND d.next_attempt <= ? ORDER BY d.next_attempt LIMIT ?",
+            " WHERE d.status = 'pending' AND s.active = 1 AND d.next_attempt <= ? ORDER BY d.next_attempt LIMIT ?",
             (time.time(), limit + len(self._in_flight)),
         )
         return [r for r in rows if r["id"] not in self._in_flight][:limit]
@@ -124,7 +127,8 @@ class WebhookDelivery:
         try:
             body = event_body(row["event_id"], row["type"], row["repository"], row["payload"], row["created"])
             status, error, elapsed = await self._post(row["url"], body, row["secret"], row["type"], row["event_id"])
-            await self._record(row["id"], row["attempts"] + 1, status, error, elapsed)
+            # Shielded: a write cancelled half-way would leave the connection in a transaction.
+            await asyncio.shield(self._record(row["id"], row["attempts"] + 1, status, error, elapsed))
         except MetadataError:
             log.exception("webhook delivery state not recorded", extra={"delivery": row["id"]})
         finally:

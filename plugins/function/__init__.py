@@ -1,8 +1,9 @@
 """The ``function`` plugin kind: Python source from the artifact, run in an isolated process.
 
-Each call starts ``python -I -B harness.py`` in a fresh temporary directory with a scrubbed
-environment, CPU-time, memory and file-size limits (``resource``, set before exec), and a
-wall-clock timeout that kills its process group. The package goes in as JSON on stdin,
+Each call starts ``python -I -S -B harness.py`` (isolated, standard library only) in a
+fresh temporary directory with a scrubbed environment, CPU-time, memory and file-size
+limits (``resource``, set before exec), and a wall-clock timeout that kills its process
+group. The package goes in as JSON on stdin,
 the transformed package comes back as JSON on stdout and is validated like any input."""
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class FunctionPlugin:
         root = Path(tempfile.mkdtemp(prefix="fn-", dir=self.env.workdir))
         try:
             result = await run_process(
-                [settings.python, "-I", "-B", str(HARNESS)],
+                [settings.python, "-I", "-S", "-B", str(HARNESS)],
                 cwd=root,
                 env=scrubbed_env(root),
                 timeout=self.timeout,

@@ -1,4 +1,4 @@
-"""Runs one function-plugin call inside an isolated interpreter (``python -I -B``).
+"""Runs one function-plugin call inside an isolated interpreter (``python -I -S -B``).
 
 Standard library only: it is executed as a script, never imported by the service.
 

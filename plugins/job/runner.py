@@ -48,7 +48,8 @@ class LocalRunner:
     async def run(self, spec: JobSpec) -> JobResult:
         result = await run_process(
             spec.argv, cwd=spec.cwd, env=spec.env, timeout=spec.timeout, stdout_limit=spec.output_limit,
-            stderr_limit=spec.output_limit, merge_stderr=True, limits=Limits(file_bytes=self.file_limit),
+            stderr_limit=spec.output_limit, merge_stderr=True,
+            limits=Limits(file_bytes=self.file_limit, open_files=4096),
         )
         return JobResult(result.returncode, result.stdout, result.timed_out, result.overflow is not None)
 
