@@ -90,8 +90,9 @@ class _Cancelled(Exception):
 # -- the bridge between the event loop and the worker thread --------------------------------
 class _Channel:
     """A bounded FIFO between the event loop and threads. Each side blocks only when
-    the channel is full (producer) or empty (consumer), and never waits for the other
-    side to be scheduled otherwise: a hop costs a lock and, at most, one loop wake-up."""
+    the channel is full (producer) or empty (consumer); a thread wakes the loop only
+    when the loop is actually waiting on this channel, so a flowing stream costs a lock
+    per hop and no loop wake-ups."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, cancelled: threading.Event, maxsize: int = _DEPTH) -> None:
         self.loop = loop
@@ -99,11 +100,15 @@ class _Channel:
         self.maxsize = maxsize
         self.items: collections.deque[bytes | None] = collections.deque()
         self.cond = threading.Condition()
-        self.changed = asyncio.Event()  # set (from any thread) when the loop side may proceed
+        self.changed = asyncio.Event()
+        self.loop_waiting = False  # guarded by cond
 
     def _wake_loop(self) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-            self.loop.call_soon_threadsafe(self.changed.set)
+        # Caller holds ``cond``.
+        if self.loop_waiting:
+            self.loop_waiting = False
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                self.loop.call_soon_threadsafe(self.changed.set)
 
     # thread side
     def put_blocking(self, item: bytes | None) -> None:
@@ -113,7 +118,7 @@ class _Channel:
                     raise _Cancelled()
                 self.cond.wait(_POLL)
             self.items.append(item)
-        self._wake_loop()
+            self._wake_loop()
 
     def get_blocking(self) -> bytes | None:
         with self.cond:
@@ -122,7 +127,7 @@ class _Channel:
                     raise _Cancelled()
                 self.cond.wait(_POLL)
             item = self.items.popleft()
-        self._wake_loop()
+            self._wake_loop()
         return item
 
     # event-loop side
@@ -133,7 +138,8 @@ class _Channel:
                     self.items.append(item)
                     self.cond.notify()
                     return
-                self.changed.clear()  # under the lock: a later get's wake-up can't be lost
+                self.changed.clear()
+                self.loop_waiting = True
             await self.changed.wait()
 
     async def get(self) -> bytes | None:
@@ -144,6 +150,7 @@ class _Channel:
                     self.cond.notify()
                     return item
                 self.changed.clear()
+                self.loop_waiting = True
             await self.changed.wait()
 
 
