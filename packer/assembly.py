@@ -28,6 +28,7 @@ from proxy.oci.errors import RegistryError
 from proxy.oci.manifest import parse_manifest
 from proxy.oci.reference import is_digest, parse_reference
 from proxy.service.events import Event, ManifestDeleted, ManifestStored
+from proxy.service.policy import SYSTEM, Action, PolicyChain, Request as PolicyRequest
 from proxy.service.registry import RegistryService
 
 from .chains import Chain, ChainRegistry
@@ -177,6 +178,7 @@ class AssemblyService:
         env: PluginEnv,
         settings: AssemblyConfig,
         on_emit: Callable[[], None] = lambda: None,
+        policy: PolicyChain | None = None,
     ) -> None:
         self.db = db
         self.registry = registry
@@ -185,6 +187,7 @@ class AssemblyService:
         self.env = env
         self.settings = settings
         self.on_emit = on_emit
+        self.policy = policy
         self._wake = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
 
@@ -453,6 +456,9 @@ class AssemblyService:
             ANNOTATION_SOURCE: loaded.digest,
             ANNOTATION_SOURCE_REPOSITORY: source_repo,
         })
+        if self.policy is not None:
+            # The same check a push gets (a frozen business tag refuses even algomint).
+            await self.policy.check(PolicyRequest(SYSTEM, Action.PUSH, row["target_repo"], row["target_tag"]))
         try:
             result = await write_package(self.registry, row["target_repo"], row["target_tag"], package, cap=cap,
                                          source_repo=source_repo)

@@ -17,6 +17,7 @@ import aiohttp
 
 from proxy.meta import Database
 from proxy.service.events import EventBus
+from proxy.service.policy import PolicyChain
 from proxy.service.registry import RegistryService
 
 from . import assembly, chains
@@ -38,7 +39,8 @@ WORK_PREFIXES = ("job-", "fn-")
 
 
 class Packer:
-    def __init__(self, config: "Config", db: Database, registry: RegistryService, events: EventBus) -> None:
+    def __init__(self, config: "Config", db: Database, registry: RegistryService, events: EventBus,
+                 policy: PolicyChain | None = None) -> None:
         self.config = config
         self.db = db
         self.registry = registry
@@ -52,7 +54,7 @@ class Packer:
         self.subscriptions = SubscriptionStore(db)
         self.webhooks = WebhookDelivery(db, config.webhooks)
         self.assembly = assembly.AssemblyService(db, registry, self.chains, self.plugins, self.env, settings,
-                                                 on_emit=self.webhooks.notify)
+                                                 on_emit=self.webhooks.notify, policy=policy)
         self._reloads: set[asyncio.Task[None]] = set()
         self._sighup = False
 

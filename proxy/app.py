@@ -63,7 +63,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         max_manifest_bytes=config.server.max_manifest_bytes,
     )
     app.cleanup_ctx.append(_storage)
-    app[PACKER] = Packer(config, app[DATABASE], app[REGISTRY], app[EVENTS])
+    app[PACKER] = Packer(config, app[DATABASE], app[REGISTRY], app[EVENTS], policy=app[POLICY])
     app.cleanup_ctx.append(_packer)  # after storage: needs the database and backend open
     app[fullbuilds.FULL_BUILDS] = builds = FullBuildService(
         app[REGISTRY], app[DATABASE], config.full_builds, config.licenses, _namespaces(config)

@@ -259,3 +259,28 @@ async def test_chain_and_plugin_routes_ask_about_their_repositories(aiohttp_clie
     assert (await client.post(f"/api/v1/chains/other-{uid}/assemble", json={})).status == 403
     assert (await client.post("/api/v1/chains/reload")).status == 403  # the file is registry-wide
     assert (await client.get("/api/v1/subscriptions")).status == 403
+
+
+async def test_a_refused_business_push_fails_the_job(aiohttp_client, config, tmp_path):
+    """Before writing, assembly asks the policy as any push would (a frozen tag says no)."""
+    from proxy.api.state import POLICY
+    from proxy.oci.errors import Errors, RegistryError
+    from proxy.service.policy import Action
+
+    class Frozen:
+        async def check(self, request):
+            repo = request.repository or ""
+            if request.action is Action.PUSH and repo.startswith("business/") and request.reference == "1.0":
+                raise RegistryError(Errors.DENIED, message=f"{request.repository}:1.0 is frozen")
+
+    app = create_app(config.model_copy(update={"assembly": AssemblyConfig(workdir=tmp_path / "work")}))
+    app[POLICY].add(Frozen())
+    client = await aiohttp_client(app)
+    uid = uuid.uuid4().hex[:8]
+    await push_plugin(client, f"p-{uid}", "1.0", "file", {}, {"x": b"x"})
+    await create_chain(client, f"c-{uid}", [f"generic/a-{uid}"], [f"plugins/p-{uid}:1.0"])
+    await push_generic(client, f"generic/a-{uid}", "1.0", {"m": b"m"}, tmp_path / "g")
+    [job] = await wait_jobs_done(client, chain=f"c-{uid}")
+    assert job["status"] == "failed"
+    assert job["error"]["reason"] == f"registry: DENIED: business/c-{uid}/a-{uid}:1.0 is frozen"
+    assert (await client.get(f"/v2/business/c-{uid}/a-{uid}/manifests/1.0")).status == 404
