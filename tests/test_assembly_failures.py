@@ -19,7 +19,6 @@ from tests.support.oci import push_blob
 from tests.support.packer import (
     DESCRIPTOR,
     create_chain,
-    jobs,
     manifest,
     push_generic,
     push_plugin,
