@@ -18,6 +18,7 @@ from aiohttp import web
 
 from ..backend import BlobReader
 from ..oci.errors import Errors, RegistryError
+from . import relay
 from .state import METRICS
 
 __all__ = ["ByteRange", "parse_range", "request_chunks", "read_body", "send_blob", "send_stream", "CHUNK"]
@@ -108,7 +109,9 @@ async def send_blob(
         if reader.path is not None:
             await _sendfile(request, response, reader)
         else:
-            await _copy(request, response, reader, verify and reader.start == 0 and reader.length == reader.size)
+            verify = verify and reader.start == 0 and reader.length == reader.size
+            if not await _relay(request, reader, verify):
+                await _copy(request, response, reader, verify)
         await response.write_eof()
         metrics.bytes_out.inc(reader.length)
         return response
@@ -126,20 +129,37 @@ async def _copy(request: web.Request, response: web.StreamResponse, reader: Blob
     hasher = hashlib.new(reader.digest.split(":", 1)[0]) if verify else None
     sent = 0
     async for chunk in reader:
-        if hasher is not None:
-            if len(chunk) > 256 * 1024:
-                # hashlib releases the GIL on large buffers: hash beside the network write.
-                await asyncio.gather(asyncio.to_thread(hasher.update, chunk), response.write(chunk))
-            else:
-                hasher.update(chunk)
-                await response.write(chunk)
-        else:
-            await response.write(chunk)
         sent += len(chunk)
+        if hasher is None:
+            await response.write(chunk)
+        elif sent < reader.length and len(chunk) > 256 * 1024:
+            # hashlib releases the GIL on large buffers: hash beside the network write.
+            await asyncio.gather(asyncio.to_thread(hasher.update, chunk), response.write(chunk))
+        else:
+            hasher.update(chunk)
+            if sent == reader.length:
+                _check_digest(reader, hasher.hexdigest())  # before the last bytes leave
+            await response.write(chunk)
     if sent != reader.length:
         raise RegistryError(Errors.UNAVAILABLE, {"expected": reader.length, "received": sent},
                             message="backend stream ended early")
-    if hasher is not None and f"{reader.digest.split(':', 1)[0]}:{hasher.hexdigest()}" != reader.digest:
+
+
+async def _relay(request: web.Request, reader: BlobReader, verify: bool) -> bool:
+    """Socket to socket (``relay.py``) when the reader and the client allow it."""
+    sink = relay.client_socket(request)
+    if sink is None:
+        return False
+    source = reader.detach()
+    if source is None:
+        sink.close()
+        return False
+    await relay.relay(source, sink, reader.digest if verify else None)
+    return True
+
+
+def _check_digest(reader: BlobReader, hexdigest: str) -> None:
+    if f"{reader.digest.split(':', 1)[0]}:{hexdigest}" != reader.digest:
         raise RegistryError(Errors.UNAVAILABLE, {"digest": reader.digest}, message="backend blob failed digest verification")
 
 

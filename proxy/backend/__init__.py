@@ -1,5 +1,5 @@
 """Storage backends behind one interface: embedded filesystem and remote registry."""
 
-from .base import Backend, BlobInfo, BlobReader, ManifestData, ManifestInfo, UploadStatus
+from .base import Backend, BlobInfo, BlobReader, ManifestData, ManifestInfo, SocketSource, UploadStatus
 
-__all__ = ["Backend", "BlobInfo", "BlobReader", "ManifestData", "ManifestInfo", "UploadStatus"]
+__all__ = ["Backend", "BlobInfo", "BlobReader", "ManifestData", "ManifestInfo", "SocketSource", "UploadStatus"]

@@ -12,12 +12,13 @@ backend never holds a whole blob in memory.
 
 from __future__ import annotations
 
+import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterable, AsyncIterator
 
-__all__ = ["Backend", "BlobInfo", "BlobReader", "ManifestData", "ManifestInfo", "UploadStatus"]
+__all__ = ["Backend", "BlobInfo", "BlobReader", "ManifestData", "ManifestInfo", "SocketSource", "UploadStatus"]
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,28 @@ class UploadStatus:
     offset: int  # bytes received so far
 
 
+@dataclass(frozen=True)
+class SocketSource:
+    """A blob's bytes as the rest of a plain-TCP upstream body: ``head`` (already
+    received) then the next ``length - len(head)`` bytes of ``sock``.
+
+    ``sock`` is the reader's own duplicate of the connection, with ``timeout`` set as the
+    longest wait for upstream data; whoever took it closes it."""
+
+    sock: socket.socket
+    head: bytes
+    length: int
+    timeout: float
+
+
 class BlobReader(ABC):
     """An open blob (or a byte range of one), consumed once as an async iterator.
 
     ``size`` is the blob's full size; ``start``/``length`` describe the range served.
     ``path`` is set when the bytes live in a local file at ``start`` so the HTTP layer
-    may use ``sendfile`` instead of iterating. ``close()`` releases the file or the
-    upstream connection and is safe to call twice.
+    may use ``sendfile`` instead of iterating; ``detach()`` likewise offers an upstream
+    socket for a socket-to-socket relay. ``close()`` releases the file or the upstream
+    connection and is safe to call twice.
     """
 
     digest: str
@@ -70,6 +86,13 @@ class BlobReader(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    def detach(self) -> SocketSource | None:
+        """Take the upstream connection instead of iterating (``None``: iterate).
+
+        After a ``SocketSource`` is returned the reader yields nothing more; ``close()``
+        still must be called and drops the connection (it is never reused)."""
+        return None
 
     async def __aenter__(self) -> "BlobReader":
         return self

@@ -32,7 +32,9 @@ import base64
 import binascii
 import hashlib
 import json
+import os
 import re
+import socket
 from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import Any, AsyncIterable, AsyncIterator, Mapping, Sequence
@@ -44,7 +46,7 @@ from yarl import URL
 from ..oci.errors import ErrorCode, Errors, RegistryError
 from ..oci.mediatypes import MANIFEST_TYPES
 from ..oci.reference import is_digest
-from .base import Backend, BlobInfo, BlobReader, ManifestData, ManifestInfo, UploadStatus
+from .base import Backend, BlobInfo, BlobReader, ManifestData, ManifestInfo, SocketSource, UploadStatus
 from .remote_auth import Authenticator, invalid_response, parse_challenges, unreachable
 
 __all__ = ["RegistryBackend"]
@@ -190,6 +192,7 @@ class _RemoteBlobReader(BlobReader):
         *,
         skip: int = 0,
         chunk_size: int,
+        timeout: float = 300.0,
     ) -> None:
         self.digest = digest
         self.size = size
@@ -198,6 +201,7 @@ class _RemoteBlobReader(BlobReader):
         self._resp = resp
         self._skip = skip
         self._chunk_size = chunk_size
+        self._timeout = timeout
         self._iterated = False
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -229,6 +233,27 @@ class _RemoteBlobReader(BlobReader):
         finally:
             # Runs on exhaustion, on error and when the consumer stops early (aclose).
             await self.close()
+
+    def detach(self) -> SocketSource | None:
+        """The upstream socket, when the body is plain TCP and exactly our range."""
+        resp = self._resp
+        if self._iterated or resp is None or self._skip or resp.content_length != self.length:
+            return None
+        transport = resp.connection.transport if resp.connection is not None else None
+        raw = transport.get_extra_info("socket") if transport is not None else None
+        if raw is None or transport.get_extra_info("ssl_object") is not None:
+            return None
+        try:
+            # What aiohttp already buffered goes first; pausing (in the same loop step,
+            # after the read: reading may resume the transport) keeps the rest in the socket.
+            head = resp.content.read_nowait()
+        except (aiohttp.ClientError, OSError, RuntimeError):
+            return None  # the stream already failed: iterating reports it
+        transport.pause_reading()
+        self._iterated = True
+        sock = socket.socket(fileno=os.dup(raw.fileno()))
+        sock.settimeout(self._timeout)
+        return SocketSource(sock, head, self.length, self._timeout)
 
     async def close(self) -> None:
         resp, self._resp = self._resp, None
@@ -564,7 +589,9 @@ class RegistryBackend(Backend):
             served = last - first + 1
             if length is not None:
                 served = min(served, length)
-            return _RemoteBlobReader(resp, digest, size, start, served, chunk_size=self._read_chunk)
+            return _RemoteBlobReader(
+                resp, digest, size, start, served, chunk_size=self._read_chunk, timeout=self._timeout
+            )
         if resp.status == 200:
             # The backend (or a CDN in front) ignored Range: skip to ``start`` ourselves.
             if "Content-Length" in resp.headers:
@@ -575,7 +602,9 @@ class RegistryBackend(Backend):
                 raise RegistryError(Errors.RANGE_INVALID, {"start": start, "size": size})
             available = size - start
             served = available if length is None else min(length, available)
-            return _RemoteBlobReader(resp, digest, size, start, served, skip=start, chunk_size=self._read_chunk)
+            return _RemoteBlobReader(
+                resp, digest, size, start, served, skip=start, chunk_size=self._read_chunk, timeout=self._timeout
+            )
         if resp.status == 416:
             # Distribution answers 416 for "bytes=N-" on an N-byte blob: an empty tail.
             match = _UNSATISFIED_RANGE_RE.fullmatch(resp.headers.get("Content-Range", ""))

@@ -1,0 +1,229 @@
+"""The socket-to-socket blob relay: the reader hand-over, the thread copy, and the
+whole path through the app in front of a small upstream registry over real loopback TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from proxy.api import relay
+from proxy.app import create_app
+from proxy.backend import SocketSource
+from proxy.backend.remote import RegistryBackend
+from proxy.oci.errors import Errors, RegistryError
+from tests.conftest import make_config
+
+BLOB = os.urandom(3 * 1024 * 1024 + 123)
+DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+
+
+class Upstream:
+    """Serves ``BLOB`` under ``DIGEST``; ``corrupt`` flips one byte, ``short`` drops the tail."""
+
+    def __init__(self) -> None:
+        self.corrupt = False
+        self.short = False
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v2/{repo:.+}/blobs/{digest}", self.blob)
+        return app
+
+    async def blob(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "HEAD":
+            return web.Response(headers={"Content-Length": str(len(BLOB)), "Docker-Content-Digest": DIGEST})
+        body = bytearray(BLOB)
+        if self.corrupt:
+            body[len(body) // 2] ^= 0xFF
+        response = web.StreamResponse(headers={"Docker-Content-Digest": DIGEST})
+        response.content_length = len(BLOB)
+        await response.prepare(request)
+        await response.write(bytes(body[: len(body) // 2] if self.short else body))
+        if self.short:
+            request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture
+async def upstream(aiohttp_server) -> AsyncIterator[tuple[Upstream, RegistryBackend]]:
+    fake = Upstream()
+    server = await aiohttp_server(fake.app())
+    backend = RegistryBackend(str(server.make_url("/")))
+    await backend.start()
+    yield fake, backend
+    await backend.close()
+
+
+def relay_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "blob-relay"]
+
+
+async def no_relay_threads_left() -> bool:
+    """A relay's thread settles its task just before it exits: give it a moment."""
+    for _ in range(100):
+        if not relay_threads():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+# -- the reader hand-over ------------------------------------------------------------------
+async def test_detach_hands_over_the_rest_of_the_body(upstream) -> None:
+    _, backend = upstream
+    reader = await backend.open_blob("a/b", DIGEST)
+    source = reader.detach()
+    assert source is not None and source.length == len(BLOB)
+    assert reader.detach() is None  # consumed once
+    received = bytearray(source.head)
+    with source.sock as sock:
+        sock.settimeout(10)
+        while len(received) < len(BLOB):
+            piece = sock.recv(1 << 20)
+            assert piece
+            received += piece
+    assert bytes(received) == BLOB
+    assert [chunk async for chunk in reader] == []
+    await reader.close()
+
+
+async def test_detach_refuses_a_body_that_needs_skipping(upstream) -> None:
+    _, backend = upstream
+    # The upstream ignores Range: the reader skips bytes itself, so it must be iterated.
+    reader = await backend.open_blob("a/b", DIGEST, 10, 100)
+    assert reader.detach() is None
+    assert b"".join([chunk async for chunk in reader]) == BLOB[10:110]
+
+
+# -- the copy ------------------------------------------------------------------------------
+def pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    return a, b
+
+
+def feed(sock: socket.socket, data: bytes) -> threading.Thread:
+    """Send ``data`` from a thread (a socketpair holds far less than a blob), then close."""
+
+    def send() -> None:
+        with sock:
+            sock.sendall(data)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
+async def test_relay_copies_and_hashes() -> None:
+    up_ours, up_theirs = pair()
+    sink, client = pair()
+    source = SocketSource(up_ours, BLOB[:1000], len(BLOB), timeout=10)
+    feeder = feed(up_theirs, BLOB[1000:])
+    reading = asyncio.create_task(asyncio.to_thread(_read_all, client))
+    await relay.relay(source, sink, DIGEST)
+    assert await reading == BLOB
+    feeder.join()
+
+
+async def test_relay_withholds_the_last_piece_of_a_mismatch() -> None:
+    up_ours, up_theirs = pair()
+    sink, client = pair()
+    feeder = feed(up_theirs, BLOB[:-1] + b"?")
+    reading = asyncio.create_task(asyncio.to_thread(_read_all, client))
+    with pytest.raises(RegistryError) as exc_info:
+        await relay.relay(SocketSource(up_ours, b"", len(BLOB), timeout=10), sink, DIGEST)
+    assert exc_info.value.error is Errors.UNAVAILABLE
+    assert len(await reading) < len(BLOB)
+    feeder.join()
+
+
+async def test_relay_reports_an_upstream_that_ends_early() -> None:
+    up_ours, up_theirs = pair()
+    sink, client = pair()
+    feed(up_theirs, b"x" * 100).join()
+    with pytest.raises(RegistryError) as exc_info:
+        await relay.relay(SocketSource(up_ours, b"", 1000, timeout=10), sink, None)
+    assert exc_info.value.error is Errors.UNAVAILABLE
+    client.close()
+
+
+async def test_relay_reports_a_client_that_went_away() -> None:
+    up_ours, up_theirs = pair()
+    sink, client = pair()
+    client.close()
+    feeder = feed(up_theirs, b"x" * 100_000)
+    with pytest.raises(ConnectionResetError):
+        await relay.relay(SocketSource(up_ours, b"", 100_000, timeout=10), sink, None)
+    feeder.join()
+
+
+async def test_cancelling_a_relay_stops_its_thread() -> None:
+    up_ours, up_theirs = pair()  # the upstream never sends: the thread waits in recv
+    sink, client = pair()
+    task = asyncio.create_task(relay.relay(SocketSource(up_ours, b"", 1000, timeout=60), sink, None))
+    for _ in range(100):
+        if relay_threads():
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await no_relay_threads_left()
+    up_theirs.close()
+    client.close()
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = bytearray()
+    with sock:
+        while piece := sock.recv(1 << 20):
+            data += piece
+    return bytes(data)
+
+
+# -- through the app -----------------------------------------------------------------------
+@pytest.fixture
+async def proxied(aiohttp_client, upstream, tmp_path: Path):
+    fake, backend = upstream
+    client = await aiohttp_client(create_app(make_config(tmp_path, "filesystem"), backend=backend))
+    return fake, client
+
+
+async def test_whole_blob_through_the_app(proxied, monkeypatch) -> None:
+    _, client = proxied
+    relayed = []
+
+    async def spy(source: SocketSource, sink: socket.socket, digest: str | None) -> None:
+        relayed.append(digest)
+        await real_relay(source, sink, digest)
+
+    real_relay = relay.relay
+    monkeypatch.setattr(relay, "relay", spy)
+    for _ in range(2):  # the second request reuses the client's keep-alive connection
+        resp = await client.get(f"/v2/a/b/blobs/{DIGEST}")
+        assert resp.status == 200
+        assert resp.headers["Content-Length"] == str(len(BLOB))
+        assert await resp.read() == BLOB
+    ranged = await client.get(f"/v2/a/b/blobs/{DIGEST}", headers={"Range": "bytes=5-"})
+    assert ranged.status == 206 and await ranged.read() == BLOB[5:]
+    assert relayed[:2] == [DIGEST, DIGEST]  # whole blobs relayed and verified
+    assert await no_relay_threads_left()
+
+
+@pytest.mark.parametrize("failure", ["corrupt", "short"])
+async def test_bad_upstream_body_breaks_the_connection(proxied, failure: str) -> None:
+    fake, client = proxied
+    setattr(fake, failure, True)
+    resp = await client.get(f"/v2/a/b/blobs/{DIGEST}")
+    assert resp.status == 200  # headers were out before the body could be checked
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
