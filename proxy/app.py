@@ -15,6 +15,7 @@ from .api import middleware
 from .api import manage
 from .api.manage.openapi import OPENAPI, build_document, openapi_router
 from .api.manage import assemblies, chains, plugins, subscriptions
+from .api.manage import audit as audit_api, grants, tokens, users, whoami
 from .api.ops import add_ops_routes
 from .api.routes import V2_ROUTES, add_routes
 from .api.state import CONFIG, DATABASE, EVENTS, IN_FLIGHT, METRICS, POLICY, REGISTRY, InFlight
@@ -28,6 +29,9 @@ from .service import referrers
 from .service.events import EventBus
 from .service.policy import AllowAll, PolicyChain
 from .service.registry import RegistryService
+from .audit.middleware import audit_requests, setup_audit
+from .auth.middleware import authenticate
+from .auth.setup import setup_auth
 from .api.state import PACKER
 from packer.runtime import Packer
 from .api.manage import archive as archive_api, fullbuilds
@@ -46,7 +50,8 @@ _SWEEP_INTERVAL = 600.0
 
 def create_app(config: Config, *, backend: Backend | None = None) -> web.Application:
     app = web.Application(
-        middlewares=[middleware.observe, middleware.render_errors, middleware.policy_check],
+        middlewares=[middleware.observe, audit_requests, middleware.render_errors,
+                     *([authenticate] if config.auth.enabled else []), middleware.policy_check],
         client_max_size=1024**4,  # bodies are streamed; limits are enforced per route
     )
     app[CONFIG] = config
@@ -63,6 +68,8 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         max_manifest_bytes=config.server.max_manifest_bytes,
     )
     app.cleanup_ctx.append(_storage)
+    setup_audit(app)  # after storage: the log is flushed before the database closes
+    setup_auth(app)  # users, tokens, grants; with [auth] enabled the permission policy and /token
     app[PACKER] = Packer(config, app[DATABASE], app[REGISTRY], app[EVENTS], policy=app[POLICY])
     app.cleanup_ctx.append(_packer)  # after storage: needs the database and backend open
     app[fullbuilds.FULL_BUILDS] = builds = FullBuildService(
@@ -74,6 +81,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     add_routes(app, V2_ROUTES, HANDLERS)
     add_ops_routes(app)
     routers = [openapi_router]
+    routers += [users.router, tokens.router, grants.router, audit_api.router, whoami.router]
     routers += [fullbuilds.router, archive_api.router]
     routers += [chains.router, plugins.router, assemblies.router, subscriptions.router]
     manage.mount(app, routers)

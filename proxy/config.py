@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from .auth.patterns import validate_pattern
 
 from packer.fullbuild.settings import FullBuildConfig
 from packer.settings import AssemblyConfig, ChainsConfig, PluginsConfig, WebhooksConfig
@@ -77,8 +79,52 @@ class MetadataConfig(_Section):
     path: Path = Path("./data/metadata.db")
 
 
+# Repository-name patterns (`*` within one segment, `**` any depth), checked on load.
+PatternList = Annotated[list[str], AfterValidator(lambda value: [validate_pattern(p) for p in value])]
+
+
 class AuthConfig(_Section):
     enabled: bool = False
+    # The `service` named in Bearer challenges and the `aud` of registry tokens.
+    service: str = Field("algomint", min_length=1, max_length=128)
+    # Lifetime of registry bearer tokens (seconds): short, so a disabled user stops quickly.
+    token_ttl: int = Field(300, ge=10, le=3600)
+    # Lifetime of OAuth2 refresh tokens (seconds); every refresh re-checks the user.
+    refresh_token_ttl: int = Field(7 * 86400, ge=60, le=90 * 86400)
+    # HMAC key signing registry tokens; generated on first start (default: beside the metadata DB).
+    signing_key_path: Path | None = None
+    # File holding the first admin's password (else env ALGOMINT_ADMIN_PASSWORD).
+    admin_password_file: Path | None = None
+    # Repository patterns anyone may pull without credentials (`*` one segment, `**` any depth).
+    anonymous_pull: PatternList = []
+    # Namespaces only algomint itself writes: no user, admin included, may push there.
+    system_namespaces: PatternList = ["business/**"]
+    # API tokens: default and longest lifetime (seconds).
+    api_token_ttl: int = Field(90 * 86400, gt=0)
+    api_token_max_ttl: int = Field(366 * 86400, gt=0)
+    password_min_length: int = Field(12, ge=8, le=128)
+    # Failed logins allowed per user and per client address within failure_window seconds.
+    max_failures_per_user: int = Field(10, ge=1)
+    max_failures_per_address: int = Field(50, ge=1)
+    failure_window: float = Field(300.0, gt=0)
+    # How long users, grants and API tokens read from the store are reused (seconds);
+    # changes made through this server take effect at once regardless.
+    cache_ttl: float = Field(5.0, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _token_ttls(self) -> "AuthConfig":
+        if self.api_token_ttl > self.api_token_max_ttl:
+            raise ValueError("auth.api_token_ttl must not exceed auth.api_token_max_ttl")
+        return self
+
+
+class AuditConfig(_Section):
+    enabled: bool = True
+    # Records are written in batches: every flush_interval seconds or batch_size records.
+    flush_interval: float = Field(0.05, gt=0, le=5)
+    batch_size: int = Field(256, ge=1, le=10_000)
+    # Pulls of manifests in these namespaces (and every archive download) are recorded.
+    pull_patterns: PatternList = ["business/**"]
 
 
 class LogConfig(_Section):
@@ -92,6 +138,7 @@ class Config(_Section):
     storage: StorageConfig = StorageConfig()
     metadata: MetadataConfig = MetadataConfig()
     auth: AuthConfig = AuthConfig()
+    audit: AuditConfig = AuditConfig()
     log: LogConfig = LogConfig()
     # License kinds, [licenses.<kind>]; "full" (no encryption) always exists.
     licenses: Licenses = Field(default_factory=default_licenses)

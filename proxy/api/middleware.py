@@ -119,12 +119,17 @@ async def policy_check(request: web.Request, handler: Handler) -> web.StreamResp
     if action is not None:
         principal = request.get(PRINCIPAL, ANONYMOUS)
         request[PRINCIPAL] = principal
+        route = request.match_info.route.name or ""
+        # Only /v2 paths name a repository; a management path's {name} is a user, chain…
+        # (management handlers call ``authorize`` with the repository they act on).
+        registry = route.startswith("v2.")
         await request.app[POLICY].check(
             PolicyRequest(
                 principal,
                 action,
-                request.match_info.get("name"),
-                request.match_info.get("reference") or request.match_info.get("digest"),
+                request.match_info.get("name") if registry else None,
+                (request.match_info.get("reference") or request.match_info.get("digest")) if registry else None,
+                {"route": route},
             )
         )
     return await handler(request)

@@ -12,7 +12,8 @@ from aiohttp import web
 from ...backend import BlobInfo, UploadStatus
 from ...oci.errors import Errors, RegistryError
 from ...oci.reference import validate_name
-from ..state import REGISTRY
+from ...service.policy import ANONYMOUS, Action, Request as PolicyRequest
+from ..state import POLICY, PRINCIPAL, REGISTRY
 from ..streaming import request_chunks
 from .common import digest_param, location, repo_name
 
@@ -56,12 +57,12 @@ async def start_upload(request: web.Request) -> web.Response:
     mount, source = request.query.get("mount"), request.query.get("from")
     if mount is not None:
         digest = digest_param(mount)
-        if source:
-            validate_name(source)
+        if source and await _may_pull(request, validate_name(source)):
             blob = await backend.mount_blob(repo, digest, source)
             if blob is not None:
                 return _blob_created(request, repo, blob)
-        # Spec: a mount that can't be made falls back to an ordinary session (202).
+        # Spec: a mount that can't be made (or from a repository the caller can't read)
+        # falls back to an ordinary session (202).
     digest_arg = request.query.get("digest")
     if digest_arg is not None:  # monolithic: POST ?digest= with the whole body
         digest = digest_param(digest_arg)
@@ -70,6 +71,15 @@ async def start_upload(request: web.Request) -> web.Response:
         return _blob_created(request, repo, blob)
     status = await backend.start_upload(repo)
     return _session_response(request, repo, status, 202)
+
+
+async def _may_pull(request: web.Request, source: str) -> bool:
+    """A mount reads ``source``: only callers allowed to pull it may mount from it."""
+    try:
+        await request.app[POLICY].check(PolicyRequest(request.get(PRINCIPAL, ANONYMOUS), Action.PULL, source))
+    except RegistryError:
+        return False
+    return True
 
 
 async def upload_status(request: web.Request) -> web.Response:

@@ -1,0 +1,178 @@
+"""The audit log: records batched through a queue into the metadata store, and queries.
+
+``record`` never waits: it appends to an in-memory batch that a background task writes
+every ``flush_interval`` seconds, or sooner once ``batch_size`` records wait, in one
+transaction that extends the hash chain. ``close`` writes everything still pending, so a
+clean shutdown loses nothing; a failed write keeps the batch and retries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ..auth.patterns import compile_pattern
+from ..meta import Database, MetadataError
+from .records import GENESIS, SCHEMA, AuditEvent, AuditRecord
+from .verify import VerifyResult, verify_chain
+
+__all__ = ["AuditLog", "AuditQuery"]
+
+log = logging.getLogger(__name__)
+
+_RETRY_DELAY = 1.0
+# A repository-pattern query scans at most this many rows per page (it filters in Python).
+_SCAN_BUDGET = 20_000
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    actor: str | None = None
+    action: str | None = None  # exact, or a prefix ending in "*" ("users.*")
+    repository: str | None = None  # a repository pattern (`*`, `**`)
+    outcome: str | None = None
+    since: str | None = None  # inclusive, canonical time form
+    until: str | None = None  # exclusive
+
+
+class AuditLog:
+    def __init__(self, db: Database, *, enabled: bool = True, flush_interval: float = 0.05,
+                 batch_size: int = 256) -> None:
+        self.db = db
+        self.enabled = enabled
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self._pending: list[AuditEvent] = []
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- lifetime ---------------------------------------------------------------
+    async def start(self) -> None:
+        await self.db.migrate(SCHEMA)
+        self._task = asyncio.create_task(self._run(), name="audit-flusher")
+
+    async def close(self) -> None:
+        """Stop the background writer and write every pending record.
+
+        The writer is asked to stop, not cancelled: a cancel landing inside a write
+        transaction could leave it open."""
+        self._closing = True
+        self._wake.set()
+        self._full.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        await self.flush()
+
+    # -- writing ----------------------------------------------------------------
+    def record(self, event: AuditEvent) -> None:
+        if not self.enabled:
+            return
+        self._pending.append(event)
+        self._wake.set()
+        if len(self._pending) >= self.batch_size:
+            self._full.set()
+
+    async def flush(self) -> None:
+        """Write every record submitted so far (read-your-writes for queries and tests)."""
+        async with self._write_lock:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                self._full.clear()
+                try:
+                    await self._write(batch)
+                except BaseException:
+                    self._pending[:0] = batch  # keep order; nothing is dropped
+                    raise
+
+    async def _write(self, batch: list[AuditEvent]) -> None:
+        async with self.db.transaction() as tx:
+            head = await tx.fetchone("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            seq, prev = (head["seq"], head["hash"]) if head else (0, GENESIS)
+            rows = []
+            for event in batch:
+                seq += 1
+                row = event.row(seq, prev)
+                prev = row["hash"]
+                rows.append(row)
+            columns = list(rows[0])
+            await tx.executemany(
+                f"INSERT INTO audit_log ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                [[row[c] for c in columns] for row in rows],
+            )
+
+    async def _run(self) -> None:
+        while not self._closing:
+            await self._wake.wait()
+            if len(self._pending) < self.batch_size and not self._closing:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.flush_interval)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except MetadataError as exc:
+                log.error("audit write failed; will retry", extra={"error": str(exc), "pending": len(self._pending)})
+                self._wake.set()
+                if not self._closing:
+                    await asyncio.sleep(_RETRY_DELAY)
+
+    # -- reading ----------------------------------------------------------------
+    async def query(self, q: AuditQuery, limit: int, before: int | None = None) -> tuple[list[AuditRecord], int | None]:
+        """Newest first, records with ``seq < before``; returns the page and the next ``before``."""
+        await self.flush()
+        where: list[str] = []
+        params: list[Any] = []
+        for column in ("actor", "outcome"):
+            value = getattr(q, column)
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if q.action is not None:
+            if q.action.endswith("*"):
+                where.append("action LIKE ? ESCAPE '\\'")
+                params.append(_like_prefix(q.action[:-1]))
+            else:
+                where.append("action = ?")
+                params.append(q.action)
+        if q.since is not None:
+            where.append("time >= ?")
+            params.append(q.since)
+        if q.until is not None:
+            where.append("time < ?")
+            params.append(q.until)
+        sql = f"SELECT * FROM audit_log WHERE {' AND '.join([*where, 'seq < ?'])} ORDER BY seq DESC LIMIT ?"
+        cursor = before if before is not None else 2**63 - 1
+        if q.repository is None:
+            rows = await self.db.fetchall(sql, (*params, cursor, limit + 1))
+            records = [AuditRecord.from_row(r) for r in rows[:limit]]
+            return records, (records[-1].seq if len(rows) > limit else None)
+        # Patterns aren't SQL: scan newest-first in chunks, filter, stop at a page or the budget.
+        regex = compile_pattern(q.repository)
+        found: list[AuditRecord] = []
+        scanned, chunk = 0, max(limit * 4, 500)
+        while True:
+            rows = await self.db.fetchall(sql, (*params, cursor, chunk))
+            for row in rows:
+                cursor = row["seq"]
+                scanned += 1
+                if row["repository"] and regex.fullmatch(row["repository"]):
+                    found.append(AuditRecord.from_row(row))
+                    if len(found) == limit:
+                        return found, cursor
+            if len(rows) < chunk:
+                return found, None
+            if scanned >= _SCAN_BUDGET:
+                return found, cursor  # a short page; the cursor continues the scan
+
+    async def verify(self) -> VerifyResult:
+        await self.flush()
+        return await verify_chain(self.db)
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

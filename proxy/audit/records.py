@@ -1,0 +1,117 @@
+"""Audit records and their hash chain.
+
+Each record carries ``prev_hash`` (the previous record's ``hash``; 64 zeros for the
+first) and ``hash`` = SHA-256 over the canonical JSON of every other field, ``seq`` and
+``prev_hash`` included, so editing, removing or reordering records breaks the chain."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+__all__ = ["AuditEvent", "AuditRecord", "GENESIS", "HASHED_FIELDS", "SCHEMA", "record_hash", "now_iso", "canonical"]
+
+GENESIS = "0" * 64
+# The fields covered by ``hash``, in table order; ``detail`` is hashed as its stored text.
+HASHED_FIELDS = (
+    "seq", "time", "actor", "actor_kind", "action", "repository", "reference", "digest", "outcome", "status",
+    "client", "user_agent", "request_id", "detail", "prev_hash",
+)
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS audit_log (
+        seq INTEGER PRIMARY KEY,
+        time TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        actor_kind TEXT NOT NULL,
+        action TEXT NOT NULL,
+        repository TEXT,
+        reference TEXT,
+        digest TEXT,
+        outcome TEXT NOT NULL,
+        status INTEGER,
+        client TEXT,
+        user_agent TEXT,
+        request_id TEXT,
+        detail TEXT,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS audit_log_hash ON audit_log(hash)",
+    "CREATE INDEX IF NOT EXISTS audit_log_actor ON audit_log(actor, seq)",
+    "CREATE INDEX IF NOT EXISTS audit_log_action ON audit_log(action, seq)",
+    # Append-only: the server never updates or deletes; these make an accident loud too.
+    """CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END""",
+]
+
+
+def now_iso() -> str:
+    """UTC, microseconds, fixed width: sorts as text in time order."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """What happened, as submitted; the log adds ``seq`` and the chain."""
+
+    action: str
+    outcome: str  # "success" | "failure" | "denied"
+    actor: str = "anonymous"
+    actor_kind: str = "anonymous"
+    repository: str | None = None
+    reference: str | None = None
+    digest: str | None = None
+    status: int | None = None
+    client: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+    detail: Mapping[str, Any] | None = None
+    time: str = field(default_factory=now_iso)
+
+    def row(self, seq: int, prev_hash: str) -> dict[str, Any]:
+        """The stored form, ``hash`` included."""
+        values = asdict(self)
+        values["detail"] = canonical(dict(self.detail)) if self.detail else None
+        values.update(seq=seq, prev_hash=prev_hash)
+        values["hash"] = record_hash(values)
+        return values
+
+
+def record_hash(values: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical({k: values[k] for k in HASHED_FIELDS}).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    seq: int
+    time: str
+    actor: str
+    actor_kind: str
+    action: str
+    repository: str | None
+    reference: str | None
+    digest: str | None
+    outcome: str
+    status: int | None
+    client: str | None
+    user_agent: str | None
+    request_id: str | None
+    detail: dict[str, Any] | None
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "AuditRecord":
+        values = {k: row[k] for k in (*HASHED_FIELDS, "hash")}
+        values["detail"] = json.loads(values["detail"]) if values["detail"] else None
+        return cls(**values)

@@ -1,0 +1,74 @@
+"""Walk the audit hash chain and name the first record that was altered, removed or reordered.
+
+At each record, against the previous one (seq 0 with the genesis hash before the first):
+
+- a gap in ``seq``                                   -> the missing records were removed;
+- its ``prev_hash`` is the hash of some other record -> reordered (it sits after the wrong one);
+- its own hash doesn't match its fields              -> altered (this record);
+- its link fails but its own hash holds              -> the previous record was altered and
+  re-hashed to hide it;
+- link and own hash both fail, linked hash unknown   -> records before it were removed and the
+  rest renumbered.
+
+Records appended after the last one can't be told from a truncated tail by the chain
+alone: keep the reported head (``seq``, ``hash``) somewhere else to detect truncation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..meta import Database
+from .records import GENESIS, record_hash
+
+__all__ = ["ChainProblem", "VerifyResult", "verify_chain"]
+
+_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    seq: int
+    kind: str  # "altered" | "removed" | "reordered"
+    message: str
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    records: int
+    head_seq: int
+    head_hash: str
+    problem: ChainProblem | None = None
+
+
+async def verify_chain(db: Database) -> VerifyResult:
+    prev_seq, prev_hash, count = 0, GENESIS, 0
+    while True:
+        rows = await db.fetchall("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", (prev_seq, _PAGE))
+        for row in rows:
+            problem = await _check(db, row, prev_seq, prev_hash)
+            if problem is not None:
+                return VerifyResult(False, count, prev_seq, prev_hash, problem)
+            count += 1
+            prev_seq, prev_hash = row["seq"], row["hash"]
+        if len(rows) < _PAGE:
+            return VerifyResult(True, count, prev_seq, prev_hash)
+
+
+async def _check(db: Database, row, prev_seq: int, prev_hash: str) -> ChainProblem | None:
+    seq = row["seq"]
+    if seq != prev_seq + 1:
+        missing = f"{prev_seq + 1}" if seq == prev_seq + 2 else f"{prev_seq + 1} to {seq - 1}"
+        return ChainProblem(prev_seq + 1, "removed", f"record {missing} missing: the log jumps from {prev_seq} to {seq}")
+    intact = record_hash(row) == row["hash"]
+    if row["prev_hash"] == prev_hash:
+        return None if intact else ChainProblem(seq, "altered", f"record {seq} does not match its hash")
+    linked = await db.fetchone("SELECT seq FROM audit_log WHERE hash = ?", (row["prev_hash"],))
+    if linked is not None and linked["seq"] != prev_seq:
+        return ChainProblem(seq, "reordered", f"record {seq} was written after record {linked['seq']}, not {prev_seq}")
+    if intact and prev_seq > 0:
+        return ChainProblem(prev_seq, "altered",
+                            f"record {prev_seq} was changed and re-hashed: record {seq} links to a different hash")
+    if intact:
+        return ChainProblem(seq, "altered", f"record {seq} does not start the chain")
+    return ChainProblem(seq, "removed", f"records before {seq} were removed and the rest renumbered")

@@ -1,0 +1,229 @@
+"""Turning credentials into a principal: Basic, API tokens, registry bearer tokens.
+
+Layer boundary: callers pass the raw ``Authorization`` value and the client address;
+they get a principal or an ``AuthFailure`` whose ``reason`` is for the audit log and
+whose ``message`` is safe for the client (it never says whether a user exists).
+
+- Passwords: checked with scrypt off the event loop; unknown users, robots and
+  disabled users cost the same as a real check. A successful check is remembered for a
+  minute (keyed by an HMAC of the password under a per-process key, tied to the stored
+  hash) so clients sending Basic on every request don't pay scrypt every time; the
+  account itself is re-read on every request.
+- Failed password and API-token logins are limited per user name and per address.
+- Bearer tokens are verified by signature, then the account (and the API token they
+  were obtained with) is re-checked, so disabling or revoking takes effect at once."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ..service.policy import ANONYMOUS, Principal
+from . import tokens as api_tokens
+from .passwords import MAX_PASSWORD_BYTES, verify_password
+from .permissions import TokenPrincipal
+from .ratelimit import FailureLimiter
+from .registry_token import Claims, TokenError, TokenSigner, password_fingerprint
+from .store import AuthStore, Identity
+
+__all__ = ["Authenticator", "AuthFailure", "Login", "decode_basic", "MAX_AUTHORIZATION", "MAX_USERNAME"]
+
+MAX_AUTHORIZATION = 4096
+MAX_USERNAME = 256
+_VERIFIED_TTL = 60.0
+_VERIFIED_MAX = 10_000
+
+BAD_CREDENTIALS = "invalid username or password"
+BAD_TOKEN = "invalid, expired or revoked token"
+
+
+class AuthFailure(Exception):
+    """Credentials were presented and refused."""
+
+    def __init__(self, reason: str, message: str = BAD_CREDENTIALS, *, claimed: str | None = None,
+                 scheme: str = "basic", retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason  # precise, for the audit log
+        self.message = message  # generic, for the client
+        self.claimed = claimed  # the user name the client claimed, if any
+        self.scheme = scheme  # "basic" | "bearer": which challenge to answer with
+        self.retry_after = retry_after  # set when refused by the failed-login limit
+
+
+@dataclass(frozen=True)
+class Login:
+    """A successful authentication."""
+
+    identity: Identity
+    principal: TokenPrincipal
+    password_checked: bool  # scrypt ran now (not a cached check): recorded as a login
+    fingerprint: str | None = None  # of the password hash, when a password was used
+
+
+class Authenticator:
+    def __init__(self, store: AuthStore, signer: TokenSigner, limiter: FailureLimiter) -> None:
+        self.store = store
+        self.signer = signer
+        self.limiter = limiter
+        self._cache_key = os.urandom(32)
+        self._verified: OrderedDict[tuple[str, bytes], tuple[float, str]] = OrderedDict()
+
+    # -- entry points -----------------------------------------------------------
+    async def authorization(self, header: str | None, address: str | None) -> tuple[Principal, Login | None]:
+        """The principal for an ``Authorization`` header (None: anonymous)."""
+        if header is None:
+            return ANONYMOUS, None
+        scheme, _, value = header.strip().partition(" ")
+        scheme = scheme.lower()
+        if len(header) > MAX_AUTHORIZATION:
+            raise AuthFailure("oversized authorization header", "malformed Authorization header",
+                              scheme="bearer" if scheme == "bearer" else "basic")
+        value = value.strip()
+        if scheme == "basic":
+            login = await self.basic(value, address)
+            return login.principal, login
+        if scheme == "bearer" and value:
+            if api_tokens.looks_like_token(value):
+                login = await self.api_token(value, address)
+                return login.principal, login
+            return await self.bearer(value), None
+        raise AuthFailure("malformed authorization header", "malformed Authorization header")
+
+    async def basic(self, value: str, address: str | None) -> Login:
+        """``Basic`` credentials (the base64 part of the header)."""
+        username, password = decode_basic(value)
+        return await self.credentials(username, password, address)
+
+    async def credentials(self, username: str, password: str, address: str | None) -> Login:
+        """A user name with a password, or with an API token given as the password."""
+        if not username or len(username) > MAX_USERNAME or len(password.encode()) > MAX_PASSWORD_BYTES:
+            raise AuthFailure("oversized or empty credentials", "malformed credentials", claimed=username[:64] or None)
+        if api_tokens.looks_like_token(password):
+            return await self.api_token(password, address, username=username)
+        return await self.password(username, password, address)
+
+    async def password(self, username: str, password: str, address: str | None) -> Login:
+        self._check_limit(username, address)
+        identity = await self.store.identity(username)
+        stored = identity.user.password_hash if identity is not None else None
+        key = (username, hmac.new(self._cache_key, password.encode(), hashlib.sha256).digest())
+        cached = self._verified.get(key)
+        checked = not (cached and cached[0] > time.monotonic() and stored is not None and cached[1] == stored)
+        if checked:
+            ok = await asyncio.to_thread(verify_password, password, stored)
+            if not ok:
+                self.limiter.failed(username, address)
+                raise AuthFailure("unknown user" if identity is None else "wrong password", claimed=username)
+            self._remember(key, stored)
+        assert identity is not None
+        if identity.user.disabled:
+            self.limiter.failed(username, address)
+            raise AuthFailure("account disabled", claimed=username)
+        principal = self._principal(identity, "basic")
+        return Login(identity, principal, checked, password_fingerprint(identity.user.password_hash))
+
+    async def api_token(self, token: str, address: str | None, username: str | None = None) -> Login:
+        scheme = "basic" if username is not None else "bearer"
+        self._check_limit(username, address, scheme)
+        parsed = api_tokens.parse(token)
+        record = await self.store.api_token(parsed[0]) if parsed else None
+        now = time.time()
+        reason = None
+        if record is None or parsed is None:
+            reason = "unknown api token" if parsed else "malformed api token"
+        elif not api_tokens.secret_matches(parsed[1], record.secret_hash):
+            reason = "api token secret mismatch"
+        elif record.state(now) != "active":
+            reason = f"api token {record.state(now)}"
+        elif username is not None and username != record.owner:
+            reason = "api token belongs to another user"
+        identity = await self.store.identity(record.owner) if record is not None and reason is None else None
+        if reason is None and (identity is None or identity.user.disabled):
+            reason = "account disabled"
+        if reason is not None or identity is None or record is None:
+            self.limiter.failed(username, address)
+            raise AuthFailure(reason or "account disabled", BAD_TOKEN if scheme == "bearer" else BAD_CREDENTIALS,
+                              claimed=username or (record.owner if record else None), scheme=scheme)
+        await self.store.touch_token(record.id, now)
+        return Login(identity, self._principal(identity, "api_token", token_id=record.id), False)
+
+    async def bearer(self, token: str) -> TokenPrincipal:
+        """A registry access token: signature and claims, then the account re-checked."""
+        try:
+            claims = self.signer.verify(token, "access")
+        except TokenError as exc:
+            raise AuthFailure(f"bearer token: {exc.reason}", BAD_TOKEN, scheme="bearer") from None
+        if claims.kind == "anonymous":
+            return TokenPrincipal(ANONYMOUS.name, "anonymous", method="bearer", access=claims.access)
+        identity = await self._recheck(claims, "bearer token")
+        return self._principal(identity, "bearer", token_id=claims.token_id, access=claims.access)
+
+    async def refresh(self, token: str, address: str | None) -> Login:
+        """An OAuth2 refresh token: valid only while the account, password and API token are unchanged."""
+        self._check_limit(None, address)
+        try:
+            claims = self.signer.verify(token, "refresh")
+        except TokenError as exc:
+            self.limiter.failed(None, address)
+            raise AuthFailure(f"refresh token: {exc.reason}", BAD_TOKEN, scheme="bearer") from None
+        identity = await self._recheck(claims, "refresh token")
+        if claims.password_fingerprint and claims.password_fingerprint != password_fingerprint(
+                identity.user.password_hash):
+            raise AuthFailure("refresh token: password changed since", BAD_TOKEN, claimed=claims.subject,
+                              scheme="bearer")
+        principal = self._principal(identity, "basic" if claims.token_id is None else "api_token",
+                                    token_id=claims.token_id)
+        return Login(identity, principal, False, claims.password_fingerprint)
+
+    # -- helpers ----------------------------------------------------------------
+    async def _recheck(self, claims: Claims, what: str) -> Identity:
+        identity = await self.store.identity(claims.subject)
+        if identity is None or identity.user.disabled:
+            raise AuthFailure(f"{what}: account disabled or removed", BAD_TOKEN, claimed=claims.subject,
+                              scheme="bearer")
+        if claims.token_id is not None:
+            record = await self.store.api_token(claims.token_id)
+            if record is None or record.state(time.time()) != "active":
+                raise AuthFailure(f"{what}: api token no longer active", BAD_TOKEN, claimed=claims.subject,
+                                  scheme="bearer")
+        return identity
+
+    def _check_limit(self, username: str | None, address: str | None, scheme: str = "basic") -> None:
+        wait = self.limiter.retry_after(username, address)
+        if wait is not None:
+            raise AuthFailure("too many failed logins", "too many failed logins; try again later",
+                              claimed=username, scheme=scheme, retry_after=wait)
+
+    def _remember(self, key: tuple[str, bytes], stored: str | None) -> None:
+        if stored is None:
+            return
+        self._verified[key] = (time.monotonic() + _VERIFIED_TTL, stored)
+        self._verified.move_to_end(key)
+        while len(self._verified) > _VERIFIED_MAX:
+            self._verified.popitem(last=False)
+
+    @staticmethod
+    def _principal(identity: Identity, method: str, *, token_id: str | None = None,
+                   access: frozenset[tuple[str, str, str]] | None = None) -> TokenPrincipal:
+        roles = tuple(dict.fromkeys(g.role for g in identity.grants))
+        return TokenPrincipal(identity.user.name, identity.user.kind, roles, method=method, token_id=token_id,
+                              access=access)
+
+
+def decode_basic(value: str) -> tuple[str, str]:
+    """``(user, password)`` from a Basic credential; AuthFailure when malformed or oversized."""
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise AuthFailure("malformed basic credentials", "malformed Authorization header") from None
+    username, sep, password = decoded.partition(":")
+    if not sep or not username:
+        raise AuthFailure("malformed basic credentials", "malformed Authorization header")
+    return username, password

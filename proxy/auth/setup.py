@@ -1,0 +1,103 @@
+"""Wiring authentication into the app, and the first admin.
+
+No default password exists anywhere. With ``[auth] enabled = true`` and no users, the
+first admin (user ``admin``) takes its password from ``ALGOMINT_ADMIN_PASSWORD`` or the
+file named by ``[auth] admin_password_file``; without either the server starts with no
+users and ``algomint admin bootstrap`` (run against the same metadata database) creates
+the admin and prints a one-time API token."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import AsyncIterator, Mapping
+
+from aiohttp import web
+
+from ..api.state import CONFIG, DATABASE, POLICY
+from ..config import Config, ConfigError
+from ..meta import Database
+from .authenticator import Authenticator
+from .passwords import hash_password
+from .permissions import PermissionPolicy
+from .ratelimit import FailureLimiter
+from .registry_token import TokenSigner, load_or_create_key
+from .state import AUTH, AUTH_STORE, SIGNER
+from .store import SCHEMA, AuthStore, Conflict
+from .token_endpoint import add_token_routes
+
+__all__ = ["setup_auth", "new_store", "bootstrap_admin", "admin_password", "signing_key_path", "ADMIN", "PASSWORD_ENV"]
+
+log = logging.getLogger(__name__)
+
+ADMIN = "admin"
+PASSWORD_ENV = "ALGOMINT_ADMIN_PASSWORD"
+
+
+def signing_key_path(config: Config) -> Path:
+    return config.auth.signing_key_path or config.metadata.path.parent / "auth-signing.key"
+
+
+def new_store(config: Config, db: Database) -> AuthStore:
+    return AuthStore(db, cache_ttl=config.auth.cache_ttl, anonymous_pull=config.auth.anonymous_pull,
+                     system_namespaces=config.auth.system_namespaces)
+
+
+def setup_auth(app: web.Application) -> None:
+    """Users and grants always (they can be prepared before auth is switched on); with
+    ``[auth] enabled``, also the authenticator, the permission policy and ``/token``."""
+    config = app[CONFIG]
+    app[AUTH_STORE] = store = new_store(config, app[DATABASE])
+    if config.auth.enabled:
+        try:
+            key = load_or_create_key(signing_key_path(config))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"auth.signing_key_path: {exc}") from None
+        app[SIGNER] = signer = TokenSigner(key, config.auth.service)
+        limiter = FailureLimiter(config.auth.max_failures_per_user, config.auth.max_failures_per_address,
+                                 config.auth.failure_window)
+        app[AUTH] = Authenticator(store, signer, limiter)
+        app[POLICY].add(PermissionPolicy(store))
+        add_token_routes(app)
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        await store.db.migrate(SCHEMA)
+        if config.auth.enabled:
+            await bootstrap_admin(store, config)
+        yield
+
+    app.cleanup_ctx.append(lifetime)
+
+
+def admin_password(config: Config, environ: Mapping[str, str] | None = None) -> str | None:
+    """The first admin's password from the environment or the configured secret file."""
+    environ = os.environ if environ is None else environ
+    password = environ.get(PASSWORD_ENV)
+    path = config.auth.admin_password_file
+    if not password and path is not None:
+        try:
+            password = path.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"auth.admin_password_file: cannot read {path}: {exc.strerror}") from None
+    if password and len(password) < config.auth.password_min_length:
+        raise ConfigError(f"the admin password must have at least {config.auth.password_min_length} characters")
+    return password or None
+
+
+async def bootstrap_admin(store: AuthStore, config: Config, environ: Mapping[str, str] | None = None) -> bool:
+    """Create ``admin`` when there are no users and a password is provided; True if created."""
+    if await store.count_users():
+        return False
+    password = admin_password(config, environ)
+    if password is None:
+        log.warning("authentication is on but no users exist: set %s or [auth] admin_password_file, "
+                    "or run `algomint admin bootstrap`", PASSWORD_ENV)
+        return False
+    try:
+        await store.create_user(ADMIN, kind="user", password_hash=hash_password(password), roles=["admin"],
+                                description="first administrator", created_by="bootstrap")
+    except Conflict:
+        return False  # another replica got there first
+    log.info("created the first admin user", extra={"user": ADMIN})
+    return True
