@@ -18,6 +18,7 @@ from ..oci.errors import Errors, RegistryError
 from ..oci.manifest import Descriptor, ParsedManifest, accepts, parse_manifest
 from ..oci.reference import is_digest, parse_digest, sha256_digest, validate_tag
 from .events import EventBus, ManifestDeleted, ManifestStored
+from .flights import Flights
 from .referrers import ReferrersIndex
 
 __all__ = ["RegistryService", "StoredManifest", "paginate"]
@@ -90,6 +91,9 @@ class RegistryService:
         self.events = events
         self.max_manifest_bytes = max_manifest_bytes
         self._cache = _ManifestCache(manifest_cache_bytes)
+        # Concurrent pulls of one manifest share a backend read (never an older one).
+        self._manifest_reads: Flights[tuple[str, str], ManifestData] = Flights()
+        self._manifest_stats: Flights[tuple[str, str], ManifestInfo] = Flights()
 
     # -- manifests -------------------------------------------------------------
     async def get_manifest(self, repo: str, reference: str, accept: Sequence[str] = ()) -> ManifestData:
@@ -97,13 +101,13 @@ class RegistryService:
             parse_digest(reference)
             item = self._cache.get(repo, reference)
             if item is None:
-                item = await self.backend.get_manifest(repo, reference)
+                item = await self._read_manifest(repo, reference)
                 if item.digest != reference:
                     raise RegistryError(Errors.UNAVAILABLE, message="backend returned a manifest with another digest")
                 self._cache.put(repo, item)
         else:
             validate_tag(reference)
-            item = await self.backend.get_manifest(repo, reference)
+            item = await self._read_manifest(repo, reference)
             self._cache.put(repo, item)
         self._negotiate(item.media_type, accept, reference)
         return item
@@ -117,9 +121,14 @@ class RegistryService:
                 return item.info
         else:
             validate_tag(reference)
-        info = await self.backend.stat_manifest(repo, reference)
+        info = await self._manifest_stats.run(
+            (repo, reference), lambda: self.backend.stat_manifest(repo, reference)
+        )
         self._negotiate(info.media_type, accept, reference)
         return info
+
+    async def _read_manifest(self, repo: str, reference: str) -> ManifestData:
+        return await self._manifest_reads.run((repo, reference), lambda: self.backend.get_manifest(repo, reference))
 
     @staticmethod
     def _negotiate(media_type: str, accept: Sequence[str], reference: str) -> None:
