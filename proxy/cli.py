@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 from .logs import setup_logging
 
 __all__ = ["main"]
@@ -15,22 +15,33 @@ __all__ = ["main"]
 DEFAULT_CONFIG = Path("config/algomint.toml")
 
 
+def load_cli_config(path: Path | None, **overrides: object) -> Config | None:
+    """The config for a command: ``path``, else config/algomint.toml if present; None
+    (after printing why) when it is invalid."""
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    try:
+        return load_config(path, **overrides)
+    except ConfigError as exc:
+        print(f"algomint: {exc}", file=sys.stderr)
+        return None
+
+
 def _serve(args: argparse.Namespace) -> int:
     overrides = {}
     if args.listen:
         overrides["server__listen"] = args.listen
-    path = args.config
-    if path is None and DEFAULT_CONFIG.exists():
-        path = DEFAULT_CONFIG
-    try:
-        config = load_config(path, **overrides)
-    except ConfigError as exc:
-        print(f"algomint: {exc}", file=sys.stderr)
+    config = load_cli_config(args.config, **overrides)
+    if config is None:
         return 2
     setup_logging(config.log.level)
     from .server import serve
 
-    serve(config)
+    try:
+        serve(config)
+    except ConfigError as exc:  # found while wiring (e.g. an unreadable secret file)
+        print(f"algomint: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -47,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .admin import add_admin_parser
 
     add_admin_parser(commands)
+    from .admin.audit import add_offline_commands as add_audit_commands
+
+    add_audit_commands(commands)
     return parser
 
 

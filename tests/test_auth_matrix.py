@@ -118,6 +118,8 @@ async def test_permission_matrix(matrix_env: AuthEnv, mode: str):
                         assert f'scope="repository:{repo}:' in challenge
                 elif expected == 403:
                     assert _registry_code(body) == "DENIED", body
+                    if action != "manage":  # /v2 refusals name the scope (RFC 6750 §3.1)
+                        assert 'error="insufficient_scope"' in resp.headers["WWW-Authenticate"]
     assert not failures, "\n".join(failures)
 
 

@@ -41,18 +41,35 @@ class VerifyResult:
     problem: ChainProblem | None = None
 
 
-async def verify_chain(db: Database) -> VerifyResult:
+async def verify_chain(db: Database, anchor: tuple[int, str] | None = None) -> VerifyResult:
+    """Walk the whole chain; ``anchor`` (a ``seq`` and ``hash`` kept elsewhere from an
+    earlier run) must still be in it, which catches a truncated or rewritten log."""
     prev_seq, prev_hash, count = 0, GENESIS, 0
+    last_good = (0, GENESIS)  # the record before prev: the head if prev turns out altered
+    anchored = anchor is None
     while True:
         rows = await db.fetchall("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", (prev_seq, _PAGE))
         for row in rows:
             problem = await _check(db, row, prev_seq, prev_hash)
             if problem is not None:
+                if problem.seq == prev_seq:  # the previous record was the altered one
+                    return VerifyResult(False, count - 1, *last_good, problem)
                 return VerifyResult(False, count, prev_seq, prev_hash, problem)
             count += 1
+            last_good = (prev_seq, prev_hash)
             prev_seq, prev_hash = row["seq"], row["hash"]
+            if anchor is not None and prev_seq == anchor[0]:
+                if prev_hash != anchor[1]:
+                    problem = ChainProblem(prev_seq, "altered", f"record {prev_seq} is not the one anchored")
+                    return VerifyResult(False, count, prev_seq, prev_hash, problem)
+                anchored = True
         if len(rows) < _PAGE:
-            return VerifyResult(True, count, prev_seq, prev_hash)
+            break
+    if not anchored:
+        assert anchor is not None
+        problem = ChainProblem(anchor[0], "removed", f"the log ends at {prev_seq}, before anchored record {anchor[0]}")
+        return VerifyResult(False, count, prev_seq, prev_hash, problem)
+    return VerifyResult(True, count, prev_seq, prev_hash)
 
 
 async def _check(db: Database, row, prev_seq: int, prev_hash: str) -> ChainProblem | None:

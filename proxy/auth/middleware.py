@@ -47,6 +47,11 @@ def _scope(request: web.Request) -> str | None:
     name = request.match_info.get("name")
     if action not in _SCOPE_ACTIONS or not name or not NAME_RE.match(name):
         return None
+    if route == "v2.blob.get" and request.method == "HEAD":
+        # A blob existence check opens every push; clients that take their scope from the
+        # challenge (the oras SDK) would otherwise get a pull-only token and fail the
+        # upload. The token service still grants only what the user holds.
+        action = Action.PUSH
     return f"repository:{name}:{_SCOPE_ACTIONS[action]}"
 
 
@@ -92,7 +97,13 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     try:
         return await handler(request)
     except RegistryError as exc:
-        if exc.status == 401 and "WWW-Authenticate" not in exc.headers:
-            scoped = isinstance(principal, TokenPrincipal) and principal.access is not None
-            exc.headers["WWW-Authenticate"] = challenge(request, "insufficient_scope" if scoped else None)
+        if "WWW-Authenticate" not in exc.headers:
+            if exc.status == 401:
+                scoped = isinstance(principal, TokenPrincipal) and principal.access is not None
+                exc.headers["WWW-Authenticate"] = challenge(request, "insufficient_scope" if scoped else None)
+            elif exc.status == 403 and request.path.startswith("/v2"):
+                # RFC 6750 §3.1: a refusal names the scope that would be needed. Clients that
+                # re-authenticate on 403 (the oras SDK) then see the refusal stand and stop,
+                # instead of retrying a request they can't answer.
+                exc.headers["WWW-Authenticate"] = challenge(request, "insufficient_scope")
         raise

@@ -8,6 +8,7 @@ the admin and prints a one-time API token."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -61,10 +62,13 @@ def setup_auth(app: web.Application) -> None:
         app[POLICY].add(PermissionPolicy(store))
         add_token_routes(app)
 
+    # Read and checked now, so a bad secret stops start-up before anything is opened.
+    password = admin_password(config) if config.auth.enabled else None
+
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await store.db.migrate(SCHEMA)
         if config.auth.enabled:
-            await bootstrap_admin(store, config)
+            await bootstrap_admin(store, password)
         yield
 
     app.cleanup_ctx.append(lifetime)
@@ -85,17 +89,17 @@ def admin_password(config: Config, environ: Mapping[str, str] | None = None) -> 
     return password or None
 
 
-async def bootstrap_admin(store: AuthStore, config: Config, environ: Mapping[str, str] | None = None) -> bool:
+async def bootstrap_admin(store: AuthStore, password: str | None) -> bool:
     """Create ``admin`` when there are no users and a password is provided; True if created."""
     if await store.count_users():
         return False
-    password = admin_password(config, environ)
     if password is None:
         log.warning("authentication is on but no users exist: set %s or [auth] admin_password_file, "
                     "or run `algomint admin bootstrap`", PASSWORD_ENV)
         return False
     try:
-        await store.create_user(ADMIN, kind="user", password_hash=hash_password(password), roles=["admin"],
+        password_hash = await asyncio.to_thread(hash_password, password)
+        await store.create_user(ADMIN, kind="user", password_hash=password_hash, roles=["admin"],
                                 description="first administrator", created_by="bootstrap")
     except Conflict:
         return False  # another replica got there first
