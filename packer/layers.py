@@ -262,7 +262,7 @@ class _HashThread:
 
     def __init__(self, cancelled: threading.Event, algorithm: str = "sha256") -> None:
         self._hasher = hashlib.new(algorithm)
-        self._queue: queue.Queue[bytes | None] = queue.Queue(_DEPTH * 4)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(_DEPTH)
         self._cancelled = cancelled
         self._thread = threading.Thread(target=self._run, name="layer-hash", daemon=True)
         self._thread.start()
