@@ -84,20 +84,27 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator["Transaction"]:
-        """An immediate (write) transaction: commits on success, rolls back on error."""
+        """An immediate (write) transaction: commits on success, rolls back on error.
+
+        Cancellation can strike at any await; BEGIN, COMMIT and ROLLBACK still run in
+        the connection's thread, so the end of a transaction is shielded and a new one
+        first clears whatever a cancelled one may have left open."""
         async with self._write_lock:
-            with _translated():
-                await self.conn.execute("BEGIN IMMEDIATE")
-            tx = Transaction(self.conn)
             try:
-                yield tx
-            except BaseException:
                 with _translated():
-                    await self.conn.rollback()
+                    if self.conn.in_transaction:
+                        await self.conn.rollback()
+                    await self.conn.execute("BEGIN IMMEDIATE")
+                yield Transaction(self.conn)
+            except BaseException:
+                await asyncio.shield(self._end(commit=False))
                 raise
             else:
-                with _translated():
-                    await self.conn.commit()
+                await asyncio.shield(self._end(commit=True))
+
+    async def _end(self, *, commit: bool) -> None:
+        with _translated():
+            await (self.conn.commit() if commit else self.conn.rollback())
 
 
 class Transaction:
