@@ -1,14 +1,15 @@
 """Audit records and their hash chain.
 
 Each record carries ``prev_hash`` (the previous record's ``hash``; 64 zeros for the
-first) and ``hash`` = SHA-256 over the canonical JSON of every other field, ``seq`` and
+first) and ``hash`` = SHA-256 over the compact JSON array of every other field in
+``HASHED_FIELDS`` order (``detail`` as its stored, key-sorted JSON text), ``seq`` and
 ``prev_hash`` included, so editing, removing or reordering records breaks the chain."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -60,6 +61,10 @@ def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+# A JSON array in a fixed field order is canonical without sorting keys.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 @dataclass(frozen=True)
 class AuditEvent:
     """What happened, as submitted; the log adds ``seq`` and the chain."""
@@ -80,15 +85,20 @@ class AuditEvent:
 
     def row(self, seq: int, prev_hash: str) -> dict[str, Any]:
         """The stored form, ``hash`` included."""
-        values = asdict(self)
-        values["detail"] = canonical(dict(self.detail)) if self.detail else None
-        values.update(seq=seq, prev_hash=prev_hash)
+        values = {
+            "seq": seq, "time": self.time, "actor": self.actor, "actor_kind": self.actor_kind,
+            "action": self.action, "repository": self.repository, "reference": self.reference,
+            "digest": self.digest, "outcome": self.outcome, "status": self.status, "client": self.client,
+            "user_agent": self.user_agent, "request_id": self.request_id,
+            "detail": canonical(dict(self.detail)) if self.detail else None, "prev_hash": prev_hash,
+        }
         values["hash"] = record_hash(values)
         return values
 
 
 def record_hash(values: Mapping[str, Any]) -> str:
-    return hashlib.sha256(canonical({k: values[k] for k in HASHED_FIELDS}).encode()).hexdigest()
+    """SHA-256 of the compact JSON array of the ``HASHED_FIELDS`` values, in that order."""
+    return hashlib.sha256(_encode([values[k] for k in HASHED_FIELDS]).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

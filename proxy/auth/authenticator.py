@@ -74,6 +74,7 @@ class Authenticator:
         self.limiter = limiter
         self._cache_key = os.urandom(32)
         self._verified: OrderedDict[tuple[str, bytes], tuple[float, str]] = OrderedDict()
+        self._tokens: dict[str, Claims] = {}  # verified access tokens, oldest first
 
     # -- entry points -----------------------------------------------------------
     async def authorization(self, header: str | None, address: str | None) -> tuple[Principal, Login | None]:
@@ -156,10 +157,13 @@ class Authenticator:
 
     async def bearer(self, token: str) -> TokenPrincipal:
         """A registry access token: signature and claims, then the account re-checked."""
-        try:
-            claims = self.signer.verify(token, "access")
-        except TokenError as exc:
-            raise AuthFailure(f"bearer token: {exc.reason}", BAD_TOKEN, scheme="bearer") from None
+        claims = self._tokens.get(token)
+        if claims is None or time.time() >= claims.expires_at:
+            try:
+                claims = self.signer.verify(token, "access")
+            except TokenError as exc:
+                raise AuthFailure(f"bearer token: {exc.reason}", BAD_TOKEN, scheme="bearer") from None
+            self._remember_token(token, claims)
         if claims.kind == "anonymous":
             return TokenPrincipal(ANONYMOUS.name, "anonymous", method="bearer", access=claims.access)
         identity = await self._recheck(claims, "bearer token")
@@ -200,6 +204,13 @@ class Authenticator:
         if wait is not None:
             raise AuthFailure("too many failed logins", "too many failed logins; try again later",
                               claimed=username, scheme=scheme, retry_after=wait)
+
+    def _remember_token(self, token: str, claims: Claims) -> None:
+        # A client reuses one token for minutes: verifying its signature and decoding its
+        # claims once is enough (expiry is still checked on every use).
+        self._tokens[token] = claims
+        while len(self._tokens) > _VERIFIED_MAX:
+            self._tokens.pop(next(iter(self._tokens)))
 
     def _remember(self, key: tuple[str, bytes], stored: str | None) -> None:
         if stored is None:
