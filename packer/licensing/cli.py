@@ -8,6 +8,7 @@ in place (atomically) or into ``--output``."""
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import sys
 import tempfile
@@ -54,8 +55,6 @@ def _keygen(args: argparse.Namespace) -> int:
         f.write(private_pem)
     public_path.write_bytes(public_pem)
     public = load_public_key(public_pem)
-    import base64
-
     print(f"private key: {private_path} (keep it secret; it opens every license issued to this key)")
     print(f"public key:  {public_path} (fingerprint {fingerprint(public)})")
     print(f"config:      public_key = \"{base64.b64encode(public_bytes(public)).decode()}\"")
