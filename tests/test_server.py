@@ -110,12 +110,21 @@ async def test_sigterm_drains_in_flight_upload(tmp_path):
                 for i in range(0, len(data), 512 * 1024):
                     yield data[i : i + 512 * 1024]
                     started.set()
-                    await asyncio.sleep(0.1)
+                    await asyncio.sleep(0.25)
 
             upload = asyncio.create_task(
                 session.post(f"{server.url}/v2/drain/test/blobs/uploads/", params={"digest": digest_of(data)}, data=slow_body())
             )
             await started.wait()
+            # SIGTERM drains requests being handled: wait until the upload is one of them
+            # (in flight: the upload plus the /metrics request asking).
+            for _ in range(200):
+                async with session.get(f"{server.url}/metrics") as resp:
+                    text = await resp.text()
+                if "algomint_http_requests_in_flight 2.0" in text:
+                    break
+                await asyncio.sleep(0.02)
+            assert not upload.done(), "the upload must still be in flight when SIGTERM arrives"
             server.process.send_signal(signal.SIGTERM)
             resp = await upload
             assert resp.status == 201
