@@ -510,3 +510,13 @@ async def test_multi_platform_runtime_image(fb, tmp_path):
     out = await run(SKOPEO, "copy", "--override-os", "linux", "--override-arch", "amd64",
                     f"oci-archive:{tmp_path / 'multi.tar'}:{repo}:v1-soft", f"oci:{tmp_path / 'multi-out'}:x")
     assert out.returncode == 0, out.stderr
+
+
+async def test_descriptor_breaking_the_contract_is_refused(fb, tmp_path):
+    pkg = await make_package(fb, tmp_path)
+    bad = json.dumps({"name": "face", "version": "1.0", "runtime": {"images": [{"models": ["*.onnx"]}]}}).encode()
+    await write_business(fb, pkg.business, "5.0", bad, {})
+    resp = await fb.post("/api/v1/full-builds", json={"package": f"{pkg.business}:5.0", "license": "soft"})
+    assert resp.status == 422
+    error = (await resp.json())["error"]
+    assert error["detail"]["field"] == "runtime.images.0.ref"

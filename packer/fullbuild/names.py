@@ -1,16 +1,17 @@
 """Where a full build reads and writes: package, generic and licensed-image names.
 
-The descriptor's ``runtime.images[]`` is parsed here with just what a full build needs
-(``ref`` and ``models``); the rest of the descriptor is kept as it is."""
+The descriptor is validated by ``packer.descriptor``; a full build reads
+``runtime.images[].ref``/``models`` and keeps every other field as it is."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from proxy.oci.errors import RegistryError
 from proxy.oci.reference import Reference, parse_reference
+
+from ..descriptor import AlgorithmDescriptor, DescriptorError
 
 __all__ = [
     "ANNOTATION_IMAGE_REF",
@@ -100,36 +101,32 @@ class RuntimeImageRef:
 
 
 def load_descriptor(data: bytes) -> dict[str, Any]:
+    """The descriptor checked against its contract (``packer.descriptor``), returned as
+    the JSON object it is, unknown fields included, so a full build changes only what it
+    means to change."""
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BuildInputError(422, f"the package's descriptor is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise BuildInputError(422, "the package's descriptor must be a JSON object")
-    return doc
+        return AlgorithmDescriptor.parse(data).to_dict()
+    except DescriptorError as exc:
+        where = f" at {exc.field}" if exc.field else ""
+        raise BuildInputError(422, f"the package's descriptor is invalid{where}: {exc.message}",
+                              {"field": exc.field} if exc.field else None) from None
 
 
 def runtime_images(descriptor: dict[str, Any], ns: Namespaces) -> list[RuntimeImageRef]:
     """``runtime.images`` as references into ``images/``; a precise 422 for anything else."""
-    runtime = descriptor.get("runtime")
-    images = runtime.get("images") if isinstance(runtime, dict) else None
-    if not isinstance(images, list) or not images:
+    images = AlgorithmDescriptor.parse(descriptor).runtime.images
+    if not images:
         raise BuildInputError(422, "the package's descriptor has no runtime images (runtime.images is empty)",
                               {"field": "runtime.images"})
     out = []
-    for i, entry in enumerate(images):
+    for i, image in enumerate(images):
         where = f"runtime.images.{i}"
-        if not isinstance(entry, dict) or not isinstance(entry.get("ref"), str):
-            raise BuildInputError(422, f"{where}.ref must be an image reference", {"field": f"{where}.ref"})
-        models = entry.get("models", [])
-        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-            raise BuildInputError(422, f"{where}.models must be a list of glob patterns", {"field": f"{where}.models"})
         try:
-            reference = parse_reference(entry["ref"])
+            reference = parse_reference(image.ref)
         except RegistryError as exc:
-            raise BuildInputError(422, f"{where}.ref {entry['ref'][:200]!r} is invalid: {exc.message}",
+            raise BuildInputError(422, f"{where}.ref {image.ref[:200]!r} is invalid: {exc.message}",
                                   {"field": f"{where}.ref"}) from None
         if not reference.name.startswith(ns.images):
-            raise BuildInputError(422, f"{where}.ref {entry['ref']!r} is not in {ns.images}", {"field": f"{where}.ref"})
-        out.append(RuntimeImageRef(i, entry["ref"], reference, tuple(models)))
+            raise BuildInputError(422, f"{where}.ref {image.ref!r} is not in {ns.images}", {"field": f"{where}.ref"})
+        out.append(RuntimeImageRef(i, image.ref, reference, tuple(image.models)))
     return out
