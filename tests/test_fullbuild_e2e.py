@@ -520,3 +520,17 @@ async def test_descriptor_breaking_the_contract_is_refused(fb, tmp_path):
     assert resp.status == 422
     error = (await resp.json())["error"]
     assert error["detail"]["field"] == "runtime.images.0.ref"
+
+
+async def test_freeze_refuses_algomint_itself_but_not_its_license_tags(fb, tmp_path):
+    from proxy.oci.errors import RegistryError
+    from proxy.service.policy import SYSTEM, Action, Request
+    from proxy.api.state import POLICY
+
+    pkg = await make_package(fb, tmp_path)
+    build = await run_build(fb, pkg.name, "full")
+    policy = fb.server.app[POLICY]
+    with pytest.raises(RegistryError) as refused:
+        await policy.check(Request(SYSTEM, Action.PUSH, pkg.business, "1.0"))
+    assert refused.value.code == "DENIED" and build["id"] in refused.value.message
+    await policy.check(Request(SYSTEM, Action.PUSH, pkg.business, "2.0-soft"))  # reserved for algomint, allowed

@@ -4,8 +4,9 @@ After a full build, the business tag it was made from, the same version of the g
 algorithm, the full package tag and the licensed image tags can no longer be
 overwritten or deleted through the registry API (``DENIED`` naming the build). Tags of
 thin packages that end in a license suffix are refused outright (``TAG_INVALID``): that
-name space belongs to full packages. algomint's own writes go through the service, not
-through this policy."""
+name space belongs to full packages. A full build writes through the service, not this
+policy; other internal writers (assembly) ask it as ``SYSTEM`` and are refused frozen tags
+like anyone else."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ class FreezePolicy:
         self.thin_namespaces = (namespaces.generic, namespaces.business)
 
     async def check(self, request: Request) -> None:
-        if request.principal.kind == "system" or request.action not in (Action.PUSH, Action.DELETE):
+        if request.action not in (Action.PUSH, Action.DELETE):
             return
         repo, reference = request.repository, request.reference
         if not repo or not reference:
@@ -42,7 +43,9 @@ class FreezePolicy:
         frozen = await self.store.frozen_tag(repo, reference)
         if frozen is not None:
             raise self._denied(repo, reference, frozen.build_id, frozen.package)
-        if request.action is Action.PUSH and repo.startswith(self.thin_namespaces):
+        # algomint itself writes the -<license> tags; frozen tags refuse it too (assembly
+        # asks before re-writing a business tag).
+        if request.action is Action.PUSH and request.principal.kind != "system" and repo.startswith(self.thin_namespaces):
             suffix = next((s for s in self.suffixes() if reference.endswith(s)), None)
             if suffix is not None:
                 raise RegistryError(
