@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-__all__ = ["AuditEvent", "AuditRecord", "GENESIS", "HASHED_FIELDS", "SCHEMA", "record_hash", "now_iso", "canonical"]
+__all__ = ["AuditEvent", "AuditRecord", "GENESIS", "HASHED_FIELDS", "SCHEMA", "record_hash", "iso_time", "canonical"]
 
 GENESIS = "0" * 64
 # The fields covered by ``hash``, in table order; ``detail`` is hashed as its stored text.
@@ -52,9 +53,9 @@ SCHEMA = [
 ]
 
 
-def now_iso() -> str:
+def iso_time(timestamp: float) -> str:
     """UTC, microseconds, fixed width: sorts as text in time order."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def canonical(value: Any) -> str:
@@ -65,9 +66,12 @@ def canonical(value: Any) -> str:
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AuditEvent:
-    """What happened, as submitted; the log adds ``seq`` and the chain."""
+    """What happened, as submitted; the log adds ``seq`` and the chain.
+
+    Built on the request path, so it is a plain slotted class (a frozen dataclass costs
+    a ``object.__setattr__`` per field) and keeps the time as a number until written."""
 
     action: str
     outcome: str  # "success" | "failure" | "denied"
@@ -81,12 +85,12 @@ class AuditEvent:
     user_agent: str | None = None
     request_id: str | None = None
     detail: Mapping[str, Any] | None = None
-    time: str = field(default_factory=now_iso)
+    time: float = field(default_factory=time.time)
 
     def row(self, seq: int, prev_hash: str) -> dict[str, Any]:
         """The stored form, ``hash`` included."""
         values = {
-            "seq": seq, "time": self.time, "actor": self.actor, "actor_kind": self.actor_kind,
+            "seq": seq, "time": iso_time(self.time), "actor": self.actor, "actor_kind": self.actor_kind,
             "action": self.action, "repository": self.repository, "reference": self.reference,
             "digest": self.digest, "outcome": self.outcome, "status": self.status, "client": self.client,
             "user_agent": self.user_agent, "request_id": self.request_id,

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from ...audit import AuditQuery
 from ...audit.middleware import AUDIT
+from ...audit.records import iso_time
 from ...auth.patterns import validate_pattern
 from .errors import ApiError
 from .router import ApiRouter, Page, encode_cursor, page_params
@@ -64,7 +65,7 @@ def _time(name: str, value: str | None) -> str | None:
         raise ApiError(400, f"{name} must be an ISO 8601 time", {name: value[:64]}) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return iso_time(parsed.timestamp())
 
 
 def _query(request: web.Request) -> AuditQuery:
