@@ -10,6 +10,7 @@ __all__ = ["Metrics"]
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.requests = Counter(
             "algomint_http_requests", "HTTP requests by route and status", ["route", "method", "status"],
             registry=self.registry,
@@ -30,6 +31,19 @@ class Metrics:
         self.backend_errors = Counter(
             "algomint_backend_errors", "Backend failures seen by requests", ["code"], registry=self.registry
         )
+
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one finished request; ``labels()`` costs more than the count, so the
+        labelled children are kept (as many as the registry keeps anyway)."""
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.duration.labels(route, method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,8 +4,8 @@ then the policy check every routed request passes before its handler."""
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -28,7 +28,7 @@ _API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, one structured access-log line, request metrics."""
-    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    request_id = request.headers.get("X-Request-Id", "")[:64] or os.urandom(16).hex()
     request[REQUEST_ID] = request_id
     metrics = request.app[METRICS]
     route = request.match_info.route.name or "unmatched"
@@ -48,8 +48,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         elapsed = time.perf_counter() - started
         metrics.in_flight_requests.dec()
         request.app[IN_FLIGHT].leave()
-        metrics.requests.labels(route, request.method, str(status)).inc()
-        metrics.duration.labels(route, request.method).observe(elapsed)
+        metrics.request_done(route, request.method, status, elapsed)
         principal = request.get(PRINCIPAL)
         log.info(
             "request",
