@@ -276,6 +276,12 @@ def peak_rss_mib(pid: int) -> float:
     return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its threads so far (proc(5) stat 14, 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def reset_peak_rss(pid: int) -> None:
     """Restart ``VmHWM`` from the current RSS (proc(5), ``clear_refs`` value 5)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
@@ -296,8 +302,14 @@ class Row:
         return self.values[name] / next(iter(self.values.values()))
 
 
-def median_of(repeat: int, measure: Callable[[int], float]) -> float:
-    return statistics.median(measure(i) for i in range(repeat))
+def interleaved(repeat: int, measures: dict[str, Callable[[int], float]]) -> dict[str, float]:
+    """The median of ``repeat`` runs of each measure, taken in turns so that a slow
+    spell of the machine touches every system alike."""
+    runs: dict[str, list[float]] = {name: [] for name in measures}
+    for i in range(repeat):
+        for name, measure in measures.items():
+            runs[name].append(measure(i))
+    return {name: statistics.median(values) for name, values in runs.items()}
 
 
 def print_table(title: str, columns: list[str], rows: list[Row]) -> None:
@@ -329,6 +341,12 @@ def machine_note() -> str:
     return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, {versions}"
 
 
+def load_note() -> str:
+    """Other work on the machine skews every figure: say how busy it was."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
 def main() -> None:
     args = parse_args()
     size = args.size_mib * 1024 * 1024
@@ -336,6 +354,7 @@ def main() -> None:
                "--seconds", str(args.seconds)]
     print("reproduce:", shlex.join(command))
     print("machine:", machine_note())
+    print("before:", load_note())
     work = Path(tempfile.mkdtemp(prefix="algomint-bench-"))
     try:
         with contextlib.ExitStack() as stack:
@@ -366,10 +385,23 @@ def run(stack: contextlib.ExitStack, work: Path, size: int, args: argparse.Names
     for server in servers.values():
         reset_peak_rss(server.process.pid)
 
+    cpu_per_gb: dict[str, list[float]] = {name: [] for name in servers}
+
+    def fetch(name: str, url: str, concurrency: int) -> float:
+        """``fetch_mbps``, noting an algomint server's CPU-seconds per GB served: unlike
+        MB/s, that cost hardly moves when other work shares the machine."""
+        pid = servers[name].process.pid if name in servers else None
+        before = cpu_seconds(pid) if pid else 0.0
+        mbps = fetch_mbps(url, concurrency, size)
+        if pid:
+            cpu_per_gb[name].append((cpu_seconds(pid) - before) / (concurrency * size / 1e9))
+        return mbps
+
     def blob_rows(urls: dict[str, str]) -> list[Row]:
         return [
-            Row(f"blob GET c{c} MB/s", {name: median_of(args.repeat, lambda _, u=url: fetch_mbps(u, c, size))
-                                        for name, url in urls.items()})
+            Row(f"blob GET c{c} MB/s", interleaved(args.repeat, {
+                name: lambda _, n=name, u=url: fetch(n, u, c) for name, url in urls.items()
+            }))
             for c in (1, 4)
         ]
 
@@ -385,12 +417,13 @@ def run(stack: contextlib.ExitStack, work: Path, size: int, args: argparse.Names
             Row("  p50 ms", {n: r.p50_ms for n, r in results.items()}, digits=2),
             Row("  p99 ms", {n: r.p99_ms for n, r in results.items()}, digits=2),
         ]
-    proxy_rows.append(Row("blob upload MB/s", {
-        name: median_of(args.repeat, lambda i, j=j, b=base: size / upload_file(b, f"bench/up{j}-{i}", blob) / 1e6)
+    proxy_rows.append(Row("blob upload MB/s", interleaved(args.repeat, {
+        name: lambda i, j=j, b=base: size / upload_file(b, f"bench/up{j}-{i}", blob) / 1e6
         for j, (name, base) in enumerate(proxied.items())
-    }))
+    })))
     whole_run_peak = {name: max(whole_run_peak[name], peak_rss_mib(s.process.pid)) for name, s in servers.items()}
 
+    print("after:", load_note())
     judge(proxy_rows, embedded_rows)
     print_table("Behind docker-registry (ratio to docker-registry directly; latency in ms at "
                 f"{CONNECTIONS} connections)", list(proxied), proxy_rows)
@@ -400,6 +433,8 @@ def run(stack: contextlib.ExitStack, work: Path, size: int, args: argparse.Names
           + "; ".join(f"{name}: {download_peak[name]:.0f} MiB during the GETs (4 concurrent downloads), "
                       f"{whole_run_peak[name]:.0f} MiB over the whole run" for name in servers)
           + f"  target <= 100 MiB {'met' if max(download_peak.values()) <= 100 else 'NOT MET'}")
+    print("algomint CPU-seconds per GB of blob GETs (median): "
+          + "; ".join(f"{name}: {statistics.median(values):.2f}" for name, values in cpu_per_gb.items()))
 
 
 def judge(proxy_rows: list[Row], embedded_rows: list[Row]) -> None:
