@@ -18,9 +18,9 @@ import bisect
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
-from proxy.backend import Backend
+from proxy.backend import Backend, BlobReader
 from proxy.oci import mediatypes as mt
 from proxy.oci.errors import Errors, RegistryError
 from proxy.oci.manifest import Descriptor, parse_manifest
@@ -30,7 +30,18 @@ from proxy.service.registry import RegistryService
 from .fullbuild.names import ANNOTATION_IMAGE_REF
 from .tarstream import BLOCK, ustar_header
 
-__all__ = ["ArchiveError", "ArchivePlan", "Segment", "plan_archive", "stream_archive", "ArchiveLimits"]
+__all__ = [
+    "ArchiveError",
+    "ArchiveLimits",
+    "ArchivePlan",
+    "BlobPart",
+    "Segment",
+    "iter_parts",
+    "open_part",
+    "plan_archive",
+    "read_part",
+    "stream_archive",
+]
 
 _IMAGE_CONFIGS = (mt.OCI_CONFIG, mt.DOCKER_CONFIG)
 BATCH = 1024 * 1024  # bytes per write and per hash step
@@ -193,9 +204,23 @@ async def plan_archive(service: RegistryService, repo: str, reference: str,
     return ArchivePlan(repo, ref_name, root, out.segments, out.offset, out.names)
 
 
-async def stream_archive(backend: Backend, plan: ArchivePlan, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-    """Bytes ``[start, end]`` (inclusive) of the archive. Raises ``ArchiveError`` when a
-    blob comes back short or fails its digest: the caller must not end cleanly."""
+@dataclass(frozen=True)
+class BlobPart:
+    """Bytes ``[offset, offset+length)`` of one blob of the archive."""
+
+    repository: str
+    digest: str
+    offset: int
+    length: int
+    size: int
+
+    @property
+    def whole(self) -> bool:
+        return self.offset == 0 and self.length == self.size
+
+
+def iter_parts(plan: ArchivePlan, start: int = 0, end: int | None = None) -> Iterator[bytes | BlobPart]:
+    """Archive bytes ``[start, end]`` (inclusive) as literal pieces and blob ranges."""
     end = plan.size - 1 if end is None else end
     if plan.size == 0 or start > end:
         return
@@ -209,23 +234,36 @@ async def stream_archive(backend: Backend, plan: ArchivePlan, start: int = 0, en
             yield segment.data[local : local + length]
         else:
             assert segment.digest is not None
-            async for chunk in _blob_range(backend, plan.repository, segment, local, length):
-                yield chunk
+            yield BlobPart(plan.repository, segment.digest, local, length, segment.size)
         position += length
         index += 1
 
 
-async def _blob_range(backend: Backend, repo: str, segment: Segment, local: int, length: int) -> AsyncIterator[bytes]:
-    """The blob bytes of one segment, re-cut into ``BATCH`` pieces: fewer, larger writes,
-    and each whole-blob piece is hashed in a thread while the next one streams."""
-    assert segment.digest is not None
-    whole = local == 0 and length == segment.size
-    hasher = hashlib.new(segment.digest.split(":", 1)[0]) if whole else None
-    hashing: asyncio.Future[None] | None = None
+async def open_part(backend: Backend, part: BlobPart) -> BlobReader:
     try:
-        reader = await backend.open_blob(repo, segment.digest, local, length)
+        return await backend.open_blob(part.repository, part.digest, part.offset, part.length)
     except RegistryError as exc:
-        raise ArchiveError(f"blob {segment.digest}: {exc.message}") from None
+        raise ArchiveError(f"blob {part.digest}: {exc.message}") from None
+
+
+async def stream_archive(backend: Backend, plan: ArchivePlan, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    """Bytes ``[start, end]`` (inclusive) of the archive. Raises ``ArchiveError`` when a
+    blob comes back short or fails its digest: the caller must not end cleanly."""
+    for part in iter_parts(plan, start, end):
+        if isinstance(part, bytes):
+            yield part
+        else:
+            reader = await open_part(backend, part)
+            async for chunk in read_part(reader, part):
+                yield chunk
+
+
+async def read_part(reader: BlobReader, part: BlobPart) -> AsyncIterator[bytes]:
+    """The part's bytes from an open reader (closed at the end), re-cut into ``BATCH``
+    pieces: fewer, larger writes, and each piece of a whole blob is hashed in a thread
+    while the next one streams."""
+    hasher = hashlib.new(part.digest.split(":", 1)[0]) if part.whole else None
+    hashing: asyncio.Future[None] | None = None
     sent = 0
     parts: list[bytes] = []
     held = 0
@@ -243,8 +281,8 @@ async def _blob_range(backend: Backend, repo: str, segment: Segment, local: int,
     try:
         async for chunk in reader:
             sent += len(chunk)
-            if sent > length:
-                raise ArchiveError(f"blob {segment.digest} is larger than its descriptor says")
+            if sent > part.length:
+                raise ArchiveError(f"blob {part.digest} is larger than its descriptor says")
             parts.append(chunk)
             held += len(chunk)
             if held >= BATCH:
@@ -254,12 +292,12 @@ async def _blob_range(backend: Backend, repo: str, segment: Segment, local: int,
         if hashing is not None:
             await hashing
     except RegistryError as exc:
-        raise ArchiveError(f"blob {segment.digest}: {exc.message}") from None
+        raise ArchiveError(f"blob {part.digest}: {exc.message}") from None
     finally:
         await reader.close()
         if hashing is not None and not hashing.done():
             hashing.cancel()
-    if sent != length:
-        raise ArchiveError(f"blob {segment.digest} ended after {sent} of {length} bytes")
-    if hasher is not None and f"{segment.digest.split(':', 1)[0]}:{hasher.hexdigest()}" != segment.digest:
-        raise ArchiveError(f"blob {segment.digest} failed digest verification")
+    if sent != part.length:
+        raise ArchiveError(f"blob {part.digest} ended after {sent} of {part.length} bytes")
+    if hasher is not None and f"{part.digest.split(':', 1)[0]}:{hasher.hexdigest()}" != part.digest:
+        raise ArchiveError(f"blob {part.digest} failed digest verification")

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import logging
 import re
-from typing import AsyncGenerator, AsyncIterator, Mapping
+from typing import AsyncGenerator, AsyncIterator, Mapping, Protocol
 
 from aiohttp import web
 
@@ -21,7 +21,7 @@ from ..oci.errors import Errors, RegistryError
 from . import relay
 from .state import METRICS
 
-__all__ = ["ByteRange", "parse_range", "request_chunks", "read_body", "send_blob", "send_stream", "CHUNK"]
+__all__ = ["ByteRange", "StreamPart", "parse_range", "request_chunks", "read_body", "send_blob", "send_stream", "CHUNK"]
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +179,16 @@ async def _sendfile(request: web.Request, response: web.StreamResponse, reader: 
         await response.write(chunk)
 
 
+class StreamPart(Protocol):
+    """A piece of a generated body that writes itself (a blob relayed socket to socket);
+    returns the bytes it sent."""
+
+    async def send(self, request: web.Request, response: web.StreamResponse) -> int: ...
+
+
 async def send_stream(
     request: web.Request,
-    chunks: AsyncGenerator[bytes, None],
+    chunks: AsyncGenerator["bytes | StreamPart", None],
     headers: Mapping[str, str],
     *,
     status: int = 200,
@@ -202,8 +209,11 @@ async def send_stream(
         async with contextlib.aclosing(chunks):
             await response.prepare(request)
             async for chunk in chunks:
-                await response.write(chunk)
-                sent += len(chunk)
+                if isinstance(chunk, (bytes, bytearray, memoryview)):
+                    await response.write(chunk)
+                    sent += len(chunk)
+                else:
+                    sent += await chunk.send(request, response)
         if length is not None and sent != length:
             raise RuntimeError(f"generated {sent} bytes, promised {length}")
         await response.write_eof()

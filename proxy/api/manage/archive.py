@@ -14,11 +14,22 @@ from typing import AsyncGenerator
 import zstandard
 from aiohttp import web
 
-from packer.archive import ArchiveError, ArchivePlan, plan_archive, stream_archive
+from packer.archive import (
+    ArchiveError,
+    ArchivePlan,
+    BlobPart,
+    iter_parts,
+    open_part,
+    plan_archive,
+    read_part,
+    stream_archive,
+)
+from proxy.backend import Backend
 from proxy.oci.errors import RegistryError
 from proxy.oci.reference import parse_reference
 from proxy.service.policy import Action
 
+from .. import relay
 from ..state import CONFIG, REGISTRY
 from ..streaming import parse_range, send_stream
 from .errors import ApiError
@@ -44,6 +55,40 @@ def _filename(plan: ArchivePlan, reference: str) -> str:
     base = posixpath.basename(plan.repository)
     suffix = reference.replace(":", "-") if ":" in reference else reference
     return f"{base}-{suffix}.tar"
+
+
+class _Blob:
+    """One blob range of the archive: relayed socket to socket when the backend and the
+    client connection allow it (``proxy/api/relay.py``: about half the CPU per byte),
+    else streamed through the event loop in verified batches."""
+
+    def __init__(self, backend: Backend, part: BlobPart) -> None:
+        self.backend, self.part = backend, part
+
+    async def send(self, request: web.Request, response: web.StreamResponse) -> int:
+        part = self.part
+        reader = await open_part(self.backend, part)
+        try:
+            sink = relay.client_socket(request)  # None while earlier bytes are still queued
+            source = reader.detach() if sink is not None else None
+            if source is not None:
+                assert sink is not None
+                await relay.relay(source, sink, part.digest if part.whole else None)
+                return part.length
+            if sink is not None:
+                sink.close()
+            sent = 0
+            async for chunk in read_part(reader, part):
+                await response.write(chunk)
+                sent += len(chunk)
+            return sent
+        finally:
+            await reader.close()
+
+
+async def _parts(backend: Backend, plan: ArchivePlan, start: int, end: int) -> AsyncGenerator[bytes | _Blob, None]:
+    for part in iter_parts(plan, start, end):
+        yield part if isinstance(part, bytes) else _Blob(backend, part)
 
 
 async def _zstd(chunks: AsyncGenerator[bytes, None], threads: int) -> AsyncGenerator[bytes, None]:
@@ -100,4 +145,4 @@ async def get_archive(request: web.Request) -> web.StreamResponse:
     length = end - start + 1
     if request.method == "HEAD":
         return web.Response(status=status, headers={**headers, "Content-Length": str(length)})
-    return await send_stream(request, stream_archive(backend, plan, start, end), headers, status=status, length=length)
+    return await send_stream(request, _parts(backend, plan, start, end), headers, status=status, length=length)
