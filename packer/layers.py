@@ -21,12 +21,13 @@ import io
 import queue
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import zstandard
 from isal import igzip_threaded, isal_zlib
 
-from proxy.backend import Backend
+from proxy.backend import Backend, BlobReader
 from proxy.oci import mediatypes as mt
 from proxy.oci.errors import RegistryError
 
@@ -159,9 +160,8 @@ class _Bridge:
         self.cancelled = threading.Event()
         self.inbox = _Channel(loop, self.cancelled)
         self.outbox = _Channel(loop, self.cancelled)
-
-    def get(self) -> bytes | None:
-        return self.inbox.get_blocking()
+        # Where the worker reads the source blob: the inbox, or the blob's file directly.
+        self.source: Callable[[], bytes | None] = self.inbox.get_blocking
 
     def put(self, data: bytes | None) -> None:
         self.outbox.put_blocking(data)
@@ -189,7 +189,7 @@ class _InboxReader(io.RawIOBase):
 
     def readinto(self, target: Any) -> int:
         while not self._buffer and not self._eof:
-            chunk = self.bridge.get()
+            chunk = self.bridge.source()
             if chunk is None:
                 self._eof = True
             else:
@@ -203,7 +203,7 @@ class _InboxReader(io.RawIOBase):
 
     def peek(self, n: int) -> bytes:
         while len(self._buffer) < n and not self._eof:
-            chunk = self.bridge.get()
+            chunk = self.bridge.source()
             if chunk is None:
                 self._eof = True
             else:
@@ -417,17 +417,41 @@ def _start_thread(loop: asyncio.AbstractEventLoop, fn: Callable[[], T], name: st
     return future
 
 
-async def _feed(backend: Backend, repo: str, digest: str, size: int, bridge: _Bridge,
-                progress: Callable[[int], None] | None) -> None:
-    reader = await backend.open_blob(repo, digest)
-    try:
-        async for chunk in reader:
-            await bridge.inbox.put(chunk)
-            if progress is not None:
-                progress(len(chunk))
-    finally:
-        await reader.close()
+async def _feed(reader: BlobReader, bridge: _Bridge, progress: Callable[[int], None] | None) -> None:
+    async for chunk in reader:
+        await bridge.inbox.put(chunk)
+        if progress is not None:
+            progress(len(chunk))
     await bridge.inbox.put(None)
+
+
+class _FileSource:
+    """The source blob read straight from its file by the worker thread, when the
+    storage keeps it in one (``BlobReader.path``): no event-loop hop per chunk."""
+
+    def __init__(self, path: Path, start: int, length: int, cancelled: threading.Event,
+                 progress: Callable[[int], None] | None) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._file.seek(start)
+        self._remaining = length
+        self._cancelled = cancelled
+        self._progress = progress
+
+    def __call__(self) -> bytes | None:
+        if self._cancelled.is_set():
+            raise _Cancelled()
+        if not self._remaining:
+            return None
+        data = self._file.read(min(CHUNK, self._remaining))
+        if not data:
+            raise LayerError("source blob file ended early")
+        self._remaining -= len(data)
+        if self._progress is not None:
+            self._progress(len(data))
+        return data
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _check_source(raw: _InboxReader, digest: str, size: int, whole: bool) -> None:
@@ -447,14 +471,26 @@ async def _run(
 ) -> T:
     loop = asyncio.get_running_loop()
     bridge = _Bridge(loop)
-    worker = _start_thread(loop, lambda: work(bridge), f"layer-{digest[7:19]}")
-    feeder = asyncio.ensure_future(_feed(backend, repo, digest, size, bridge, progress))
-    tasks = [feeder, worker] + ([asyncio.ensure_future(consumer(bridge))] if consumer else [])
+    reader = await backend.open_blob(repo, digest)
+    file_source: _FileSource | None = None
+    tasks: list[asyncio.Future[Any]] = []
     try:
+        if reader.path is not None:
+            try:
+                file_source = _FileSource(reader.path, reader.start, reader.length, bridge.cancelled, progress)
+                bridge.source = file_source
+            except OSError:
+                file_source = None  # gone meanwhile: iterate the reader instead
+        if file_source is None:
+            tasks.append(asyncio.ensure_future(_feed(reader, bridge, progress)))
+        worker = _start_thread(loop, lambda: work(bridge), f"layer-{digest[7:19]}")
+        tasks.append(worker)
+        followers = [asyncio.ensure_future(consumer(bridge))] if consumer else []
+        tasks += followers
         # The worker may finish before the feeder (a scan stops at its first match);
         # any task failing ends the run, and ``finally`` stops the rest.
         pending: set[asyncio.Future[Any]] = set(tasks)
-        while not (worker.done() and all(t.done() for t in tasks[2:])):
+        while not (worker.done() and all(t.done() for t in followers)):
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
@@ -463,9 +499,12 @@ async def _run(
     finally:
         bridge.cancel()
         for task in tasks:
-            if not task.done() and task is not worker:
+            if not task.done() and isinstance(task, asyncio.Task):
                 task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if file_source is not None:
+            file_source.close()
+        await reader.close()
 
 
 async def scan_layer(
