@@ -16,7 +16,7 @@ from proxy.audit import AuditEvent, AuditLog, AuditQuery, verify_chain
 from proxy.audit.records import GENESIS, record_hash
 from proxy.meta import Database, MetadataError
 from tests.support.auth import ADMIN, AuthEnv, auth_env, basic, seed_image  # noqa: F401
-from tests.support.oci import digest_of, image_manifest, push_blob
+from tests.support.oci import digest_of, image_manifest
 from tests.support.server import run_server
 
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from proxy.api.manage.openapi import OPENAPI
-from tests.support.auth import ADMIN, AuthEnv, auth_env, basic, bearer, password_of  # noqa: F401
+from tests.support.auth import ADMIN, AuthEnv, auth_env, basic, bearer  # noqa: F401
 
 
 @pytest.fixture

@@ -22,11 +22,11 @@ import hashlib
 import hmac
 import os
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..service.policy import ANONYMOUS, Principal
 from . import tokens as api_tokens
+from .cache import TtlCache
 from .passwords import MAX_PASSWORD_BYTES, verify_password
 from .permissions import TokenPrincipal
 from .ratelimit import FailureLimiter
@@ -38,7 +38,7 @@ __all__ = ["Authenticator", "AuthFailure", "Login", "decode_basic", "MAX_AUTHORI
 MAX_AUTHORIZATION = 4096
 MAX_USERNAME = 256
 _VERIFIED_TTL = 60.0
-_VERIFIED_MAX = 10_000
+_TOKEN_REUSE = 3600.0  # at most a token's lifetime (token_ttl <= 3600)
 
 BAD_CREDENTIALS = "invalid username or password"
 BAD_TOKEN = "invalid, expired or revoked token"
@@ -73,8 +73,11 @@ class Authenticator:
         self.signer = signer
         self.limiter = limiter
         self._cache_key = os.urandom(32)
-        self._verified: OrderedDict[tuple[str, bytes], tuple[float, str]] = OrderedDict()
-        self._tokens: dict[str, Claims] = {}  # verified access tokens, oldest first
+        # (user, HMAC of the password) -> the stored hash it was checked against
+        self._verified: TtlCache[tuple[str, bytes], str] = TtlCache(_VERIFIED_TTL)
+        # Access tokens whose signature and claims were checked (a client reuses one for
+        # minutes); expiry is still checked on every use.
+        self._tokens: TtlCache[str, Claims] = TtlCache(_TOKEN_REUSE)
 
     # -- entry points -----------------------------------------------------------
     async def authorization(self, header: str | None, address: str | None) -> tuple[Principal, Login | None]:
@@ -102,6 +105,15 @@ class Authenticator:
         username, password = decode_basic(value)
         return await self.credentials(username, password, address)
 
+    async def login(self, header: str, address: str | None) -> Login:
+        """A whole ``Authorization`` header that must carry Basic credentials (the token service)."""
+        scheme, _, value = header.strip().partition(" ")
+        if len(header) > MAX_AUTHORIZATION:
+            raise AuthFailure("oversized authorization header", "malformed Authorization header")
+        if scheme.lower() != "basic":
+            raise AuthFailure("token request without basic credentials", "use Basic credentials")
+        return await self.basic(value.strip(), address)
+
     async def credentials(self, username: str, password: str, address: str | None) -> Login:
         """A user name with a password, or with an API token given as the password."""
         if not username or len(username) > MAX_USERNAME or len(password.encode()) > MAX_PASSWORD_BYTES:
@@ -115,14 +127,15 @@ class Authenticator:
         identity = await self.store.identity(username)
         stored = identity.user.password_hash if identity is not None else None
         key = (username, hmac.new(self._cache_key, password.encode(), hashlib.sha256).digest())
-        cached = self._verified.get(key)
-        checked = not (cached and cached[0] > time.monotonic() and stored is not None and cached[1] == stored)
+        hit, checked_against = self._verified.get(key)
+        checked = not (hit and stored is not None and checked_against == stored)
         if checked:
             ok = await asyncio.to_thread(verify_password, password, stored)
             if not ok:
                 self.limiter.failed(username, address)
                 raise AuthFailure("unknown user" if identity is None else "wrong password", claimed=username)
-            self._remember(key, stored)
+            assert stored is not None
+            self._verified.put(key, stored)
         assert identity is not None
         if identity.user.disabled:
             self.limiter.failed(username, address)
@@ -157,13 +170,13 @@ class Authenticator:
 
     async def bearer(self, token: str) -> TokenPrincipal:
         """A registry access token: signature and claims, then the account re-checked."""
-        claims = self._tokens.get(token)
+        _, claims = self._tokens.get(token)
         if claims is None or time.time() >= claims.expires_at:
             try:
                 claims = self.signer.verify(token, "access")
             except TokenError as exc:
                 raise AuthFailure(f"bearer token: {exc.reason}", BAD_TOKEN, scheme="bearer") from None
-            self._remember_token(token, claims)
+            self._tokens.put(token, claims)
         if claims.kind == "anonymous":
             return TokenPrincipal(ANONYMOUS.name, "anonymous", method="bearer", access=claims.access)
         identity = await self._recheck(claims, "bearer token")
@@ -204,21 +217,6 @@ class Authenticator:
         if wait is not None:
             raise AuthFailure("too many failed logins", "too many failed logins; try again later",
                               claimed=username, scheme=scheme, retry_after=wait)
-
-    def _remember_token(self, token: str, claims: Claims) -> None:
-        # A client reuses one token for minutes: verifying its signature and decoding its
-        # claims once is enough (expiry is still checked on every use).
-        self._tokens[token] = claims
-        while len(self._tokens) > _VERIFIED_MAX:
-            self._tokens.pop(next(iter(self._tokens)))
-
-    def _remember(self, key: tuple[str, bytes], stored: str | None) -> None:
-        if stored is None:
-            return
-        self._verified[key] = (time.monotonic() + _VERIFIED_TTL, stored)
-        self._verified.move_to_end(key)
-        while len(self._verified) > _VERIFIED_MAX:
-            self._verified.popitem(last=False)
 
     @staticmethod
     def _principal(identity: Identity, method: str, *, token_id: str | None = None,

@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Generic, Sequence, TypeVar
+from typing import Any, Sequence
 
 from ..meta import Database
 from ..meta.db import Transaction
 from ..service.policy import Principal
 from . import tokens as api_tokens
+from .cache import TtlCache
 from .patterns import validate_pattern
 from .permissions import ROLES, Permissions
 
@@ -61,7 +62,7 @@ _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
 _RESERVED_NAMES = frozenset({"anonymous", "algomint", "system", "me"})
 # last_used_at is written at most this often per token (it's informational).
 _TOUCH_INTERVAL = 60.0
-_CACHE_MAX = 10_000
+_TOUCHED_MAX = 10_000
 
 
 class NotFound(LookupError):
@@ -129,35 +130,6 @@ class Identity:
     permissions: Permissions
 
 
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _TtlCache(Generic[K, V]):
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
-        self._items: dict[K, tuple[float, V]] = {}
-
-    def get(self, key: K) -> tuple[bool, V | None]:
-        entry = self._items.get(key)
-        if entry is None or entry[0] < time.monotonic():
-            return False, None
-        return True, entry[1]
-
-    def put(self, key: K, value: V) -> None:
-        if self.ttl <= 0:
-            return
-        if len(self._items) >= _CACHE_MAX:
-            self._items.clear()  # rare: simpler than LRU, and the store is the truth
-        self._items[key] = (time.monotonic() + self.ttl, value)
-
-    def drop(self, key: K) -> None:
-        self._items.pop(key, None)
-
-    def clear(self) -> None:
-        self._items.clear()
-
-
 def _user(row: Any) -> User:
     return User(row["name"], row["kind"], row["password_hash"], bool(row["disabled"]), row["description"],
                 row["created_at"], row["updated_at"])
@@ -184,8 +156,8 @@ class AuthStore:
         self.db = db
         self.anonymous_pull = list(anonymous_pull)
         self.system_namespaces = list(system_namespaces)
-        self._identities: _TtlCache[str, Identity | None] = _TtlCache(cache_ttl)
-        self._tokens: _TtlCache[str, ApiTokenRecord | None] = _TtlCache(cache_ttl)
+        self._identities: TtlCache[str, Identity | None] = TtlCache(cache_ttl)
+        self._tokens: TtlCache[str, ApiTokenRecord | None] = TtlCache(cache_ttl)
         self._touched: dict[str, float] = {}
         self.anonymous = Permissions((), self.anonymous_pull, self.system_namespaces)
 
@@ -227,7 +199,7 @@ class AuthStore:
         """Record a use of an API token, at most once a minute per token."""
         if now - self._touched.get(token_id, 0.0) < _TOUCH_INTERVAL:
             return
-        if len(self._touched) >= _CACHE_MAX:
+        if len(self._touched) >= _TOUCHED_MAX:
             self._touched.clear()
         self._touched[token_id] = now
         await self.db.execute("UPDATE auth_tokens SET last_used_at = ? WHERE id = ?", (now, token_id))
@@ -327,6 +299,17 @@ class AuthStore:
         rows = await self.db.fetchall(sql + " ORDER BY id LIMIT ?", (*params, limit))
         return [_grant(r) for r in rows]
 
+    async def grants_of(self, subjects: Sequence[str]) -> dict[str, list[Grant]]:
+        """Every grant of each subject, in one query (a page of users)."""
+        found: dict[str, list[Grant]] = {s: [] for s in subjects}
+        if subjects:
+            rows = await self.db.fetchall(
+                f"SELECT * FROM auth_grants WHERE subject IN ({', '.join('?' * len(subjects))}) ORDER BY id",
+                tuple(subjects))
+            for row in rows:
+                found[row["subject"]].append(_grant(row))
+        return found
+
     async def get_grant(self, grant_id: int) -> Grant:
         row = await self.db.fetchone("SELECT * FROM auth_grants WHERE id = ?", (grant_id,))
         if row is None:
@@ -370,17 +353,14 @@ class AuthStore:
 
     @staticmethod
     async def _keep_an_admin(tx: Transaction, *, without_user: str | None = None, without_grant: int | None = None) -> None:
-        """Refuse a change that would leave no enabled account administering everything."""
-        row = await tx.fetchone(
-            "SELECT COUNT(DISTINCT u.name) AS n FROM auth_users u JOIN auth_grants g ON g.subject = u.name "
-            "WHERE g.role = 'admin' AND g.pattern = '**' AND u.disabled = 0 AND u.name != ? AND g.id != ?",
-            (without_user or "", without_grant or -1),
-        )
-        was = await tx.fetchone(
-            "SELECT COUNT(DISTINCT u.name) AS n FROM auth_users u JOIN auth_grants g ON g.subject = u.name "
+        """Refuse a change that would leave no enabled account administering everything
+        (while there is one: before the first admin exists, anything goes)."""
+        admins = await tx.fetchall(
+            "SELECT u.name, g.id FROM auth_users u JOIN auth_grants g ON g.subject = u.name "
             "WHERE g.role = 'admin' AND g.pattern = '**' AND u.disabled = 0"
         )
-        if was and was["n"] > 0 and row and row["n"] == 0:
+        remaining = [a for a in admins if a["name"] != without_user and a["id"] != without_grant]
+        if admins and not remaining:
             raise Conflict("this would leave no enabled admin (role admin on '**'); grant admin to another user first")
 
     # -- API tokens -------------------------------------------------------------

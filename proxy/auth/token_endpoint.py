@@ -19,7 +19,7 @@ from aiohttp import web
 from ..api.state import CONFIG, PRINCIPAL
 from ..audit.middleware import record_request
 from ..oci.errors import Errors, RegistryError
-from .authenticator import MAX_AUTHORIZATION, AuthFailure, Login
+from .authenticator import AuthFailure, Login
 from .middleware import record_failure, refusal
 from .permissions import grant_access
 from .registry_token import Scope, parse_scopes
@@ -85,13 +85,8 @@ async def get_token(request: web.Request) -> web.Response:
     header = request.headers.get("Authorization")
     login = None
     if header is not None:
-        scheme, _, value = header.strip().partition(" ")
         try:
-            if scheme.lower() != "basic":
-                raise AuthFailure("token request without basic credentials", "use Basic credentials")
-            if len(header) > MAX_AUTHORIZATION:
-                raise AuthFailure("oversized authorization header", "malformed Authorization header")
-            login = await request.app[AUTH].basic(value.strip(), request.remote)
+            login = await request.app[AUTH].login(header, request.remote)
         except AuthFailure as failure:
             raise _refused(request, failure, "basic") from None
     offline = request.query.get("offline_token", "").lower() == "true"

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 
 from ...auth.passwords import hash_password, verify_password
 from ...auth.state import AUTH_STORE
-from ...auth.store import AuthStore, User, validate_user_name
+from ...auth.store import AuthStore, Grant, User, validate_user_name
 from ...api.state import CONFIG
 from .errors import ApiError
 from .grants import GrantOut, RoleName, grant_out
@@ -64,8 +64,16 @@ class PasswordChange(BaseModel):
     current_password: SecretStr | None = Field(None, description="required when changing your own password")
 
 
+async def users_out(store: AuthStore, users: list[User]) -> list[UserOut]:
+    grants = await store.grants_of([u.name for u in users])
+    return [_user_out(u, grants[u.name]) for u in users]
+
+
 async def user_out(store: AuthStore, user: User) -> UserOut:
-    grants = await store.list_grants(500, subject=user.name)
+    return (await users_out(store, [user]))[0]
+
+
+def _user_out(user: User, grants: list[Grant]) -> UserOut:
     return UserOut(name=user.name, kind=user.kind, disabled=user.disabled,  # type: ignore[arg-type]
                    description=user.description, has_password=user.password_hash is not None,
                    created_at=iso(user.created_at) or "", updated_at=iso(user.updated_at) or "",
@@ -90,7 +98,7 @@ async def index(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid cursor")
     store = request.app[AUTH_STORE]
     users = await store.list_users(limit + 1, cursor)
-    items = [await user_out(store, u) for u in users[:limit]]
+    items = await users_out(store, users[:limit])
     page = Page[UserOut](items=items, next=encode_cursor(users[limit - 1].name) if len(users) > limit else None)
     return web.json_response(page.model_dump(mode="json"))
 
