@@ -12,9 +12,9 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
-__all__ = ["AuditEvent", "AuditRecord", "GENESIS", "HASHED_FIELDS", "SCHEMA", "record_hash", "iso_time", "canonical"]
+__all__ = ["AuditEvent", "AuditRecord", "Outcome", "GENESIS", "HASHED_FIELDS", "SCHEMA", "record_hash", "iso_time", "canonical"]
 
 GENESIS = "0" * 64
 # The fields covered by ``hash``, in table order; ``detail`` is hashed as its stored text.
@@ -105,8 +105,13 @@ def record_hash(values: Mapping[str, Any]) -> str:
     return hashlib.sha256(_encode([values[k] for k in HASHED_FIELDS]).encode()).hexdigest()
 
 
+Outcome = Literal["success", "failure", "denied"]
+
+
 @dataclass(frozen=True)
 class AuditRecord:
+    """A stored record, as queries return it (and the management API serves it)."""
+
     seq: int
     time: str
     actor: str
@@ -115,7 +120,7 @@ class AuditRecord:
     repository: str | None
     reference: str | None
     digest: str | None
-    outcome: str
+    outcome: Outcome
     status: int | None
     client: str | None
     user_agent: str | None

@@ -16,6 +16,7 @@ alone: keep the reported head (``seq``, ``hash``) somewhere else to detect trunc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ..meta import Database
 from .records import GENESIS, record_hash
@@ -28,7 +29,7 @@ _PAGE = 1000
 @dataclass(frozen=True)
 class ChainProblem:
     seq: int
-    kind: str  # "altered" | "removed" | "reordered"
+    kind: Literal["altered", "removed", "reordered"]
     message: str
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
-from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel
 
-from ...audit import AuditQuery
+from ...audit import AuditQuery, AuditRecord, VerifyResult
 from ...audit.middleware import AUDIT
 from ...audit.records import iso_time
 from ...auth.patterns import validate_pattern
@@ -20,39 +19,6 @@ __all__ = ["router"]
 router = ApiRouter("audit")
 
 _OUTCOMES = ("success", "failure", "denied")
-
-
-class AuditRecordOut(BaseModel):
-    seq: int
-    time: str
-    actor: str
-    actor_kind: str
-    action: str
-    repository: str | None
-    reference: str | None
-    digest: str | None
-    outcome: Literal["success", "failure", "denied"]
-    status: int | None
-    client: str | None
-    user_agent: str | None
-    request_id: str | None
-    detail: dict[str, Any] | None
-    prev_hash: str
-    hash: str
-
-
-class ChainProblemOut(BaseModel):
-    seq: int
-    kind: Literal["altered", "removed", "reordered"]
-    message: str
-
-
-class VerifyOut(BaseModel):
-    ok: bool
-    records: int
-    head_seq: int
-    head_hash: str
-    problem: ChainProblemOut | None
 
 
 def _time(name: str, value: str | None) -> str | None:
@@ -83,7 +49,7 @@ def _query(request: web.Request) -> AuditQuery:
                       since=_time("since", q.get("since")), until=_time("until", q.get("until")))
 
 
-@router.route("GET", "/audit", summary="Query the audit log, newest first", response=Page[AuditRecordOut],
+@router.route("GET", "/audit", summary="Query the audit log, newest first", response=Page[AuditRecord],
               query={
                   "actor": "who acted (user, robot, or the name a failed login claimed)",
                   "action": "an action (`manifest.push`), or a prefix ending in `*` (`users.*`)",
@@ -99,17 +65,11 @@ async def query(request: web.Request) -> web.Response:
     if cursor is not None and not isinstance(cursor, int):
         raise ApiError(400, "invalid cursor")
     records, before = await request.app[AUDIT].query(_query(request), limit, cursor)
-    page = Page[AuditRecordOut](items=[AuditRecordOut(**r.__dict__) for r in records],  # type: ignore[arg-type]
-                                next=encode_cursor(before) if before is not None else None)
-    return web.json_response(page.model_dump(mode="json"))
+    return web.json_response({"items": [dataclasses.asdict(r) for r in records],
+                              "next": encode_cursor(before) if before is not None else None})
 
 
 @router.route("POST", "/audit/verify", summary="Walk the hash chain; name the first altered, removed or reordered record",
-              response=VerifyOut)
+              response=VerifyResult)
 async def verify(request: web.Request) -> web.Response:
-    result = await request.app[AUDIT].verify()
-    problem = result.problem
-    return web.json_response(VerifyOut(
-        ok=result.ok, records=result.records, head_seq=result.head_seq, head_hash=result.head_hash,
-        problem=ChainProblemOut(seq=problem.seq, kind=problem.kind, message=problem.message) if problem else None,  # type: ignore[arg-type]
-    ).model_dump(mode="json"))
+    return web.json_response(dataclasses.asdict(await request.app[AUDIT].verify()))
