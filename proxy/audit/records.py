@@ -42,7 +42,6 @@ SCHEMA = [
         prev_hash TEXT NOT NULL,
         hash TEXT NOT NULL
     )""",
-    "CREATE UNIQUE INDEX IF NOT EXISTS audit_log_hash ON audit_log(hash)",
     "CREATE INDEX IF NOT EXISTS audit_log_actor ON audit_log(actor, seq)",
     "CREATE INDEX IF NOT EXISTS audit_log_action ON audit_log(action, seq)",
     # Append-only: the server never updates or deletes; these make an accident loud too.

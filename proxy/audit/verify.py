@@ -81,6 +81,8 @@ async def _check(db: Database, row, prev_seq: int, prev_hash: str) -> ChainProbl
     intact = record_hash(row) == row["hash"]
     if row["prev_hash"] == prev_hash:
         return None if intact else ChainProblem(seq, "altered", f"record {seq} does not match its hash")
+    # No index on hash (it would double the cost of every write): this scan runs once, at
+    # the first broken link.
     linked = await db.fetchone("SELECT seq FROM audit_log WHERE hash = ?", (row["prev_hash"],))
     if linked is not None and linked["seq"] != prev_seq:
         return ChainProblem(seq, "reordered", f"record {seq} was written after record {linked['seq']}, not {prev_seq}")
