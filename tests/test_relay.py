@@ -1,5 +1,6 @@
-"""The socket-to-socket blob relay: the reader hand-over, the thread copy, and the
-whole path through the app in front of a small upstream registry over real loopback TCP."""
+"""The socket-to-socket blob relay: the reader hand-over, the thread copy, file sends,
+and the whole path through the app in front of a small upstream registry over real
+loopback TCP."""
 
 from __future__ import annotations
 
@@ -180,6 +181,26 @@ async def test_cancelling_a_relay_stops_its_thread() -> None:
     assert await no_relay_threads_left()
     up_theirs.close()
     client.close()
+
+
+async def test_send_file_sends_the_range(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(BLOB)
+    sink, client = pair()
+    reading = asyncio.create_task(asyncio.to_thread(_read_all, client))
+    await relay.send_file(path, 10, len(BLOB) - 20, sink, timeout=10)
+    assert await reading == BLOB[10:-10]
+
+
+async def test_send_file_never_ends_a_short_file_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(BLOB[:1000])
+    sink, client = pair()
+    reading = asyncio.create_task(asyncio.to_thread(_read_all, client))
+    with pytest.raises(RegistryError) as exc_info:
+        await relay.send_file(path, 0, len(BLOB), sink, timeout=10)
+    assert exc_info.value.error is Errors.UNAVAILABLE
+    assert await reading == BLOB[:1000]
 
 
 def _read_all(sock: socket.socket) -> bytes:

@@ -17,14 +17,16 @@ import hashlib
 import os
 import socket
 import threading
-from typing import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterator
 
 from aiohttp import web
 
 from ..backend import SocketSource
 from ..oci.errors import Errors, RegistryError
 
-__all__ = ["client_socket", "relay"]
+__all__ = ["client_socket", "relay", "send_file"]
 
 _CHUNK = 1024 * 1024
 
@@ -45,6 +47,17 @@ async def relay(source: SocketSource, sink: socket.socket, digest: str | None) -
     and the last piece is sent only once they match: a mismatch never reaches the client
     as a complete body. A bad or short upstream body raises ``UNAVAILABLE``, a client
     that went away ``ConnectionResetError``."""
+    await _in_thread(partial(_copy, source, sink, digest), (source.sock, sink))
+
+
+async def send_file(path: Path, start: int, length: int, sink: socket.socket, timeout: float) -> None:
+    """``sendfile(2)`` of a file range to ``sink`` in a thread of its own, then close
+    ``sink``: streams of one process run on every core, as nginx's workers do."""
+    await _in_thread(partial(_send_file, path, start, length, sink, timeout), (sink,))
+
+
+async def _in_thread(work: Callable[[], None], sockets: tuple[socket.socket, ...]) -> None:
+    """Run ``work`` in a new thread; if we are cancelled, shut ``sockets`` down to wake it."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
 
@@ -58,7 +71,7 @@ async def relay(source: SocketSource, sink: socket.socket, digest: str | None) -
 
     def run() -> None:
         try:
-            _copy(source, sink, digest)
+            work()
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
             loop.call_soon_threadsafe(settle, exc)
         else:
@@ -70,7 +83,7 @@ async def relay(source: SocketSource, sink: socket.socket, digest: str | None) -
         await asyncio.shield(done)
     except asyncio.CancelledError:
         # Wake the thread out of its wait; the stream is lost either way.
-        for sock in (source.sock, sink):
+        for sock in sockets:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -78,6 +91,18 @@ async def relay(source: SocketSource, sink: socket.socket, digest: str | None) -
         await asyncio.wait([done])
         done.exception()  # retrieved: the thread's error is moot once we are cancelled
         raise
+
+
+def _send_file(path: Path, start: int, length: int, sink: socket.socket, timeout: float) -> None:
+    with sink, open(path, "rb") as source:
+        sink.settimeout(timeout)  # a client that stops reading must not pin the thread forever
+        try:
+            sent = sink.sendfile(source, start, length)
+        except OSError as exc:
+            raise ConnectionResetError(f"client connection lost: {exc}") from None
+    if sent != length:
+        # The file is shorter than its stat said: never end a short body cleanly.
+        raise RegistryError(Errors.UNAVAILABLE, {"missing": length - sent}, message="blob is truncated on disk")
 
 
 def _copy(source: SocketSource, sink: socket.socket, digest: str | None) -> None:

@@ -26,6 +26,8 @@ __all__ = ["ByteRange", "StreamPart", "parse_range", "request_chunks", "read_bod
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
+# Longest a file send waits for a client that stopped reading.
+_SEND_TIMEOUT = 300.0
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -169,6 +171,10 @@ async def _sendfile(request: web.Request, response: web.StreamResponse, reader: 
     if transport is None:
         raise ConnectionResetError("client disconnected")
     assert reader.path is not None
+    sink = relay.client_socket(request)
+    if sink is not None:
+        await relay.send_file(reader.path, reader.start, reader.length, sink, _SEND_TIMEOUT)
+        return
     with open(reader.path, "rb") as fobj:
         try:
             await asyncio.get_running_loop().sendfile(transport, fobj, reader.start, reader.length)
