@@ -1,4 +1,4 @@
-"""Blob bodies relayed socket to socket in a worker thread.
+"""Blob bodies relayed socket to socket (or sent from a file) in a worker thread.
 
 When a backend hands over its plain-TCP upstream connection (``BlobReader.detach``) and
 the client's connection is plain TCP too, the body skips aiohttp's client stream reader
@@ -6,6 +6,9 @@ and the server transport: one thread per stream runs ``recv_into`` / hash / ``se
 over duplicates of the two sockets, releasing the GIL in each call. On the bench machine
 this took about half the CPU per byte of the chunk loop, digest verification included
 (hashing in the same thread, on bytes still in cache, beat handing them to another).
+
+Files of the embedded storage go the same way with ``sendfile(2)`` (``send_file``), so
+concurrent streams spread over every core instead of sharing the event-loop thread.
 
 A dedicated thread, not the loop's default executor: a stream can hold it for minutes,
 and the executor also runs DNS lookups and disk work that must not queue behind it."""
