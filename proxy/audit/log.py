@@ -2,7 +2,8 @@
 
 ``record`` never waits: it appends to an in-memory batch that a background task writes
 every ``flush_interval`` seconds, or sooner once ``batch_size`` records wait, in one
-transaction that extends the hash chain. ``close`` writes everything still pending, so a
+transaction that extends the hash chain (one transaction per interval however fast
+records come: small batches under load would cost far more per record). ``close`` writes everything still pending, so a
 clean shutdown loses nothing; a failed write keeps the batch and retries."""
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class AuditLog:
         self._write_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._submitted = self._written = 0  # records, so flush knows when it is done
 
     # -- lifetime ---------------------------------------------------------------
     async def start(self) -> None:
@@ -74,21 +76,31 @@ class AuditLog:
         if not self.enabled:
             return
         self._pending.append(event)
+        self._submitted += 1
         self._wake.set()
         if len(self._pending) >= self.batch_size:
             self._full.set()
 
     async def flush(self) -> None:
-        """Write every record submitted so far (read-your-writes for queries and tests)."""
+        """Write every record submitted so far (read-your-writes for queries and tests);
+        records submitted meanwhile are left to the background writer."""
+        target = self._submitted
+        while self._written < target:
+            await self._write_pending()
+
+    async def _write_pending(self) -> None:
+        """Write what is pending now as one transaction; what arrives meanwhile waits."""
         async with self._write_lock:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                self._full.clear()
-                try:
-                    await self._write(batch)
-                except BaseException:
-                    self._pending[:0] = batch  # keep order; nothing is dropped
-                    raise
+            batch, self._pending = self._pending, []
+            self._full.clear()
+            if not batch:
+                return
+            try:
+                await self._write(batch)
+            except BaseException:
+                self._pending[:0] = batch  # keep order; nothing is dropped
+                raise
+            self._written += len(batch)
 
     async def _write(self, batch: list[AuditEvent]) -> None:
         async with self.db.transaction() as tx:
@@ -114,7 +126,7 @@ class AuditLog:
                     await asyncio.wait_for(self._full.wait(), self.flush_interval)
             self._wake.clear()
             try:
-                await self.flush()
+                await self._write_pending()
             except MetadataError as exc:
                 log.error("audit write failed; will retry", extra={"error": str(exc), "pending": len(self._pending)})
                 self._wake.set()
