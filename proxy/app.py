@@ -11,15 +11,23 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from .api import middleware
-from .api import manage
+from packer.fullbuild.freeze import FreezePolicy
+from packer.fullbuild.names import Namespaces
+from packer.fullbuild.service import FullBuildService
+from packer.runtime import Packer
+
+from .api import manage, middleware
+from .api.manage import archive as archive_api
+from .api.manage import assemblies, chains, fullbuilds, grants, plugins, subscriptions, tokens, users, whoami
+from .api.manage import audit as audit_api
 from .api.manage.openapi import OPENAPI, build_document, openapi_router
-from .api.manage import assemblies, chains, plugins, subscriptions
-from .api.manage import audit as audit_api, grants, tokens, users, whoami
 from .api.ops import add_ops_routes
 from .api.routes import V2_ROUTES, add_routes
-from .api.state import CONFIG, DATABASE, EVENTS, IN_FLIGHT, METRICS, POLICY, REGISTRY, InFlight
+from .api.state import CONFIG, DATABASE, EVENTS, IN_FLIGHT, METRICS, PACKER, POLICY, REGISTRY, InFlight
 from .api.v2 import HANDLERS
+from .audit.middleware import audit_requests, setup_audit
+from .auth.middleware import authenticate
+from .auth.setup import setup_auth
 from .backend import Backend
 from .backend.factory import create_backend
 from .config import Config
@@ -29,15 +37,6 @@ from .service import referrers
 from .service.events import EventBus
 from .service.policy import AllowAll, PolicyChain
 from .service.registry import RegistryService
-from .audit.middleware import audit_requests, setup_audit
-from .auth.middleware import authenticate
-from .auth.setup import setup_auth
-from .api.state import PACKER
-from packer.runtime import Packer
-from .api.manage import archive as archive_api, fullbuilds
-from packer.fullbuild.freeze import FreezePolicy
-from packer.fullbuild.names import Namespaces
-from packer.fullbuild.service import FullBuildService
 
 __all__ = ["create_app", "BACKEND"]
 
@@ -70,13 +69,13 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app.cleanup_ctx.append(_storage)
     setup_audit(app)  # after storage: the log is flushed before the database closes
     setup_auth(app)  # users, tokens, grants; with [auth] enabled the permission policy and /token
-    app[PACKER] = Packer(config, app[DATABASE], app[REGISTRY], app[EVENTS], policy=app[POLICY])
-    app.cleanup_ctx.append(_packer)  # after storage: needs the database and backend open
     app[fullbuilds.FULL_BUILDS] = builds = FullBuildService(
         app[REGISTRY], app[DATABASE], config.full_builds, config.licenses, _namespaces(config)
     )
     app[POLICY].add(FreezePolicy(builds.store, lambda: builds.license_suffixes, builds.namespaces))
     app.cleanup_ctx.append(_full_builds)  # after storage: needs the database and backend open
+    app[PACKER] = Packer(config, app[DATABASE], app[REGISTRY], app[EVENTS], policy=app[POLICY])
+    app.cleanup_ctx.append(_packer)  # after storage: needs the database and backend open
     app.on_response_prepare.append(middleware.add_api_version)
     add_routes(app, V2_ROUTES, HANDLERS)
     add_ops_routes(app)
@@ -103,11 +102,16 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await db.close()
 
 
+async def _packer(app: web.Application) -> AsyncIterator[None]:
+    await app[PACKER].start()
+    yield
+    await app[PACKER].close()
+
+
 def _namespaces(config: Config) -> Namespaces:
-    assembly = getattr(config, "assembly", None)
     return Namespaces(
-        generic=getattr(assembly, "generic_prefix", "generic/"),
-        business=getattr(assembly, "business_prefix", "business/"),
+        generic=config.assembly.generic_prefix,
+        business=config.assembly.business_prefix,
         images=config.full_builds.images_prefix,
     )
 
@@ -116,12 +120,6 @@ async def _full_builds(app: web.Application) -> AsyncIterator[None]:
     await app[fullbuilds.FULL_BUILDS].start()
     yield
     await app[fullbuilds.FULL_BUILDS].close()
-
-
-async def _packer(app: web.Application) -> AsyncIterator[None]:
-    await app[PACKER].start()
-    yield
-    await app[PACKER].close()
 
 
 async def _sweep_uploads(backend: Backend) -> None:
