@@ -154,7 +154,8 @@ def upload_mbps(base: str, repo: str, blob, headers: dict[str, str]) -> float:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="duration of each wrk run (default 5)")
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs per figure; the median is shown")
+    parser.add_argument("--repeat", type=int, default=6,
+                        help="rounds per figure, each system once per round in rotating order; the median is shown")
     parser.add_argument("--size-mib", type=int, default=256, help="large upload size in MiB (default 256)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     return parser.parse_args()
