@@ -204,7 +204,7 @@ class TokenSigner:
                 isinstance(audience, list) and self.service in audience)):
             raise TokenError("issued for another service")
         if payload.get("use") != use:
-            raise TokenError(f"not an {use} token")
+            raise TokenError(f"not a token for {use}")
         try:
             claims = self._claims(payload)
         except (KeyError, TypeError, ValueError):

@@ -1,0 +1,140 @@
+"""The identity building blocks below HTTP: patterns, password hashing, API token
+format, scopes and down-scoping, permissions, the failed-login limiter, signing keys."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from proxy.auth import tokens
+from proxy.auth.passwords import hash_password, verify_password
+from proxy.auth.patterns import compile_pattern, validate_pattern
+from proxy.auth.permissions import Permissions, grant_access
+from proxy.auth.ratelimit import FailureLimiter
+from proxy.auth.registry_token import Scope, TokenError, TokenSigner, load_or_create_key, parse_scopes
+from proxy.service.policy import Action
+
+
+@pytest.mark.parametrize("pattern, name, matches", [
+    ("generic/**", "generic/face", True),
+    ("generic/**", "generic/face/v2", True),
+    ("generic/**", "generic", False),
+    ("generic/**", "genericx/face", False),
+    ("generic/*", "generic/face", True),
+    ("generic/*", "generic/face/v2", False),
+    ("business/access-*/**", "business/access-control/face", True),
+    ("business/access-*/**", "business/fugitive/face", False),
+    ("a/**/b", "a/b", True),
+    ("a/**/b", "a/x/y/b", True),
+    ("a/**/b", "a/xb", False),
+    ("**", "anything/at/all", True),
+    ("images/face.v1", "images/face-v1", False),  # `.` is literal
+])
+def test_patterns(pattern: str, name: str, matches: bool):
+    assert bool(compile_pattern(pattern).fullmatch(name)) is matches
+
+
+@pytest.mark.parametrize("bad", ["", "Generic/**", "generic/***", "generic//x", "/abs", "a/**b", "x" * 300, "a b"])
+def test_invalid_patterns(bad: str):
+    with pytest.raises(ValueError):
+        validate_pattern(bad)
+
+
+def test_passwords():
+    encoded = hash_password("correct horse battery")
+    assert encoded.startswith("scrypt$16384$8$1$") and "correct" not in encoded
+    assert encoded != hash_password("correct horse battery")  # salted
+    assert verify_password("correct horse battery", encoded)
+    assert not verify_password("correct horse batterY", encoded)
+    assert not verify_password("anything", None)  # unknown user: dummy work, refused
+    assert not verify_password("anything", "scrypt$99$1$1$AA$AA")  # not a power of two
+    assert not verify_password("anything", "garbage")
+    assert not verify_password("x" * 5000, encoded)
+
+
+def test_api_token_format():
+    new = tokens.generate()
+    token_id, secret = tokens.parse(new.token)
+    assert token_id == new.id and tokens.secret_matches(secret, new.secret_hash)
+    assert not tokens.secret_matches(secret[:-1] + ("A" if secret[-1] != "A" else "B"), new.secret_hash)
+    assert new.secret_hash != secret and secret not in new.secret_hash
+    for bad in ("amt_", "amt_zzzzzzzzzzzz_" + "a" * 43, new.token + "x", "ghp_" + new.token[4:]):
+        assert tokens.parse(bad) is None
+
+
+def test_scopes_parse_and_drop_what_they_cannot():
+    scopes = parse_scopes(["repository:generic/face:pull,push", "repository:a/b:pull registry:catalog:*",
+                           "repository(plugin):plugins/x:pull", "repository:BAD NAME:pull", "nonsense", ":::"])
+    assert scopes == [
+        Scope("repository", "generic/face", ("pull", "push")), Scope("repository", "a/b", ("pull",)),
+        Scope("registry", "catalog", ("*",)), Scope("repository", "plugins/x", ("pull",)),
+    ]
+    assert len(parse_scopes(["repository:a/b:pull"] * 100)) == 32
+
+
+def test_permissions_and_down_scoping():
+    perms = Permissions([("algorithm-dev", "generic/**"), ("consumer", "business/door/**"), ("admin", "misc/*")],
+                        anonymous_pull=["public/**"], system_namespaces=["business/**", "misc/system"])
+    assert perms.actions("generic/face") == {Action.PULL, Action.PUSH, Action.DELETE}
+    assert perms.actions("business/door/face") == {Action.PULL}
+    assert perms.actions("misc/system") == {Action.PULL, Action.DELETE, Action.MANAGE}  # no push: system namespace
+    assert perms.actions("public/tool") == {Action.PULL}
+    assert perms.actions("images/x") == frozenset()
+    assert not perms.registry_wide(Action.MANAGE)
+    assert Permissions([("admin", "**")]).registry_wide(Action.MANAGE)
+    granted = grant_access(perms, parse_scopes([
+        "repository:generic/face:pull,push,delete,manage", "repository:business/door/face:*",
+        "repository:generic/face:pull", "registry:catalog:*", "repository:images/x:pull"]))
+    assert granted == [
+        {"type": "repository", "name": "generic/face", "actions": ["pull", "push", "delete"]},
+        {"type": "repository", "name": "business/door/face", "actions": ["pull"]},
+    ]
+
+
+def test_failure_limiter_sliding_window():
+    now = [1000.0]
+    limiter = FailureLimiter(per_user=2, per_address=3, window=60, clock=lambda: now[0])
+    assert limiter.retry_after("alice", "10.0.0.1") is None
+    limiter.failed("alice", "10.0.0.1")
+    limiter.failed("alice", "10.0.0.1")
+    assert limiter.retry_after("alice", "10.0.0.2") == 60  # the user is blocked from anywhere
+    assert limiter.retry_after("bob", "10.0.0.1") is None
+    limiter.failed("bob", "10.0.0.1")
+    assert limiter.retry_after("carol", "10.0.0.1") == 60  # the address is blocked for anyone
+    now[0] += 30
+    assert limiter.retry_after("alice", None) == 30
+    now[0] += 31
+    assert limiter.retry_after("alice", "10.0.0.1") is None
+
+
+def test_signing_key_is_private_and_reused(tmp_path: Path):
+    path = tmp_path / "keys" / "signing.key"
+    key = load_or_create_key(path)
+    assert len(key) == 32 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_or_create_key(path) == key
+    assert not [p for p in path.parent.iterdir() if p.name != "signing.key"]  # no temp file left
+    path.write_text("not hex")
+    with pytest.raises(ValueError):
+        load_or_create_key(path)
+
+
+def test_signer_checks_audience_use_and_time():
+    signer = TokenSigner(b"k" * 32, "algomint")
+    token, claims = signer.issue("alice", "user", use="access", ttl=300, now=1_000_000,
+                                 access=[{"type": "repository", "name": "a/b", "actions": ["pull"]}])
+    assert signer.verify(token, "access", now=1_000_100).access == {("repository", "a/b", "pull")}
+    with pytest.raises(TokenError, match="expired"):
+        signer.verify(token, "access", now=1_000_300)
+    with pytest.raises(TokenError, match="not yet valid"):
+        signer.verify(token, "access", now=1_000_000 - 60)
+    with pytest.raises(TokenError, match="not a token for refresh"):
+        signer.verify(token, "refresh", now=1_000_100)
+    with pytest.raises(TokenError, match="another service"):
+        TokenSigner(b"k" * 32, "other").verify(token, "access", now=1_000_100)
+    with pytest.raises(TokenError, match="another key"):
+        TokenSigner(b"j" * 32, "algomint").verify(token, "access", now=1_000_100)
+    with pytest.raises(TokenError, match="too long"):
+        signer.verify("a" * 5000, "access")
