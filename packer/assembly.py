@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 STATUSES = ("queued", "running", "succeeded", "failed")
 MAX_REQUESTED_JOBS = 10_000
+# How long shutdown waits for workers finishing a shielded write.
+_CLOSE_TIMEOUT = 10.0
 # Tags of the referrers fallback schema (``sha256-<hex>``) are bookkeeping, not versions.
 _FALLBACK_TAG_RE = re.compile(r"^(sha256-[a-f0-9]{64}|sha512-[a-f0-9]{128})$")
 
@@ -201,7 +203,11 @@ class AssemblyService:
     async def close(self) -> None:
         for task in self._workers:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._workers:
+            # A worker inside a shielded write finishes it first; never wait on one forever.
+            _, stuck = await asyncio.wait(self._workers, timeout=_CLOSE_TIMEOUT)
+            if stuck:
+                log.warning("assembly workers still busy at shutdown", extra={"count": len(stuck)})
         self._workers = []
         # A job cut short by shutdown runs again at the next start.
         with contextlib.suppress(MetadataError):
