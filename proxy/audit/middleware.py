@@ -62,9 +62,11 @@ def outcome_of(status: int) -> str:
     return "denied" if status in _REFUSED else "failure"
 
 
-def annotate(request: web.Request, **fields: Any) -> None:
-    """Add ``repository``/``reference``/``digest`` or ``detail`` entries to this request's record."""
-    request.setdefault(_ANNOTATIONS, {}).update(fields)
+def annotate(request: web.Request, *, repository: str | None = None, reference: str | None = None,
+             digest: str | None = None, detail: dict[str, Any] | None = None) -> None:
+    """Say what this request acted on, for its audit record (a handler knows better than the URL)."""
+    given = {"repository": repository, "reference": reference, "digest": digest, "detail": detail}
+    request.setdefault(_ANNOTATIONS, {}).update({k: v for k, v in given.items() if v is not None})
 
 
 def mark_recorded(request: web.Request) -> None:
