@@ -8,7 +8,8 @@ header written here (mtime 0, uid/gid 0, no owner names, modes 0644/0755), so th
 archive's bytes depend only on the root digest: its size is known before the first byte
 and any byte range maps onto a list of segments (header bytes, blob byte ranges,
 padding). A range asks the backend for only the blob bytes it covers; whole blobs are
-digest-verified as they stream.
+digest-verified as they stream, unless the storage vouches for them
+(``BlobReader.verified``: checked when written or on an earlier whole read).
 """
 
 from __future__ import annotations
@@ -262,7 +263,7 @@ async def read_part(reader: BlobReader, part: BlobPart) -> AsyncIterator[bytes]:
     """The part's bytes from an open reader (closed at the end), re-cut into ``BATCH``
     pieces: fewer, larger writes, and each piece of a whole blob is hashed in a thread
     while the next one streams."""
-    hasher = hashlib.new(part.digest.split(":", 1)[0]) if part.whole else None
+    hasher = hashlib.new(part.digest.split(":", 1)[0]) if part.whole and not reader.verified else None
     hashing: asyncio.Future[None] | None = None
     sent = 0
     parts: list[bytes] = []
@@ -299,5 +300,7 @@ async def read_part(reader: BlobReader, part: BlobPart) -> AsyncIterator[bytes]:
             hashing.cancel()
     if sent != part.length:
         raise ArchiveError(f"blob {part.digest} ended after {sent} of {part.length} bytes")
-    if hasher is not None and f"{part.digest.split(':', 1)[0]}:{hasher.hexdigest()}" != part.digest:
-        raise ArchiveError(f"blob {part.digest} failed digest verification")
+    if hasher is not None:
+        if f"{part.digest.split(':', 1)[0]}:{hasher.hexdigest()}" != part.digest:
+            raise ArchiveError(f"blob {part.digest} failed digest verification")
+        reader.confirm()

@@ -65,6 +65,9 @@ class StorageConfig(_Section):
     username: str | None = None
     password: SecretStr | None = None
     insecure: bool = False
+    # Hash a blob when it is uploaded or first read whole ("once": later reads check the
+    # length and rely on content addressing), or on every whole read ("always").
+    verify_reads: Literal["once", "always"] = "once"
     # Upload sessions idle longer than this are removed (filesystem backend).
     upload_expiry: float = Field(24 * 3600.0, gt=0)
 

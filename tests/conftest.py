@@ -29,6 +29,8 @@ BACKENDS = ["filesystem", "registry"]
 
 def make_config(tmp_path: Path, backend: str, distribution: Distribution | None = None, **overrides) -> Config:
     storage: dict = {"backend": backend, "path": str(tmp_path / "storage")}
+    if "storage_verify_reads" in overrides:
+        storage["verify_reads"] = overrides.pop("storage_verify_reads")
     if backend == "registry":
         assert distribution is not None
         storage["url"] = distribution.url

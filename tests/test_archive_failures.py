@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import aiohttp
 import pytest
@@ -17,17 +18,36 @@ async def fs_client(aiohttp_client, tmp_path):
     return await aiohttp_client(create_app(make_config(tmp_path, "filesystem")))
 
 
-async def test_corrupt_blob_aborts_the_connection(fs_client, tmp_path, repo):
-    layer = b"L" * 3_000_000
-    await push_image(fs_client, repo, "v1", [layer])
-    import hashlib
-
+def _rot(app, layer: bytes) -> None:
+    """Flip one byte of a stored blob file: bit rot at rest, the size still right."""
     encoded = hashlib.sha256(layer).hexdigest()
-    path = fs_client.server.app[BACKEND]._blob_path(type("D", (), {"algorithm": "sha256", "encoded": encoded})())
+    path = app[BACKEND]._blob_path(type("D", (), {"algorithm": "sha256", "encoded": encoded})())
     data = bytearray(path.read_bytes())
-    data[2_000_000] ^= 0xFF  # bit rot at rest: the size is right, the digest is not
+    data[2_000_000] ^= 0xFF
     path.write_bytes(bytes(data))
-    resp = await fs_client.get(f"/api/v1/archive/{repo}:v1")
+
+
+async def test_corrupt_blob_aborts_the_connection_after_a_restart(aiohttp_client, tmp_path, repo):
+    layer = b"L" * 3_000_000
+    first = await aiohttp_client(create_app(make_config(tmp_path, "filesystem")))
+    await push_image(first, repo, "v1", [layer])
+    _rot(first.server.app, layer)
+    await first.close()
+    # A restarted process has verified nothing yet: the first whole read hashes.
+    again = await aiohttp_client(create_app(make_config(tmp_path, "filesystem")))
+    for path in (f"/api/v1/archive/{repo}:v1", f"/v2/{repo}/blobs/sha256:{hashlib.sha256(layer).hexdigest()}"):
+        resp = await again.get(path)
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+
+
+async def test_verify_reads_always_catches_rot_in_the_same_process(aiohttp_client, tmp_path, repo):
+    layer = b"L" * 3_000_000
+    client = await aiohttp_client(create_app(make_config(tmp_path, "filesystem", storage_verify_reads="always")))
+    await push_image(client, repo, "v1", [layer])
+    _rot(client.server.app, layer)
+    resp = await client.get(f"/api/v1/archive/{repo}:v1")
     assert resp.status == 200
     with pytest.raises(aiohttp.ClientPayloadError):
         await resp.read()

@@ -147,6 +147,17 @@ async def test_relay_withholds_the_last_piece_of_a_mismatch() -> None:
     feeder.join()
 
 
+async def test_relay_without_digest_splices_the_body() -> None:
+    up_ours, up_theirs = pair()
+    sink, client = pair()
+    source = SocketSource(up_ours, BLOB[:1000], len(BLOB), timeout=10)
+    feeder = feed(up_theirs, BLOB[1000:] + b"next response")  # bytes past the body stay put
+    reading = asyncio.create_task(asyncio.to_thread(_read_all, client))
+    await relay.relay(source, sink, None)
+    assert await reading == BLOB
+    feeder.join()
+
+
 async def test_relay_reports_an_upstream_that_ends_early() -> None:
     up_ours, up_theirs = pair()
     sink, client = pair()
@@ -203,6 +214,23 @@ async def test_send_file_never_ends_a_short_file_cleanly(tmp_path: Path) -> None
     assert await reading == BLOB[:1000]
 
 
+async def test_send_file_with_digest_withholds_a_mismatch(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(BLOB[:-1] + b"?")
+    sink, client = pair()
+    reading = asyncio.create_task(asyncio.to_thread(_read_all, client))
+    with pytest.raises(RegistryError) as exc_info:
+        await relay.send_file(path, 0, len(BLOB), sink, timeout=10, digest=DIGEST)
+    assert exc_info.value.error is Errors.UNAVAILABLE
+    assert len(await reading) < len(BLOB)
+    good = tmp_path / "good"
+    good.write_bytes(BLOB)
+    sink, client = pair()
+    reading = asyncio.create_task(asyncio.to_thread(_read_all, client))
+    await relay.send_file(good, 0, len(BLOB), sink, timeout=10, digest=DIGEST)
+    assert await reading == BLOB
+
+
 def _read_all(sock: socket.socket) -> bytes:
     data = bytearray()
     with sock:
@@ -236,8 +264,44 @@ async def test_whole_blob_through_the_app(proxied, monkeypatch) -> None:
         assert await resp.read() == BLOB
     ranged = await client.get(f"/v2/a/b/blobs/{DIGEST}", headers={"Range": "bytes=5-"})
     assert ranged.status == 206 and await ranged.read() == BLOB[5:]
-    assert relayed[:2] == [DIGEST, DIGEST]  # whole blobs relayed and verified
+    # The first whole read is verified; the match is recorded, so the second is trusted.
+    assert relayed[:2] == [DIGEST, None]
     assert await no_relay_threads_left()
+
+
+async def test_verify_reads_always_hashes_every_read(aiohttp_client, upstream, tmp_path: Path, monkeypatch) -> None:
+    fake, _ = upstream
+    backend = RegistryBackend(str(upstream[1]._origin), verify_reads="always")
+    await backend.start()
+    client = await aiohttp_client(create_app(make_config(tmp_path, "filesystem"), backend=backend))
+    relayed = []
+
+    async def spy(source: SocketSource, sink: socket.socket, digest: str | None) -> None:
+        relayed.append(digest)
+        await real_relay(source, sink, digest)
+
+    real_relay = relay.relay
+    monkeypatch.setattr(relay, "relay", spy)
+    for _ in range(2):
+        resp = await client.get(f"/v2/a/b/blobs/{DIGEST}")
+        assert await resp.read() == BLOB
+    assert relayed == [DIGEST, DIGEST]
+    await backend.close()
+
+
+async def test_a_failed_verification_is_not_recorded(proxied) -> None:
+    fake, client = proxied
+    fake.corrupt = True
+    resp = await client.get(f"/v2/a/b/blobs/{DIGEST}")
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    # Still unverified: a second read is hashed again and fails again.
+    resp = await client.get(f"/v2/a/b/blobs/{DIGEST}")
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    fake.corrupt = False
+    resp = await client.get(f"/v2/a/b/blobs/{DIGEST}")
+    assert await resp.read() == BLOB
 
 
 @pytest.mark.parametrize("failure", ["corrupt", "short"])

@@ -16,13 +16,16 @@ and the executor also runs DNS lookups and disk work that must not queue behind 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import os
+import select
 import socket
 import threading
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from aiohttp import web
 
@@ -48,15 +51,25 @@ def client_socket(request: web.Request) -> socket.socket | None:
 async def relay(source: SocketSource, sink: socket.socket, digest: str | None) -> None:
     """Copy ``source`` to ``sink`` and close both. With ``digest``, the bytes are hashed
     and the last piece is sent only once they match: a mismatch never reaches the client
-    as a complete body. A bad or short upstream body raises ``UNAVAILABLE``, a client
-    that went away ``ConnectionResetError``."""
-    await _in_thread(partial(_copy, source, sink, digest), (source.sock, sink))
+    as a complete body. Without, they move through a kernel pipe (``splice(2)``) and never
+    enter user space. A bad or short upstream body raises ``UNAVAILABLE``, a client that
+    went away ``ConnectionResetError``."""
+    copy = _copy if digest is not None else _splice
+    await _in_thread(partial(copy, source, sink, digest), (source.sock, sink))
 
 
-async def send_file(path: Path, start: int, length: int, sink: socket.socket, timeout: float) -> None:
+async def send_file(
+    path: Path, start: int, length: int, sink: socket.socket, timeout: float, digest: str | None = None
+) -> None:
     """``sendfile(2)`` of a file range to ``sink`` in a thread of its own, then close
-    ``sink``: streams of one process run on every core, as nginx's workers do."""
-    await _in_thread(partial(_send_file, path, start, length, sink, timeout), (sink,))
+    ``sink``: streams of one process run on every core, as nginx's workers do. With
+    ``digest`` (a whole file), read, hash and send instead, the last piece held back
+    until the digest matches."""
+    if digest is None:
+        work = partial(_send_file, path, start, length, sink, timeout)
+    else:
+        work = partial(_send_file_verified, path, length, sink, timeout, digest)
+    await _in_thread(work, (sink,))
 
 
 async def _in_thread(work: Callable[[], None], sockets: tuple[socket.socket, ...]) -> None:
@@ -108,24 +121,44 @@ def _send_file(path: Path, start: int, length: int, sink: socket.socket, timeout
         raise RegistryError(Errors.UNAVAILABLE, {"missing": length - sent}, message="blob is truncated on disk")
 
 
+def _send_file_verified(path: Path, length: int, sink: socket.socket, timeout: float, digest: str) -> None:
+    with sink, open(path, "rb", buffering=0) as source:
+        sink.settimeout(timeout)
+        _send_hashed(_file_pieces(source, length), length, sink, digest)
+
+
+def _file_pieces(source: Any, length: int) -> Iterator[memoryview]:
+    buffer = memoryview(bytearray(min(_CHUNK, max(length, 1))))
+    remaining = length
+    while remaining > 0:
+        received = source.readinto(buffer[: min(len(buffer), remaining)])
+        if not received:
+            raise RegistryError(Errors.UNAVAILABLE, {"missing": remaining}, message="blob is truncated on disk")
+        remaining -= received
+        yield buffer[:received]
+
+
 def _copy(source: SocketSource, sink: socket.socket, digest: str | None) -> None:
+    with source.sock, sink:
+        sink.settimeout(source.timeout)  # a client that stops reading must not pin the thread forever
+        _send_hashed(_pieces(source), source.length, sink, digest)
+
+
+def _send_hashed(pieces: Iterator[memoryview], length: int, sink: socket.socket, digest: str | None) -> None:
+    """Send ``pieces``; with ``digest``, hash them and send the last only on a match."""
     algorithm, _, expected = (digest or "").partition(":")
     hasher = hashlib.new(algorithm) if digest else None
     hashed = 0
-    with source.sock, sink:
-        sink.settimeout(source.timeout)  # a client that stops reading must not pin the thread forever
-        for piece in _pieces(source):
-            if hasher is not None:
-                hasher.update(piece)  # in this thread, while the bytes are still in cache
-                hashed += len(piece)
-                if hashed == source.length and hasher.hexdigest() != expected:
-                    raise RegistryError(
-                        Errors.UNAVAILABLE, {"digest": digest}, message="backend blob failed digest verification"
-                    )
-            try:
-                sink.sendall(piece)
-            except OSError as exc:
-                raise ConnectionResetError(f"client connection lost: {exc}") from None
+    for piece in pieces:
+        if hasher is not None:
+            hasher.update(piece)  # in this thread, while the bytes are still in cache
+            hashed += len(piece)
+            if hashed == length and hasher.hexdigest() != expected:
+                raise RegistryError(Errors.UNAVAILABLE, {"digest": digest}, message="blob failed digest verification")
+        try:
+            sink.sendall(piece)
+        except OSError as exc:
+            raise ConnectionResetError(f"client connection lost: {exc}") from None
 
 
 def _pieces(source: SocketSource) -> Iterator[memoryview]:
@@ -143,3 +176,59 @@ def _pieces(source: SocketSource) -> Iterator[memoryview]:
             raise RegistryError(Errors.UNAVAILABLE, {"missing": remaining}, message="backend stream ended early")
         remaining -= received
         yield buffer[:received]
+
+
+def _splice(source: SocketSource, sink: socket.socket, _digest: None = None) -> None:
+    """Upstream socket -> pipe -> client socket with ``splice(2)``: no copies through
+    user space. Both sockets stay non-blocking; ``poll`` waits with the timeout."""
+    read_end, write_end = os.pipe()
+    with source.sock, sink:
+        try:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, _CHUNK)  # fewer, larger moves
+            capacity = fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
+            sink.settimeout(source.timeout)
+            if source.head:
+                _send_all(sink, source.head)
+            remaining = source.length - len(source.head)
+            upstream, client = source.sock.fileno(), sink.fileno()
+            flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+            while remaining > 0:
+                _wait(upstream, select.POLLIN, source.timeout, "backend")
+                try:
+                    moved = os.splice(upstream, write_end, min(capacity, remaining), flags=flags)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    raise RegistryError(Errors.UNAVAILABLE, message=f"backend blob stream failed: {exc}") from None
+                if not moved:
+                    raise RegistryError(Errors.UNAVAILABLE, {"missing": remaining}, message="backend stream ended early")
+                remaining -= moved
+                more = os.SPLICE_F_MORE if remaining else 0
+                while moved:
+                    _wait(client, select.POLLOUT, source.timeout, "client")
+                    try:
+                        moved -= os.splice(read_end, client, moved, flags=flags | more)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        raise ConnectionResetError(f"client connection lost: {exc}") from None
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+
+
+def _wait(fd: int, event: int, timeout: float, side: str) -> None:
+    poller = select.poll()
+    poller.register(fd, event)
+    if not poller.poll(timeout * 1000):
+        if side == "client":
+            raise ConnectionResetError(f"client read nothing for {timeout:.0f} s")
+        raise RegistryError(Errors.UNAVAILABLE, message=f"backend sent nothing for {timeout:.0f} s")
+
+
+def _send_all(sink: socket.socket, data: bytes) -> None:
+    try:
+        sink.sendall(data)
+    except OSError as exc:
+        raise ConnectionResetError(f"client connection lost: {exc}") from None

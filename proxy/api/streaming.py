@@ -2,8 +2,9 @@
 
 Rules (aiohttp): headers and ``Content-Length`` are set before ``prepare()`` (else
 aiohttp switches to chunked encoding); bodies move in bounded chunks; a full-blob
-response verifies the digest while streaming and aborts the connection on mismatch
-or upstream failure (never a clean end of a truncated body)."""
+response verifies the digest while streaming unless the storage vouches for the bytes
+(``BlobReader.verified``), and aborts the connection on mismatch or upstream failure
+(never a clean end of a truncated body)."""
 
 from __future__ import annotations
 
@@ -21,13 +22,13 @@ from ..oci.errors import Errors, RegistryError
 from . import relay
 from .state import METRICS
 
-__all__ = ["ByteRange", "StreamPart", "parse_range", "request_chunks", "read_body", "send_blob", "send_stream", "CHUNK"]
+__all__ = ["ByteRange", "StreamPart", "parse_range", "request_chunks", "read_body", "send_blob", "send_stream", "CHUNK", "SEND_TIMEOUT"]
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 # Longest a file send waits for a client that stopped reading.
-_SEND_TIMEOUT = 300.0
+SEND_TIMEOUT = 300.0
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -108,12 +109,14 @@ async def send_blob(
         await response.prepare(request)
         if request.method == "HEAD":
             return response
+        # Hash whole blobs the storage doesn't vouch for; a match is recorded (confirm).
+        verify = verify and not reader.verified and reader.start == 0 and reader.length == reader.size
         if reader.path is not None:
-            await _sendfile(request, response, reader)
-        else:
-            verify = verify and reader.start == 0 and reader.length == reader.size
-            if not await _relay(request, reader, verify):
-                await _copy(request, response, reader, verify)
+            await _sendfile(request, response, reader, verify)
+        elif not await _relay(request, reader, verify):
+            await _copy(request, response, reader, verify)
+        if verify:
+            reader.confirm()
         await response.write_eof()
         metrics.bytes_out.inc(reader.length)
         return response
@@ -165,15 +168,20 @@ def _check_digest(reader: BlobReader, hexdigest: str) -> None:
         raise RegistryError(Errors.UNAVAILABLE, {"digest": reader.digest}, message="backend blob failed digest verification")
 
 
-async def _sendfile(request: web.Request, response: web.StreamResponse, reader: BlobReader) -> None:
-    """Zero-copy from a local file; TLS transports can't, so they take the chunk loop."""
+async def _sendfile(request: web.Request, response: web.StreamResponse, reader: BlobReader, verify: bool) -> None:
+    """Zero-copy from a local file (hashed on the way when ``verify``); TLS transports
+    can't, so they take the chunk loop."""
     transport = request.transport
     if transport is None:
         raise ConnectionResetError("client disconnected")
     assert reader.path is not None
     sink = relay.client_socket(request)
     if sink is not None:
-        await relay.send_file(reader.path, reader.start, reader.length, sink, _SEND_TIMEOUT)
+        digest = reader.digest if verify else None
+        await relay.send_file(reader.path, reader.start, reader.length, sink, SEND_TIMEOUT, digest)
+        return
+    if verify:
+        await _copy(request, response, reader, verify)
         return
     with open(reader.path, "rb") as fobj:
         try:

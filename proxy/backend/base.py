@@ -73,6 +73,10 @@ class BlobReader(ABC):
     may use ``sendfile`` instead of iterating; ``detach()`` likewise offers an upstream
     socket for a socket-to-socket relay. ``close()`` releases the file or the upstream
     connection and is safe to call twice.
+
+    ``verified`` means the storage vouches for the bytes: they were checked against
+    ``digest`` when written, or on an earlier whole read (``confirm``), so a consumer
+    need not hash them again. Consumers still check the length.
     """
 
     digest: str
@@ -80,12 +84,17 @@ class BlobReader(ABC):
     start: int
     length: int
     path: Path | None = None
+    verified: bool = False
 
     @abstractmethod
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    def confirm(self) -> None:
+        """The consumer hashed the whole blob and it matched ``digest``: later readers
+        of it may be ``verified`` (where the storage keeps such a record)."""
 
     def detach(self) -> SocketSource | None:
         """Take the upstream connection instead of iterating (``None``: iterate).

@@ -14,8 +14,12 @@ def create_backend(config: StorageConfig) -> Backend:
 
         assert config.url is not None
         return RegistryBackend(
-            config.url, username=config.username, password=config.password.get_secret_value() if config.password else None, insecure=config.insecure
+            config.url,
+            username=config.username,
+            password=config.password.get_secret_value() if config.password else None,
+            insecure=config.insecure,
+            verify_reads=config.verify_reads,
         )
     from .filesystem import FilesystemBackend
 
-    return FilesystemBackend(config.path, upload_expiry=config.upload_expiry)
+    return FilesystemBackend(config.path, upload_expiry=config.upload_expiry, verify_reads=config.verify_reads)

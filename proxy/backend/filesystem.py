@@ -44,11 +44,12 @@ import weakref
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncIterable, AsyncIterator, Callable, TypeVar
+from typing import Any, AsyncIterable, AsyncIterator, Callable, Literal, TypeVar
 
 from ..oci.errors import Errors, RegistryError
 from ..oci.reference import TAG_RE, Digest, is_digest, parse_digest, validate_name, validate_tag
 from .base import Backend, BlobInfo, BlobReader, ManifestData, ManifestInfo, UploadStatus
+from .ledger import VerifiedBlobs
 
 __all__ = ["FilesystemBackend"]
 
@@ -99,7 +100,11 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class _FileBlobReader(BlobReader):
-    """A byte range of a blob file, read in ``chunk_size`` pieces with ``pread``."""
+    """A byte range of a blob file, read in ``chunk_size`` pieces with ``pread``.
+
+    ``verified`` when the backend's ledger holds the blob: published by this process
+    after its digest matched, or read whole and matched since it started. The first
+    whole read after a restart hashes again, so bit rot at rest is caught."""
 
     def __init__(
         self,
@@ -119,6 +124,12 @@ class _FileBlobReader(BlobReader):
         self.size = size
         self.start = start
         self.length = length
+        ledger = backend.verified_blobs
+        self.verified = ledger is not None and ledger.holds(digest, size)
+
+    def confirm(self) -> None:
+        if self._backend.verified_blobs is not None:
+            self._backend.verified_blobs.add(self.digest, self.size)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         if self._iterated:
@@ -163,12 +174,22 @@ class FilesystemBackend(Backend):
 
     name = "filesystem"
 
-    def __init__(self, root: Path, *, upload_expiry: float = 24 * 3600, chunk_size: int = 1024 * 1024) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        upload_expiry: float = 24 * 3600,
+        chunk_size: int = 1024 * 1024,
+        verify_reads: Literal["once", "always"] = "once",
+    ) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         self.root = Path(root)
         self.upload_expiry = upload_expiry
         self.chunk_size = chunk_size
+        # "once": blobs verified on upload or on a whole read are trusted after (reads
+        # check the length); "always": every whole read is hashed.
+        self.verified_blobs = VerifiedBlobs() if verify_reads == "once" else None
         self._tmp = self.root / "_tmp"
         self._blobs = self.root / "blobs"
         self._repositories = self.root / "repositories"
@@ -457,18 +478,22 @@ class FilesystemBackend(Backend):
         # Best effort: a failure here must not hide the DIGEST_INVALID the client needs.
         shutil.rmtree(session, ignore_errors=True)
 
-    def _publish_sync(self, repo: str, session: Path, digest: Digest, size: int) -> None:
+    def _publish_sync(self, repo: str, session: Path, digest: Digest, size: int) -> bool:
+        """Link and, unless the blob is already stored, move the data in; returns
+        whether the stored file is the one just verified."""
         blob = self._blob_path(digest)
         # Link first: a link without content reads as BLOB_UNKNOWN, and if moving the
         # content fails the session keeps its data so the client can retry the PUT.
         self._write_atomic(self._layer_link(repo, digest), b"")
-        if not self._has_blob(blob, size):
+        moved = not self._has_blob(blob, size)
+        if moved:
             blob.parent.mkdir(parents=True, exist_ok=True)
             # The data file was fsynced by _append; a racing finish of the same content
             # replaces identical bytes, which is harmless.
             os.replace(session / "data", blob)
             _fsync_dir(blob.parent)
         shutil.rmtree(session, ignore_errors=True)
+        return moved
 
     async def finish_upload(
         self, repo: str, upload_id: str, digest: str, chunks: AsyncIterable[bytes] | None = None
@@ -498,7 +523,9 @@ class FilesystemBackend(Backend):
                 raise RegistryError(
                     Errors.DIGEST_INVALID, {"digest": digest, "actual": f"{expected.algorithm}:{actual}"}
                 )
-            await self._run(self._publish_sync, repo, session, expected, size, action="publish a blob")
+            moved = await self._run(self._publish_sync, repo, session, expected, size, action="publish a blob")
+        if moved and self.verified_blobs is not None:
+            self.verified_blobs.add(str(expected), size)
         return BlobInfo(str(expected), size)
 
     async def cancel_upload(self, repo: str, upload_id: str) -> None:

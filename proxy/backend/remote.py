@@ -37,7 +37,7 @@ import re
 import socket
 from contextlib import asynccontextmanager
 from types import MappingProxyType
-from typing import Any, AsyncIterable, AsyncIterator, Mapping, Sequence
+from typing import Any, AsyncIterable, AsyncIterator, Literal, Mapping, Sequence
 from urllib.parse import quote, unquote
 
 import aiohttp
@@ -47,6 +47,7 @@ from ..oci.errors import ErrorCode, Errors, RegistryError
 from ..oci.mediatypes import MANIFEST_TYPES
 from ..oci.reference import is_digest
 from .base import Backend, BlobInfo, BlobReader, ManifestData, ManifestInfo, SocketSource, UploadStatus
+from .ledger import VerifiedBlobs
 from .remote_auth import Authenticator, invalid_response, parse_challenges, unreachable
 
 __all__ = ["RegistryBackend"]
@@ -180,7 +181,10 @@ class _BodySource:
 
 # -- blob reader --------------------------------------------------------------
 class _RemoteBlobReader(BlobReader):
-    """Streams a backend GET response; skips bytes if the backend ignored ``Range``."""
+    """Streams a backend GET response; skips bytes if the backend ignored ``Range``.
+
+    ``verified`` when ``ledger`` records the blob as verified in full before;
+    ``confirm()`` records it."""
 
     def __init__(
         self,
@@ -193,11 +197,14 @@ class _RemoteBlobReader(BlobReader):
         skip: int = 0,
         chunk_size: int,
         timeout: float = 300.0,
+        ledger: VerifiedBlobs | None = None,
     ) -> None:
         self.digest = digest
         self.size = size
         self.start = start
         self.length = length
+        self._ledger = ledger
+        self.verified = ledger is not None and ledger.holds(digest, size)
         self._resp = resp
         self._skip = skip
         self._chunk_size = chunk_size
@@ -233,6 +240,10 @@ class _RemoteBlobReader(BlobReader):
         finally:
             # Runs on exhaustion, on error and when the consumer stops early (aclose).
             await self.close()
+
+    def confirm(self) -> None:
+        if self._ledger is not None:
+            self._ledger.add(self.digest, self.size)
 
     def detach(self) -> SocketSource | None:
         """The upstream socket, when the body is plain TCP and exactly our range."""
@@ -281,6 +292,7 @@ class RegistryBackend(Backend):
         insecure: bool = False,
         read_chunk: int = 1024 * 1024,
         timeout: float = 300,
+        verify_reads: Literal["once", "always"] = "once",
     ) -> None:
         base = URL(url.rstrip("/"))
         if not base.is_absolute() or base.scheme not in ("http", "https") or not base.host:
@@ -294,6 +306,9 @@ class RegistryBackend(Backend):
         self._insecure = insecure
         self._read_chunk = read_chunk
         self._timeout = timeout
+        # "once": a blob hashed in full by a reader is trusted on later reads (length
+        # still checked); "always": every whole read is hashed again.
+        self._verified = VerifiedBlobs() if verify_reads == "once" else None
         self._session: aiohttp.ClientSession | None = None
         self._auth: Authenticator | None = None
 
@@ -590,7 +605,8 @@ class RegistryBackend(Backend):
             if length is not None:
                 served = min(served, length)
             return _RemoteBlobReader(
-                resp, digest, size, start, served, chunk_size=self._read_chunk, timeout=self._timeout
+                resp, digest, size, start, served, chunk_size=self._read_chunk, timeout=self._timeout,
+                ledger=self._verified,
             )
         if resp.status == 200:
             # The backend (or a CDN in front) ignored Range: skip to ``start`` ourselves.
@@ -603,7 +619,8 @@ class RegistryBackend(Backend):
             available = size - start
             served = available if length is None else min(length, available)
             return _RemoteBlobReader(
-                resp, digest, size, start, served, skip=start, chunk_size=self._read_chunk, timeout=self._timeout
+                resp, digest, size, start, served, skip=start, chunk_size=self._read_chunk, timeout=self._timeout,
+                ledger=self._verified,
             )
         if resp.status == 416:
             # Distribution answers 416 for "bytes=N-" on an N-byte blob: an empty tail.
