@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from .auth.patterns import validate_pattern
+from .auth.patterns import compile_pattern, validate_pattern
 
 from packer.fullbuild.settings import FullBuildConfig
 from packer.settings import AssemblyConfig, ChainsConfig, PluginsConfig, WebhooksConfig
@@ -151,6 +151,17 @@ class Config(_Section):
     chains: ChainsConfig = ChainsConfig()
     plugins: PluginsConfig = PluginsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+
+    @model_validator(mode="after")
+    def _business_is_a_system_namespace(self) -> "Config":
+        # Business packages must stay algomint's alone: a moved prefix needs the rule moved too.
+        probe = f"{self.assembly.business_prefix}system/algorithm"
+        if not any(compile_pattern(p).fullmatch(probe) for p in self.auth.system_namespaces):
+            raise ValueError(
+                f"auth.system_namespaces must cover assembly.business_prefix: add "
+                f"\"{self.assembly.business_prefix}**\""
+            )
+        return self
 
 
 def _parse_scalar(text: str) -> Any:

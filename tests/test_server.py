@@ -32,6 +32,8 @@ def _serve(config_path, *extra: str, env=None) -> subprocess.CompletedProcess:
         ('[storage]\nbackend = "registry"\n', "storage.url"),
         ('[serverr]\nlisten = "127.0.0.1:1"\n', "serverr"),
         ("[server\n", "invalid TOML"),
+        ('[assembly]\nbusiness_prefix = "biz/"\n', "auth.system_namespaces must cover assembly.business_prefix"),
+        ('[storage]\nverify_reads = "never"\n', "storage.verify_reads"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, names):
