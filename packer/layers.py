@@ -1,11 +1,14 @@
 """Stream one image layer through decompress -> tar rewrite -> recompress -> upload.
 
 The CPU-bound work (decompression, the tar walk, encryption, compression, hashing) runs
-in a dedicated worker thread; the event loop only moves bytes between the backend and
-two bounded queues. Memory per layer is bounded by the queue depth times the chunk size,
-whatever the layer's size. The compressed digest and the ``diff_id`` of the new layer are
-computed in the same pass that produces it, and the source blob's digest is verified as
-it is read.
+in a dedicated worker thread and the codecs' own threads. When the storage keeps blobs
+and upload sessions in local files (``BlobReader.path``, ``Backend.upload_path``) the
+bytes never pass through the event loop: the source is read and the new blob written by
+those threads. Otherwise the event loop moves bytes between the backend and two bounded
+queues. Memory per layer is bounded by the queue depth times the chunk size, whatever the
+layer's size. The compressed digest and the ``diff_id`` of the new layer are computed in
+the same pass that produces it; the source blob's digest is verified as it is read unless
+the storage already vouches for it (``BlobReader.verified``; its length is still checked).
 
 Dedicated threads (not the default executor) keep a slow build from starving the
 backend's own file I/O, which also runs in executor threads.
@@ -18,6 +21,7 @@ import collections
 import contextlib
 import hashlib
 import io
+import os
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -46,6 +50,7 @@ T = TypeVar("T")
 CHUNK = 1024 * 1024
 _DEPTH = 4  # chunks in flight on each side of the worker thread
 _POLL = 0.25  # how often a blocked worker thread checks for cancellation
+_WRITEBACK = 8 * CHUNK  # start the disk writes of a local upload every this many bytes
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -162,6 +167,9 @@ class _Bridge:
         self.outbox = _Channel(loop, self.cancelled)
         # Where the worker reads the source blob: the inbox, or the blob's file directly.
         self.source: Callable[[], bytes | None] = self.inbox.get_blocking
+        # Hash the source unless the storage vouches for it; set when the hash matched.
+        self.verify_source = True
+        self.source_matched = False
 
     def put(self, data: bytes | None) -> None:
         self.outbox.put_blocking(data)
@@ -175,11 +183,12 @@ class _Bridge:
 
 class _InboxReader(io.RawIOBase):
     """The source blob as a file, for decompressors running in the worker thread;
-    hashes what it reads so the source digest is verified in the same pass."""
+    hashes what it reads (unless the storage vouches for it) so the source digest is
+    verified in the same pass."""
 
     def __init__(self, bridge: _Bridge, algorithm: str) -> None:
         self.bridge = bridge
-        self.hasher = _HashThread(bridge.cancelled, algorithm)
+        self.hasher = _HashThread(bridge.cancelled, algorithm) if bridge.verify_source else None
         self.consumed = 0
         self._buffer = memoryview(b"")
         self._eof = False
@@ -193,7 +202,8 @@ class _InboxReader(io.RawIOBase):
             if chunk is None:
                 self._eof = True
             else:
-                self.hasher.update(chunk)
+                if self.hasher is not None:
+                    self.hasher.update(chunk)
                 self.consumed += len(chunk)
                 self._buffer = memoryview(chunk)
         n = min(len(target), len(self._buffer))
@@ -207,21 +217,54 @@ class _InboxReader(io.RawIOBase):
             if chunk is None:
                 self._eof = True
             else:
-                self.hasher.update(chunk)
+                if self.hasher is not None:
+                    self.hasher.update(chunk)
                 self.consumed += len(chunk)
                 self._buffer = memoryview(bytes(self._buffer) + chunk)
         return bytes(self._buffer[:n])
 
 
-class _OutboxWriter(io.RawIOBase):
-    """The new blob as a file for compressors: batches writes into ``CHUNK`` pieces,
-    hashes and counts them, and hands them to the uploader."""
+class _FileSink:
+    """Appends to an upload session's own file (``Backend.upload_path``) from the
+    producing thread. The disk writes are started as the file grows, so the one fsync
+    at the end (``finish_upload``) waits for the last few megabytes, not the whole blob."""
 
-    def __init__(self, bridge: _Bridge) -> None:
+    def __init__(self, path: Path) -> None:
+        # No O_CREAT: a session cancelled meanwhile must not be resurrected.
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._written = 0
+        self._started = 0  # bytes whose writeback has been started
+
+    def write(self, data: Any) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        self._written += len(data)
+        if self._written - self._started >= _WRITEBACK:
+            if hasattr(os, "posix_fadvise"):
+                # On Linux this starts writeback of the range (pages under writeback stay
+                # cached); elsewhere it is only a hint.
+                os.posix_fadvise(self._fd, self._started, self._written - self._started, os.POSIX_FADV_DONTNEED)
+            self._started = self._written
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _OutboxWriter(io.RawIOBase):
+    """The new blob as a file for compressors: hashes and counts what it is given and
+    appends it to the session's file, or batches it into ``CHUNK`` pieces for the
+    uploader on the event loop."""
+
+    def __init__(self, bridge: _Bridge, sink: _FileSink | None) -> None:
         self.bridge = bridge
-        self.hasher = _HashThread(bridge.cancelled)
+        self.sink = sink
+        self.hasher = hashlib.sha256()
         self.size = 0
         self.discard = False
+        self.error: OSError | None = None
         self._pending = bytearray()
 
     def writable(self) -> bool:
@@ -232,6 +275,18 @@ class _OutboxWriter(io.RawIOBase):
         # thread would hang the compressor's close); after a failure, just drop bytes.
         n = len(data)
         if self.discard:
+            return n
+        if self.sink is not None:
+            try:
+                if self.bridge.cancelled.is_set():
+                    raise _Cancelled()
+                self.hasher.update(data)
+                self.size += n
+                self.sink.write(data)
+            except OSError as exc:
+                self.error, self.discard = exc, True
+            except _Cancelled:
+                self.discard = True
             return n
         self._pending += data
         if len(self._pending) >= CHUNK:
@@ -251,9 +306,12 @@ class _OutboxWriter(io.RawIOBase):
 
     def finish(self) -> None:
         self._send()
+        if self.error is not None:
+            raise LayerError(f"storage failed: cannot write the new layer: {self.error.strerror or self.error}")
         if self.discard:
             raise _Cancelled()
-        self.bridge.put(None)
+        if self.sink is None:
+            self.bridge.put(None)
 
 
 class _HashThread:
@@ -355,8 +413,14 @@ class _Compressor:
     def __init__(self, kind: str, out: _OutboxWriter, codec: Codec, cancelled: threading.Event) -> None:
         self.kind = kind
         self.out = out
+        self._blocks: Any = None
+        self._pending = bytearray()
         if kind == "gzip":
-            self._stream: Any = igzip_threaded.open(out, "wb", compresslevel=codec.gzip_level, threads=codec.threads)
+            self._stream: Any = igzip_threaded.open(out, "wb", compresslevel=codec.gzip_level, threads=codec.threads,
+                                                    block_size=CHUNK)
+            # Whole blocks straight to the threaded writer: it deals each write to the next
+            # compression thread in turn, so pieces of uneven size leave a thread idle.
+            self._blocks = self._stream.raw
         elif kind == "zstd":
             cctx = zstandard.ZstdCompressor(level=codec.zstd_level, threads=codec.threads, write_checksum=True)
             self._stream = cctx.stream_writer(out, closefd=False, write_size=CHUNK)
@@ -366,9 +430,27 @@ class _Compressor:
 
     def write(self, data: bytes) -> None:
         self.diff_hasher.update(data)
-        self._stream.write(data)
+        if self._blocks is None:
+            self._stream.write(data)
+            return
+        view = memoryview(data)
+        if self._pending:
+            take = CHUNK - len(self._pending)
+            self._pending += view[:take]
+            view = view[take:]
+            if len(self._pending) < CHUNK:
+                return
+            self._blocks.write(self._pending)  # the writer copies what it queues
+            self._pending.clear()
+        whole = len(view) - len(view) % CHUNK
+        if whole:
+            self._blocks.write(view[:whole])
+        self._pending += view[whole:]
 
     def close(self) -> None:
+        if self._pending:
+            self._blocks.write(self._pending)
+            self._pending.clear()
         if self._stream is not self.out:
             self._stream.close()
         self.out.finish()
@@ -454,15 +536,18 @@ class _FileSource:
         self._file.close()
 
 
-def _check_source(raw: _InboxReader, digest: str, size: int, whole: bool) -> None:
-    if not whole:
-        return
+def _check_source(raw: _InboxReader, digest: str, size: int) -> None:
+    """After the whole source was read: its length, and its digest unless the storage
+    vouched for it."""
     while raw.read(CHUNK):  # anything after the decompressed end still counts
         pass
     if raw.consumed != size:
         raise LayerError(f"source layer {digest} has {raw.consumed} bytes, its descriptor says {size}")
+    if raw.hasher is None:
+        return
     if f"{digest.split(':', 1)[0]}:{raw.hasher.hexdigest()}" != digest:
         raise LayerError(f"source layer {digest} failed digest verification")
+    raw.bridge.source_matched = True
 
 
 async def _run(
@@ -472,6 +557,7 @@ async def _run(
     loop = asyncio.get_running_loop()
     bridge = _Bridge(loop)
     reader = await backend.open_blob(repo, digest)
+    bridge.verify_source = not reader.verified
     file_source: _FileSource | None = None
     tasks: list[asyncio.Future[Any]] = []
     try:
@@ -495,6 +581,8 @@ async def _run(
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
+        if bridge.source_matched:
+            reader.confirm()
         return worker.result()
     finally:
         bridge.cancel()
@@ -521,7 +609,7 @@ async def scan_layer(
         try:
             found = scan_tar(stream, select, limits)
             if not found:
-                _check_source(raw, digest, size, True)
+                _check_source(raw, digest, size)
             return found
         except BaseException as exc:
             raise _translate(exc) from None
@@ -553,18 +641,24 @@ async def rewrite_layer(
     upload_id = session.upload_id
     outcome: dict[str, Any] = {}
 
-    def work(bridge: _Bridge) -> RewriteStats:
+    def work(bridge: _Bridge, path: Path | None) -> RewriteStats:
         raw = _InboxReader(bridge, digest.split(":", 1)[0])
         kind = _sniff(raw.peek(4))
         stream = _decompressor(kind, raw)
-        out = _OutboxWriter(bridge)
+        sink: _FileSink | None = None
         compressor: _Compressor | None = None
         try:
+            if path is not None:
+                try:
+                    sink = _FileSink(path)
+                except OSError as exc:
+                    raise LayerError(f"storage failed: cannot write the new layer: {exc.strerror or exc}") from None
+            out = _OutboxWriter(bridge, sink)
             compressor = _Compressor(kind, out, codec, bridge.cancelled)
             stats = rewrite_tar(stream, compressor.write, select, seal, limits)
             done, compressor = compressor, None
             done.close()
-            _check_source(raw, digest, size, True)
+            _check_source(raw, digest, size)
             outcome.update(digest="sha256:" + out.hasher.hexdigest(), size=out.size,
                            diff_id="sha256:" + done.diff_hasher.hexdigest())
             return stats
@@ -575,6 +669,8 @@ async def rewrite_layer(
                 compressor.abort()
             with contextlib.suppress(Exception):
                 stream.close()
+            if sink is not None:
+                sink.close()
 
     async def chunks(bridge: _Bridge) -> Any:
         while (piece := await bridge.outbox.get()) is not None:
@@ -586,7 +682,15 @@ async def rewrite_layer(
         upload_id = status.upload_id
 
     try:
-        stats = await _run(backend, src_repo, digest, size, work, progress, upload)
+        # A local session file is written by the worker's threads; else the loop uploads.
+        path = await backend.upload_path(dst_repo, upload_id)
+        stats = await _run(backend, src_repo, digest, size, lambda bridge: work(bridge, path), progress,
+                           upload if path is None else None)
+        if path is not None:
+            status = await backend.upload_status(dst_repo, upload_id)
+            if status.offset != outcome["size"]:
+                raise LayerError(f"layer {digest}: storage failed: the upload holds {status.offset} bytes, "
+                                 f"{outcome['size']} were written")
         await backend.finish_upload(dst_repo, upload_id, outcome["digest"])
     except BaseException as exc:
         with contextlib.suppress(Exception):

@@ -247,6 +247,65 @@ async def test_running_hash_avoids_reread(backend: FilesystemBackend, monkeypatc
     assert (await backend.finish_upload(REPO, upload_id, sha256(b"a" * 30 + b"b" * 3 + b"c"), chunks(b"c"))).size == 34
 
 
+async def test_producer_writes_the_session_file_and_is_trusted(
+    backend: FilesystemBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_rehash(*args: object) -> str:
+        raise AssertionError("re-hashed from disk")
+
+    monkeypatch.setattr(backend, "_hash_file", no_rehash)
+    upload_id = (await backend.start_upload(REPO)).upload_id
+    path = await backend.upload_path(REPO, upload_id)
+    assert path is not None
+    data = b"written by an in-process producer"
+    with open(path, "ab") as f:
+        f.write(data)
+    assert (await backend.upload_status(REPO, upload_id)).offset == len(data)
+    info = await backend.finish_upload(REPO, upload_id, sha256(data))
+    assert await read_all(await backend.open_blob(REPO, info.digest)) == data
+    assert backend.verified_blobs is not None and backend.verified_blobs.holds(info.digest, len(data))
+
+
+async def test_no_session_file_once_bytes_arrived(backend: FilesystemBackend) -> None:
+    upload_id = (await backend.start_upload(REPO)).upload_id
+    await backend.write_upload(REPO, upload_id, chunks(b"abc"))
+    assert await backend.upload_path(REPO, upload_id) is None
+    await raises(Errors.BLOB_UPLOAD_UNKNOWN, backend.upload_path(REPO, str(uuid.uuid4())))
+
+
+async def test_client_bytes_into_a_producer_session_are_verified(backend: FilesystemBackend, root: Path) -> None:
+    # A write_upload to a session whose file a producer took withdraws the trust: the
+    # digest is checked against the content, and a mismatch publishes nothing.
+    upload_id = (await backend.start_upload(REPO)).upload_id
+    path = await backend.upload_path(REPO, upload_id)
+    assert path is not None
+    with open(path, "ab") as f:
+        f.write(b"producer ")
+    await backend.write_upload(REPO, upload_id, chunks(b"and a client"))
+    claimed = sha256(b"producer")
+    await raises(Errors.DIGEST_INVALID, backend.finish_upload(REPO, upload_id, claimed))
+    assert files_under(root / "blobs") == []
+    await raises(Errors.BLOB_UNKNOWN, backend.stat_blob(REPO, claimed))
+    # The same sequence with the digest of what the file really holds succeeds.
+    upload_id = (await backend.start_upload(REPO)).upload_id
+    path = await backend.upload_path(REPO, upload_id)
+    assert path is not None
+    with open(path, "ab") as f:
+        f.write(b"producer ")
+    await backend.write_upload(REPO, upload_id, chunks(b"and a client"))
+    assert (await backend.finish_upload(REPO, upload_id, sha256(b"producer and a client"))).size == 21
+
+
+async def test_producer_session_after_restart_is_hashed(root: Path) -> None:
+    first = FilesystemBackend(root)
+    upload_id = (await first.start_upload(REPO)).upload_id
+    path = await first.upload_path(REPO, upload_id)
+    assert path is not None
+    path.write_bytes(b"abc")
+    second = FilesystemBackend(root)  # the promise was the first process's: hash again
+    await raises(Errors.DIGEST_INVALID, second.finish_upload(REPO, upload_id, sha256(b"abd")))
+
+
 async def test_concurrent_finish_of_same_content(backend: FilesystemBackend, root: Path) -> None:
     data = b"shared layer bytes " * 10
     digest = sha256(data)

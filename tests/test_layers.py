@@ -139,3 +139,60 @@ async def test_cancelling_a_rewrite_stops_its_threads_and_upload(backend, tmp_pa
     # The upload session was cancelled: nothing is left behind.
     uploads = backend._repo_dir("images/f") / "_uploads"
     assert not uploads.exists() or not any(uploads.iterdir())
+
+
+def _blob_file(backend: FilesystemBackend, digest: str):
+    algorithm, encoded = digest.split(":", 1)
+    return backend.root / "blobs" / algorithm / encoded[:2] / encoded
+
+
+async def test_unverified_source_is_hashed_and_confirmed(tmp_path):
+    blob = gzip.compress(plain_layer({"usr/lib/x.so": os.urandom(5000)}))
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    await put_blob(FilesystemBackend(tmp_path / "store"), "images/g", blob)
+    # A restarted process has verified nothing: the first whole read hashes the source,
+    # and its match lets later reads trust the blob.
+    fresh = FilesystemBackend(tmp_path / "store")
+    assert not fresh.verified_blobs.holds(digest, len(blob))
+    assert not await scan_layer(fresh, "images/g", digest, len(blob), SELECT, TarLimits())
+    assert fresh.verified_blobs.holds(digest, len(blob))
+
+
+async def test_corrupt_source_at_rest_is_caught_when_reads_are_always_verified(tmp_path):
+    store = FilesystemBackend(tmp_path / "store", verify_reads="always")
+    tar, _ = layer_with_models(tmp_path)
+    blob = gzip.compress(tar, mtime=0)
+    digest = await put_blob(store, "images/h", blob)
+    # Bit rot that still decompresses: the gzip member's mtime field.
+    path = _blob_file(store, digest)
+    data = bytearray(path.read_bytes())
+    data[4] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(LayerError, match="failed digest verification"):
+        await rewrite_layer(store, "images/h", "images/h", digest, len(blob), SELECT, seal, TarLimits(), Codec())
+    uploads = store._repo_dir("images/h") / "_uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
+
+
+class _StreamingOnly(FilesystemBackend):
+    """Storage without local files for the pipeline: every byte goes through the event loop."""
+
+    async def upload_path(self, repo: str, upload_id: str):
+        return None
+
+    async def open_blob(self, repo: str, digest: str, start: int = 0, length: int | None = None):
+        reader = await super().open_blob(repo, digest, start, length)
+        reader.path = None
+        return reader
+
+
+async def test_rewrite_through_the_event_loop(tmp_path):
+    store = _StreamingOnly(tmp_path / "store", verify_reads="always")
+    tar, models = layer_with_models(tmp_path)
+    blob = gzip.compress(tar, mtime=0)
+    digest = await put_blob(store, "images/i", blob)
+    out = await rewrite_layer(store, "images/i", "images/i", digest, len(blob), SELECT, seal, TarLimits(), Codec())
+    new = await fetch(store, "images/i", out.digest)
+    assert out.size == len(new) and out.digest == "sha256:" + hashlib.sha256(new).hexdigest()
+    assert out.diff_id == "sha256:" + hashlib.sha256(gzip.decompress(new)).hexdigest()
+    assert sorted(out.encrypted) == sorted(models)

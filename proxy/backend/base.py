@@ -161,6 +161,18 @@ class Backend(ABC):
         """Append a chunk. ``start`` (from ``Content-Range``) must equal the current
         offset, else ``RANGE_INVALID``; ``None`` means "append" (streamed upload)."""
 
+    async def upload_path(self, repo: str, upload_id: str) -> Path | None:
+        """The local file of a session that holds no bytes yet, for an in-process
+        producer that appends to it itself (from any thread) instead of ``write_upload``;
+        ``None`` when the storage keeps no such file (then use ``write_upload``).
+
+        Taking the file is a promise: the producer hashes exactly the bytes it appends
+        and passes that digest to ``finish_upload``, which makes them durable and
+        publishes them without hashing them again. Bytes from clients never take this
+        path, and a ``write_upload`` to the session withdraws the promise: ``finish``
+        then hashes the content as usual."""
+        return None
+
     @abstractmethod
     async def finish_upload(
         self, repo: str, upload_id: str, digest: str, chunks: AsyncIterable[bytes] | None = None

@@ -61,11 +61,13 @@ _RUNNING_ALGORITHM = "sha256"
 
 @dataclass
 class _HashState:
-    """Running hash of an upload session's first ``offset`` bytes."""
+    """Running hash of an upload session's first ``offset`` bytes; ``hasher`` is
+    ``None`` while an in-process producer that took the session's file hashes them
+    itself (``upload_path``)."""
 
     repo: str
     offset: int
-    hasher: Any  # hashlib._Hash
+    hasher: Any  # hashlib._Hash | None
 
 
 def _disk_error(exc: OSError, action: str) -> RegistryError:
@@ -419,8 +421,9 @@ class FilesystemBackend(Backend):
         if start is not None and start != offset:
             raise RegistryError(Errors.RANGE_INVALID, {"offset": offset, "start": start})
         state = self._hashes.get(upload_id)
-        if state is not None and (state.repo != repo or state.offset != offset):
-            # Stale (another process touched the file, or a write failed half-way).
+        if state is not None and (state.hasher is None or state.repo != repo or state.offset != offset):
+            # Stale (another process touched the file, or a write failed half-way), or
+            # bytes joining a producer's own: finish hashes the file instead of trusting it.
             del self._hashes[upload_id]
             state = None
         if state is None and offset == 0:
@@ -466,6 +469,15 @@ class FilesystemBackend(Backend):
             offset = await self._append(repo, upload_id, session, chunks, start)
         return UploadStatus(upload_id, offset)
 
+    async def upload_path(self, repo: str, upload_id: str) -> Path | None:
+        session = self._session_dir(repo, upload_id)
+        async with self._session_lock(upload_id):
+            offset = await self._run(self._offset_sync, session, upload_id, action="read an upload")
+            if offset:
+                return None
+            self._hashes[upload_id] = _HashState(repo, 0, None)
+        return session / "data"
+
     def _hash_file(self, path: Path, algorithm: str) -> str:
         hasher = hashlib.new(algorithm)
         with open(path, "rb") as f:
@@ -507,7 +519,12 @@ class FilesystemBackend(Backend):
             else:
                 size = await self._run(self._offset_sync, session, upload_id, action="read an upload")
             state = self._hashes.pop(upload_id, None)
-            if (
+            if state is not None and state.repo == repo and state.hasher is None:
+                # The producer that took the session's file hashed what it appended
+                # (upload_path); its bytes are made durable here, once.
+                await self._run(self._fsync_file, session / "data", action="write an upload")
+                actual = expected.encoded
+            elif (
                 state is not None
                 and state.repo == repo
                 and state.offset == size
