@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import zstandard
-from isal import igzip_threaded, isal_zlib
+from isal import igzip, igzip_threaded, isal_zlib
 
 from proxy.backend import Backend, BlobReader
 from proxy.oci import mediatypes as mt
@@ -167,6 +167,7 @@ class _Bridge:
         self.outbox = _Channel(loop, self.cancelled)
         # Where the worker reads the source blob: the inbox, or the blob's file directly.
         self.source: Callable[[], bytes | None] = self.inbox.get_blocking
+        self.source_into: Callable[[Any], int] | None = None
         # Hash the source unless the storage vouches for it; set when the hash matched.
         self.verify_source = True
         self.source_matched = False
@@ -197,6 +198,12 @@ class _InboxReader(io.RawIOBase):
         return True
 
     def readinto(self, target: Any) -> int:
+        if not self._buffer and not self._eof and self.hasher is None and self.bridge.source_into is not None:
+            # Straight from the blob's file into the decompressor's buffer: no copy here.
+            n = self.bridge.source_into(target)
+            self.consumed += n
+            self._eof = n == 0
+            return n
         while not self._buffer and not self._eof:
             chunk = self.bridge.source()
             if chunk is None:
@@ -225,32 +232,58 @@ class _InboxReader(io.RawIOBase):
 
 
 class _FileSink:
-    """Appends to an upload session's own file (``Backend.upload_path``) from the
-    producing thread. The disk writes are started as the file grows, so the one fsync
-    at the end (``finish_upload``) waits for the last few megabytes, not the whole blob."""
+    """Appends to an upload session's own file (``Backend.upload_path``) in a thread of
+    its own behind a bounded queue, so a disk hiccup doesn't stall the compressor. The
+    disk writes are started as the file grows, so the one fsync at the end
+    (``finish_upload``) waits for the last few megabytes, not the whole blob."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cancelled: threading.Event) -> None:
         # No O_CREAT: a session cancelled meanwhile must not be resurrected.
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        self._written = 0
-        self._started = 0  # bytes whose writeback has been started
+        self._cancelled = cancelled
+        self._queue: queue.Queue[Any] = queue.Queue(_DEPTH * 2)
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="layer-write", daemon=True)
+        self._thread.start()
 
     def write(self, data: Any) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
-        self._written += len(data)
-        if self._written - self._started >= _WRITEBACK:
-            if hasattr(os, "posix_fadvise"):
-                # On Linux this starts writeback of the range (pages under writeback stay
-                # cached); elsewhere it is only a hint.
-                os.posix_fadvise(self._fd, self._started, self._written - self._started, os.POSIX_FADV_DONTNEED)
-            self._started = self._written
+        """Queue ``data``, which nobody changes afterwards; raises the writer's error."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self._queue.put(data, timeout=_POLL)
+                return
+            except queue.Full:
+                if self._cancelled.is_set():
+                    raise _Cancelled() from None
+
+    def _run(self) -> None:
+        written = started = 0  # bytes written, bytes whose writeback has been started
+        while (data := self._queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain: close() is on its way
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view):]
+                written += len(data)
+                if written - started >= _WRITEBACK and hasattr(os, "posix_fadvise"):
+                    # On Linux this starts writeback of the range (pages under writeback
+                    # stay cached); elsewhere it is only a hint.
+                    os.posix_fadvise(self._fd, started, written - started, os.POSIX_FADV_DONTNEED)
+                    started = written
+            except OSError as exc:
+                self.error = exc
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        """Wait for the queued writes (the thread always drains, so this can't hang)."""
+        if self._fd < 0:
+            return
+        self._queue.put(None)
+        self._thread.join()
+        os.close(self._fd)
+        self._fd = -1
 
 
 class _OutboxWriter(io.RawIOBase):
@@ -282,7 +315,7 @@ class _OutboxWriter(io.RawIOBase):
                     raise _Cancelled()
                 self.hasher.update(data)
                 self.size += n
-                self.sink.write(data)
+                self.sink.write(data)  # the compressor hands over a new bytes object each time
             except OSError as exc:
                 self.error, self.discard = exc, True
             except _Cancelled:
@@ -306,6 +339,9 @@ class _OutboxWriter(io.RawIOBase):
 
     def finish(self) -> None:
         self._send()
+        if self.sink is not None:
+            self.sink.close()
+            self.error = self.error or self.sink.error
         if self.error is not None:
             raise LayerError(f"storage failed: cannot write the new layer: {self.error.strerror or self.error}")
         if self.discard:
@@ -399,9 +435,83 @@ def _sniff(head: bytes) -> str:
     return "tar"
 
 
-def _decompressor(kind: str, raw: _InboxReader) -> Any:
+class _ThreadedBlocks:
+    """A decompressed stream produced in its own thread as whole blocks in a bounded
+    queue; ``read1`` hands out views of those blocks, so the walker gets the
+    decompressor's output without another copy."""
+
+    def __init__(self, produce: Callable[[], bytes], cancelled: threading.Event) -> None:
+        self._produce = produce
+        self._cancelled = cancelled
+        self._stopped = threading.Event()
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(_DEPTH)
+        self._block = memoryview(b"")
+        self._eof = False
+        self._thread = threading.Thread(target=self._run, name="layer-inflate", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        item: bytes | BaseException = b""
+        while True:
+            try:
+                item = self._produce()
+            except BaseException as exc:  # noqa: BLE001 - raised again in the reading thread
+                item = exc
+            while True:
+                if self._stopped.is_set() or self._cancelled.is_set():
+                    return
+                try:
+                    self._queue.put(item, timeout=_POLL)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(item, bytes) or not item:
+                return
+
+    def _fill(self) -> bool:
+        while not self._block and not self._eof:
+            try:
+                item = self._queue.get(timeout=_POLL)
+            except queue.Empty:
+                if self._cancelled.is_set():
+                    raise _Cancelled() from None
+                continue
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            self._block = memoryview(item)
+            self._eof = not item
+        return bool(self._block)
+
+    def read1(self, n: int = -1) -> memoryview:
+        if not self._fill():
+            return self._block
+        n = len(self._block) if n < 0 else n
+        piece, self._block = self._block[:n], self._block[n:]
+        return piece
+
+    def read(self, n: int = -1) -> bytes:
+        parts = []
+        while n and self._fill():
+            take = len(self._block) if n < 0 else min(n, len(self._block))
+            parts.append(self._block[:take])
+            self._block = self._block[take:]
+            n -= take
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._stopped.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        self._thread.join()
+
+
+def _decompressor(kind: str, raw: _InboxReader, cancelled: threading.Event) -> Any:
     if kind == "gzip":
-        return igzip_threaded.open(raw, "rb", threads=1)
+        # IGzipFile's buffered reader decompresses a large read straight into the block.
+        gz = igzip.IGzipFile(fileobj=raw, mode="rb")
+        return _ThreadedBlocks(lambda: gz.read(CHUNK), cancelled)
     if kind == "zstd":
         return io.BufferedReader(_ZstdReader(raw), CHUNK)
     return io.BufferedReader(raw, CHUNK)
@@ -414,7 +524,8 @@ class _Compressor:
         self.kind = kind
         self.out = out
         self._blocks: Any = None
-        self._pending = bytearray()
+        self._pending: list[memoryview] = []
+        self._pending_size = 0
         if kind == "gzip":
             self._stream: Any = igzip_threaded.open(out, "wb", compresslevel=codec.gzip_level, threads=codec.threads,
                                                     block_size=CHUNK)
@@ -428,28 +539,29 @@ class _Compressor:
             self._stream = out
         self.diff_hasher = _HashThread(cancelled)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: Any) -> None:
         self.diff_hasher.update(data)
         if self._blocks is None:
             self._stream.write(data)
             return
+        # Pieces are kept (rewrite_tar never reuses them) and joined into exact blocks:
+        # one copy per byte, and the writer queues a bytes block without copying it.
         view = memoryview(data)
-        if self._pending:
-            take = CHUNK - len(self._pending)
-            self._pending += view[:take]
+        while len(view) >= CHUNK - self._pending_size:
+            take = CHUNK - self._pending_size
+            self._pending.append(view[:take])
             view = view[take:]
-            if len(self._pending) < CHUNK:
-                return
-            self._blocks.write(self._pending)  # the writer copies what it queues
+            block = b"".join(self._pending) if len(self._pending) > 1 else bytes(self._pending[0])
             self._pending.clear()
-        whole = len(view) - len(view) % CHUNK
-        if whole:
-            self._blocks.write(view[:whole])
-        self._pending += view[whole:]
+            self._pending_size = 0
+            self._blocks.write(block)
+        if view:
+            self._pending.append(view)
+            self._pending_size += len(view)
 
     def close(self) -> None:
         if self._pending:
-            self._blocks.write(self._pending)
+            self._blocks.write(b"".join(self._pending))
             self._pending.clear()
         if self._stream is not self.out:
             self._stream.close()
@@ -532,6 +644,20 @@ class _FileSource:
             self._progress(len(data))
         return data
 
+    def readinto(self, target: Any) -> int:
+        if self._cancelled.is_set():
+            raise _Cancelled()
+        view = memoryview(target)[: min(len(target), self._remaining)]
+        if not view:
+            return 0
+        n = self._file.readinto(view)
+        if not n:
+            raise LayerError("source blob file ended early")
+        self._remaining -= n
+        if self._progress is not None:
+            self._progress(n)
+        return n
+
     def close(self) -> None:
         self._file.close()
 
@@ -564,7 +690,7 @@ async def _run(
         if reader.path is not None:
             try:
                 file_source = _FileSource(reader.path, reader.start, reader.length, bridge.cancelled, progress)
-                bridge.source = file_source
+                bridge.source, bridge.source_into = file_source, file_source.readinto
             except OSError:
                 file_source = None  # gone meanwhile: iterate the reader instead
         if file_source is None:
@@ -605,7 +731,7 @@ async def scan_layer(
     def work(bridge: _Bridge) -> bool:
         raw = _InboxReader(bridge, digest.split(":", 1)[0])
         kind = _sniff(raw.peek(4))
-        stream = _decompressor(kind, raw)
+        stream = _decompressor(kind, raw, bridge.cancelled)
         try:
             found = scan_tar(stream, select, limits)
             if not found:
@@ -644,13 +770,13 @@ async def rewrite_layer(
     def work(bridge: _Bridge, path: Path | None) -> RewriteStats:
         raw = _InboxReader(bridge, digest.split(":", 1)[0])
         kind = _sniff(raw.peek(4))
-        stream = _decompressor(kind, raw)
+        stream = _decompressor(kind, raw, bridge.cancelled)
         sink: _FileSink | None = None
         compressor: _Compressor | None = None
         try:
             if path is not None:
                 try:
-                    sink = _FileSink(path)
+                    sink = _FileSink(path, bridge.cancelled)
                 except OSError as exc:
                     raise LayerError(f"storage failed: cannot write the new layer: {exc.strerror or exc}") from None
             out = _OutboxWriter(bridge, sink)

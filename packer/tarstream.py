@@ -227,6 +227,9 @@ class _Source:
 
     def __init__(self, src: BinaryIO, limit: int) -> None:
         self._src = src
+        # Bulk content is taken as it comes (``read1``: no joining, and a source that
+        # hands out views of its own blocks copies nothing).
+        self._some: Callable[[int], bytes] = getattr(src, "read1", src.read)
         self.limit = limit
         self.offset = 0
 
@@ -242,6 +245,14 @@ class _Source:
                 parts.append(more)
                 got += len(more)
             data = b"".join(parts)
+        self.offset += len(data)
+        if self.offset > self.limit:
+            raise TarError(f"layer exceeds the decompressed size limit ({self.limit} bytes)")
+        return data
+
+    def some(self, n: int) -> bytes:
+        """Up to ``n`` bytes (at least one unless the stream ended)."""
+        data = self._some(n)
         self.offset += len(data)
         if self.offset > self.limit:
             raise TarError(f"layer exceeds the decompressed size limit ({self.limit} bytes)")
@@ -302,7 +313,7 @@ class _Walker:
 
     def copy(self, size: int, what: str) -> None:
         while size:
-            piece = self.src.read(min(size, PIECE))
+            piece = self.src.some(min(size, PIECE))
             if not piece:
                 raise TarError(f"layer is truncated inside {what} at offset {self.src.offset}")
             size -= len(piece)
@@ -310,7 +321,7 @@ class _Walker:
 
     def skip(self, size: int, what: str) -> None:
         while size:
-            piece = self.src.read(min(size, PIECE))
+            piece = self.src.some(min(size, PIECE))
             if not piece:
                 raise TarError(f"layer is truncated inside {what} at offset {self.src.offset}")
             size -= len(piece)
@@ -333,7 +344,7 @@ class _Walker:
                 self.emit(block)
                 # End of archive: everything after it (the second zero block, record
                 # padding) is copied as it is.
-                while rest := self.src.read(PIECE):
+                while rest := self.src.some(PIECE):
                     self.emit(rest)
                 self.stats.bytes_in = self.src.offset
                 return found
@@ -431,7 +442,7 @@ class _Walker:
         self.emit(_with_size(block, sealer.size))
         remaining = data_size
         while remaining:
-            piece = self.src.read(min(remaining, PIECE))
+            piece = self.src.some(min(remaining, PIECE))
             if not piece:
                 raise TarError(f"layer is truncated inside {name} at offset {self.src.offset}")
             remaining -= len(piece)
@@ -472,7 +483,10 @@ def rewrite_tar(
     seal: Callable[[str, int], Sealer],
     limits: TarLimits = TarLimits(),
 ) -> RewriteStats:
-    """Copy the tar to ``sink`` with every selected regular file sealed by ``seal``."""
+    """Copy the tar to ``sink`` with every selected regular file sealed by ``seal``.
+
+    ``sink`` gets bytes-like pieces (views of the source's blocks where it hands out
+    views); none of them is reused or changed afterwards, so the sink may keep them."""
     walker = _Walker(src, limits, select, sink, seal)
     walker.run(stop_at_match=False)
     return walker.stats
