@@ -193,11 +193,13 @@ def _splice(source: SocketSource, sink: socket.socket, _digest: None = None) -> 
             remaining = source.length - len(source.head)
             upstream, client = source.sock.fileno(), sink.fileno()
             flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+            # Each call is tried first and waited for only when it would block: every
+            # return from a syscall retakes the GIL, so fewer calls matter with many streams.
             while remaining > 0:
-                _wait(upstream, select.POLLIN, source.timeout, "backend")
                 try:
                     moved = os.splice(upstream, write_end, min(capacity, remaining), flags=flags)
                 except BlockingIOError:
+                    _wait(upstream, select.POLLIN, source.timeout, "backend")
                     continue
                 except OSError as exc:
                     raise RegistryError(Errors.UNAVAILABLE, message=f"backend blob stream failed: {exc}") from None
@@ -206,11 +208,10 @@ def _splice(source: SocketSource, sink: socket.socket, _digest: None = None) -> 
                 remaining -= moved
                 more = os.SPLICE_F_MORE if remaining else 0
                 while moved:
-                    _wait(client, select.POLLOUT, source.timeout, "client")
                     try:
                         moved -= os.splice(read_end, client, moved, flags=flags | more)
                     except BlockingIOError:
-                        continue
+                        _wait(client, select.POLLOUT, source.timeout, "client")
                     except OSError as exc:
                         raise ConnectionResetError(f"client connection lost: {exc}") from None
         finally:
