@@ -2,10 +2,12 @@
 
 When a backend hands over its plain-TCP upstream connection (``BlobReader.detach``) and
 the client's connection is plain TCP too, the body skips aiohttp's client stream reader
-and the server transport: one thread per stream runs ``recv_into`` / hash / ``sendall``
-over duplicates of the two sockets, releasing the GIL in each call. On the bench machine
-this took about half the CPU per byte of the chunk loop, digest verification included
-(hashing in the same thread, on bytes still in cache, beat handing them to another).
+and the server transport: one thread per stream moves it between duplicates of the two
+sockets, releasing the GIL in each call. A body that must be verified (a blob not yet
+in the storage's ledger of verified blobs) goes ``recv_into`` / hash / ``sendall``,
+hashed in the same thread while the bytes are still in cache; a trusted one goes through
+a kernel pipe with ``splice(2)`` and never enters user space (on the bench machine 0.3
+CPU-seconds per GB against 1.1 with the hash, and less than nginx's proxy spends).
 
 Files of the embedded storage go the same way with ``sendfile(2)`` (``send_file``), so
 concurrent streams spread over every core instead of sharing the event-loop thread.
