@@ -195,37 +195,53 @@ def _splice(source: SocketSource, sink: socket.socket, _digest: None = None) -> 
             remaining = source.length - len(source.head)
             upstream, client = source.sock.fileno(), sink.fileno()
             flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-            # Each call is tried first and waited for only when it would block: every
-            # return from a syscall retakes the GIL, so fewer calls matter with many streams.
-            while remaining > 0:
-                try:
-                    moved = os.splice(upstream, write_end, min(capacity, remaining), flags=flags)
-                except BlockingIOError:
-                    _wait(upstream, select.POLLIN, source.timeout, "backend")
-                    continue
-                except OSError as exc:
-                    raise RegistryError(Errors.UNAVAILABLE, message=f"backend blob stream failed: {exc}") from None
-                if not moved:
-                    raise RegistryError(Errors.UNAVAILABLE, {"missing": remaining}, message="backend stream ended early")
-                remaining -= moved
-                more = os.SPLICE_F_MORE if remaining else 0
-                while moved:
+            # Both directions in one loop, each call tried first: the pipe keeps taking
+            # upstream bytes while the client drains, and the thread sleeps (in poll)
+            # only when neither side can move. Every syscall return retakes the GIL, so
+            # fewer calls matter with many streams.
+            buffered = 0
+            while remaining or buffered:
+                moved = False
+                if remaining and buffered < capacity:
                     try:
-                        moved -= os.splice(read_end, client, moved, flags=flags | more)
+                        received = os.splice(upstream, write_end, min(capacity - buffered, remaining), flags=flags)
                     except BlockingIOError:
-                        _wait(client, select.POLLOUT, source.timeout, "client")
+                        received = None
+                    except OSError as exc:
+                        raise RegistryError(Errors.UNAVAILABLE, message=f"backend blob stream failed: {exc}") from None
+                    if received == 0:
+                        raise RegistryError(Errors.UNAVAILABLE, {"missing": remaining}, message="backend stream ended early")
+                    if received:
+                        remaining -= received
+                        buffered += received
+                        moved = True
+                if buffered:
+                    more = os.SPLICE_F_MORE if remaining else 0
+                    try:
+                        sent = os.splice(read_end, client, buffered, flags=flags | more)
+                    except BlockingIOError:
+                        sent = 0
                     except OSError as exc:
                         raise ConnectionResetError(f"client connection lost: {exc}") from None
+                    buffered -= sent
+                    moved = moved or sent > 0
+                if not moved:
+                    _wait_either(upstream if remaining and buffered < capacity else None,
+                                 client if buffered else None, source.timeout)
         finally:
             os.close(read_end)
             os.close(write_end)
 
 
-def _wait(fd: int, event: int, timeout: float, side: str) -> None:
+def _wait_either(upstream: int | None, client: int | None, timeout: float) -> None:
+    """Sleep until ``upstream`` is readable or ``client`` writable (or either hangs up)."""
     poller = select.poll()
-    poller.register(fd, event)
+    if upstream is not None:
+        poller.register(upstream, select.POLLIN)
+    if client is not None:
+        poller.register(client, select.POLLOUT)
     if not poller.poll(timeout * 1000):
-        if side == "client":
+        if client is not None:
             raise ConnectionResetError(f"client read nothing for {timeout:.0f} s")
         raise RegistryError(Errors.UNAVAILABLE, message=f"backend sent nothing for {timeout:.0f} s")
 
