@@ -33,7 +33,7 @@ from .backend.factory import create_backend
 from .config import Config
 from .meta import Database
 from .metrics import Metrics
-from .service import referrers
+from .service import journal, referrers
 from .service.events import EventBus
 from .service.policy import AllowAll, PolicyChain
 from .service.registry import RegistryService
@@ -64,6 +64,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         backend,
         referrers.ReferrersIndex(app[DATABASE], backend),
         app[EVENTS],
+        journal.ChangeJournal(app[DATABASE]),
         max_manifest_bytes=config.server.max_manifest_bytes,
     )
     app.cleanup_ctx.append(_storage)
@@ -76,6 +77,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app.cleanup_ctx.append(_full_builds)  # after storage: needs the database and backend open
     app[PACKER] = Packer(config, app[DATABASE], app[REGISTRY], app[EVENTS], policy=app[POLICY])
     app.cleanup_ctx.append(_packer)  # after storage: needs the database and backend open
+    app.cleanup_ctx.append(_replay_changes)  # last: every event listener is subscribed
     app.on_response_prepare.append(middleware.add_api_version)
     add_routes(app, V2_ROUTES, HANDLERS)
     add_ops_routes(app)
@@ -91,7 +93,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     db, backend = app[DATABASE], app[BACKEND]
     await db.open()
-    await db.migrate(referrers.SCHEMA)
+    await db.migrate(referrers.SCHEMA + journal.SCHEMA)
     await backend.start()
     sweeper = asyncio.create_task(_sweep_uploads(backend))
     yield
@@ -100,6 +102,13 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         await sweeper
     await backend.close()
     await db.close()
+
+
+async def _replay_changes(app: web.Application) -> AsyncIterator[None]:
+    replayed = await app[REGISTRY].replay_changes()
+    if replayed:
+        log.info("manifest changes interrupted by a crash finished", extra={"count": replayed})
+    yield
 
 
 async def _packer(app: web.Application) -> AsyncIterator[None]:

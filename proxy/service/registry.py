@@ -1,14 +1,17 @@
 """Registry rules above the storage backend.
 
 Manifest validation, Accept negotiation, the digest-addressed manifest cache, the
-referrers index, pagination and the "manifest stored" event live here, so every backend
-behaves the same and the HTTP handlers only parse and respond."""
+referrers index, pagination and the "manifest stored" event (made crash-safe by the
+change journal) live here, so every backend behaves the same and the HTTP handlers only
+parse and respond."""
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import hashlib
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
@@ -19,9 +22,12 @@ from ..oci.manifest import Descriptor, ParsedManifest, accepts, parse_manifest
 from ..oci.reference import is_digest, parse_digest, sha256_digest, validate_tag
 from .events import EventBus, ManifestDeleted, ManifestStored
 from .flights import Flights
+from .journal import Change, ChangeJournal
 from .referrers import ReferrersIndex
 
 __all__ = ["RegistryService", "StoredManifest", "paginate"]
+
+log = logging.getLogger(__name__)
 
 # Child presence checks run concurrently, but not unboundedly against the backend.
 _CHECK_CONCURRENCY = 16
@@ -82,6 +88,7 @@ class RegistryService:
         backend: Backend,
         referrers: ReferrersIndex,
         events: EventBus,
+        journal: ChangeJournal,
         *,
         max_manifest_bytes: int = 4 * 1024 * 1024,
         manifest_cache_bytes: int = 64 * 1024 * 1024,
@@ -89,6 +96,7 @@ class RegistryService:
         self.backend = backend
         self.referrers = referrers
         self.events = events
+        self.journal = journal
         self.max_manifest_bytes = max_manifest_bytes
         self._cache = _ManifestCache(manifest_cache_bytes)
         # Concurrent pulls of one manifest share a backend read (never an older one).
@@ -155,11 +163,35 @@ class RegistryService:
             tag = validate_tag(reference)
         manifest = parse_manifest(data, content_type)
         await self._check_references(repo, manifest)
-        await self.backend.put_manifest(repo, reference, data, manifest.media_type, digest)
+        # Shielded: a client that goes away must not cut a stored manifest off from its
+        # referrers entry and event.
+        await asyncio.shield(self._store(repo, reference, tag, data, manifest, digest, actor))
+        return StoredManifest(digest, manifest)
+
+    async def _store(
+        self, repo: str, reference: str, tag: str | None, data: bytes, manifest: ParsedManifest,
+        digest: str, actor: str | None,
+    ) -> None:
+        change = await self.journal.begin("put", repo, reference, digest, actor)
+        try:
+            await self.backend.put_manifest(repo, reference, data, manifest.media_type, digest)
+        except BaseException:
+            await self._forget_change(change)  # the client hears of the failure and retries
+            raise
+        await self._after_put(repo, tag, digest, data, manifest, actor)
+        await self.journal.end(change)
+
+    async def _after_put(
+        self, repo: str, tag: str | None, digest: str, data: bytes, manifest: ParsedManifest, actor: str | None
+    ) -> None:
         self._cache.put(repo, ManifestData(digest, manifest.media_type, data))
         await self.referrers.record(repo, digest, len(data), manifest)
         await self.events.publish(ManifestStored(repo, digest, manifest.media_type, tag, manifest, actor))
-        return StoredManifest(digest, manifest)
+
+    async def _forget_change(self, change: int) -> None:
+        # Never hide the backend's error behind a metadata one.
+        with contextlib.suppress(Exception):
+            await self.journal.end(change)
 
     async def _check_references(self, repo: str, manifest: ParsedManifest) -> None:
         limit = asyncio.Semaphore(_CHECK_CONCURRENCY)
@@ -190,11 +222,64 @@ class RegistryService:
             parse_digest(reference)
         else:
             validate_tag(reference)
-        await self.backend.delete_manifest(repo, reference)
+        await asyncio.shield(self._delete(repo, reference, actor))
+
+    async def _delete(self, repo: str, reference: str, actor: str | None) -> None:
+        change = await self.journal.begin("delete", repo, reference, None, actor)
+        try:
+            await self.backend.delete_manifest(repo, reference)
+        except BaseException:
+            await self._forget_change(change)
+            raise
+        await self._after_delete(repo, reference, actor)
+        await self.journal.end(change)
+
+    async def _after_delete(self, repo: str, reference: str, actor: str | None) -> None:
         if is_digest(reference):
             self._cache.drop(repo, reference)
             await self.referrers.forget(repo, reference)
         await self.events.publish(ManifestDeleted(repo, reference, actor))
+
+    # -- crash recovery ------------------------------------------------------------
+    async def replay_changes(self) -> int:
+        """Finish the manifest changes a crash interrupted (``journal.py``); returns how
+        many had taken effect. A change the backend can't confirm now stays pending."""
+        replayed = 0
+        for change in await self.journal.pending():
+            try:
+                took_effect = await (self._replay_put(change) if change.op == "put" else self._replay_delete(change))
+            except RegistryError as exc:
+                log.warning("manifest change left pending", extra={"repo": change.repo, "reference": change.reference,
+                                                                   "error": exc.message})
+                continue
+            replayed += took_effect
+            await self.journal.end(change.id)
+        return replayed
+
+    async def _replay_put(self, change: Change) -> bool:
+        assert change.digest is not None
+        try:
+            item = await self.backend.get_manifest(change.repo, change.digest)
+            tag = None if is_digest(change.reference) else change.reference
+            if tag is not None and (await self.backend.stat_manifest(change.repo, tag)).digest != change.digest:
+                tag = None  # moved on since: the event must not make the older push the latest
+        except RegistryError as exc:
+            if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
+                return False  # never stored
+            raise
+        manifest = parse_manifest(item.data, item.media_type)
+        await self._after_put(change.repo, tag, change.digest, item.data, manifest, change.actor)
+        return True
+
+    async def _replay_delete(self, change: Change) -> bool:
+        try:
+            await self.backend.stat_manifest(change.repo, change.reference)
+            return False  # still there: the delete never happened
+        except RegistryError as exc:
+            if exc.error not in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
+                raise
+        await self._after_delete(change.repo, change.reference, change.actor)
+        return True
 
     async def list_referrers(self, repo: str, digest: str, artifact_type: str | None) -> list[Descriptor]:
         parse_digest(digest)
