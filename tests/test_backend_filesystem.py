@@ -699,3 +699,46 @@ async def test_failed_publish_keeps_session_for_retry(backend: FilesystemBackend
     assert (await backend.upload_status(REPO, upload_id)).offset == len(data)
     info = await backend.finish_upload(REPO, upload_id, sha256(data))
     assert await read_all(await backend.open_blob(REPO, info.digest)) == data
+
+
+# -- the ledger of verified blobs -------------------------------------------------------
+def test_verified_blobs_is_a_bounded_lru_keyed_by_digest_and_size() -> None:
+    from proxy.backend.ledger import VerifiedBlobs
+
+    ledger = VerifiedBlobs(max_entries=2)
+    ledger.add("sha256:a", 1)
+    ledger.add("sha256:b", 2)
+    assert ledger.holds("sha256:a", 1)  # now the most recently used
+    assert not ledger.holds("sha256:a", 2)  # another size is another claim
+    ledger.add("sha256:c", 3)  # evicts b, the least recently used
+    assert not ledger.holds("sha256:b", 2)
+    assert ledger.holds("sha256:a", 1) and ledger.holds("sha256:c", 3)
+    assert len(ledger) == 2
+
+
+async def test_uploaded_blobs_read_as_verified_until_a_restart(tmp_path) -> None:
+    data = b"verified on the way in"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    async def chunks():
+        yield data
+
+    backend = FilesystemBackend(tmp_path)
+    await backend.start()
+    session = await backend.start_upload("a/b")
+    await backend.finish_upload("a/b", session.upload_id, digest, chunks())
+    async with await backend.open_blob("a/b", digest) as reader:
+        assert reader.verified
+    restarted = FilesystemBackend(tmp_path)
+    await restarted.start()
+    async with await restarted.open_blob("a/b", digest) as reader:
+        assert not reader.verified  # bit rot at rest is caught by the next whole read
+        reader.confirm()
+    async with await restarted.open_blob("a/b", digest) as reader:
+        assert reader.verified
+    strict = FilesystemBackend(tmp_path, verify_reads="always")
+    await strict.start()
+    async with await strict.open_blob("a/b", digest) as reader:
+        reader.confirm()
+    async with await strict.open_blob("a/b", digest) as reader:
+        assert not reader.verified
