@@ -56,8 +56,8 @@ async def relay(source: SocketSource, sink: socket.socket, digest: str | None) -
     as a complete body. Without, they move through a kernel pipe (``splice(2)``) and never
     enter user space. A bad or short upstream body raises ``UNAVAILABLE``, a client that
     went away ``ConnectionResetError``."""
-    copy = _copy if digest is not None else _splice
-    await _in_thread(partial(copy, source, sink, digest), (source.sock, sink))
+    work = partial(_copy, source, sink, digest) if digest is not None else partial(_splice, source, sink)
+    await _in_thread(work, (source.sock, sink))
 
 
 async def send_file(
@@ -140,27 +140,23 @@ def _file_pieces(source: Any, length: int) -> Iterator[memoryview]:
         yield buffer[:received]
 
 
-def _copy(source: SocketSource, sink: socket.socket, digest: str | None) -> None:
+def _copy(source: SocketSource, sink: socket.socket, digest: str) -> None:
     with source.sock, sink:
         sink.settimeout(source.timeout)  # a client that stops reading must not pin the thread forever
         _send_hashed(_pieces(source), source.length, sink, digest)
 
 
-def _send_hashed(pieces: Iterator[memoryview], length: int, sink: socket.socket, digest: str | None) -> None:
-    """Send ``pieces``; with ``digest``, hash them and send the last only on a match."""
-    algorithm, _, expected = (digest or "").partition(":")
-    hasher = hashlib.new(algorithm) if digest else None
+def _send_hashed(pieces: Iterator[memoryview], length: int, sink: socket.socket, digest: str) -> None:
+    """Send ``pieces``, hashing them; the last goes only once the digest matches."""
+    algorithm, _, expected = digest.partition(":")
+    hasher = hashlib.new(algorithm)
     hashed = 0
     for piece in pieces:
-        if hasher is not None:
-            hasher.update(piece)  # in this thread, while the bytes are still in cache
-            hashed += len(piece)
-            if hashed == length and hasher.hexdigest() != expected:
-                raise RegistryError(Errors.UNAVAILABLE, {"digest": digest}, message="blob failed digest verification")
-        try:
-            sink.sendall(piece)
-        except OSError as exc:
-            raise ConnectionResetError(f"client connection lost: {exc}") from None
+        hasher.update(piece)  # in this thread, while the bytes are still in cache
+        hashed += len(piece)
+        if hashed == length and hasher.hexdigest() != expected:
+            raise RegistryError(Errors.UNAVAILABLE, {"digest": digest}, message="blob failed digest verification")
+        _send_all(sink, piece)
 
 
 def _pieces(source: SocketSource) -> Iterator[memoryview]:
@@ -180,7 +176,7 @@ def _pieces(source: SocketSource) -> Iterator[memoryview]:
         yield buffer[:received]
 
 
-def _splice(source: SocketSource, sink: socket.socket, _digest: None = None) -> None:
+def _splice(source: SocketSource, sink: socket.socket) -> None:
     """Upstream socket -> pipe -> client socket with ``splice(2)``: no copies through
     user space. Both sockets stay non-blocking; ``poll`` waits with the timeout."""
     read_end, write_end = os.pipe()
@@ -246,7 +242,7 @@ def _wait_either(upstream: int | None, client: int | None, timeout: float) -> No
         raise RegistryError(Errors.UNAVAILABLE, message=f"backend sent nothing for {timeout:.0f} s")
 
 
-def _send_all(sink: socket.socket, data: bytes) -> None:
+def _send_all(sink: socket.socket, data: bytes | memoryview) -> None:
     try:
         sink.sendall(data)
     except OSError as exc:
