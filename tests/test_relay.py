@@ -247,16 +247,22 @@ async def proxied(aiohttp_client, upstream, tmp_path: Path):
     return fake, client
 
 
-async def test_whole_blob_through_the_app(proxied, monkeypatch) -> None:
-    _, client = proxied
-    relayed = []
+@pytest.fixture
+def relayed(monkeypatch) -> list[str | None]:
+    """The digest each relay through the app was asked to verify (``None``: trusted)."""
+    seen: list[str | None] = []
+    real_relay = relay.relay
 
     async def spy(source: SocketSource, sink: socket.socket, digest: str | None) -> None:
-        relayed.append(digest)
+        seen.append(digest)
         await real_relay(source, sink, digest)
 
-    real_relay = relay.relay
     monkeypatch.setattr(relay, "relay", spy)
+    return seen
+
+
+async def test_whole_blob_through_the_app(proxied, relayed) -> None:
+    _, client = proxied
     for _ in range(2):  # the second request reuses the client's keep-alive connection
         resp = await client.get(f"/v2/a/b/blobs/{DIGEST}")
         assert resp.status == 200
@@ -269,19 +275,10 @@ async def test_whole_blob_through_the_app(proxied, monkeypatch) -> None:
     assert await no_relay_threads_left()
 
 
-async def test_verify_reads_always_hashes_every_read(aiohttp_client, upstream, tmp_path: Path, monkeypatch) -> None:
-    fake, _ = upstream
+async def test_verify_reads_always_hashes_every_read(aiohttp_client, upstream, tmp_path: Path, relayed) -> None:
     backend = RegistryBackend(str(upstream[1]._origin), verify_reads="always")
     await backend.start()
     client = await aiohttp_client(create_app(make_config(tmp_path, "filesystem"), backend=backend))
-    relayed = []
-
-    async def spy(source: SocketSource, sink: socket.socket, digest: str | None) -> None:
-        relayed.append(digest)
-        await real_relay(source, sink, digest)
-
-    real_relay = relay.relay
-    monkeypatch.setattr(relay, "relay", spy)
     for _ in range(2):
         resp = await client.get(f"/v2/a/b/blobs/{DIGEST}")
         assert await resp.read() == BLOB
