@@ -14,6 +14,7 @@ from aiohttp import web
 from packer.fullbuild.freeze import FreezePolicy
 from packer.fullbuild.names import Namespaces
 from packer.fullbuild.service import FullBuildService
+from packer.metrics import StateGauges
 from packer.runtime import Packer
 
 from .api import manage, middleware
@@ -76,6 +77,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app[POLICY].add(FreezePolicy(builds.store, lambda: builds.license_suffixes, builds.namespaces))
     app.cleanup_ctx.append(_full_builds)  # after storage: needs the database and backend open
     app[PACKER] = Packer(config, app[DATABASE], app[REGISTRY], app[EVENTS], policy=app[POLICY])
+    app[METRICS].on_scrape(StateGauges(app[DATABASE], app[METRICS].registry).refresh)
     app.cleanup_ctx.append(_packer)  # after storage: needs the database and backend open
     app.cleanup_ctx.append(_replay_changes)  # last: every event listener is subscribed
     app.on_response_prepare.append(middleware.add_api_version)

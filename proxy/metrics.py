@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Awaitable, Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["Metrics"]
+
+log = logging.getLogger(__name__)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # Refreshed before each scrape: figures read from a store rather than counted.
+        self._refreshers: list[Callable[[], Awaitable[None]]] = []
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.requests = Counter(
             "algomint_http_requests", "HTTP requests by route and status", ["route", "method", "status"],
@@ -45,5 +52,13 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def render(self) -> bytes:
+    def on_scrape(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        self._refreshers.append(refresh)
+
+    async def scrape(self) -> bytes:
+        for refresh in self._refreshers:
+            try:
+                await refresh()
+            except Exception:  # noqa: BLE001 - stale figures beat a failed scrape
+                log.warning("metrics refresh failed", exc_info=True)
         return generate_latest(self.registry)

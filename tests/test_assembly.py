@@ -229,6 +229,19 @@ async def test_deleting_a_business_package_removes_it_from_the_generic_referrers
     assert listed["manifests"] == []
 
 
+async def test_metrics_count_jobs_by_status(app_client, plugin_service, uid, tmp_path):
+    client = app_client
+    refs = await _four_kinds(client, plugin_service, uid)
+    await create_chain(client, f"door-{uid}", [f"generic/algo-{uid}"], [refs[0]])
+    await push_generic(client, f"generic/algo-{uid}", "1.0", {"m": b"m"}, tmp_path / "g")
+    await wait_jobs_done(client, chain=f"door-{uid}")
+    text = await (await client.get("/metrics")).text()
+    assert 'algomint_assembly_jobs{status="succeeded"} 1.0' in text
+    assert 'algomint_assembly_jobs{status="failed"} 0.0' in text
+    for series in ('algomint_webhook_deliveries{status="dead"}', 'algomint_full_builds{state="running"}'):
+        assert series in text
+
+
 async def test_management_routes_are_described(app_client):
     document = await (await app_client.get("/api/v1/openapi.json")).json()
     for path in ("/api/v1/chains", "/api/v1/chains/{name}/assemble", "/api/v1/plugins", "/api/v1/assemblies/{id}",

@@ -30,7 +30,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return web.Response(body=await request.app[METRICS].scrape(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 def add_ops_routes(app: web.Application) -> None:
