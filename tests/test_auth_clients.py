@@ -1,5 +1,5 @@
 """Real clients logging in to algomint with auth on, on both backends: skopeo (login,
---creds, an API token as password) and the oras Python SDK's login."""
+--creds, an API token as password), podman (login, pull) and the oras Python SDK's login."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.auth import ADMIN, AuthEnv, auth_env, password_of, seed_image  # noqa: F401
 from tests.support.images import write_oci_layout
+from tests.support.podman import PODMAN, Podman
 
 SKOPEO = shutil.which("skopeo")
 TLS = "--tls-verify=false"
@@ -71,6 +72,32 @@ async def test_skopeo_push_pull_with_creds_and_login(auth_env: AuthEnv, tmp_path
     # anonymous gets nothing
     code, out = await skopeo("inspect", TLS, "--raw", "--no-creds", f"docker://{host}/{business}:1.0")
     assert code != 0
+
+
+@pytest.mark.skipif(PODMAN is None, reason="podman is not installed")
+async def test_podman_login_and_pull(auth_env: AuthEnv, tmp_path: Path):
+    host, uid = _host(auth_env), uuid.uuid4().hex[:8]
+    src = tmp_path / "src"
+    write_oci_layout(src, "v1", [{"opt/models/face.onnx": os.urandom(300_000)}])
+    image = f"generic/face-{uid}"
+    code, out = await skopeo("copy", "--dest-tls-verify=false", "--dest-creds", creds("alg"),
+                             f"oci:{src}:v1", f"docker://{host}/{image}:v1")
+    assert code == 0, out
+    authfile = tmp_path / "auth.json"
+    authfile.write_text('{"auths": {}}')  # no credentials yet, whatever the machine's own file holds
+    podman = Podman(tmp_path / "podman")
+    try:
+        code, out = await podman("pull", TLS, "--authfile", str(authfile), f"{host}/{image}:v1")
+        assert code != 0 and "unauthorized" in out.lower(), out  # no login yet
+        code, out = await podman("login", TLS, "--authfile", str(authfile), "-u", "alg", "-p", password_of("alg"), host)
+        assert code == 0 and "Login Succeeded" in out, out
+        code, out = await podman("pull", TLS, "--authfile", str(authfile), f"{host}/{image}:v1")
+        assert code == 0, out
+        # a consumer holds no pull on generic/**
+        code, out = await podman("pull", TLS, "--creds", creds("cons"), f"{host}/{image}:v1")
+        assert code != 0 and ("denied" in out.lower() or "unauthorized" in out.lower()), out
+    finally:
+        podman.close()
 
 
 async def test_skopeo_with_a_robot_token_as_password(auth_env: AuthEnv, tmp_path: Path):

@@ -1,4 +1,4 @@
-"""Real clients end to end through algomint on both backends: skopeo and the oras SDK."""
+"""Real clients end to end through algomint on both backends: skopeo, podman and the oras SDK."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.images import write_oci_layout
+from tests.support.podman import PODMAN, Podman
 
 SKOPEO = shutil.which("skopeo")
 TLS = "--tls-verify=false"
@@ -53,6 +54,24 @@ async def test_skopeo_round_trip(client, repo, tmp_path):
     assert _layout_digests(out) == _layout_digests(src)
     tags = json.loads(await run(SKOPEO, "list-tags", TLS, f"docker://{host}/{repo}"))
     assert tags["Tags"] == ["v1"]
+
+
+@pytest.mark.skipif(SKOPEO is None or PODMAN is None, reason="skopeo or podman is not installed")
+async def test_podman_pulls_what_skopeo_pushed(client, repo, tmp_path):
+    src = tmp_path / "src"
+    write_oci_layout(src, "v1", [{"bin/app": os.urandom(300_000)}, {"opt/models/face.onnx": os.urandom(200_000)}])
+    host = f"127.0.0.1:{client.server.port}"
+    await run(SKOPEO, "copy", "--dest-tls-verify=false", f"oci:{src}:v1", f"docker://{host}/{repo}:v1")
+    pushed = json.loads(await run(SKOPEO, "inspect", TLS, f"docker://{host}/{repo}:v1"))
+    podman = Podman(tmp_path / "podman")
+    try:
+        code, out = await podman("pull", TLS, f"{host}/{repo}:v1")
+        assert code == 0, out
+        code, out = await podman("image", "inspect", "--format", "{{.Digest}} {{len .RootFS.Layers}}", f"{host}/{repo}:v1")
+        assert code == 0, out
+        assert out.split() == [pushed["Digest"], "2"]
+    finally:
+        podman.close()
 
 
 async def test_oras_push_pull_with_subject_and_referrers(client, repo, tmp_path, monkeypatch):
