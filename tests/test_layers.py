@@ -196,3 +196,55 @@ async def test_rewrite_through_the_event_loop(tmp_path):
     assert out.size == len(new) and out.digest == "sha256:" + hashlib.sha256(new).hexdigest()
     assert out.diff_id == "sha256:" + hashlib.sha256(gzip.decompress(new)).hexdigest()
     assert sorted(out.encrypted) == sorted(models)
+
+
+def _refuse_direct_writes(monkeypatch):
+    """A filesystem that accepts O_DIRECT at open but refuses direct writes."""
+    import errno
+    import fcntl
+
+    import packer.layers as layers
+
+    write_all = layers._write_all
+
+    def refusing(fd, data):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "direct I/O refused")
+        write_all(fd, data)
+
+    monkeypatch.setattr(layers, "_write_all", refusing)
+
+
+@pytest.mark.parametrize("disk", ["direct", "no-direct-io", "direct-writes-refused"])
+async def test_new_layer_written_to_the_session_file(backend, monkeypatch, disk):
+    if disk == "no-direct-io":
+        monkeypatch.delattr(os, "O_DIRECT", raising=False)
+    elif disk == "direct-writes-refused":
+        if not hasattr(os, "O_DIRECT"):
+            pytest.skip("no O_DIRECT here")
+        _refuse_direct_writes(monkeypatch)
+    # Random content: the new layer spans several staging buffers and ends unaligned.
+    blob = gzip.compress(plain_layer({"opt/models/a.onnx": os.urandom(20_000_001), "etc/x": b"x"}), 1)
+    digest = await put_blob(backend, "images/j", blob)
+    out = await rewrite_layer(backend, "images/j", "images/j", digest, len(blob), SELECT, seal, TarLimits(), Codec())
+    new = await fetch(backend, "images/j", out.digest)
+    assert out.size == len(new) > 20_000_000
+    assert out.digest == "sha256:" + hashlib.sha256(new).hexdigest()
+    assert out.diff_id == "sha256:" + hashlib.sha256(gzip.decompress(new)).hexdigest()
+
+
+async def test_disk_full_while_writing_the_new_layer(backend, monkeypatch):
+    import errno
+
+    import packer.layers as layers
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(layers, "_write_all", full)
+    blob = gzip.compress(plain_layer({"opt/models/a.onnx": os.urandom(12_000_000)}), 1)
+    digest = await put_blob(backend, "images/k", blob)
+    with pytest.raises(LayerError, match="storage failed: cannot write the new layer: No space left"):
+        await rewrite_layer(backend, "images/k", "images/k", digest, len(blob), SELECT, seal, TarLimits(), Codec())
+    uploads = backend._repo_dir("images/k") / "_uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
