@@ -164,7 +164,8 @@ class Backend(ABC):
     async def upload_path(self, repo: str, upload_id: str) -> Path | None:
         """The local file of a session that holds no bytes yet, for an in-process
         producer that appends to it itself (from any thread) instead of ``write_upload``;
-        ``None`` when the storage keeps no such file (then use ``write_upload``).
+        ``None`` when the storage keeps no such file or the session already holds bytes
+        (then use ``write_upload``).
 
         Taking the file is a promise: the producer hashes exactly the bytes it appends
         and passes that digest to ``finish_upload``, which makes them durable and

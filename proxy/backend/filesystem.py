@@ -23,6 +23,8 @@ into place. Publishing the same content twice is harmless (same bytes, same name
 Upload sessions live on disk and survive a restart. A running sha256 is kept in memory per
 session so finishing an upload needs no re-read in the common case; after a restart (or
 if the in-memory state does not match the file) the data is re-hashed from disk in chunks.
+A session whose file an in-process producer took (``upload_path``) keeps no running hash:
+the producer's digest is trusted and its bytes are fsynced once, at finish.
 
 All disk work runs in worker threads (``asyncio.to_thread``); ``OSError`` never escapes:
 it becomes the matching ``RegistryError`` or ``UNAVAILABLE``.
