@@ -264,16 +264,11 @@ class _FileSink:
         self._thread.start()
 
     def write(self, data: Any) -> None:
-        """Queue ``data``, which nobody changes afterwards; raises the writer's error."""
-        while True:
-            if self.error is not None:
-                raise self.error
-            try:
-                self._queue.put(data, timeout=_POLL)
-                return
-            except queue.Full:
-                if self._cancelled.is_set():
-                    raise _Cancelled() from None
+        """Queue ``data``, which nobody changes afterwards; raises the writer's error
+        (after one, the writer keeps draining, so the queue never stays full)."""
+        if self.error is not None:
+            raise self.error
+        _put(self._queue, data, self._cancelled)
 
     def _run(self) -> None:
         # Whatever fails, keep draining until close(): a producer must never block.
@@ -418,6 +413,17 @@ class _OutboxWriter(io.RawIOBase):
             self.bridge.put(None)
 
 
+def _put(target: "queue.Queue[Any]", item: Any, cancelled: threading.Event) -> None:
+    """Put into a bounded queue; while it is full, give up once the build is cancelled."""
+    while True:
+        try:
+            target.put(item, timeout=_POLL)
+            return
+        except queue.Full:
+            if cancelled.is_set():
+                raise _Cancelled() from None
+
+
 class _HashThread:
     """A digest computed beside the caller: ``update`` hands pieces to a thread (bounded),
     so verifying the source doesn't sit on the decompressor's critical path."""
@@ -442,13 +448,7 @@ class _HashThread:
             self._hasher.update(piece)
 
     def update(self, data: bytes) -> None:
-        while True:
-            try:
-                self._queue.put(data, timeout=_POLL)
-                return
-            except queue.Full:
-                if self._cancelled.is_set():
-                    raise _Cancelled() from None
+        _put(self._queue, data, self._cancelled)
 
     def hexdigest(self) -> str:
         self._queue.put(None)
