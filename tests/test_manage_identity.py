@@ -173,6 +173,19 @@ async def test_management_errors_have_one_shape(auth_env: AuthEnv):
         assert set(body) == {"error"} and {"code", "message"} <= set(body["error"])
 
 
+async def test_a_cursor_of_another_listing_is_refused(auth_env: AuthEnv):
+    from proxy.api.manage.router import encode_cursor
+
+    client = auth_env.client
+    # users and tokens page by name or id (strings); grants and audit by number; full builds by a pair.
+    for path, wrong in (("users", 7), ("tokens", 7), ("grants", "alice"), ("audit", "alice"), ("full-builds", 7)):
+        resp = await client.get(f"/api/v1/{path}", params={"cursor": encode_cursor(wrong)}, headers=basic(ADMIN))
+        assert resp.status == 400, path
+        assert (await resp.json())["error"]["message"] == "invalid cursor"
+    resp = await client.get("/api/v1/grants", params={"cursor": encode_cursor(1)}, headers=basic(ADMIN))
+    assert resp.status == 200
+
+
 async def test_whoami_anonymous(auth_env: AuthEnv):
     me = await (await auth_env.client.get("/api/v1/whoami")).json()
     assert me["authenticated"] is False and me["name"] == "anonymous" and me["auth_enabled"] is True

@@ -61,12 +61,10 @@ class AssemblyOut(BaseModel):
                      "repository": "source or target repository", "limit": "page size (1-500)",
                      "cursor": "from the previous page's next"}, action=None)
 async def list_assemblies(request: web.Request) -> web.Response:
-    limit, cursor = page_params(request)
+    limit, cursor = page_params(request, cursor=int)
     status = request.query.get("status")
     if status is not None and status not in STATUSES:
         raise ApiError(400, f"status must be one of {', '.join(STATUSES)}", {"status": status[:50]})
-    if cursor is not None and not isinstance(cursor, int):
-        raise ApiError(400, "invalid cursor")
     items = await request.app[PACKER].assembly.list(
         limit, cursor, status, request.query.get("chain"), request.query.get("repository")
     )

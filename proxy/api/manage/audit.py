@@ -61,9 +61,7 @@ def _query(request: web.Request) -> AuditQuery:
                   "cursor": "from the previous page's `next`",
               })
 async def query(request: web.Request) -> web.Response:
-    limit, cursor = page_params(request)
-    if cursor is not None and not isinstance(cursor, int):
-        raise ApiError(400, "invalid cursor")
+    limit, cursor = page_params(request, cursor=int)
     records, before = await request.app[AUDIT].query(_query(request), limit, cursor)
     return web.json_response({"items": [dataclasses.asdict(r) for r in records],
                               "next": encode_cursor(before) if before is not None else None})

@@ -19,6 +19,10 @@ FULL_BUILDS = web.AppKey("full_builds", FullBuildService)
 router = ApiRouter("full-builds")
 
 
+def _is_build_cursor(value: object) -> bool:
+    return isinstance(value, list) and len(value) == 2  # [created_at, id] of the last item
+
+
 class FullBuildRequest(BaseModel):
     package: str = Field(min_length=1, max_length=600, description="business/<system>/<algorithm>:<version>")
     license: str = Field(min_length=1, max_length=64, description="a configured license kind")
@@ -86,12 +90,10 @@ async def get_full_build(request: web.Request) -> web.Response:
               query={"package": "only builds of this package", "state": "queued|running|succeeded|failed",
                      "limit": "page size (1-500)", "cursor": "from the previous page's next"})
 async def list_full_builds(request: web.Request) -> web.Response:
-    limit, cursor = page_params(request)
+    limit, cursor = page_params(request, cursor=_is_build_cursor)
     state = request.query.get("state")
     if state is not None and state not in ("queued", "running", "succeeded", "failed"):
         raise ApiError(400, "state must be queued, running, succeeded or failed", {"state": state[:20]})
-    if cursor is not None and not (isinstance(cursor, list) and len(cursor) == 2):
-        raise ApiError(400, "invalid cursor")
     records = await request.app[FULL_BUILDS].list(limit + 1, cursor, package=request.query.get("package"), state=state)
     more = len(records) > limit
     records = records[:limit]

@@ -11,7 +11,6 @@ from ...auth.patterns import validate_pattern
 from ...auth.permissions import ROLES
 from ...auth.state import AUTH_STORE
 from ...auth.store import Grant
-from .errors import ApiError
 from .principals import iso, principal_of, store_errors
 from .router import ApiRouter, Page, encode_cursor, page_params, parse_body
 
@@ -59,9 +58,7 @@ def grant_out(grant: Grant) -> GrantOut:
               query={"subject": "only this user's grants", "role": "only this role",
                      "limit": "page size (1-500)", "cursor": "from the previous page's `next`"})
 async def index(request: web.Request) -> web.Response:
-    limit, cursor = page_params(request)
-    if cursor is not None and not isinstance(cursor, int):
-        raise ApiError(400, "invalid cursor")
+    limit, cursor = page_params(request, cursor=int)
     grants = await request.app[AUTH_STORE].list_grants(
         limit + 1, cursor, subject=request.query.get("subject"), role=request.query.get("role"))
     more = len(grants) > limit

@@ -125,13 +125,21 @@ def decode_cursor(cursor: str) -> Any:
         raise ApiError(400, "invalid cursor", {"cursor": cursor[:100]}) from None
 
 
-def page_params(request: web.Request, default: int = 100) -> tuple[int, Any]:
-    """``limit`` (1..500) and the decoded ``cursor`` (None on the first page)."""
+def page_params(
+    request: web.Request, default: int = 100, cursor: type | Callable[[Any], bool] | None = None
+) -> tuple[int, Any]:
+    """``limit`` (1..500) and the decoded cursor (None on the first page). ``cursor`` is
+    the type a listing's cursor has (or a check of it): anything else is refused."""
     raw = request.query.get("limit", str(default))
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
         raise ApiError(400, f"limit must be an integer from 1 to {MAX_PAGE}", {"limit": raw[:20]})
-    cursor = request.query.get("cursor")
-    return int(raw), (decode_cursor(cursor) if cursor else None)
+    text = request.query.get("cursor")
+    value = decode_cursor(text) if text else None
+    if value is not None and cursor is not None:
+        valid = isinstance(value, cursor) if isinstance(cursor, type) else cursor(value)
+        if not valid:
+            raise ApiError(400, "invalid cursor")
+    return int(raw), value
 
 
 async def authorize(request: web.Request, action: Action, repository: str | None, reference: str | None = None) -> None:

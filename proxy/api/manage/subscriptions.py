@@ -67,9 +67,7 @@ async def _existing(request: web.Request) -> dict[str, Any]:
 @router.route("GET", "/subscriptions", summary="List subscriptions", response=Page[SubscriptionOut],
               query={"limit": "page size (1-500)", "cursor": "from the previous page's next"})
 async def list_subscriptions(request: web.Request) -> web.Response:
-    limit, cursor = page_params(request)
-    if cursor is not None and not isinstance(cursor, str):
-        raise ApiError(400, "invalid cursor")
+    limit, cursor = page_params(request, cursor=str)
     items = await request.app[PACKER].subscriptions.list(limit, cursor)
     return web.json_response({"items": items, "next": encode_cursor(items[-1]["id"]) if len(items) == limit else None})
 
@@ -110,12 +108,10 @@ async def delete_subscription(request: web.Request) -> web.Response:
                      "cursor": "from the previous page's next"})
 async def list_deliveries(request: web.Request) -> web.Response:
     await _existing(request)
-    limit, cursor = page_params(request)
+    limit, cursor = page_params(request, cursor=int)
     status = request.query.get("status")
     if status is not None and status not in ("pending", "delivered", "dead"):
         raise ApiError(400, "status must be pending, delivered or dead", {"status": status[:50]})
-    if cursor is not None and not isinstance(cursor, int):
-        raise ApiError(400, "invalid cursor")
     items = await request.app[PACKER].subscriptions.deliveries(request.match_info["id"], limit, cursor, status)
     return web.json_response({"items": items, "next": encode_cursor(items[-1]["id"]) if len(items) == limit else None})
 

@@ -79,9 +79,7 @@ async def index(request: web.Request) -> web.Response:
         if owner not in (None, mine):
             raise ApiError(403, "only admins list other users' tokens")
         owner = mine
-    limit, cursor = page_params(request)
-    if cursor is not None and not isinstance(cursor, str):
-        raise ApiError(400, "invalid cursor")
+    limit, cursor = page_params(request, cursor=str)
     records = await request.app[AUTH_STORE].list_tokens(limit + 1, cursor, owner=owner)
     page = {"items": [token_out(r) for r in records[:limit]],
             "next": encode_cursor(records[limit - 1].id) if len(records) > limit else None}

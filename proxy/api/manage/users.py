@@ -93,9 +93,7 @@ async def _new_hash(request: web.Request, password: SecretStr) -> str:
 @router.route("GET", "/users", summary="List users and robots", response=Page[UserOut],
               query={"limit": "page size (1-500)", "cursor": "from the previous page's `next`"})
 async def index(request: web.Request) -> web.Response:
-    limit, cursor = page_params(request)
-    if cursor is not None and not isinstance(cursor, str):
-        raise ApiError(400, "invalid cursor")
+    limit, cursor = page_params(request, cursor=str)
     store = request.app[AUTH_STORE]
     users = await store.list_users(limit + 1, cursor)
     items = await users_out(store, users[:limit])
