@@ -22,13 +22,13 @@ from ..oci.errors import Errors, RegistryError
 from . import relay
 from .state import METRICS
 
-__all__ = ["ByteRange", "StreamPart", "parse_range", "request_chunks", "read_body", "send_blob", "send_stream", "CHUNK", "SEND_TIMEOUT"]
+__all__ = ["ByteRange", "StreamPart", "parse_range", "request_chunks", "read_body", "send_blob", "send_direct", "send_stream", "CHUNK"]
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 # Longest a file send waits for a client that stopped reading.
-SEND_TIMEOUT = 300.0
+_SEND_TIMEOUT = 300.0
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -111,10 +111,11 @@ async def send_blob(
             return response
         # Hash whole blobs the storage doesn't vouch for; a match is recorded (confirm).
         verify = verify and not reader.verified and reader.start == 0 and reader.length == reader.size
-        if reader.path is not None:
-            await _sendfile(request, response, reader, verify)
-        elif not await _relay(request, reader, verify):
-            await _copy(request, response, reader, verify)
+        if not await send_direct(request, reader, reader.digest if verify else None):
+            if reader.path is not None and not verify:
+                await _sendfile(request, response, reader)
+            else:
+                await _copy(request, response, reader, verify)
         if verify:
             reader.confirm()
         await response.write_eof()
@@ -150,16 +151,22 @@ async def _copy(request: web.Request, response: web.StreamResponse, reader: Blob
                             message="backend stream ended early")
 
 
-async def _relay(request: web.Request, reader: BlobReader, verify: bool) -> bool:
-    """Socket to socket (``relay.py``) when the reader and the client allow it."""
-    sink = relay.client_socket(request)
+async def send_direct(request: web.Request, reader: BlobReader, digest: str | None) -> bool:
+    """Send the reader's bytes from a worker thread (``relay.py``) — ``sendfile`` from a
+    local file, or socket to socket from the backend — when the reader and the client
+    connection allow it; hashed against ``digest`` when given. ``False``: nothing was
+    sent, the caller streams through the event loop."""
+    sink = relay.client_socket(request)  # None for TLS, or while earlier bytes are queued
     if sink is None:
         return False
+    if reader.path is not None:
+        await relay.send_file(reader.path, reader.start, reader.length, sink, _SEND_TIMEOUT, digest)
+        return True
     source = reader.detach()
     if source is None:
         sink.close()
         return False
-    await relay.relay(source, sink, reader.digest if verify else None)
+    await relay.relay(source, sink, digest)
     return True
 
 
@@ -168,21 +175,13 @@ def _check_digest(reader: BlobReader, hexdigest: str) -> None:
         raise RegistryError(Errors.UNAVAILABLE, {"digest": reader.digest}, message="backend blob failed digest verification")
 
 
-async def _sendfile(request: web.Request, response: web.StreamResponse, reader: BlobReader, verify: bool) -> None:
-    """Zero-copy from a local file (hashed on the way when ``verify``); TLS transports
-    can't, so they take the chunk loop."""
+async def _sendfile(request: web.Request, response: web.StreamResponse, reader: BlobReader) -> None:
+    """Zero-copy from a local file on the event loop's transport (where ``send_direct``
+    could not take the socket); TLS transports can't, so they take the chunk loop."""
     transport = request.transport
     if transport is None:
         raise ConnectionResetError("client disconnected")
     assert reader.path is not None
-    sink = relay.client_socket(request)
-    if sink is not None:
-        digest = reader.digest if verify else None
-        await relay.send_file(reader.path, reader.start, reader.length, sink, SEND_TIMEOUT, digest)
-        return
-    if verify:
-        await _copy(request, response, reader, verify)
-        return
     with open(reader.path, "rb") as fobj:
         try:
             await asyncio.get_running_loop().sendfile(transport, fobj, reader.start, reader.length)

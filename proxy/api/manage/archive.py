@@ -29,9 +29,8 @@ from proxy.oci.errors import RegistryError
 from proxy.oci.reference import parse_reference
 from proxy.service.policy import Action
 
-from .. import relay
 from ..state import CONFIG, REGISTRY
-from ..streaming import SEND_TIMEOUT, parse_range, send_stream
+from ..streaming import parse_range, send_direct, send_stream
 from .errors import ApiError
 from .router import ApiRouter, authorize
 
@@ -59,9 +58,8 @@ def _filename(plan: ArchivePlan, reference: str) -> str:
 
 class _Blob:
     """One blob range of the archive, sent from a worker thread when the client
-    connection allows it (``proxy/api/relay.py``): ``sendfile`` from the embedded
-    storage's file, or socket to socket from the backend; else streamed through the
-    event loop in batches. Whole blobs the storage doesn't vouch for are hashed."""
+    connection allows it (``send_direct``), else streamed through the event loop in
+    batches. Whole blobs the storage doesn't vouch for are hashed."""
 
     def __init__(self, backend: Backend, part: BlobPart) -> None:
         self.backend, self.part = backend, part
@@ -71,24 +69,15 @@ class _Blob:
         reader = await open_part(self.backend, part)
         try:
             verify = part.whole and not reader.verified
-            digest = part.digest if verify else None
-            sink = relay.client_socket(request)  # None while earlier bytes are still queued
-            source = reader.detach() if sink is not None and reader.path is None else None
-            if sink is not None and reader.path is not None:
-                await relay.send_file(reader.path, reader.start, reader.length, sink, SEND_TIMEOUT, digest)
-            elif sink is not None and source is not None:
-                await relay.relay(source, sink, digest)
-            else:
-                if sink is not None:
-                    sink.close()
-                sent = 0
-                async for chunk in read_part(reader, part):
-                    await response.write(chunk)
-                    sent += len(chunk)
-                return sent
-            if verify:
-                reader.confirm()
-            return part.length
+            if await send_direct(request, reader, part.digest if verify else None):
+                if verify:
+                    reader.confirm()
+                return part.length
+            sent = 0
+            async for chunk in read_part(reader, part):  # hashes and confirms on its own
+                await response.write(chunk)
+                sent += len(chunk)
+            return sent
         finally:
             await reader.close()
 
