@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterable, AsyncIterator
 
+from .ledger import VerifiedBlobs
+
 __all__ = ["Backend", "BlobInfo", "BlobReader", "ManifestData", "ManifestInfo", "SocketSource", "UploadStatus"]
 
 
@@ -85,6 +87,12 @@ class BlobReader(ABC):
     length: int
     path: Path | None = None
     verified: bool = False
+    _ledger: VerifiedBlobs | None = None  # where confirm() records a match
+
+    def _vouch_from(self, ledger: VerifiedBlobs | None) -> None:
+        """Take ``verified`` from ``ledger`` (``None``: the storage keeps no record)."""
+        self._ledger = ledger
+        self.verified = ledger is not None and ledger.holds(self.digest, self.size)
 
     @abstractmethod
     def __aiter__(self) -> AsyncIterator[bytes]: ...
@@ -95,6 +103,8 @@ class BlobReader(ABC):
     def confirm(self) -> None:
         """The consumer hashed the whole blob and it matched ``digest``: later readers
         of it may be ``verified`` (where the storage keeps such a record)."""
+        if self._ledger is not None:
+            self._ledger.add(self.digest, self.size)
 
     def detach(self) -> SocketSource | None:
         """Take the upstream connection instead of iterating (``None``: iterate).

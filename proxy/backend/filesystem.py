@@ -128,12 +128,7 @@ class _FileBlobReader(BlobReader):
         self.size = size
         self.start = start
         self.length = length
-        ledger = backend.verified_blobs
-        self.verified = ledger is not None and ledger.holds(digest, size)
-
-    def confirm(self) -> None:
-        if self._backend.verified_blobs is not None:
-            self._backend.verified_blobs.add(self.digest, self.size)
+        self._vouch_from(backend.verified_blobs)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         if self._iterated:

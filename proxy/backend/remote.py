@@ -203,8 +203,7 @@ class _RemoteBlobReader(BlobReader):
         self.size = size
         self.start = start
         self.length = length
-        self._ledger = ledger
-        self.verified = ledger is not None and ledger.holds(digest, size)
+        self._vouch_from(ledger)
         self._resp = resp
         self._skip = skip
         self._chunk_size = chunk_size
@@ -240,10 +239,6 @@ class _RemoteBlobReader(BlobReader):
         finally:
             # Runs on exhaustion, on error and when the consumer stops early (aclose).
             await self.close()
-
-    def confirm(self) -> None:
-        if self._ledger is not None:
-            self._ledger.add(self.digest, self.size)
 
     def detach(self) -> SocketSource | None:
         """The upstream socket, when the body is plain TCP and exactly our range."""
