@@ -5,7 +5,9 @@ loopback TCP."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import itertools
 import os
 import socket
 import threading
@@ -147,7 +149,19 @@ async def test_relay_withholds_the_last_piece_of_a_mismatch() -> None:
     feeder.join()
 
 
-async def test_relay_without_digest_splices_the_body() -> None:
+@pytest.fixture(params=["alone", "in company", "switching"])
+def company(request, monkeypatch) -> str:
+    """Trusted bodies are copied while alone and spliced in company: run both, and a
+    stream whose company changes before every piece (the pipe drains before a copy)."""
+    if request.param == "in company":
+        monkeypatch.setattr(relay._streams, "crowded", lambda: True)
+    elif request.param == "switching":
+        turns = itertools.cycle([True, False, True, True, False])
+        monkeypatch.setattr(relay._streams, "crowded", lambda: next(turns))
+    return request.param
+
+
+async def test_relay_without_digest_moves_the_body_exactly(company) -> None:
     up_ours, up_theirs = pair()
     sink, client = pair()
     source = SocketSource(up_ours, BLOB[:1000], len(BLOB), timeout=10)
@@ -158,7 +172,30 @@ async def test_relay_without_digest_splices_the_body() -> None:
     feeder.join()
 
 
-async def test_relay_reports_an_upstream_that_ends_early() -> None:
+async def test_concurrent_relays_count_as_company(monkeypatch) -> None:
+    seen: list[bool] = []
+    real_crowded = relay._streams.crowded
+    monkeypatch.setattr(relay._streams, "crowded", lambda: seen.append(real_crowded()) or seen[-1])
+    pairs = [(pair(), pair()) for _ in range(2)]
+    relays = [asyncio.create_task(relay.relay(SocketSource(up_ours, b"", len(BLOB), timeout=10), sink, None))
+              for (up_ours, _), (sink, _) in pairs]
+    for _ in range(100):  # both threads wait for upstream bytes before any arrive
+        if relay._streams.count == 2:
+            break
+        await asyncio.sleep(0.01)
+    readers = [asyncio.create_task(asyncio.to_thread(_read_all, client)) for _, (_, client) in pairs]
+    feeders = [feed(up_theirs, BLOB) for (_, up_theirs), _ in pairs]
+    await asyncio.gather(*relays)
+    assert [await reader for reader in readers] == [BLOB, BLOB]
+    for feeder in feeders:
+        feeder.join()
+    # Each piece is decided before waiting for its bytes: only the first thread's first
+    # look can come before the second thread started.
+    assert len(seen) > 2 and seen.count(False) <= 1
+    assert relay._streams.count == 0
+
+
+async def test_relay_reports_an_upstream_that_ends_early(company) -> None:
     up_ours, up_theirs = pair()
     sink, client = pair()
     feed(up_theirs, b"x" * 100).join()
@@ -168,7 +205,7 @@ async def test_relay_reports_an_upstream_that_ends_early() -> None:
     client.close()
 
 
-async def test_relay_reports_a_client_that_went_away() -> None:
+async def test_relay_reports_a_client_that_went_away(company) -> None:
     up_ours, up_theirs = pair()
     sink, client = pair()
     client.close()
@@ -178,7 +215,35 @@ async def test_relay_reports_a_client_that_went_away() -> None:
     feeder.join()
 
 
-async def test_cancelling_a_relay_stops_its_thread() -> None:
+async def test_relay_gives_up_on_a_silent_upstream(company) -> None:
+    up_ours, up_theirs = pair()  # sends nothing, keeps the connection open
+    sink, client = pair()
+    with pytest.raises(RegistryError) as exc_info:
+        await relay.relay(SocketSource(up_ours, b"", 1000, timeout=0.3), sink, None)
+    assert exc_info.value.error is Errors.UNAVAILABLE
+    assert "sent nothing" in exc_info.value.message
+    up_theirs.close()
+    client.close()
+
+
+async def test_relay_gives_up_on_a_client_that_stops_reading(company) -> None:
+    up_ours, up_theirs = pair()
+    sink, client = pair()  # the client never reads: its buffers fill up
+    data = b"x" * (32 * 1024 * 1024)
+
+    def send() -> None:
+        with up_theirs, contextlib.suppress(OSError):  # the relay hangs up on us
+            up_theirs.sendall(data)
+
+    feeder = threading.Thread(target=send)
+    feeder.start()
+    with pytest.raises(ConnectionResetError, match="read nothing"):
+        await relay.relay(SocketSource(up_ours, b"", len(data), timeout=0.3), sink, None)
+    feeder.join()
+    client.close()
+
+
+async def test_cancelling_a_relay_stops_its_thread(company) -> None:
     up_ours, up_theirs = pair()  # the upstream never sends: the thread waits in recv
     sink, client = pair()
     task = asyncio.create_task(relay.relay(SocketSource(up_ours, b"", 1000, timeout=60), sink, None))
