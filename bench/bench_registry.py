@@ -338,7 +338,7 @@ def print_table(title: str, columns: list[str], rows: list[Row]) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="blob size in MiB (default 1024)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each blob figure; the median is shown")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each blob figure (default 5); the median is shown")
     parser.add_argument("--seconds", type=int, default=10, help="duration of each manifest load (default 10)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, storage)")
     return parser.parse_args()
