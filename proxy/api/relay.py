@@ -194,7 +194,8 @@ def _move(source: SocketSource, sink: socket.socket) -> None:
             if pipe.buffered or _streams.crowded():
                 remaining -= pipe.turn(source.sock, sink, remaining, source.timeout)
                 continue
-            buffer = buffer or memoryview(bytearray(min(_CHUNK, remaining)))
+            if buffer is None:  # a stream that is never alone never needs one
+                buffer = memoryview(bytearray(min(_CHUNK, remaining)))
             received = _receive(source, buffer[: min(len(buffer), remaining)], remaining)
             _send_all(sink, buffer[:received], source.timeout)
             remaining -= received
@@ -233,13 +234,14 @@ class _Pipe:
                 received = os.splice(upstream.fileno(), write_end, min(self._capacity - self.buffered, remaining),
                                      flags=flags)
             except BlockingIOError:
-                received = None
+                pass
             except OSError as exc:
                 raise RegistryError(Errors.UNAVAILABLE, message=f"backend blob stream failed: {exc}") from None
-            if received == 0:
-                raise RegistryError(Errors.UNAVAILABLE, {"missing": remaining}, message="backend stream ended early")
-            received = received or 0
-            self.buffered += received
+            else:
+                if not received:
+                    raise RegistryError(Errors.UNAVAILABLE, {"missing": remaining},
+                                        message="backend stream ended early")
+                self.buffered += received
         if self.buffered:
             more = os.SPLICE_F_MORE if remaining > received else 0
             try:
@@ -267,14 +269,8 @@ class _Pipe:
             raise RegistryError(Errors.UNAVAILABLE, message=f"backend sent nothing for {timeout:.0f} s")
 
 
-def _send_pieces(
-    pieces: Iterator[memoryview], length: int, sink: socket.socket, timeout: float, digest: str | None
-) -> None:
-    """Send ``pieces``; with ``digest``, hash them and send the last only once it matches."""
-    if digest is None:
-        for piece in pieces:
-            _send_all(sink, piece, timeout)
-        return
+def _send_pieces(pieces: Iterator[memoryview], length: int, sink: socket.socket, timeout: float, digest: str) -> None:
+    """Send ``pieces``, hashing them; the last goes only once the digest matches."""
     algorithm, _, expected = digest.partition(":")
     hasher = hashlib.new(algorithm)
     hashed = 0
