@@ -145,11 +145,15 @@ async def run_process(
             return
         buffer = outputs[name]
         while chunk := await stream.read(_READ):
+            if name in overflow:
+                # Killed already: read on to the pipe's end. A stream left unread keeps its
+                # transport paused, and asyncio reports the exit only once every pipe closed.
+                continue
             if len(buffer) + len(chunk) > limit:
                 buffer += chunk[: limit - len(buffer)]
                 overflow.append(name)
                 _kill_group(proc.pid)
-                return
+                continue
             buffer += chunk
 
     tasks = [asyncio.create_task(drain(proc.stdout, "stdout", stdout_limit)),
