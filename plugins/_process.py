@@ -21,7 +21,6 @@ from typing import Mapping, Sequence
 
 __all__ = ["Limits", "ProcessResult", "run_process", "signal_name", "scrubbed_env"]
 
-_READ = 64 * 1024
 _DRAIN_GRACE = 2.0
 _PR_SET_PDEATHSIG = 1
 
@@ -97,8 +96,56 @@ def _preexec(limits: Limits) -> None:
 
 
 def _kill_group(pid: int) -> None:
+    if pid <= 0:
+        return  # never our own group (0) or every process (-1)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+
+
+class _Collector(asyncio.SubprocessProtocol):
+    """Keeps each output stream up to its limit and notes when the process exits.
+
+    A protocol rather than stream readers: nothing pauses the pipes, so output past a
+    limit is read and dropped, and the exit is known as soon as it happens, even while a
+    process that left the group still holds a pipe open."""
+
+    def __init__(self, limits: dict[int, int]) -> None:
+        loop = asyncio.get_running_loop()
+        self.limits = limits
+        self.outputs = {fd: bytearray() for fd in limits}
+        self.overflow: str | None = None
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.finished: asyncio.Future[None] = loop.create_future()  # exited, and every pipe closed
+        self._pid = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        self._pid = transport.get_pid()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        buffer = self.outputs[fd]
+        room = self.limits[fd] - len(buffer)
+        if len(data) <= room:
+            buffer += data
+            return
+        buffer += data[: max(room, 0)]
+        if self.overflow is None:
+            self.overflow = _STREAMS[fd]
+            _kill_group(self._pid)
+
+    def process_exited(self) -> None:
+        _settle(self.exited)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        _settle(self.finished)
+
+
+_STREAMS = {1: "stdout", 2: "stderr"}
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def run_process(
@@ -116,7 +163,10 @@ async def run_process(
     """Run ``argv`` (never through a shell) and collect its output within the limits.
 
     Raises ``OSError`` if it can't be started (missing executable, permissions)."""
-    proc = await asyncio.create_subprocess_exec(
+    loop = asyncio.get_running_loop()
+    collector = _Collector({1: stdout_limit} if merge_stderr else {1: stdout_limit, 2: stderr_limit})
+    transport, _ = await loop.subprocess_exec(
+        lambda: collector,
         *argv,
         cwd=str(cwd),
         env=dict(env),
@@ -126,53 +176,23 @@ async def run_process(
         start_new_session=True,
         preexec_fn=lambda: _preexec(limits),
     )
-    overflow: list[str] = []
-    outputs = {"stdout": bytearray(), "stderr": bytearray()}
-
-    async def feed() -> None:
-        assert proc.stdin is not None
-        try:
-            proc.stdin.write(stdin or b"")
-            await proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the child stopped reading; its exit status tells why
-        finally:
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                proc.stdin.close()
-
-    async def drain(stream: asyncio.StreamReader | None, name: str, limit: int) -> None:
-        if stream is None:
-            return
-        buffer = outputs[name]
-        while chunk := await stream.read(_READ):
-            if name in overflow:
-                # Killed already: read on to the pipe's end. A stream left unread keeps its
-                # transport paused, and asyncio reports the exit only once every pipe closed.
-                continue
-            if len(buffer) + len(chunk) > limit:
-                buffer += chunk[: limit - len(buffer)]
-                overflow.append(name)
-                _kill_group(proc.pid)
-                continue
-            buffer += chunk
-
-    tasks = [asyncio.create_task(drain(proc.stdout, "stdout", stdout_limit)),
-             asyncio.create_task(drain(proc.stderr, "stderr", stderr_limit))]
-    if stdin is not None:
-        tasks.append(asyncio.create_task(feed()))
     timed_out = False
     try:
-        await asyncio.wait_for(proc.wait(), timeout)
-    except asyncio.TimeoutError:
-        timed_out = True
+        if stdin is not None:
+            feed = transport.get_pipe_transport(0)
+            assert isinstance(feed, asyncio.WriteTransport)
+            feed.write(stdin)  # a child that stops reading just ends the feed: its exit status tells why
+            feed.close()  # after the buffered bytes are written
+        try:
+            await asyncio.wait_for(asyncio.shield(collector.exited), timeout)
+        except asyncio.TimeoutError:
+            timed_out = True
     finally:
-        _kill_group(proc.pid)  # leftovers of the group never outlive the run
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await asyncio.shield(proc.wait())
-        _, pending = await asyncio.wait(tasks, timeout=_DRAIN_GRACE)
-        for task in pending:
-            task.cancel()
-    return ProcessResult(proc.returncode, bytes(outputs["stdout"]), bytes(outputs["stderr"]), timed_out,
-                         overflow[0] if overflow else None)
+        _kill_group(transport.get_pid())  # leftovers of the group never outlive the run
+        # The exit follows the kill at once; the rest of the output follows unless a
+        # process that left the group holds a pipe, which must not hold the run too.
+        await asyncio.wait([collector.exited], timeout=_DRAIN_GRACE)
+        await asyncio.wait([collector.finished], timeout=_DRAIN_GRACE)
+        transport.close()
+    return ProcessResult(transport.get_returncode(), bytes(collector.outputs[1]), bytes(collector.outputs.get(2, b"")),
+                         timed_out, collector.overflow)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -38,3 +42,33 @@ async def test_a_silent_process_is_stopped_at_its_timeout(tmp_path: Path) -> Non
     result = await _run(tmp_path, "import time; time.sleep(60)", timeout=0.5)
     assert result.timed_out and result.signal == 9
 
+
+
+async def test_a_process_that_left_the_group_cannot_hold_the_run(tmp_path: Path) -> None:
+    # The grandchild starts a session of its own (out of reach of the group kill) and
+    # keeps the output pipe open for two minutes: the run still ends at its timeout.
+    pidfile = tmp_path / "escaped.pid"
+    code = ("import subprocess, sys, time;"
+            " p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True);"
+            f" open({str(pidfile)!r}, 'w').write(str(p.pid)); print('started', flush=True); time.sleep(120)")
+    try:
+        result = await asyncio.wait_for(_run(tmp_path, code, timeout=1), 30)
+        assert result.timed_out and result.signal == 9
+        assert result.stdout == b"started\n"
+    finally:
+        if pidfile.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+async def test_stdin_is_fed_and_closed(tmp_path: Path) -> None:
+    result = await run_process([sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read()[::-1])"],
+                               cwd=tmp_path, env=scrubbed_env(tmp_path), timeout=30, stdout_limit=1 << 20,
+                               stderr_limit=4096, stdin=b"abc" * 100_000)
+    assert result.returncode == 0 and result.stdout == (b"abc" * 100_000)[::-1] and result.stderr == b""
+
+
+async def test_a_process_that_ignores_its_stdin_still_ends_cleanly(tmp_path: Path) -> None:
+    result = await run_process([sys.executable, "-c", "print('done')"], cwd=tmp_path, env=scrubbed_env(tmp_path),
+                               timeout=30, stdout_limit=4096, stderr_limit=4096, stdin=b"x" * (4 << 20))
+    assert result.returncode == 0 and result.stdout == b"done\n" and not result.timed_out
