@@ -14,10 +14,9 @@ from proxy.meta import Database
 
 from . import assembly
 from .fullbuild.store import STATES as BUILD_STATES
+from .webhooks import DELIVERY_STATUSES
 
 __all__ = ["StateGauges"]
-
-DELIVERY_STATES = ("pending", "delivered", "dead")
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class StateGauges:
             _Count(gauge("algomint_assembly_jobs", "Assembly jobs by status", "status"),
                    "SELECT status, COUNT(*) FROM assembly_jobs GROUP BY status", assembly.STATUSES),
             _Count(gauge("algomint_webhook_deliveries", "Webhook deliveries by status", "status"),
-                   "SELECT status, COUNT(*) FROM webhook_deliveries GROUP BY status", DELIVERY_STATES),
+                   "SELECT status, COUNT(*) FROM webhook_deliveries GROUP BY status", DELIVERY_STATUSES),
             _Count(gauge("algomint_full_builds", "Full builds by state", "state"),
                    "SELECT state, COUNT(*) FROM full_builds GROUP BY state", BUILD_STATES),
         ]

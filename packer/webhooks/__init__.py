@@ -5,10 +5,11 @@ transaction that records the change the event describes (``full.built`` is emitt
 full builds this way); ``WebhookDelivery`` sends them."""
 
 from .delivery import SIGNATURE_HEADER, WebhookDelivery, backoff_delay, sign
-from .outbox import EVENT_TYPES, SCHEMA, emit, event_body
+from .outbox import DELIVERY_STATUSES, EVENT_TYPES, SCHEMA, emit, event_body
 from .subscriptions import SubscriptionPatch, SubscriptionSpec, SubscriptionStore
 
 __all__ = [
+    "DELIVERY_STATUSES",
     "EVENT_TYPES",
     "SCHEMA",
     "SIGNATURE_HEADER",

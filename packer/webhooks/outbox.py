@@ -21,6 +21,8 @@ __all__ = ["EVENT_TYPES", "SCHEMA", "emit", "event_body", "subscription_matches"
 
 # Event types subscribers can filter on ("*" subscribes to all).
 EVENT_TYPES = frozenset({"generic.pushed", "business.assembled", "assembly.failed", "full.built"})
+# A delivery is pending until it succeeds (delivered) or runs out of attempts (dead).
+DELIVERY_STATUSES = ("pending", "delivered", "dead")
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS subscriptions (

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from packer.fullbuild.names import BuildInputError
 from packer.fullbuild.service import FullBuildService
+from packer.fullbuild.store import STATES
 
 from .errors import ApiError
 from .router import ApiRouter, Page, encode_cursor, page_params, parse_body
@@ -92,7 +93,7 @@ async def get_full_build(request: web.Request) -> web.Response:
 async def list_full_builds(request: web.Request) -> web.Response:
     limit, cursor = page_params(request, cursor=_is_build_cursor)
     state = request.query.get("state")
-    if state is not None and state not in ("queued", "running", "succeeded", "failed"):
+    if state is not None and state not in STATES:
         raise ApiError(400, "state must be queued, running, succeeded or failed", {"state": state[:20]})
     records = await request.app[FULL_BUILDS].list(limit + 1, cursor, package=request.query.get("package"), state=state)
     more = len(records) > limit

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel
 
-from packer.webhooks import SubscriptionPatch, SubscriptionSpec
+from packer.webhooks import DELIVERY_STATUSES, SubscriptionPatch, SubscriptionSpec
 
 from ..state import PACKER
 from .errors import ApiError
@@ -110,7 +110,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     await _existing(request)
     limit, cursor = page_params(request, cursor=int)
     status = request.query.get("status")
-    if status is not None and status not in ("pending", "delivered", "dead"):
+    if status is not None and status not in DELIVERY_STATUSES:
         raise ApiError(400, "status must be pending, delivered or dead", {"status": status[:50]})
     items = await request.app[PACKER].subscriptions.deliveries(request.match_info["id"], limit, cursor, status)
     return web.json_response({"items": items, "next": encode_cursor(items[-1]["id"]) if len(items) == limit else None})
