@@ -252,21 +252,13 @@ class _Pipe:
                 raise ConnectionResetError(f"client connection lost: {exc}") from None
             self.buffered -= sent
         if not received and not sent:
-            self._wait(upstream if remaining and self.buffered < self._capacity else None,
-                       client if self.buffered else None, timeout)
+            waits: dict[socket.socket, int] = {}
+            if remaining and self.buffered < self._capacity:
+                waits[upstream] = select.POLLIN
+            if self.buffered:
+                waits[client] = select.POLLOUT
+            _wait_for(waits, timeout)
         return received
-
-    @staticmethod
-    def _wait(upstream: socket.socket | None, client: socket.socket | None, timeout: float) -> None:
-        poller = select.poll()
-        if upstream is not None:
-            poller.register(upstream, select.POLLIN)
-        if client is not None:
-            poller.register(client, select.POLLOUT)
-        if not poller.poll(timeout * 1000):
-            if client is not None:
-                raise ConnectionResetError(f"client read nothing for {timeout:.0f} s")
-            raise RegistryError(Errors.UNAVAILABLE, message=f"backend sent nothing for {timeout:.0f} s")
 
 
 def _send_pieces(pieces: Iterator[memoryview], length: int, sink: socket.socket, timeout: float, digest: str) -> None:
@@ -301,8 +293,7 @@ def _receive(source: SocketSource, into: memoryview, remaining: int) -> int:
         try:
             received = source.sock.recv_into(into)
         except BlockingIOError:
-            if not _ready(source.sock, select.POLLIN, source.timeout):
-                raise RegistryError(Errors.UNAVAILABLE, message=f"backend sent nothing for {source.timeout:.0f} s")
+            _wait_for({source.sock: select.POLLIN}, source.timeout)
             continue
         except OSError as exc:
             raise RegistryError(Errors.UNAVAILABLE, message=f"backend blob stream failed: {exc}") from None
@@ -318,16 +309,22 @@ def _send_all(sink: socket.socket, data: bytes | memoryview, timeout: float) -> 
         try:
             sent = sink.send(view)
         except BlockingIOError:
-            if not _ready(sink, select.POLLOUT, timeout):
-                raise ConnectionResetError(f"client read nothing for {timeout:.0f} s") from None
+            _wait_for({sink: select.POLLOUT}, timeout)
             continue
         except OSError as exc:
             raise ConnectionResetError(f"client connection lost: {exc}") from None
         view = view[sent:]
 
 
-def _ready(sock: socket.socket, event: int, timeout: float) -> bool:
-    """Wait until ``sock`` is readable or writable (or hung up); False on timeout."""
+def _wait_for(waits: dict[socket.socket, int], timeout: float) -> None:
+    """Sleep until a socket in ``waits`` is ready for its event (or hung up). Only the
+    client is waited on to send and only the upstream to receive, so a timeout blames
+    the client when we were waiting to send to it, else the backend."""
     poller = select.poll()
-    poller.register(sock, event)
-    return bool(poller.poll(timeout * 1000))
+    for sock, event in waits.items():
+        poller.register(sock, event)
+    if poller.poll(timeout * 1000):
+        return
+    if select.POLLOUT in waits.values():
+        raise ConnectionResetError(f"client read nothing for {timeout:.0f} s")
+    raise RegistryError(Errors.UNAVAILABLE, message=f"backend sent nothing for {timeout:.0f} s")
