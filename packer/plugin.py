@@ -29,6 +29,7 @@ from proxy.oci.reference import parse_reference
 from proxy.service.registry import RegistryService
 
 from .cache import LruCache
+from .outbound import DEFAULT_DENY_HOSTS, DEFAULT_DENY_NETWORKS, Denylist
 from .package import Package, PackageError, PackageFile, WriteResult, read_package, write_package
 from .settings import PluginsConfig
 
@@ -136,10 +137,19 @@ class PluginEnv:
     workdir: Path
     http: aiohttp.ClientSession | None = None
     cache: LruCache[Package] = field(default_factory=lambda: LruCache(0))
+    # Addresses no outbound call may reach ([outbound]).
+    deny: Denylist = field(default_factory=lambda: Denylist(DEFAULT_DENY_NETWORKS, DEFAULT_DENY_HOSTS))
 
 
 class Plugin(Protocol):
     async def apply(self, package: Package, context: PluginContext) -> Package: ...
+
+
+async def _verify(plugin: Any) -> None:
+    """Checks a kind can only make asynchronously (a service URL's host as it resolves now)."""
+    verify = getattr(plugin, "verify", None)
+    if verify is not None:
+        await verify()
 
 
 @dataclass(frozen=True)
@@ -215,7 +225,8 @@ class PluginStore:
     async def check(self, ref: str, env: PluginEnv) -> ResolvedPlugin:
         """Resolve, load and set up ``ref`` without running it: is it usable?"""
         resolved = await self.resolve(ref)
-        await self.setup(resolved, env)
+        _, plugin = await self.setup(resolved, env)
+        await _verify(plugin)
         return resolved
 
     # -- publishing and listing -----------------------------------------------------
@@ -224,7 +235,7 @@ class PluginStore:
         repository = self.prefix + name
         package = Package(config.model_dump(mode="json"), dict(files), {}, mt.PLUGIN, mt.PLUGIN_CONFIG)
         draft = PluginArtifact(repository, "sha256:" + "0" * 64, config, package.files)
-        importlib.import_module(KINDS[config.kind]).setup(draft, env)
+        await _verify(importlib.import_module(KINDS[config.kind]).setup(draft, env))
         try:
             return await write_package(self.service, repository, config.version, package, cap=self.cap, actor=None)
         except PackageError as exc:

@@ -13,8 +13,6 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import aiohttp
-
 from proxy.meta import Database
 from proxy.service.events import EventBus
 from proxy.service.policy import PolicyChain
@@ -24,6 +22,7 @@ from . import assembly, chains
 from . import webhooks
 from .cache import LruCache
 from .chains import ChainRegistry
+from .outbound import Denylist, guarded_session
 from .plugin import PluginEnv, PluginStore
 from .webhooks import SubscriptionStore, WebhookDelivery
 
@@ -47,12 +46,13 @@ class Packer:
         self.events = events
         settings = config.assembly
         self.workdir = Path(settings.workdir or Path(config.metadata.path).parent / "work")
-        self.env = PluginEnv(config.plugins, self.workdir, cache=LruCache(config.plugins.service.cache_bytes))
+        deny = Denylist(config.outbound.deny_networks, config.outbound.deny_hosts)
+        self.env = PluginEnv(config.plugins, self.workdir, cache=LruCache(config.plugins.service.cache_bytes), deny=deny)
         self.plugins = PluginStore(registry, settings.plugins_prefix, settings.package_cap)
         self.chains = ChainRegistry(db, config.chains.file, self._check_plugin,
                                     (settings.business_prefix, settings.plugins_prefix))
-        self.subscriptions = SubscriptionStore(db)
-        self.webhooks = WebhookDelivery(db, config.webhooks)
+        self.subscriptions = SubscriptionStore(db, config.webhooks, deny)
+        self.webhooks = WebhookDelivery(db, config.webhooks, deny)
         self.assembly = assembly.AssemblyService(db, registry, self.chains, self.plugins, self.env, settings,
                                                  on_emit=self.webhooks.notify, policy=policy)
         self._reloads: set[asyncio.Task[None]] = set()
@@ -64,7 +64,7 @@ class Packer:
     async def start(self) -> None:
         await self.db.migrate(chains.SCHEMA + assembly.SCHEMA + webhooks.SCHEMA)
         await asyncio.to_thread(self._clean_workdir)
-        self.env.http = aiohttp.ClientSession()
+        self.env.http = guarded_session(self.env.deny)
         await self.chains.start()
         self.events.subscribe(self.assembly.on_event)
         await self.webhooks.start()

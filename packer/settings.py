@@ -5,19 +5,24 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, field_validator
+
+from .outbound import DEFAULT_DENY_HOSTS, DEFAULT_DENY_NETWORKS, parse_rules
 
 __all__ = [
     "AssemblyConfig",
     "ChainsConfig",
     "FunctionPluginConfig",
     "JobPluginConfig",
+    "OutboundConfig",
     "PluginsConfig",
     "ServicePluginConfig",
+    "ServiceSecret",
     "WebhooksConfig",
 ]
 
@@ -66,19 +71,55 @@ class ChainsConfig(_Section):
     file: Path | None = None
 
 
+def _allow_rules(value: list[str]) -> list[str]:
+    parse_rules(value)  # ValueError names the entry and what is wrong with it
+    return value
+
+
+_PLUGIN_PATTERN = re.compile(r"^[a-z0-9*?][a-z0-9._/*?-]{0,254}$")
+
+
+class ServiceSecret(_Section):
+    """``[plugins.service.secrets.<name>]``: a header value and who may send it where."""
+
+    value: SecretStr
+    # Plugin repositories that may name this secret, as globs ("plugins/door-*").
+    plugins: list[str] = Field(min_length=1)
+    # URL prefixes (allow-rule syntax) the value may be sent to; each must also be allowed.
+    urls: list[str] = Field(min_length=1)
+
+    @field_validator("plugins")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if not _PLUGIN_PATTERN.match(pattern):
+                raise ValueError(f"{pattern!r} is not a plugin repository glob (e.g. \"plugins/door-*\")")
+        return value
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        return _allow_rules(value)
+
+
 class ServicePluginConfig(_Section):
     """``[plugins.service]``: where service plugins may call, and with which secrets."""
 
-    # URL prefixes service plugins may POST to, e.g. "http://127.0.0.1:8080/"; empty: none.
+    # URL prefixes service plugins may POST to ("http://127.0.0.1:8080/", "https://*.corp:*/api/"); empty: none.
     allow: list[str] = []
-    # Secret name -> header value; a plugin names a secret, never carries one.
-    secrets: dict[str, SecretStr] = {}
+    # Secret name -> value and scope; a plugin names a secret, never carries one.
+    secrets: dict[str, ServiceSecret] = {}
     timeout: float = Field(30.0, gt=0)
     max_timeout: float = Field(300.0, gt=0)
     retries: int = Field(2, ge=0, le=10)
     retry_backoff: float = Field(0.2, ge=0)
     # Response cache, keyed by (plugin digest, input package digest).
     cache_bytes: int = Field(64 * MiB, ge=0)
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, value: list[str]) -> list[str]:
+        return _allow_rules(value)
 
 
 class JobPluginConfig(_Section):
@@ -113,6 +154,8 @@ class PluginsConfig(_Section):
 class WebhooksConfig(_Section):
     """``[webhooks]``: delivery of subscribed events from the outbox."""
 
+    # URL prefixes subscriptions may deliver to (allow-rule syntax); empty: none.
+    allow: list[str] = []
     timeout: float = Field(10.0, gt=0)
     max_attempts: int = Field(8, ge=1, le=100)
     # Attempt n waits a random time up to min(max_backoff, backoff * 2**(n-1)).
@@ -120,3 +163,17 @@ class WebhooksConfig(_Section):
     max_backoff: float = Field(600.0, ge=0)
     poll_interval: float = Field(1.0, gt=0)
     concurrency: int = Field(4, ge=1, le=64)
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, value: list[str]) -> list[str]:
+        return _allow_rules(value)
+
+
+class OutboundConfig(_Section):
+    """``[outbound]``: what no service plugin or webhook may reach, whatever an allow-list says."""
+
+    # Checked on literal addresses and on every address a host resolves to (at creation and per connection).
+    deny_networks: list[IPvAnyNetwork] = [IPvAnyNetwork(n) for n in DEFAULT_DENY_NETWORKS]  # type: ignore[misc]
+    # Host names refused before resolution (cloud metadata services).
+    deny_hosts: list[str] = list(DEFAULT_DENY_HOSTS)

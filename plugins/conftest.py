@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from packer.cache import LruCache
+from packer.outbound import DEFAULT_DENY_HOSTS, DEFAULT_DENY_NETWORKS, Denylist, guarded_session
 from packer.package import Package, PackageFile
 from packer.plugin import PluginArtifact, PluginConfig, PluginContext, PluginEnv
 from packer.settings import PluginsConfig
@@ -52,12 +53,14 @@ def context(logs: list[str]) -> PluginContext:
 async def make_env(tmp_path: Path) -> AsyncIterator[Callable[..., PluginEnv]]:
     sessions: list[aiohttp.ClientSession] = []
 
-    def make(http: bool = False, **sections: dict[str, Any]) -> PluginEnv:
+    def make(http: bool = False, deny: Denylist | None = None, **sections: dict[str, Any]) -> PluginEnv:
+        deny = deny or Denylist(DEFAULT_DENY_NETWORKS, DEFAULT_DENY_HOSTS)
         session = None
         if http:
-            session = aiohttp.ClientSession()
+            session = guarded_session(deny)
             sessions.append(session)
-        return PluginEnv(PluginsConfig.model_validate(sections), tmp_path / "work", session, LruCache(1024 * 1024))
+        return PluginEnv(PluginsConfig.model_validate(sections), tmp_path / "work", session, LruCache(1024 * 1024),
+                         deny)
 
     yield make
     for session in sessions:

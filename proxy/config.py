@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, Va
 from .auth.patterns import compile_pattern, validate_pattern
 
 from packer.fullbuild.settings import FullBuildConfig
-from packer.settings import AssemblyConfig, ChainsConfig, PluginsConfig, WebhooksConfig
+from packer.settings import AssemblyConfig, ChainsConfig, OutboundConfig, PluginsConfig, WebhooksConfig
 from packer.licensing.settings import Licenses, default_licenses
 
 __all__ = ["Config", "ConfigError", "load_config", "ENV_PREFIX"]
@@ -151,6 +151,8 @@ class Config(_Section):
     chains: ChainsConfig = ChainsConfig()
     plugins: PluginsConfig = PluginsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    # What service plugins and webhooks may never reach: [outbound].
+    outbound: OutboundConfig = OutboundConfig()
 
     @model_validator(mode="after")
     def _business_is_a_system_namespace(self) -> "Config":

@@ -25,6 +25,8 @@ from proxy.app import create_app  # noqa: E402
 from proxy.config import Config, load_config  # noqa: E402
 
 BACKENDS = ["filesystem", "registry"]
+# Allow rules (any port) for the loopback receivers and services tests start.
+LOOPBACK_ALLOW = ["http://127.0.0.1:*/", "http://localhost:*/"]
 
 
 def make_config(tmp_path: Path, backend: str, distribution: Distribution | None = None, **overrides) -> Config:
@@ -36,6 +38,8 @@ def make_config(tmp_path: Path, backend: str, distribution: Distribution | None 
         storage["url"] = distribution.url
     env = {f"ALGOMINT_STORAGE__{k.upper()}": str(v) for k, v in storage.items()}
     env["ALGOMINT_METADATA__PATH"] = str(tmp_path / "metadata.db")
+    # Webhooks reach nothing by default; tests' receivers listen on loopback.
+    env["ALGOMINT_WEBHOOKS__ALLOW"] = str(LOOPBACK_ALLOW).replace("'", '"')
     return load_config(None, environ=env, **overrides)
 
 

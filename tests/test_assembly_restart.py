@@ -35,6 +35,7 @@ poll_interval = 0.5
 [chains]
 file = "{workdir / 'chains.toml'}"
 [webhooks]
+allow = ["http://127.0.0.1:*/"]
 poll_interval = 0.1
 backoff = 0.1
 max_backoff = 0.5

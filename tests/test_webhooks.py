@@ -48,7 +48,7 @@ async def _start_receiver(aiohttp_server, port: int | None = None):
 
 def _config(config, tmp_path, **webhooks):
     return config.model_copy(update={
-        "webhooks": WebhooksConfig(**{"poll_interval": 0.05, "backoff": 0.05, "max_backoff": 0.2, "max_attempts": 4,
+        "webhooks": WebhooksConfig(**{"allow": config.webhooks.allow, "poll_interval": 0.05, "backoff": 0.05, "max_backoff": 0.2, "max_attempts": 4,
                                       "timeout": 2, **webhooks}),
         "assembly": AssemblyConfig(poll_interval=0.5, workdir=tmp_path / "work"),
     })

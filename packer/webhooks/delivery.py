@@ -6,7 +6,13 @@ marks it delivered; anything else (another status, a connection error, a timeout
 attempt recorded with its reason, retried after an exponentially growing, jittered
 delay, and dead-lettered after ``max_attempts``. State lives in SQLite, so a restart
 resumes where it stopped; a delivery cut short by a crash is sent again (at least once:
-receivers de-duplicate by the event id)."""
+receivers de-duplicate by the event id).
+
+Before each attempt the URL is checked again against ``[webhooks] allow`` and the
+``[outbound]`` refusals (the config may have changed since the subscription was made), and
+the session's resolver refuses a host whose addresses are refused at connection time (DNS
+rebinding); a refused attempt is recorded with its reason and retried like any failure.
+Redirects are not followed and only the first bytes of an answer are read."""
 
 from __future__ import annotations
 
@@ -23,8 +29,10 @@ import aiohttp
 
 from proxy.meta import Database, MetadataError
 
+from ..outbound import Denylist, OutboundRefused, guarded_session, parse_rules, parse_target, refusal_of, refused_cause
 from ..settings import WebhooksConfig
 from .outbox import event_body
+from .subscriptions import ALLOW
 
 __all__ = ["SIGNATURE_HEADER", "WebhookDelivery", "backoff_delay", "sign"]
 
@@ -47,9 +55,11 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
 class WebhookDelivery:
     """The background worker: polls due deliveries, sends them with bounded concurrency."""
 
-    def __init__(self, db: Database, settings: WebhooksConfig) -> None:
+    def __init__(self, db: Database, settings: WebhooksConfig, deny: Denylist) -> None:
         self.db = db
         self.settings = settings
+        self.rules = parse_rules(settings.allow)
+        self.deny = deny
         self._wake = asyncio.Event()
         self._in_flight: set[int] = set()
         self._task: asyncio.Task[None] | None = None
@@ -57,7 +67,8 @@ class WebhookDelivery:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._http = aiohttp.ClientSession(
+        self._http = guarded_session(
+            self.deny,
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
             headers={"User-Agent": "algomint-webhooks"},
         )
@@ -144,7 +155,14 @@ class WebhookDelivery:
         }
         started = time.perf_counter()
         try:
-            async with self._http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+            target = parse_target(url)
+            reason = refusal_of(target, self.rules, self.deny, ALLOW)
+        except OutboundRefused as exc:
+            reason = exc.reason
+        if reason is not None:
+            return None, f"refused: {reason}"[:500], 0.0
+        try:
+            async with self._http.post(target.url, data=body, headers=headers, allow_redirects=False) as resp:
                 peek = await resp.content.read(_RESPONSE_PEEK)
                 elapsed = time.perf_counter() - started
                 if 200 <= resp.status < 300:
@@ -153,6 +171,9 @@ class WebhookDelivery:
         except asyncio.TimeoutError:
             return None, f"timed out after {self.settings.timeout}s", time.perf_counter() - started
         except (aiohttp.ClientError, OSError, ValueError) as exc:
+            refused = refused_cause(exc) or (exc if isinstance(exc, OutboundRefused) else None)
+            if refused is not None:
+                return None, f"refused: {refused.reason}"[:500], time.perf_counter() - started
             return None, f"{type(exc).__name__}: {exc}"[:500], time.perf_counter() - started
 
     async def _record(self, delivery_id: int, attempt: int, status: int | None, error: str | None, elapsed: float) -> None:

@@ -1,4 +1,9 @@
-"""Subscriptions: who wants which events, and the record of every delivery attempt."""
+"""Subscriptions: who wants which events, and the record of every delivery attempt.
+
+A subscription's URL is checked by ``packer.outbound`` when it is created or changed:
+syntax (normalised, no encoded separators or dot segments) by the request models, then
+``[webhooks] allow`` and the ``[outbound]`` refusals, including the addresses its host
+resolves to now, by the store (``OutboundRefused`` says why)."""
 
 from __future__ import annotations
 
@@ -9,11 +14,12 @@ import uuid
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from yarl import URL
 
 from proxy.meta import Database
 
 from ..chains import validate_globs
+from ..outbound import Denylist, OutboundRefused, check_target, parse_rules, parse_target
+from ..settings import WebhooksConfig
 from .outbox import EVENT_TYPES
 
 __all__ = ["SubscriptionPatch", "SubscriptionSpec", "SubscriptionStore", "validate_url"]
@@ -21,15 +27,15 @@ __all__ = ["SubscriptionPatch", "SubscriptionSpec", "SubscriptionStore", "valida
 MAX_SECRET = 512
 
 
+ALLOW = "[webhooks] allow"
+
+
 def validate_url(value: str) -> str:
+    """The syntax rules of outbound URLs; where it may go is checked by the store."""
     try:
-        url = URL(value)
-    except (ValueError, TypeError):
-        raise ValueError("not a URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError("must be an http:// or https:// URL with a host")
-    if url.user or url.password:
-        raise ValueError("must not carry credentials; the body is signed with the secret instead")
+        parse_target(value)
+    except OutboundRefused as exc:
+        raise ValueError(exc.reason) from None
     return value
 
 
@@ -89,7 +95,7 @@ class SubscriptionPatch(BaseModel):
     @field_validator("repositories")
     @classmethod
     def _check_globs(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is None else _globs(value)
+        return None if value is None else validate_globs(value)
 
 
 def _public(row: Any) -> dict[str, Any]:
@@ -106,11 +112,19 @@ def _public(row: Any) -> dict[str, Any]:
 
 
 class SubscriptionStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, settings: WebhooksConfig, deny: Denylist) -> None:
         self.db = db
+        self.rules = parse_rules(settings.allow)
+        self.deny = deny
+
+    async def check_url(self, url: str) -> None:
+        """``OutboundRefused`` unless deliveries may go to ``url`` (its host resolved now)."""
+        await check_target(parse_target(url), self.rules, self.deny, ALLOW)
 
     async def create(self, spec: SubscriptionSpec) -> tuple[dict[str, Any], str]:
-        """Store a subscription; returns it and its secret (generated when not given)."""
+        """Store a subscription; returns it and its secret (generated when not given).
+        ``OutboundRefused`` when its URL may not be called."""
+        await self.check_url(spec.url)
         secret = spec.secret or secrets.token_hex(32)
         sub_id = str(uuid.uuid4())
         now = time.time()
@@ -133,9 +147,12 @@ class SubscriptionStore:
         return [_public(r) for r in rows]
 
     async def update(self, sub_id: str, patch: SubscriptionPatch) -> dict[str, Any] | None:
-        changes = patch.model_dump(exclude_unset=True)
+        # null means "unchanged": every column is required.
+        changes = {k: v for k, v in patch.model_dump(exclude_unset=True).items() if v is not None}
         if not changes:
             return await self.get(sub_id)
+        if "url" in changes:
+            await self.check_url(changes["url"])
         columns, values = [], []
         for key, value in changes.items():
             columns.append(f"{key} = ?")

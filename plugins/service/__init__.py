@@ -1,8 +1,11 @@
 """The ``service`` plugin kind: POST the package to a REST endpoint, use what it answers.
 
-Only URLs under a prefix listed in ``[plugins.service] allow`` are called; redirects are
-not followed. An auth header comes from a named secret in ``[plugins.service.secrets]``
-(the artifact names the secret, never holds it). Connection errors and 5xx answers are
+Only URLs that pass ``packer.outbound`` are called: under a prefix listed in
+``[plugins.service] allow``, normalised (no encoded separators, no dot segments), never to
+a refused address (checked when pushed, when set up, and by the resolver of every
+connection); redirects are not followed. An auth header comes from a named secret in
+``[plugins.service.secrets]`` (the artifact names the secret, never holds it), usable only
+by the plugins and URL prefixes that secret lists. Connection errors and 5xx answers are
 retried a bounded number of times with backoff; a timeout is not retried. The answer is
 validated like any input, and cached by (plugin digest, input package digest, context)."""
 
@@ -15,16 +18,22 @@ import re
 from typing import Any
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field
-from yarl import URL
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from packer.chains import glob_match
 from packer.exchange import document_limit, package_from_document, package_to_document
+from packer.outbound import (OutboundRefused, Target, parse_rules, parse_target, refusal_of, refused_cause,
+                             resolve_checked)
 from packer.package import Package, PackageError, canonical_json
 from packer.plugin import PluginArtifact, PluginContext, PluginEnv, PluginError, options_model
 
-__all__ = ["ServiceOptions", "ServicePlugin", "is_allowed", "setup"]
+__all__ = ["ServiceOptions", "ServicePlugin", "setup"]
 
 _HEADER_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+# Headers that would change where or how the request goes, or what algomint says it is.
+_RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "content-type", "upgrade",
+                               "te", "trailer", "expect", "x-algomint-plugin", "proxy-authorization"})
+_ALLOW = "[plugins.service] allow"
 _EXCERPT = 300
 
 
@@ -38,27 +47,12 @@ class ServiceOptions(BaseModel):
     header: str = Field("Authorization", pattern=_HEADER_RE.pattern)
     cache: bool = True
 
-
-def _normalise(raw: str) -> URL | None:
-    try:
-        url = URL(raw)
-    except (ValueError, TypeError):
-        return None
-    if url.scheme not in ("http", "https") or not url.host or url.user or url.password or url.fragment:
-        return None
-    return url
-
-
-def is_allowed(url: URL, allow: list[str]) -> bool:
-    """Same scheme, host and port as an allowed prefix, and a path at or below its path."""
-    for entry in allow:
-        prefix = _normalise(entry)
-        if prefix is None or (url.scheme, url.host, url.port) != (prefix.scheme, prefix.host, prefix.port):
-            continue
-        base = prefix.path.rstrip("/")
-        if not base or url.path == base or url.path.startswith(base + "/"):
-            return True
-    return False
+    @field_validator("header")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.lower() in _RESERVED_HEADERS:
+            raise ValueError(f"{value!r} is set by algomint, not by a secret")
+        return value
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -77,17 +71,25 @@ class _Retry(Exception):
 
 
 class ServicePlugin:
-    def __init__(self, artifact: PluginArtifact, url: URL, options: ServiceOptions, headers: dict[str, str],
+    def __init__(self, artifact: PluginArtifact, target: Target, options: ServiceOptions, headers: dict[str, str],
                  env: PluginEnv) -> None:
         settings = env.settings.service
         self.artifact = artifact
-        self.url = url
+        self.target = target
+        self.url = target.url
         self.options = options
         self.headers = headers
         self.env = env
         self.timeout = min(options.timeout or settings.timeout, settings.max_timeout)
         self.retries = settings.retries if options.retries is None else options.retries
         self.backoff = settings.retry_backoff
+
+    async def verify(self) -> None:
+        """Resolve the host now: a name pointing at a refused address is refused at push."""
+        try:
+            await resolve_checked(self.target.host, self.target.port, self.env.deny)
+        except OutboundRefused as exc:
+            raise PluginError(f"{self.artifact.ref}: url: {exc.reason}") from None
 
     def _cache_key(self, package: Package, context: PluginContext) -> tuple[str, str, str]:
         return (self.artifact.digest, package.digest(), hashlib.sha256(canonical_json(context.to_json())).hexdigest())
@@ -142,6 +144,9 @@ class ServicePlugin:
         except asyncio.TimeoutError:
             raise PluginError(f"service {self.url} timed out after {self.timeout:g}s") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            refused = refused_cause(exc)
+            if refused is not None:
+                raise PluginError(f"service {self.url} refused: {refused.reason}") from None
             raise _Retry(f"{type(exc).__name__}: {exc}") from None
         except aiohttp.ClientError as exc:
             raise PluginError(f"service {self.url}: {type(exc).__name__}: {exc}") from None
@@ -161,18 +166,26 @@ class ServicePlugin:
             raise PluginError(f"service returned an invalid package: {exc.reason}") from None
 
 
+def _secret_header(artifact: PluginArtifact, options: ServiceOptions, target: Target, env: PluginEnv) -> dict[str, str]:
+    """The secret's header, if this plugin may send it to this URL; the same refusal for a
+    secret that does not exist and one that is not this plugin's (names stay private)."""
+    if options.secret is None:
+        return {}
+    secret = env.settings.service.secrets.get(options.secret)
+    if (secret is None or not any(glob_match(p, artifact.repository) for p in secret.plugins)
+            or not any(rule.covers(target) for rule in parse_rules(secret.urls))):
+        raise PluginError(f"{artifact.ref}: secret: {options.secret[:100]!r} is not available to this plugin "
+                          "at this URL")
+    return {options.header: secret.value.get_secret_value()}
+
+
 def setup(artifact: PluginArtifact, env: PluginEnv) -> ServicePlugin:
     options: ServiceOptions = options_model(ServiceOptions, artifact)
-    settings = env.settings.service
-    url = _normalise(options.url)
-    if url is None:
-        raise PluginError(f"{artifact.ref}: url: {options.url!r} is not an http(s) URL without credentials")
-    if not is_allowed(url, settings.allow):
-        raise PluginError(f"{artifact.ref}: url: {url} is not under a prefix in [plugins.service] allow")
-    headers: dict[str, str] = {}
-    if options.secret is not None:
-        secret = settings.secrets.get(options.secret)
-        if secret is None:
-            raise PluginError(f"{artifact.ref}: secret: {options.secret!r} is not configured in [plugins.service.secrets]")
-        headers[options.header] = secret.get_secret_value()
-    return ServicePlugin(artifact, url, options, headers, env)
+    try:
+        target = parse_target(options.url)
+    except OutboundRefused as exc:
+        raise PluginError(f"{artifact.ref}: url: {exc.reason}") from None
+    reason = refusal_of(target, parse_rules(env.settings.service.allow), env.deny, _ALLOW)
+    if reason is not None:
+        raise PluginError(f"{artifact.ref}: url: {reason}")
+    return ServicePlugin(artifact, target, options, _secret_header(artifact, options, target, env), env)

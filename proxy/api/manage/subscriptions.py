@@ -1,4 +1,8 @@
-"""``/api/v1/subscriptions``: webhooks on events, and their delivery attempts."""
+"""``/api/v1/subscriptions``: webhooks on events, and their delivery attempts.
+
+Every route needs registry-wide ``manage`` (admin): a subscription chooses a URL algomint
+will call and receives events about any repository its globs match. A URL that
+``[webhooks] allow`` or ``[outbound]`` refuses is answered 422 naming the reason."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel
 
+from packer.outbound import OutboundRefused
 from packer.webhooks import DELIVERY_STATUSES, SubscriptionPatch, SubscriptionSpec
 
 from ..state import PACKER
@@ -57,6 +62,10 @@ class DeliveryOut(BaseModel):
     history: list[Attempt]
 
 
+def _refused(exc: OutboundRefused) -> ApiError:
+    return ApiError(422, "subscription URL refused", {"fields": [{"field": "url", "message": exc.reason}]})
+
+
 async def _existing(request: web.Request) -> dict[str, Any]:
     sub = await request.app[PACKER].subscriptions.get(request.match_info["id"])
     if sub is None:
@@ -76,7 +85,10 @@ async def list_subscriptions(request: web.Request) -> web.Response:
               body=SubscriptionSpec, response=SubscriptionCreated, status=201)
 async def create_subscription(request: web.Request) -> web.Response:
     spec = await parse_body(request, SubscriptionSpec)
-    sub, secret = await request.app[PACKER].subscriptions.create(spec)
+    try:
+        sub, secret = await request.app[PACKER].subscriptions.create(spec)
+    except OutboundRefused as exc:
+        raise _refused(exc) from None
     return web.json_response({**sub, "secret": secret}, status=201)
 
 
@@ -89,7 +101,10 @@ async def get_subscription(request: web.Request) -> web.Response:
               response=SubscriptionOut)
 async def update_subscription(request: web.Request) -> web.Response:
     patch = await parse_body(request, SubscriptionPatch)
-    sub = await request.app[PACKER].subscriptions.update(request.match_info["id"], patch)
+    try:
+        sub = await request.app[PACKER].subscriptions.update(request.match_info["id"], patch)
+    except OutboundRefused as exc:
+        raise _refused(exc) from None
     if sub is None:
         raise ApiError(404, f"no subscription {request.match_info['id'][:64]!r}")
     return web.json_response(sub)
