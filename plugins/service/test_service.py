@@ -137,3 +137,86 @@ def test_bad_options(make_artifact, make_env, options, message):
     with pytest.raises(PluginError) as info:
         service_kind.setup(make_artifact("service", options), env)
     assert message in info.value.reason
+
+
+# -- where a service plugin may call, and which secret it may send there ---------------------------
+
+REFUSED_URLS = [
+    ("http://169.254.169.254/latest/meta-data/", "refused network 169.254.0.0/16"),
+    ("http://[fd00:ec2::254]/latest/", "refused network fd00:ec2::254/128"),
+    ("http://metadata.google.internal/computeMetadata/v1/", "refused name"),
+    ("{origin}transform%2f..%2fadmin", "encoded '/'"),
+    ("{origin}transform/%2e%2e/admin", "dot segment"),
+    ("{origin}transform/../admin", "dot segment"),
+    ("http://services.example.com/transform", "not under a prefix in [plugins.service] allow"),
+]
+
+
+@pytest.mark.parametrize("url,reason", REFUSED_URLS)
+async def test_refused_urls_are_never_called(package, context, make_artifact, make_env, service, url, reason):
+    env = make_env(http=True, service={"allow": [service.origin, "http://169.254.169.254/", "http://[fd00:ec2::254]/",
+                                                 "http://metadata.google.internal/"]})
+    with pytest.raises(PluginError) as info:
+        service_kind.setup(make_artifact("service", {"url": url.format(origin=service.origin)}), env)
+    assert reason in info.value.reason
+    assert service.calls == []
+
+
+async def test_a_name_resolving_to_a_refused_address_is_refused_at_push_and_at_call(
+        package, context, make_artifact, make_env, service):
+    from packer.outbound import DEFAULT_DENY_HOSTS, DEFAULT_DENY_NETWORKS, Denylist
+
+    deny = Denylist([*DEFAULT_DENY_NETWORKS, "127.0.0.0/8", "::1/128"], DEFAULT_DENY_HOSTS)
+    url = service.url.replace("127.0.0.1", "localhost")
+    env = make_env(http=True, deny=deny, service={"allow": [service.origin.replace("127.0.0.1", "localhost")],
+                                                  "retries": 3, "retry_backoff": 0})
+    plugin = service_kind.setup(make_artifact("service", {"url": url}), env)  # no resolution here
+    with pytest.raises(PluginError, match="resolves to 127.0.0.1 is in refused network 127.0.0.0/8"):
+        await plugin.verify()
+    # At call time the connection's resolver refuses it: not retried, nothing sent.
+    with pytest.raises(PluginError, match=r"refused: host 'localhost' resolves to 127\.0\.0\.1"):
+        await plugin.apply(package, context)
+    assert service.calls == []
+
+
+def _scoped_env(make_env, service, plugins, urls):
+    return make_env(http=True, service={
+        "allow": [service.origin],
+        "secrets": {"fugitive_api": {"value": "Bearer fugitive", "plugins": plugins, "urls": urls}}})
+
+
+@pytest.mark.parametrize("plugins,urls", [
+    (["plugins/fugitive-*"], ["{url}"]),           # another system's plugins
+    (["plugins/test-service"], ["{origin}other/"]),  # this plugin, but not for this URL
+])
+async def test_a_secret_goes_only_to_its_plugins_and_prefixes(package, context, make_artifact, make_env, service,
+                                                              plugins, urls):
+    env = _scoped_env(make_env, service, plugins, [u.format(url=service.url, origin=service.origin) for u in urls])
+    artifact = make_artifact("service", {"url": service.url, "secret": "fugitive_api"})
+    with pytest.raises(PluginError) as refused:
+        service_kind.setup(artifact, env)
+    with pytest.raises(PluginError) as unknown:
+        service_kind.setup(make_artifact("service", {"url": service.url, "secret": "no_such_api"}), env)
+    # The same answer whether the secret exists or not.
+    assert refused.value.reason.replace("fugitive_api", "X") == unknown.value.reason.replace("no_such_api", "X")
+    assert "is not available to this plugin at this URL" in refused.value.reason
+    assert service.calls == []
+
+
+async def test_a_scoped_secret_reaches_its_own_prefix(package, context, make_artifact, make_env, service):
+    env = _scoped_env(make_env, service, ["plugins/test-*"], [service.origin + "transform"])
+    plugin = service_kind.setup(make_artifact("service", {"url": service.url, "secret": "fugitive_api"}), env)
+    await plugin.apply(package, context)
+    assert service.headers[0]["Authorization"] == "Bearer fugitive"
+
+
+def test_an_unscoped_secret_is_a_config_error():
+    from pydantic import ValidationError
+
+    from packer.settings import ServicePluginConfig
+
+    with pytest.raises(ValidationError, match="plugins"):
+        ServicePluginConfig.model_validate({"secrets": {"door": {"value": "Bearer x", "urls": ["http://127.0.0.1/"]}}})
+    with pytest.raises(ValidationError, match="dot segment"):
+        ServicePluginConfig.model_validate({"secrets": {"door": {"value": "Bearer x", "plugins": ["plugins/door"],
+                                                                 "urls": ["http://127.0.0.1/a/../"]}}})
