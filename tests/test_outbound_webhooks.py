@@ -26,6 +26,8 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         self.paths.append(request.raw_path)
+        if request.path == "/redirect":
+            raise web.HTTPTemporaryRedirect("/elsewhere")
         return web.Response()
 
 
@@ -147,3 +149,20 @@ async def test_only_admins_choose_webhook_urls(auth_env, receiver):
     resp = await client.patch(f"/api/v1/subscriptions/{sub_id}", json={"url": url + "/x", "repositories": ["business/**"]},
                               headers=basic("admin"))
     assert resp.status == 200 and (await resp.json())["url"] == url + "/x"
+
+
+async def test_redirects_are_not_followed(aiohttp_client, config, tmp_path, receiver):
+    uid = uuid.uuid4().hex[:8]
+    client = await aiohttp_client(create_app(_config(config, tmp_path)))
+    resp = await _create(client, f"http://127.0.0.1:{receiver.port}/redirect", repositories=[f"generic/a-{uid}"])
+    assert resp.status == 201, await resp.text()
+    sub_id = (await resp.json())["id"]
+    await push_generic(client, f"generic/a-{uid}", "1.0", {"m": b"m"}, tmp_path / "g")
+
+    async def attempted() -> dict | None:
+        items = (await (await client.get(f"/api/v1/subscriptions/{sub_id}/deliveries")).json())["items"]
+        return items[0] if items and items[0]["attempts"] >= 1 else None
+
+    delivery = await wait_for(attempted)
+    assert delivery["last_status"] == 307 and delivery["status"] == "pending"
+    assert set(receiver.paths) == {"/redirect"}

@@ -34,6 +34,8 @@ class Backend:
             return web.Response(status=answer, text=f"status {answer}")
         if answer == "sleep":
             await asyncio.sleep(5)
+        if answer == "redirect":
+            raise web.HTTPFound(str(request.url))
         if answer == "drop":
             request.transport.close()
             return web.Response()
@@ -93,6 +95,7 @@ async def test_5xx_and_dropped_connections_are_retried(package, context, logs, m
 @pytest.mark.parametrize("answers,options,message", [
     ([500], {}, "failed after 3 attempts: HTTP 500"),
     ([400], {}, "answered HTTP 400: status 400"),
+    (["redirect"], {}, "answered HTTP 302"),  # not followed
     (["sleep"], {"timeout": 0.3}, "timed out after 0.3s"),
     ([b"{not json"], {}, "invalid JSON"),
     ([{"nothing": 1}], {}, "has no 'package'"),
