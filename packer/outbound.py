@@ -265,8 +265,9 @@ def refusal_of(target: Target, rules: Sequence[Rule], deny: Denylist, where: str
 
 async def resolve_checked(host: str, port: int, deny: Denylist) -> list[str]:
     """Resolve ``host`` and refuse it if any address it has is refused (rebinding answers mix)."""
-    if deny.host_refusal(host):
-        raise OutboundRefused(deny.host_refusal(host) or "")
+    refused = deny.host_refusal(host)
+    if refused:
+        raise OutboundRefused(refused)
     try:
         ipaddress.ip_address(host)
         return [host]
