@@ -11,6 +11,19 @@ mounted (linked, not copied) so ``/v2`` clients can pull the index and its parts
 
 Tags are written last, images first and the full package's tag at the very end, so an
 interrupted build never leaves a tag pointing at something half-written.
+
+Rights follow derivation: the requester must be able to pull every source (the business
+package, its generic source, its plugins, the runtime images) and to write every target
+(``manage`` on the business repository, ``push`` on each image repository). This is checked
+when the build is asked for and again, with the requester's rights of the moment, when
+it runs; every manifest is written through the same policy as ``/v2`` (permissions and
+freezes), never around it.
+
+Which files are models comes from the generic package's descriptor as its owner pushed
+it (the business copy must agree) plus the configured minimum (``[full_builds.models]``);
+an encrypting license that would seal no file fails the build. A licensed tag is never
+moved: it is created, reused when it was made from the same image, license, key and
+models, or the build fails with ``DENIED`` naming it.
 """
 
 from __future__ import annotations
@@ -27,9 +40,13 @@ from proxy.oci import mediatypes as mt
 from proxy.oci.errors import Errors, RegistryError
 from proxy.oci.manifest import ParsedManifest, parse_manifest
 from proxy.oci.reference import sha256_digest
-from proxy.service.policy import SYSTEM
+from proxy.service.policy import SYSTEM, Action, PolicyChain, Principal, Request as PolicyRequest
 from proxy.service.registry import RegistryService
 
+from ..chains import glob_match
+from ..package import ANNOTATION_PLUGINS as PKG_PLUGINS
+from ..package import ANNOTATION_SOURCE as PKG_SOURCE
+from ..package import ANNOTATION_SOURCE_REPOSITORY as PKG_SOURCE_REPOSITORY
 from ..layers import TAR_LAYER_TYPES, Codec, LayerError, rewrite_layer, scan_layer
 from ..licensing.envelope import KEY_ID_SIZE, Encryptor
 from ..licensing.licenser import Licenser
@@ -41,6 +58,7 @@ from .names import (
     ANNOTATION_LICENSE,
     ANNOTATION_PACKAGE,
     ANNOTATION_SOURCE,
+    LABEL_BUILD,
     LABEL_LICENSE,
     LABEL_SOURCE,
     BuildInputError,
@@ -51,7 +69,7 @@ from .names import (
     runtime_images,
 )
 from .settings import FullBuildConfig
-from .store import BuildRecord, Frozen, LayerProgress
+from .store import BuildRecord, BuildStore, Frozen, LayerProgress
 
 __all__ = ["BuildError", "FullBuilder", "Tracker"]
 
@@ -113,14 +131,35 @@ class _Runtime:
     ref: RuntimeImageRef
     root: ManifestData
     images: list[_Image]
+    principal: Principal  # writes to the image repository are made as the requester
     licensed: ManifestData | None = None
-    licensed_children: list[tuple[ManifestData, _Image]] = field(default_factory=list)
+    licensed_children: list[tuple[ManifestData, _Image | None]] = field(default_factory=list)
     key_id: bytes = b""
     encrypted: int = 0
+    reused: dict[str, Any] | None = None  # the earlier build's image entry when the tag is reused
+    build_id: str = ""  # labelled on licensed configs: whose leftover a tag is after a crash
+
+
+@dataclass
+class _Inputs:
+    """What a business package was derived from, as its manifest records it."""
+
+    package: ParsedManifest
+    descriptor: dict[str, Any]
+    source_repo: str  # the generic repository, whole path
+    source_digest: str
+    plugins: list[str]  # plugin repositories
+    refs: list[RuntimeImageRef]  # models: the generic descriptor's plus the configured minimum
 
 
 def _json(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _refused(exc: RegistryError) -> BuildInputError:
+    """A policy refusal as the request's answer: 401 to ask for credentials, else 403."""
+    status = 401 if exc.error is Errors.UNAUTHORIZED else 403
+    return BuildInputError(status, f"{exc.code}: {exc.message}", exc.detail)
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
@@ -129,8 +168,11 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
 
 class FullBuilder:
     def __init__(self, service: RegistryService, licensers: dict[str, Licenser], licenses: dict[str, LicenseConfig],
-                 settings: FullBuildConfig, namespaces: Namespaces) -> None:
+                 settings: FullBuildConfig, namespaces: Namespaces, store: BuildStore,
+                 policy: PolicyChain | None = None) -> None:
         self.service = service
+        self.store = store
+        self.policy = policy or PolicyChain()
         self.backend: Backend = service.backend
         self.licensers = licensers
         self.licenses = licenses
@@ -140,8 +182,9 @@ class FullBuilder:
         self.codec = Codec(settings.gzip_level, settings.zstd_level, settings.threads)
 
     # -- request validation (before anything is queued) ------------------------------------
-    async def check(self, package: str, license: str) -> tuple[PackageName, str]:
-        """Resolve a request to (package, source manifest digest) or raise ``BuildInputError``."""
+    async def check(self, package: str, license: str, requester: Principal = SYSTEM) -> tuple[PackageName, str]:
+        """Resolve a request to (package, source manifest digest) or raise ``BuildInputError``
+        (403 when ``requester`` may not read a source or write a target)."""
         if license not in self.licensers:
             raise BuildInputError(422, f"unknown license kind {license!r}",
                                   {"field": "license", "known": sorted(self.licensers)})
@@ -151,21 +194,132 @@ class FullBuilder:
                 raise BuildInputError(422, f"{package} is itself a full package (tag ends in -{kind})",
                                       {"field": "package"})
         try:
+            # Before anything is looked up: whether the package exists is for its readers.
+            await self.policy.check(PolicyRequest(requester, Action.PULL, name.repository, name.version))
             data = await self.service.get_manifest(name.repository, name.version)
         except RegistryError as exc:
             if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
                 raise BuildInputError(404, f"unknown package {package}", {"field": "package"}) from None
-            raise
-        _, descriptor = await self._package(name.repository, data)
-        for image in runtime_images(descriptor, self.ns):
+            raise _refused(exc) from None
+        inputs = await self._inputs(name, data)
+        roots: dict[str, str] = {}
+        for image in inputs.refs:
             try:
-                await self.service.stat_manifest(image.repository, image.reference.reference)
+                roots[image.ref] = (await self.service.stat_manifest(image.repository, image.reference.reference)).digest
             except RegistryError as exc:
                 if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
                     raise BuildInputError(422, f"runtime image {image.ref} does not exist",
                                           {"field": f"runtime.images.{image.index}.ref"}) from None
                 raise
+        try:
+            reused = {ref.ref for ref in inputs.refs
+                      if await self._existing(ref, license, roots[ref.ref]) is not None}
+            await self._authorize(requester, name, inputs, license, reused)
+        except RegistryError as exc:
+            raise _refused(exc) from None
         return name, data.digest
+
+    # -- what a package was made from, who may build it, what it may overwrite --------------
+    async def _inputs(self, name: PackageName, data: ManifestData) -> _Inputs:
+        """The package, its recorded generic source and plugins, and the runtime images with
+        their model globs taken from the generic descriptor, not the business copy."""
+        parsed, descriptor = await self._package(name.repository, data)
+        notes = parsed.annotations or {}
+        source_repo, source_digest = notes.get(PKG_SOURCE_REPOSITORY), notes.get(PKG_SOURCE)
+        if not source_repo or not source_digest or not source_repo.startswith(self.ns.generic):
+            raise BuildInputError(422, f"{name} records no generic source ({PKG_SOURCE_REPOSITORY}, {PKG_SOURCE}): "
+                                  "only packages algomint assembled can be built", {"field": "package"})
+        try:
+            source = await self.service.get_manifest(source_repo, source_digest)
+            current = await self.service.stat_manifest(source_repo, name.version)
+        except RegistryError as exc:
+            raise BuildInputError(422, f"the package's source {source_repo}:{name.version} ({source_digest}) "
+                                  f"is not available: {exc.message}", {"field": "package"}) from None
+        if current.digest != source_digest:
+            raise BuildInputError(422, f"{source_repo}:{name.version} changed since {name} was assembled from "
+                                  f"{source_digest}; build once it is assembled again", {"field": "package"})
+        source_parsed = parse_manifest(source.data, source.media_type)
+        if source_parsed.is_index or source_parsed.config is None:
+            raise BuildInputError(422, f"the package's source {source_repo}@{source_digest} is not a generic package")
+        generic = load_descriptor(await self._small_blob(source_repo, source_parsed.config.digest))
+        owned = runtime_images(generic, self.ns)
+        if [(r.ref, r.models) for r in owned] != [(r.ref, r.models) for r in runtime_images(descriptor, self.ns)]:
+            raise BuildInputError(422, f"{name}'s runtime.images (refs or models) differ from its generic source "
+                                  f"{source_repo}@{source_digest}; only the generic package decides them",
+                                  {"field": "runtime.images"})
+        refs = [RuntimeImageRef(r.index, r.ref, r.reference, self._models(r)) for r in owned]
+        plugins = [ref.split("@", 1)[0] for ref in (notes.get(PKG_PLUGINS) or "").split(",") if ref]
+        return _Inputs(parsed, descriptor, source_repo, source_digest, plugins, refs)
+
+    async def _made_by(self, repo: str, tag: str) -> str | None:
+        """The full build whose label the licensed image at ``repo:tag`` carries, if any."""
+        try:
+            data = await self.service.get_manifest(repo, tag)
+            parsed = parse_manifest(data.data, data.media_type)
+            if parsed.is_index and parsed.manifests:
+                data = await self.service.get_manifest(repo, parsed.manifests[0].digest)
+                parsed = parse_manifest(data.data, data.media_type)
+            if parsed.is_index or parsed.config is None or parsed.config.media_type not in _IMAGE_CONFIGS:
+                return None
+            config = json.loads(await self._small_blob(repo, parsed.config.digest))
+        except (RegistryError, BuildError, ValueError):
+            return None
+        labels = (config.get("config") or {}).get("Labels") if isinstance(config, dict) else None
+        value = labels.get(LABEL_BUILD) if isinstance(labels, dict) else None
+        return value if isinstance(value, str) else None
+
+    def _models(self, ref: RuntimeImageRef) -> tuple[str, ...]:
+        """The descriptor's model globs plus the configured minimum for this image."""
+        extra = [g for pattern, globs in self.settings.models.items() if glob_match(pattern, ref.repository)
+                 for g in globs]
+        return tuple(dict.fromkeys([*ref.models, *extra]))
+
+    async def _authorize(self, principal: Principal, name: PackageName, inputs: _Inputs, license: str,
+                         reused: set[str]) -> None:
+        """The requester may pull every source and write every target (``RegistryError`` if not)."""
+        reads = [(name.repository, name.version), (inputs.source_repo, inputs.source_digest)]
+        reads += [(repo, None) for repo in inputs.plugins]
+        reads += [(ref.repository, ref.reference.reference) for ref in inputs.refs]
+        for repo, reference in reads:
+            await self.policy.check(PolicyRequest(principal, Action.PULL, repo, reference))
+        await self.policy.check(PolicyRequest(principal, Action.MANAGE, name.repository))
+        for ref in inputs.refs:
+            if ref.ref not in reused:
+                await self.policy.check(PolicyRequest(principal, Action.PUSH, ref.repository,
+                                                      ref.licensed_tag(license)))
+
+    async def _existing(self, ref: RuntimeImageRef, license: str, root_digest: str) -> dict[str, Any] | None:
+        """None when the licensed tag is free; the earlier build's image entry when it holds
+        exactly this image, license, key and models; ``DENIED`` otherwise."""
+        repo, tag = ref.repository, ref.licensed_tag(license)
+        try:
+            await self.service.stat_manifest(repo, tag)
+        except RegistryError as exc:
+            if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
+                return None
+            raise
+        frozen = await self.store.frozen_tag(repo, tag)
+        if frozen is None:
+            maker = await self._made_by(repo, tag)
+            previous = await self.store.get(maker, layers=False) if maker else None
+            if previous is not None and previous.state != "succeeded":
+                return None  # written by a build that never finished (a crash, a refusal): not in use
+            raise RegistryError(Errors.DENIED, {"repository": repo, "tag": tag},
+                                message=f"{repo}:{tag} already exists and was not made by a full build; "
+                                        "a build never moves a licensed tag")
+        record = await self.store.get(frozen.build_id, layers=False)
+        entry = next((i for i in ((record.result or {}).get("images") or []) if i.get("licensed") == f"{repo}:{tag}"),
+                     None) if record else None
+        wanted = {"source_digest": root_digest, "license_key": self.licensers[license].describe(),
+                  "models": list(ref.models)}
+        if record is not None and entry is not None and record.license == license \
+                and all(entry.get(k) == v for k, v in wanted.items()):
+            return {**entry, "digest": frozen.digest}
+        raise RegistryError(
+            Errors.DENIED, {"repository": repo, "tag": tag, "full_build": frozen.build_id, "package": frozen.package},
+            message=f"{repo}:{tag} is frozen (full build {frozen.build_id} of {frozen.package}) and was made from "
+                    "another image, license key or set of models; a build never moves a licensed tag",
+        )
 
     async def _package(self, repo: str, data: ManifestData) -> tuple[ParsedManifest, dict[str, Any]]:
         parsed = parse_manifest(data.data, data.media_type)
@@ -202,34 +356,72 @@ class FullBuilder:
         await self.backend.finish_upload(repo, session.upload_id, digest, _one(data))
         return digest
 
-    async def _put_manifest(self, repo: str, reference: str, data: bytes, media_type: str) -> str:
-        stored = await self.service.put_manifest(repo, reference, data, media_type, SYSTEM.name)
+    async def _put_manifest(self, repo: str, reference: str, data: bytes, media_type: str,
+                            principal: Principal = SYSTEM) -> str:
+        """Write through the registry's policy, like a ``/v2`` push (freezes refuse even
+        algomint); image repositories are written as the requester."""
+        await self.policy.check(PolicyRequest(principal, Action.PUSH, repo, reference))
+        stored = await self.service.put_manifest(repo, reference, data, media_type, principal.name)
         return stored.digest
+
+    async def _reachable(self, repo: str, data: ManifestData, depth: int = 0) -> set[str]:
+        """Every digest in ``repo`` a manifest needs: itself, child manifests, configs, layers."""
+        out = {data.digest}
+        parsed = parse_manifest(data.data, data.media_type)
+        if not parsed.is_index:
+            return out | {blob.digest for blob in parsed.blobs}
+        for child in parsed.manifests:
+            if depth > 4:
+                break
+            try:
+                out |= await self._reachable(repo, await self.service.get_manifest(repo, child.digest), depth + 1)
+            except RegistryError as exc:
+                if exc.error not in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
+                    raise
+        return out
 
     # -- the build ---------------------------------------------------------------------------
     async def run(self, record: BuildRecord, tracker: Tracker, planned: Callable[[], Any],
-                  warnings: list[str]) -> tuple[dict[str, Any], list[Frozen]]:
+                  warnings: list[str]) -> tuple[dict[str, Any], list[Frozen], list[Frozen]]:
         """Build ``record``; ``planned`` is awaited once the layer list is known."""
         licenser = self.licensers.get(record.license)
         if licenser is None:
             raise BuildError(f"license kind {record.license!r} is no longer configured")
         settings = self.licenses[record.license]
         name = PackageName.parse(record.package, self.ns)
+        principal = await self.store.requester(record.id)
         try:
             source = await self.service.get_manifest(name.repository, record.source_digest)
-            package, descriptor = await self._package(name.repository, source)
-            refs = runtime_images(descriptor, self.ns)
+            inputs = await self._inputs(name, source)
         except BuildInputError as exc:
             raise BuildError(exc.message) from None
+        package, descriptor, refs = inputs.package, inputs.descriptor, inputs.refs
 
         runtimes: dict[str, _Runtime] = {}
         for ref in refs:
             if ref.ref not in runtimes:
-                runtimes[ref.ref] = await self._plan(ref, tracker, warnings)
+                runtimes[ref.ref] = await self._plan(ref, tracker, warnings, principal)
+                runtimes[ref.ref].build_id = record.id
+        try:
+            for runtime in runtimes.values():
+                runtime.reused = await self._existing(runtime.ref, record.license, runtime.root.digest)
+            # Rights of the moment: a grant revoked since the request stops the build here.
+            await self._authorize(principal, name, inputs, record.license,
+                                  {r.ref.ref for r in runtimes.values() if r.reused is not None})
+        except RegistryError as exc:
+            raise BuildError(f"{exc.code}: {exc.message}") from None
         await planned()
 
         for runtime in runtimes.values():
+            if runtime.reused is not None:
+                await self._reuse(runtime, tracker)
+                continue
             await self._license_runtime(runtime, licenser, settings, tracker, warnings)
+            if licenser.encrypts and runtime.encrypted == 0:
+                raise BuildError(
+                    f"no file in {runtime.ref.ref} matches the model patterns {list(runtime.ref.models)}: a "
+                    f"{record.license} image with nothing encrypted would deliver its models in the clear; "
+                    "fix the generic package's runtime.images models (or [full_builds.models]), or build full")
 
         # The license-specific descriptor and the full index, in the business repository.
         descriptor = copy.deepcopy(descriptor)
@@ -282,36 +474,65 @@ class FullBuilder:
         index_data = _json(index)
         index_digest = await self._put_manifest(name.repository, sha256_digest(index_data), index_data, mt.OCI_INDEX)
 
-        # Tags last: every image first, the full package at the very end.
+        # Tags last: every image first, the full package at the very end. Frozen: the
+        # business tag, the exact generic source version, the licensed tags, and every
+        # digest their manifests (and the source runtime images) reference.
+        label = str(name)
         freezes = [
-            Frozen(name.repository, name.version, record.source_digest, record.id, str(name)),
+            Frozen(name.repository, name.version, record.source_digest, record.id, label),
+            Frozen(inputs.source_repo, name.version, inputs.source_digest, record.id, label),
         ]
-        generic = name.generic(self.ns)
-        try:
-            generic_info = await self.service.stat_manifest(generic, name.version)
-            freezes.append(Frozen(generic, name.version, generic_info.digest, record.id, str(name)))
-        except RegistryError as exc:
-            if exc.error not in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
-                raise
+        content: list[Frozen] = []
+
+        async def hold(repo: str, tag: str, data: ManifestData) -> None:
+            content.extend(Frozen(repo, tag, digest, record.id, label) for digest in await self._reachable(repo, data))
+
+        await hold(name.repository, name.version, source)
+        source_generic = await self.service.get_manifest(inputs.source_repo, inputs.source_digest)
+        await hold(inputs.source_repo, name.version, source_generic)
         images_out = []
         for runtime in runtimes.values():
             assert runtime.licensed is not None
-            tag = runtime.ref.licensed_tag(record.license)
-            await self._put_manifest(runtime.ref.repository, tag, runtime.licensed.data, runtime.licensed.media_type)
-            freezes.append(Frozen(runtime.ref.repository, tag, runtime.licensed.digest, record.id, str(name)))
-            images_out.append({
+            repo, tag = runtime.ref.repository, runtime.ref.licensed_tag(record.license)
+            if runtime.reused is None:
+                await self._put_manifest(repo, tag, runtime.licensed.data, runtime.licensed.media_type,
+                                         runtime.principal)
+            freezes.append(Frozen(repo, tag, runtime.licensed.digest, record.id, label))
+            await hold(repo, tag, runtime.licensed)
+            await hold(repo, runtime.ref.reference.reference, runtime.root)
+            images_out.append(runtime.reused or {
                 "ref": runtime.ref.ref, "source_digest": runtime.root.digest,
-                "licensed": f"{runtime.ref.repository}:{tag}", "digest": runtime.licensed.digest,
+                "licensed": f"{repo}:{tag}", "digest": runtime.licensed.digest,
                 "key_id": runtime.key_id.hex() if runtime.key_id else None, "encrypted_files": runtime.encrypted,
+                "license_key": licenser.describe(), "models": list(runtime.ref.models),
             })
         full_tag = name.full_tag(record.license)
         await self._put_manifest(name.repository, full_tag, index_data, mt.OCI_INDEX)
-        freezes.append(Frozen(name.repository, full_tag, index_digest, record.id, str(name)))
+        freezes.append(Frozen(name.repository, full_tag, index_digest, record.id, label))
+        await hold(name.repository, full_tag, ManifestData(index_digest, mt.OCI_INDEX, index_data))
         result = {"tag": f"{name.repository}:{full_tag}", "digest": index_digest, "descriptor": thin_digest,
                   "images": images_out}
-        return result, freezes
+        return result, freezes, content
 
-    async def _plan(self, ref: RuntimeImageRef, tracker: Tracker, warnings: list[str]) -> _Runtime:
+    async def _reuse(self, runtime: _Runtime, tracker: Tracker) -> None:
+        """Point the package at the licensed image an earlier build made from the same inputs."""
+        entry = runtime.reused
+        assert entry is not None
+        repo = runtime.ref.repository
+        runtime.licensed = await self.service.get_manifest(repo, entry["digest"])
+        runtime.key_id = bytes.fromhex(entry["key_id"]) if entry.get("key_id") else b""
+        runtime.encrypted = int(entry.get("encrypted_files") or 0)
+        parsed = parse_manifest(runtime.licensed.data, runtime.licensed.media_type)
+        if parsed.is_index:
+            for child in parsed.manifests:
+                runtime.licensed_children.append((await self.service.get_manifest(repo, child.digest), None))
+        else:
+            runtime.licensed_children.append((runtime.licensed, None))
+        for image in runtime.images:
+            for layer in image.layers:
+                tracker.set(layer, "reused", layer.size)
+
+    async def _plan(self, ref: RuntimeImageRef, tracker: Tracker, warnings: list[str], principal: Principal) -> _Runtime:
         try:
             root = await self.service.get_manifest(ref.repository, ref.reference.reference)
         except RegistryError as exc:
@@ -335,7 +556,7 @@ class FullBuilder:
         for image in images:
             for position, layer in enumerate(image.parsed.layers):
                 image.layers.append(tracker.add(image.label, position, layer.digest, layer.size))
-        return _Runtime(ref, root, images)
+        return _Runtime(ref, root, images, principal)
 
     async def _license_runtime(self, runtime: _Runtime, licenser: Licenser, settings: LicenseConfig,
                                tracker: Tracker, warnings: list[str]) -> None:
@@ -351,8 +572,6 @@ class FullBuilder:
         for image in runtime.images:
             licensed = await self._license_image(image, ref, licenser, settings, key, runtime, license_layer, tracker)
             runtime.licensed_children.append((licensed, image))
-        if licenser.encrypts and runtime.encrypted == 0:
-            warnings.append(f"model patterns {list(ref.models)} matched no file in {ref.ref}: nothing was encrypted")
         root = parse_manifest(runtime.root.data, runtime.root.media_type)
         if not root.is_index:
             runtime.licensed = runtime.licensed_children[0][0]
@@ -370,7 +589,7 @@ class FullBuilder:
             doc["annotations"] = {**(doc.get("annotations") or {}), ANNOTATION_LICENSE: licenser.kind,
                                   ANNOTATION_SOURCE: runtime.root.digest}
         data = _json(doc)
-        digest = await self._put_manifest(ref.repository, sha256_digest(data), data, root.media_type)
+        digest = await self._put_manifest(ref.repository, sha256_digest(data), data, root.media_type, runtime.principal)
         runtime.licensed = ManifestData(digest, root.media_type, data)
 
     async def _license_image(self, image: _Image, ref: RuntimeImageRef, licenser: Licenser, settings: LicenseConfig,
@@ -434,7 +653,8 @@ class FullBuilder:
         if not isinstance(inner, dict):
             raise BuildError(f"{image.label}: config.config is not an object")
         labels = inner.get("Labels") or {}
-        inner["Labels"] = {**labels, LABEL_LICENSE: licenser.kind, LABEL_SOURCE: f"{repo}@{image.data.digest}"}
+        inner["Labels"] = {**labels, LABEL_LICENSE: licenser.kind, LABEL_SOURCE: f"{repo}@{image.data.digest}",
+                           LABEL_BUILD: runtime.build_id}
         config_data = _json(config)
         config_digest = await self._put_blob(repo, config_data)
 
@@ -445,7 +665,7 @@ class FullBuilder:
             doc["annotations"] = {**(doc.get("annotations") or {}), ANNOTATION_LICENSE: licenser.kind,
                                   ANNOTATION_SOURCE: image.data.digest}
         data = _json(doc)
-        digest = await self._put_manifest(repo, sha256_digest(data), data, image.data.media_type)
+        digest = await self._put_manifest(repo, sha256_digest(data), data, image.data.media_type, runtime.principal)
         return ManifestData(digest, image.data.media_type, data)
 
     async def _platform(self, runtime: _Runtime) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ __all__ = [
     "ANNOTATION_LICENSE",
     "ANNOTATION_PACKAGE",
     "ANNOTATION_SOURCE",
+    "LABEL_BUILD",
     "LABEL_LICENSE",
     "LABEL_SOURCE",
     "BuildInputError", "Namespaces", "PackageName", "RuntimeImageRef", "runtime_images", "load_descriptor"]
@@ -32,6 +33,7 @@ ANNOTATION_IMAGE_REF = "org.algomint.image.ref"
 ANNOTATION_IMAGE_SOURCE = "org.algomint.image.source"
 LABEL_LICENSE = "org.algomint.license.kind"
 LABEL_SOURCE = "org.algomint.source.image"
+LABEL_BUILD = "org.algomint.full-build"
 
 
 class BuildInputError(Exception):
@@ -51,7 +53,8 @@ class Namespaces:
 
 @dataclass(frozen=True)
 class PackageName:
-    """``business/<system>/<algorithm>:<version>``."""
+    """``business/<system>/<algorithm>:<version>``; ``<algorithm>`` may have several
+    segments (the whole path under ``generic/``)."""
 
     repository: str
     version: str
@@ -76,9 +79,6 @@ class PackageName:
 
     def __str__(self) -> str:
         return f"{self.repository}:{self.version}"
-
-    def generic(self, ns: Namespaces) -> str:
-        return ns.generic + self.algorithm
 
     def full_tag(self, license: str) -> str:
         return f"{self.version}-{license}"

@@ -29,6 +29,9 @@ class FullBuildConfig(BaseModel):
     zstd_level: int = Field(3, ge=1, le=19)
     threads: int = Field(2, ge=1, le=64)
     poll_interval: float = Field(5.0, gt=0)
+    # Model globs always encrypted, by image repository glob ("images/team-b/**"), on top
+    # of what the generic package's descriptor names: an owner's floor no package can lower.
+    models: dict[str, list[str]] = {}
 
     @field_validator("images_prefix")
     @classmethod
