@@ -127,15 +127,23 @@ def _pattern_nfa(pattern: str, nfa: _Nfa) -> int:
     return start
 
 
-# Valid repository names, as far as coverage cares: non-empty components split by "/".
-_NAME_START, _NAME_IN, _NAME_SLASH, _NAME_DEAD = 0, 1, 2, 3
+# Valid repository names (distribution-spec): components ``[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*``
+# joined by "/". States: before a component, inside one (accepting), after ".", after "_",
+# after "__", after dashes; "dead" once the name can no longer be valid.
+_NAME_START, _NAME_IN, _NAME_DOT, _NAME_US, _NAME_US2, _NAME_DASH, _NAME_DEAD = range(7)
+_NAME_SEPARATORS = {
+    ".": {_NAME_IN: _NAME_DOT},
+    "_": {_NAME_IN: _NAME_US, _NAME_US: _NAME_US2},
+    "-": {_NAME_IN: _NAME_DASH, _NAME_DASH: _NAME_DASH},
+    "/": {_NAME_IN: _NAME_START},
+}
 
 
 def _name_step(state: int, char: str) -> int:
     if state == _NAME_DEAD:
         return state
-    if char == "/":
-        return _NAME_SLASH if state == _NAME_IN else _NAME_DEAD
+    if char in _NAME_SEPARATORS:
+        return _NAME_SEPARATORS[char].get(state, _NAME_DEAD)
     return _NAME_IN
 
 
