@@ -94,3 +94,25 @@ def test_other_descriptor_changes_are_allowed():
     changed = {**doc, "parameters": {"site": "hq"},
                "runtime": {"images": [{"ref": "images/a:v1", "models": ["opt/*.onnx"], "note": "kept"}]}}
     _check_models_kept(before, _package(changed))
+
+
+async def test_one_build_at_a_time_creates_a_licensed_tag(tmp_path):
+    from packer.fullbuild.store import BuildStore
+    from proxy.meta import Database
+    from proxy.service.policy import SYSTEM
+
+    db = Database(tmp_path / "m.db")
+    await db.open()
+    try:
+        store = BuildStore(db)
+        await store.migrate()
+        a = await store.create("business/x/y:1", "business/x/y", "1", "soft", "sha256:" + "a" * 64, SYSTEM)
+        b = await store.create("business/z/y:1", "business/z/y", "1", "soft", "sha256:" + "b" * 64, SYSTEM)
+        assert await store.claim_tag("images/y", "v1-soft", a.id) is None
+        assert await store.claim_tag("images/y", "v1-soft", a.id) is None  # a re-run keeps its claim
+        assert await store.claim_tag("images/y", "v1-soft", b.id) == a.id  # a is queued: b may not
+        await store.fail(a.id, "broken", [])
+        assert await store.claim_tag("images/y", "v1-soft", b.id) is None  # a failed: b takes over
+        assert await store.requester(a.id) == SYSTEM
+    finally:
+        await db.close()

@@ -251,6 +251,15 @@ class FullBuilder:
         plugins = [ref.split("@", 1)[0] for ref in (notes.get(PKG_PLUGINS) or "").split(",") if ref]
         return _Inputs(parsed, descriptor, source_repo, source_digest, plugins, refs)
 
+    async def _claim(self, runtime: _Runtime, record: BuildRecord) -> None:
+        """Make this build the only one creating the runtime's licensed tag."""
+        repo, tag = runtime.ref.repository, runtime.ref.licensed_tag(record.license)
+        holder = await self.store.claim_tag(repo, tag, record.id)
+        if holder is not None:
+            raise RegistryError(Errors.DENIED, {"repository": repo, "tag": tag, "full_build": holder},
+                                message=f"{repo}:{tag} is being created by full build {holder}; "
+                                        "a build never moves a licensed tag (retry once it has finished)")
+
     async def _made_by(self, repo: str, tag: str) -> str | None:
         """The full build whose label the licensed image at ``repo:tag`` carries, if any."""
         try:
@@ -408,6 +417,9 @@ class FullBuilder:
             # Rights of the moment: a grant revoked since the request stops the build here.
             await self._authorize(principal, name, inputs, record.license,
                                   {r.ref.ref for r in runtimes.values() if r.reused is not None})
+            for runtime in runtimes.values():
+                if runtime.reused is None:
+                    await self._claim(runtime, record)
         except RegistryError as exc:
             raise BuildError(f"{exc.code}: {exc.message}") from None
         await planned()

@@ -70,6 +70,13 @@ SCHEMA = [
         package TEXT NOT NULL,
         PRIMARY KEY (repository, digest)
     )""",
+    # Which build is creating a licensed tag: two builds never both write one.
+    """CREATE TABLE IF NOT EXISTS licensed_claims (
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        PRIMARY KEY (repository, tag)
+    )""",
     # Whose rights a build reads and writes with (a build without a row predates this
     # table, when only registry-wide admins could start builds).
     """CREATE TABLE IF NOT EXISTS full_build_requesters (
@@ -171,6 +178,20 @@ class BuildStore:
             await tx.execute("INSERT INTO full_build_requesters (build_id, name, kind) VALUES (?, ?, ?)",
                              (record.id, requester.name, requester.kind))
         return record
+
+    async def claim_tag(self, repository: str, tag: str, build_id: str) -> str | None:
+        """Claim the licensed tag ``repository:tag`` for ``build_id``; returns the build
+        holding it instead (queued, running or succeeded), or None once it is ours. A claim
+        of a build that failed is taken over."""
+        async with self.db.transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT c.build_id, b.state FROM licensed_claims c LEFT JOIN full_builds b ON b.id = c.build_id"
+                " WHERE c.repository = ? AND c.tag = ?", (repository, tag))
+            if row is not None and row["build_id"] != build_id and row["state"] in (*ACTIVE, "succeeded"):
+                return str(row["build_id"])
+            await tx.execute("INSERT OR REPLACE INTO licensed_claims (repository, tag, build_id) VALUES (?, ?, ?)",
+                             (repository, tag, build_id))
+        return None
 
     async def requester(self, build_id: str) -> Principal:
         """Who asked for the build; builds from before requesters were recorded were
