@@ -511,7 +511,7 @@ class FullBuilder:
                                          runtime.principal)
             freezes.append(Frozen(repo, tag, runtime.licensed.digest, record.id, label))
             await hold(repo, tag, runtime.licensed)
-            await hold(repo, runtime.ref.reference.reference, runtime.root)
+            await hold(repo, tag, runtime.root)  # the source image the licensed one was made from
             images_out.append(runtime.reused or {
                 "ref": runtime.ref.ref, "source_digest": runtime.root.digest,
                 "licensed": f"{repo}:{tag}", "digest": runtime.licensed.digest,
