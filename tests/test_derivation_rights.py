@@ -144,7 +144,14 @@ def keys(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.fixture
-async def env(aiohttp_client, tmp_path: Path, backend_kind: str, request: pytest.FixtureRequest, keys) -> Env:
+def models_floor() -> dict[str, list[str]]:
+    """``[full_builds.models]``; a test parametrizes it to set a floor."""
+    return {}
+
+
+@pytest.fixture
+async def env(aiohttp_client, tmp_path: Path, backend_kind: str, request: pytest.FixtureRequest, keys,
+              models_floor) -> Env:
     from proxy.app import create_app
     from tests.support.auth import AuthEnv, auth_config
 
@@ -153,6 +160,7 @@ async def env(aiohttp_client, tmp_path: Path, backend_kind: str, request: pytest
         tmp_path, backend_kind, dist,
         licenses__soft={"scheme": "x25519", "public_key": str(keys["public"]), "chunk_size": 4096},
         licenses__hard={"scheme": "dongle", "public_key": str(keys["public"]), "dongle_id": "D-42"},
+        **({"full_builds__models": models_floor} if models_floor else {}),
     )
     client = await aiohttp_client(create_app(config))
     out = Env(AuthEnv(client, client.server.app), tmp_path)
@@ -366,3 +374,16 @@ async def test_builds_need_every_right_and_never_move_or_weaken_licensed_images(
     loose = await push_blob(client, f"images/team-a/face{U}", b"scratch", headers=basic("teama"))
     resp = await client.delete(f"/v2/images/team-a/face{U}/blobs/{loose}", headers=basic("teama"))
     assert resp.status == 202, await resp.text()
+
+
+@pytest.mark.parametrize("models_floor", [{"images/team-a/**": [MODELS]}])
+async def test_the_operators_model_floor_cannot_be_lowered_by_a_package(env: Env):
+    U = env.u
+    await env.plugin("door-form", "door", {"form.json": b"{}"})
+    await env.chain(ADMIN, "other", ["generic/team-a/**"], ["plugins/door-form:1.0"])
+    image = await env.image(f"images/team-a/floor{U}", "teama")
+    package = await _assembled(env, "other", f"generic/team-a/floor{U}", "1.0", "teama",
+                               [{"ref": f"images/team-a/floor{U}:v1", "models": []}])
+    build = await env.finished(await env.build(ADMIN, package, "soft"))
+    assert build["result"]["images"][0]["encrypted_files"] == len(image.models)
+    assert build["result"]["images"][0]["models"] == [MODELS]
