@@ -438,6 +438,7 @@ class AssemblyService:
             except PluginError as exc:
                 raise AssemblyError(exc.reason, ref) from None
         await self._check_owner(chain, row, resolved)
+        job_log.write(f"reading as the chain's owner, {chain.owner.kind} {chain.owner.name}")  # type: ignore[union-attr]
         outcome.plugins = [{"ref": r.ref, "repository": r.repository, "digest": r.digest} for r in resolved]
         await asyncio.shield(
             self.db.execute("UPDATE assembly_jobs SET plugins = ? WHERE id = ?", (json.dumps(outcome.plugins), row["id"]))

@@ -208,6 +208,8 @@ async def test_chains_read_only_what_their_owner_may_pull(env: Env):
     job = await env.job("door", f"generic/team-a/face{U}", "1.0")
     assert job["status"] == "succeeded", job
     assert job["target"]["repository"] == f"business/door/team-a/face{U}"
+    detail = await (await client.get(f"/api/v1/assemblies/{job['id']}", headers=basic(ADMIN))).json()
+    assert "reading as the chain's owner, user door" in detail["logs"]
     resp = await client.get("/api/v1/assemblies", params={"chain": "door"}, headers=basic(ADMIN))
     assert {j["source"]["repository"] for j in (await resp.json())["items"]} == {f"generic/team-a/face{U}"}
 
