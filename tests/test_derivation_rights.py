@@ -331,6 +331,8 @@ async def test_builds_need_every_right_and_never_move_or_weaken_licensed_images(
     resp = await client.post("/api/v1/full-builds", json={"package": door_pkg, "license": "soft"},
                              headers=basic("fugitive"))
     assert resp.status == 403
+    resp = await client.post("/api/v1/full-builds", json={"package": door_pkg, "license": "soft"})
+    assert resp.status == 401
     listing = await (await client.get("/api/v1/full-builds", params={"package": door_pkg},
                                       headers=basic(ADMIN))).json()
     assert listing["items"] == []
