@@ -12,18 +12,10 @@ mounted (linked, not copied) so ``/v2`` clients can pull the index and its parts
 Tags are written last, images first and the full package's tag at the very end, so an
 interrupted build never leaves a tag pointing at something half-written.
 
-Rights follow derivation: the requester must be able to pull every source (the business
-package, its generic source, its plugins, the runtime images) and to write every target
-(``manage`` on the business repository, ``push`` on each image repository). This is checked
-when the build is asked for and again, with the requester's rights of the moment, when
-it runs; every manifest is written through the same policy as ``/v2`` (permissions and
-freezes), never around it.
-
-Which files are models comes from the generic package's descriptor as its owner pushed
-it (the business copy must agree) plus the configured minimum (``[full_builds.models]``);
-an encrypting license that would seal no file fails the build. A licensed tag is never
-moved: it is created, reused when it was made from the same image, license, key and
-models, or the build fails with ``DENIED`` naming it.
+The build runs with its requester's rights, checked when it is asked for and again when
+it starts (``rights.BuildRights``: sources, targets, licensed tags, model globs); every
+manifest is written through the same policy as ``/v2`` (permissions and freezes), never
+around it. An encrypting license that would seal no file of an image fails the build.
 """
 
 from __future__ import annotations
@@ -43,10 +35,6 @@ from proxy.oci.reference import sha256_digest
 from proxy.service.policy import SYSTEM, Action, PolicyChain, Principal, Request as PolicyRequest
 from proxy.service.registry import RegistryService
 
-from ..chains import glob_match
-from ..package import ANNOTATION_PLUGINS as PKG_PLUGINS
-from ..package import ANNOTATION_SOURCE as PKG_SOURCE
-from ..package import ANNOTATION_SOURCE_REPOSITORY as PKG_SOURCE_REPOSITORY
 from ..layers import TAR_LAYER_TYPES, Codec, LayerError, rewrite_layer, scan_layer
 from ..licensing.envelope import KEY_ID_SIZE, Encryptor
 from ..licensing.licenser import Licenser
@@ -61,25 +49,17 @@ from .names import (
     LABEL_BUILD,
     LABEL_LICENSE,
     LABEL_SOURCE,
+    BuildError,
     BuildInputError,
     Namespaces,
     PackageName,
     RuntimeImageRef,
-    load_descriptor,
-    runtime_images,
 )
+from .rights import IMAGE_CONFIGS, BuildRights, refused
 from .settings import FullBuildConfig
 from .store import BuildRecord, BuildStore, Frozen, LayerProgress
 
 __all__ = ["BuildError", "FullBuilder", "Tracker"]
-
-MAX_SMALL_BLOB = 4 * 1024 * 1024
-_IMAGE_CONFIGS = (mt.OCI_CONFIG, mt.DOCKER_CONFIG)
-
-
-class BuildError(Exception):
-    """A build that cannot complete; the message is recorded on the build."""
-
 
 class Tracker:
     """Per-layer progress of a running build, flushed to the store by the service."""
@@ -140,26 +120,8 @@ class _Runtime:
     build_id: str = ""  # labelled on licensed configs: whose leftover a tag is after a crash
 
 
-@dataclass
-class _Inputs:
-    """What a business package was derived from, as its manifest records it."""
-
-    package: ParsedManifest
-    descriptor: dict[str, Any]
-    source_repo: str  # the generic repository, whole path
-    source_digest: str
-    plugins: list[str]  # plugin repositories
-    refs: list[RuntimeImageRef]  # models: the generic descriptor's plus the configured minimum
-
-
 def _json(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _refused(exc: RegistryError) -> BuildInputError:
-    """A policy refusal as the request's answer: 401 to ask for credentials, else 403."""
-    status = 401 if exc.error is Errors.UNAUTHORIZED else 403
-    return BuildInputError(status, f"{exc.code}: {exc.message}", exc.detail)
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
@@ -173,6 +135,7 @@ class FullBuilder:
         self.service = service
         self.store = store
         self.policy = policy or PolicyChain()
+        self.rights = BuildRights(service, store, self.policy, licensers, settings, namespaces)
         self.backend: Backend = service.backend
         self.licensers = licensers
         self.licenses = licenses
@@ -200,8 +163,8 @@ class FullBuilder:
         except RegistryError as exc:
             if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
                 raise BuildInputError(404, f"unknown package {package}", {"field": "package"}) from None
-            raise _refused(exc) from None
-        inputs = await self._inputs(name, data)
+            raise refused(exc) from None
+        inputs = await self.rights.inputs(name, data)
         roots: dict[str, str] = {}
         for image in inputs.refs:
             try:
@@ -213,145 +176,11 @@ class FullBuilder:
                 raise
         try:
             reused = {ref.ref for ref in inputs.refs
-                      if await self._existing(ref, license, roots[ref.ref]) is not None}
-            await self._authorize(requester, name, inputs, license, reused)
+                      if await self.rights.existing(ref, license, roots[ref.ref]) is not None}
+            await self.rights.authorize(requester, name, inputs, license, reused)
         except RegistryError as exc:
-            raise _refused(exc) from None
+            raise refused(exc) from None
         return name, data.digest
-
-    # -- what a package was made from, who may build it, what it may overwrite --------------
-    async def _inputs(self, name: PackageName, data: ManifestData) -> _Inputs:
-        """The package, its recorded generic source and plugins, and the runtime images with
-        their model globs taken from the generic descriptor, not the business copy."""
-        parsed, descriptor = await self._package(name.repository, data)
-        notes = parsed.annotations or {}
-        source_repo, source_digest = notes.get(PKG_SOURCE_REPOSITORY), notes.get(PKG_SOURCE)
-        if not source_repo or not source_digest or not source_repo.startswith(self.ns.generic):
-            raise BuildInputError(422, f"{name} records no generic source ({PKG_SOURCE_REPOSITORY}, {PKG_SOURCE}): "
-                                  "only packages algomint assembled can be built", {"field": "package"})
-        try:
-            source = await self.service.get_manifest(source_repo, source_digest)
-            current = await self.service.stat_manifest(source_repo, name.version)
-        except RegistryError as exc:
-            raise BuildInputError(422, f"the package's source {source_repo}:{name.version} ({source_digest}) "
-                                  f"is not available: {exc.message}", {"field": "package"}) from None
-        if current.digest != source_digest:
-            raise BuildInputError(422, f"{source_repo}:{name.version} changed since {name} was assembled from "
-                                  f"{source_digest}; build once it is assembled again", {"field": "package"})
-        source_parsed = parse_manifest(source.data, source.media_type)
-        if source_parsed.is_index or source_parsed.config is None:
-            raise BuildInputError(422, f"the package's source {source_repo}@{source_digest} is not a generic package")
-        generic = load_descriptor(await self._small_blob(source_repo, source_parsed.config.digest))
-        owned = runtime_images(generic, self.ns)
-        if [(r.ref, r.models) for r in owned] != [(r.ref, r.models) for r in runtime_images(descriptor, self.ns)]:
-            raise BuildInputError(422, f"{name}'s runtime.images (refs or models) differ from its generic source "
-                                  f"{source_repo}@{source_digest}; only the generic package decides them",
-                                  {"field": "runtime.images"})
-        refs = [RuntimeImageRef(r.index, r.ref, r.reference, self._models(r)) for r in owned]
-        plugins = [ref.split("@", 1)[0] for ref in (notes.get(PKG_PLUGINS) or "").split(",") if ref]
-        return _Inputs(parsed, descriptor, source_repo, source_digest, plugins, refs)
-
-    async def _claim(self, runtime: _Runtime, record: BuildRecord) -> None:
-        """Make this build the only one creating the runtime's licensed tag."""
-        repo, tag = runtime.ref.repository, runtime.ref.licensed_tag(record.license)
-        holder = await self.store.claim_tag(repo, tag, record.id)
-        if holder is not None:
-            raise RegistryError(Errors.DENIED, {"repository": repo, "tag": tag, "full_build": holder},
-                                message=f"{repo}:{tag} is being created by full build {holder}; "
-                                        "a build never moves a licensed tag (retry once it has finished)")
-
-    async def _made_by(self, repo: str, tag: str) -> str | None:
-        """The full build whose label the licensed image at ``repo:tag`` carries, if any."""
-        try:
-            data = await self.service.get_manifest(repo, tag)
-            parsed = parse_manifest(data.data, data.media_type)
-            if parsed.is_index and parsed.manifests:
-                data = await self.service.get_manifest(repo, parsed.manifests[0].digest)
-                parsed = parse_manifest(data.data, data.media_type)
-            if parsed.is_index or parsed.config is None or parsed.config.media_type not in _IMAGE_CONFIGS:
-                return None
-            config = json.loads(await self._small_blob(repo, parsed.config.digest))
-        except (RegistryError, BuildError, ValueError):
-            return None
-        labels = (config.get("config") or {}).get("Labels") if isinstance(config, dict) else None
-        value = labels.get(LABEL_BUILD) if isinstance(labels, dict) else None
-        return value if isinstance(value, str) else None
-
-    def _models(self, ref: RuntimeImageRef) -> tuple[str, ...]:
-        """The descriptor's model globs plus the configured minimum for this image."""
-        extra = [g for pattern, globs in self.settings.models.items() if glob_match(pattern, ref.repository)
-                 for g in globs]
-        return tuple(dict.fromkeys([*ref.models, *extra]))
-
-    async def _authorize(self, principal: Principal, name: PackageName, inputs: _Inputs, license: str,
-                         reused: set[str]) -> None:
-        """The requester may pull every source and write every target (``RegistryError`` if not)."""
-        reads = [(name.repository, name.version), (inputs.source_repo, inputs.source_digest)]
-        reads += [(repo, None) for repo in inputs.plugins]
-        reads += [(ref.repository, ref.reference.reference) for ref in inputs.refs]
-        for repo, reference in reads:
-            await self.policy.check(PolicyRequest(principal, Action.PULL, repo, reference))
-        await self.policy.check(PolicyRequest(principal, Action.MANAGE, name.repository))
-        for ref in inputs.refs:
-            if ref.ref not in reused:
-                await self.policy.check(PolicyRequest(principal, Action.PUSH, ref.repository,
-                                                      ref.licensed_tag(license)))
-
-    async def _existing(self, ref: RuntimeImageRef, license: str, root_digest: str) -> dict[str, Any] | None:
-        """None when the licensed tag is free; the earlier build's image entry when it holds
-        exactly this image, license, key and models; ``DENIED`` otherwise."""
-        repo, tag = ref.repository, ref.licensed_tag(license)
-        try:
-            await self.service.stat_manifest(repo, tag)
-        except RegistryError as exc:
-            if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
-                return None
-            raise
-        frozen = await self.store.frozen_tag(repo, tag)
-        if frozen is None:
-            maker = await self._made_by(repo, tag)
-            previous = await self.store.get(maker, layers=False) if maker else None
-            if previous is not None and previous.state != "succeeded":
-                return None  # written by a build that never finished (a crash, a refusal): not in use
-            raise RegistryError(Errors.DENIED, {"repository": repo, "tag": tag},
-                                message=f"{repo}:{tag} already exists and was not made by a full build; "
-                                        "a build never moves a licensed tag")
-        record = await self.store.get(frozen.build_id, layers=False)
-        entry = next((i for i in ((record.result or {}).get("images") or []) if i.get("licensed") == f"{repo}:{tag}"),
-                     None) if record else None
-        wanted = {"source_digest": root_digest, "license_key": self.licensers[license].describe(),
-                  "models": list(ref.models)}
-        if record is not None and entry is not None and record.license == license \
-                and all(entry.get(k) == v for k, v in wanted.items()):
-            return {**entry, "digest": frozen.digest}
-        raise RegistryError(
-            Errors.DENIED, {"repository": repo, "tag": tag, "full_build": frozen.build_id, "package": frozen.package},
-            message=f"{repo}:{tag} is frozen (full build {frozen.build_id} of {frozen.package}) and was made from "
-                    "another image, license key or set of models; a build never moves a licensed tag",
-        )
-
-    async def _package(self, repo: str, data: ManifestData) -> tuple[ParsedManifest, dict[str, Any]]:
-        parsed = parse_manifest(data.data, data.media_type)
-        if parsed.is_index or parsed.artifact_type != mt.BUSINESS:
-            raise BuildInputError(422, f"{repo}@{data.digest} is not a business package "
-                                  f"(artifactType {parsed.artifact_type!r})", {"field": "package"})
-        assert parsed.config is not None
-        if parsed.config.media_type != mt.ALGORITHM_CONFIG:
-            raise BuildInputError(422, f"the package's config is {parsed.config.media_type}, not an algorithm descriptor")
-        raw = await self._small_blob(repo, parsed.config.digest)
-        return parsed, load_descriptor(raw)
-
-    async def _small_blob(self, repo: str, digest: str, limit: int = MAX_SMALL_BLOB) -> bytes:
-        reader = await self.backend.open_blob(repo, digest)
-        try:
-            if reader.size > limit:
-                raise BuildError(f"blob {digest} in {repo} is {reader.size} bytes; the limit is {limit}")
-            data = b"".join([chunk async for chunk in reader])
-        finally:
-            await reader.close()
-        if sha256_digest(data) != digest:
-            raise BuildError(f"blob {digest} in {repo} failed digest verification")
-        return data
 
     async def _put_blob(self, repo: str, data: bytes) -> str:
         digest = sha256_digest(data)
@@ -373,22 +202,6 @@ class FullBuilder:
         stored = await self.service.put_manifest(repo, reference, data, media_type, principal.name)
         return stored.digest
 
-    async def _reachable(self, repo: str, data: ManifestData, depth: int = 0) -> set[str]:
-        """Every digest in ``repo`` a manifest needs: itself, child manifests, configs, layers."""
-        out = {data.digest}
-        parsed = parse_manifest(data.data, data.media_type)
-        if not parsed.is_index:
-            return out | {blob.digest for blob in parsed.blobs}
-        for child in parsed.manifests:
-            if depth > 4:
-                break
-            try:
-                out |= await self._reachable(repo, await self.service.get_manifest(repo, child.digest), depth + 1)
-            except RegistryError as exc:
-                if exc.error not in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
-                    raise
-        return out
-
     # -- the build ---------------------------------------------------------------------------
     async def run(self, record: BuildRecord, tracker: Tracker, planned: Callable[[], Any],
                   warnings: list[str]) -> tuple[dict[str, Any], list[Frozen], list[Frozen]]:
@@ -401,7 +214,7 @@ class FullBuilder:
         principal = await self.store.requester(record.id)
         try:
             source = await self.service.get_manifest(name.repository, record.source_digest)
-            inputs = await self._inputs(name, source)
+            inputs = await self.rights.inputs(name, source)
         except BuildInputError as exc:
             raise BuildError(exc.message) from None
         package, descriptor, refs = inputs.package, inputs.descriptor, inputs.refs
@@ -413,13 +226,13 @@ class FullBuilder:
                 runtimes[ref.ref].build_id = record.id
         try:
             for runtime in runtimes.values():
-                runtime.reused = await self._existing(runtime.ref, record.license, runtime.root.digest)
+                runtime.reused = await self.rights.existing(runtime.ref, record.license, runtime.root.digest)
             # Rights of the moment: a grant revoked since the request stops the build here.
-            await self._authorize(principal, name, inputs, record.license,
+            await self.rights.authorize(principal, name, inputs, record.license,
                                   {r.ref.ref for r in runtimes.values() if r.reused is not None})
             for runtime in runtimes.values():
                 if runtime.reused is None:
-                    await self._claim(runtime, record)
+                    await self.rights.claim(runtime.ref.repository, runtime.ref.licensed_tag(record.license), record.id)
         except RegistryError as exc:
             raise BuildError(f"{exc.code}: {exc.message}") from None
         await planned()
@@ -497,7 +310,7 @@ class FullBuilder:
         content: list[Frozen] = []
 
         async def hold(repo: str, tag: str, data: ManifestData) -> None:
-            content.extend(Frozen(repo, tag, digest, record.id, label) for digest in await self._reachable(repo, data))
+            content.extend(Frozen(repo, tag, digest, record.id, label) for digest in await self.rights.reachable(repo, data))
 
         await hold(name.repository, name.version, source)
         source_generic = await self.service.get_manifest(inputs.source_repo, inputs.source_digest)
@@ -609,9 +422,9 @@ class FullBuilder:
                              tracker: Tracker) -> ManifestData:
         parsed, repo = image.parsed, image.repo
         assert parsed.config is not None
-        if parsed.config.media_type not in _IMAGE_CONFIGS:
+        if parsed.config.media_type not in IMAGE_CONFIGS:
             raise BuildError(f"{image.label} is not a runtime image (config {parsed.config.media_type})")
-        config = json.loads(await self._small_blob(repo, parsed.config.digest))
+        config = json.loads(await self.rights.small_blob(repo, parsed.config.digest))
         rootfs = config.get("rootfs") if isinstance(config, dict) else None
         diff_ids = list(rootfs.get("diff_ids") or []) if isinstance(rootfs, dict) else None
         if diff_ids is None or len(diff_ids) != len(parsed.layers):
@@ -686,7 +499,7 @@ class FullBuilder:
         licensed = runtime.licensed
         parsed = parse_manifest(licensed.data, licensed.media_type)
         assert parsed.config is not None
-        config = json.loads(await self._small_blob(runtime.ref.repository, parsed.config.digest))
+        config = json.loads(await self.rights.small_blob(runtime.ref.repository, parsed.config.digest))
         platform = {k: config[k] for k in ("architecture", "os", "variant") if isinstance(config.get(k), str)}
         return platform if {"architecture", "os"} <= platform.keys() else None
 

@@ -22,7 +22,7 @@ __all__ = [
     "LABEL_BUILD",
     "LABEL_LICENSE",
     "LABEL_SOURCE",
-    "BuildInputError", "Namespaces", "PackageName", "RuntimeImageRef", "runtime_images", "load_descriptor"]
+    "BuildError", "BuildInputError", "Namespaces", "PackageName", "RuntimeImageRef", "runtime_images", "load_descriptor"]
 
 # Annotations on what a full build writes, and labels on licensed image configs.
 ANNOTATION_LICENSE = "org.algomint.license.kind"
@@ -34,6 +34,10 @@ ANNOTATION_IMAGE_SOURCE = "org.algomint.image.source"
 LABEL_LICENSE = "org.algomint.license.kind"
 LABEL_SOURCE = "org.algomint.source.image"
 LABEL_BUILD = "org.algomint.full-build"
+
+
+class BuildError(Exception):
+    """A build that cannot complete; the message is recorded on the build."""
 
 
 class BuildInputError(Exception):
