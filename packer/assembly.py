@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import re
@@ -220,8 +221,14 @@ class AssemblyService:
         )
 
     # -- enqueueing -----------------------------------------------------------------
+    def algorithm_of(self, repository: str) -> str:
+        """The whole path under ``generic/``: ``generic/team-a/face`` is ``team-a/face``."""
+        prefix = self.settings.generic_prefix
+        return repository[len(prefix):] if repository.startswith(prefix) else repository
+
     def target_of(self, chain: Chain, repository: str) -> str:
-        return f"{self.settings.business_prefix}{chain.name}/{repository.rsplit('/', 1)[-1]}"
+        # The whole source path, so generic/team-a/face and generic/team-b/face never collide.
+        return f"{self.settings.business_prefix}{chain.name}/{self.algorithm_of(repository)}"
 
     async def _insert(self, tx: Any, chain: Chain, repo: str, tag: str, digest: str, trigger: str) -> int:
         await tx.execute(
@@ -430,6 +437,8 @@ class AssemblyService:
                 resolved.append(await self.plugins.resolve(ref))
             except PluginError as exc:
                 raise AssemblyError(exc.reason, ref) from None
+        await self._check_owner(chain, row, resolved)
+        job_log.write(f"reading as the chain's owner, {chain.owner.kind} {chain.owner.name}")  # type: ignore[union-attr]
         outcome.plugins = [{"ref": r.ref, "repository": r.repository, "digest": r.digest} for r in resolved]
         await asyncio.shield(
             self.db.execute("UPDATE assembly_jobs SET plugins = ? WHERE id = ?", (json.dumps(outcome.plugins), row["id"]))
@@ -476,6 +485,25 @@ class AssemblyService:
                                              parse_manifest(result.manifest, mt.OCI_MANIFEST))
         outcome.digest, outcome.written = result.digest, result.written
 
+    async def _check_owner(self, chain: Chain, row: Any, plugins: list[ResolvedPlugin]) -> None:
+        """The chain reads with its owner's rights of now: a revoked grant stops it here."""
+        owner = chain.owner
+        if owner is None:
+            raise AssemblyError(f"chain {chain.name} has no recorded owner; whoever may read its sources must "
+                                "save it again (PUT /api/v1/chains/{name}) before it runs")
+        if self.policy is None:
+            return
+        reads = [(row["source_repo"], row["source_digest"])] + [(p.repository, p.digest) for p in plugins]
+        for repository, digest in reads:
+            try:
+                await self.policy.check(PolicyRequest(owner, Action.PULL, repository, digest))
+            except RegistryError as exc:
+                raise AssemblyError(
+                    f"chain owner {owner.name} may not pull {repository} ({exc.code}: {exc.message}); "
+                    "nothing was assembled",
+                    detail={"owner": owner.name, "repository": repository},
+                ) from None
+
     async def _apply(self, resolved: ResolvedPlugin, record: dict[str, Any], package: Package, row: Any,
                      chain: Chain, job_log: JobLog) -> Package:
         ref = f"{resolved.repository}@{resolved.digest}"
@@ -487,7 +515,7 @@ class AssemblyService:
                 chain=chain.name,
                 params=chain.spec.params,
                 system=chain.name,
-                algorithm=row["source_repo"].rsplit("/", 1)[-1],
+                algorithm=self.algorithm_of(row["source_repo"]),
                 version=row["source_tag"],
                 source_repository=row["source_repo"],
                 source_digest=row["source_digest"],
@@ -495,17 +523,39 @@ class AssemblyService:
                 cap=self.settings.package_cap,
                 log=job_log.prefixed(artifact.config.name),
             )
+            models = copy.deepcopy(_model_fields(package))  # before: a plugin may edit its input in place
             result = await plugin.apply(package, context)
             if not isinstance(result, Package):
                 raise PluginError(f"returned {type(result).__name__}, not a package")
             result.check(self.settings.package_cap)
             _check_descriptor(result, "result")
+            _check_models_kept(models, result)
         except (PluginError, PackageError) as exc:
             raise AssemblyError(f"plugin {resolved.ref}: {exc.reason}", resolved.ref, exc.detail) from None
         finally:
             record["ms"] = round((time.perf_counter() - started) * 1000, 2)
         job_log.write(f"plugin {resolved.ref} ({ref}) done in {record['ms']:.0f} ms")
         return result
+
+
+def _model_fields(package: Package) -> tuple[Any, Any]:
+    """What decides which files a full build encrypts: package ``models`` and each runtime
+    image's ``ref`` and ``models``."""
+    doc = package.descriptor if isinstance(package.descriptor, dict) else {}
+    runtime = doc.get("runtime") if isinstance(doc.get("runtime"), dict) else {}
+    images = runtime.get("images") if isinstance(runtime.get("images"), list) else []
+    return doc.get("models"), [(i.get("ref"), i.get("models")) if isinstance(i, dict) else i for i in images]
+
+
+def _check_models_kept(was: tuple[Any, Any], after: Package) -> None:
+    """Plugins may not change which files are models or which images run: encryption
+    is decided by the generic package's owner, not from inside the chain."""
+    now = _model_fields(after)
+    if was[0] != now[0]:
+        raise PackageError("changed the descriptor's models; plugins may not change which files are models")
+    if was[1] != now[1]:
+        raise PackageError("changed the descriptor's runtime.images (refs or models); plugins may not change "
+                           "which runtime images run or which of their files are models")
 
 
 def _check_descriptor(package: Package, what: str) -> None:

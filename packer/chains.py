@@ -6,9 +6,15 @@ name the file, the line of the chain and the field. Chains created through the A
 in SQLite. Names are unique across both. Either way, a chain whose plugin references
 don't resolve to usable plugins is refused.
 
+Every chain has an owner, whose rights it runs with: the principal that last created or
+changed it through the API, or ``SYSTEM`` (the operator) for the chains file. The API
+checks that the owner may pull everything the chain can read; assembly checks it again,
+against the owner's rights at the time, before every run.
+
 ``match`` globs are matched against repository names: ``*`` and ``?`` stay inside one
 path component, ``**`` crosses components (``generic/*`` matches ``generic/face-recog``).
-A chain never matches the business (or plugins) namespace, so assembly cannot feed itself.
+A chain only ever matches generic packages (``generic/``): never its own output, plugins
+or images, and every source has one collision-free business name.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any, Awaitable, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from proxy.meta import Database
+from proxy.service.policy import SYSTEM, Principal
 
 __all__ = [
     "SCHEMA",
@@ -47,6 +54,13 @@ SCHEMA = [
         spec TEXT NOT NULL,
         created REAL NOT NULL,
         updated REAL NOT NULL
+    )""",
+    # Who a chain runs as (a table of its own so databases from before owners keep working:
+    # a chain without a row has no owner and is not run until someone saves it again).
+    """CREATE TABLE IF NOT EXISTS chain_owners (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        kind TEXT NOT NULL
     )""",
 ]
 
@@ -98,14 +112,16 @@ class Chain:
     source: Literal["file", "api"]
     created: float | None = None
     updated: float | None = None
+    owner: Principal | None = None  # whose rights the chain reads with; None: unknown, never run
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.spec.model_dump(mode="json"), "source": self.source, "created": self.created,
-                "updated": self.updated}
+        owner = {"name": self.owner.name, "kind": self.owner.kind} if self.owner else None
+        return {**self.spec.model_dump(mode="json"), "source": self.source, "owner": owner,
+                "created": self.created, "updated": self.updated}
 
 
 def validate_globs(value: list[str]) -> list[str]:
@@ -198,12 +214,11 @@ def load_chains_file(path: Path) -> list[tuple[ChainSpec, int | None]]:
 class ChainRegistry:
     """The chains in force: file chains (in file order) then API chains (in creation order)."""
 
-    def __init__(self, db: Database, file: Path | None, check_plugin: PluginCheck,
-                 excluded: tuple[str, ...] = ("business/", "plugins/")) -> None:
+    def __init__(self, db: Database, file: Path | None, check_plugin: PluginCheck, sources: str = "generic/") -> None:
         self.db = db
         self.file = file
         self.check_plugin = check_plugin
-        self.excluded = excluded  # namespaces no chain ever matches (its own output, plugins)
+        self.sources = sources  # the namespace chains read from; nothing else ever matches
         self._file_chains: list[Chain] = []
         self._api_chains: list[Chain] = []
         self.loaded_at: float | None = None
@@ -225,8 +240,11 @@ class ChainRegistry:
             log.error("chains file rejected", extra={"error": str(exc)})
 
     async def _load_api(self) -> None:
-        rows = await self.db.fetchall("SELECT spec, created, updated FROM chains ORDER BY position, name")
-        self._api_chains = [Chain(ChainSpec.model_validate(json.loads(r["spec"])), "api", r["created"], r["updated"])
+        rows = await self.db.fetchall(
+            "SELECT c.spec, c.created, c.updated, o.owner, o.kind FROM chains c"
+            " LEFT JOIN chain_owners o ON o.name = c.name ORDER BY c.position, c.name")
+        self._api_chains = [Chain(ChainSpec.model_validate(json.loads(r["spec"])), "api", r["created"], r["updated"],
+                                  Principal(r["owner"], r["kind"]) if r["owner"] else None)
                             for r in rows]
 
     async def _check_plugins(self, spec: ChainSpec, **where: Any) -> None:
@@ -245,7 +263,7 @@ class ChainRegistry:
                 raise ChainError("a chain with this name was created through the API", "name",
                                  file=str(self.file), line=line, chain=spec.name)
             await self._check_plugins(spec, file=str(self.file), line=line)
-        self._file_chains = [Chain(spec, "file") for spec, _ in specs]
+        self._file_chains = [Chain(spec, "file", owner=SYSTEM) for spec, _ in specs]
         self.loaded_at = time.time()
         self.file_error = None
 
@@ -272,15 +290,16 @@ class ChainRegistry:
         return next((c for c in self.all() if c.name == name), None)
 
     def matches(self, chain: Chain, repository: str) -> bool:
-        if repository.startswith(self.excluded):
-            return False  # assembly output never triggers assembly
+        if not repository.startswith(self.sources):
+            return False  # assembly output, plugins and images never trigger assembly
         return any(glob_match(glob, repository) for glob in chain.spec.match)
 
     def matching(self, repository: str) -> list[Chain]:
         return [c for c in self.all() if self.matches(c, repository)]
 
     # -- API chains -----------------------------------------------------------------
-    async def create(self, spec: ChainSpec) -> Chain:
+    async def create(self, spec: ChainSpec, owner: Principal) -> Chain:
+        """Store an API chain owned by ``owner`` (who the caller checked may read it all)."""
         if self.get(spec.name) is not None:
             raise ChainError("a chain with this name already exists", "name", chain=spec.name, conflict=True)
         await self._check_plugins(spec)
@@ -291,6 +310,8 @@ class ChainRegistry:
                 "INSERT OR IGNORE INTO chains (name, position, spec, created, updated) VALUES (?, ?, ?, ?, ?)",
                 (spec.name, row["next"], spec.model_dump_json(), now, now),
             )
+            if changed:
+                await self._set_owner(tx, spec.name, owner)
         if not changed:
             raise ChainError("a chain with this name already exists", "name", chain=spec.name, conflict=True)
         await self._load_api()
@@ -304,15 +325,25 @@ class ChainRegistry:
             raise ChainError("defined in the chains file: edit the file and reload", "name", chain=name, conflict=True)
         return current
 
-    async def update(self, spec: ChainSpec) -> Chain:
+    async def update(self, spec: ChainSpec, owner: Principal) -> Chain:
+        """Replace an API chain; whoever changes it owns it from then on."""
         self._api_chain(spec.name)
         await self._check_plugins(spec)
-        await self.db.execute("UPDATE chains SET spec = ?, updated = ? WHERE name = ?",
-                              (spec.model_dump_json(), time.time(), spec.name))
+        async with self.db.transaction() as tx:
+            await tx.execute("UPDATE chains SET spec = ?, updated = ? WHERE name = ?",
+                             (spec.model_dump_json(), time.time(), spec.name))
+            await self._set_owner(tx, spec.name, owner)
         await self._load_api()
         return self.get(spec.name)  # type: ignore[return-value]
 
     async def delete(self, name: str) -> None:
         self._api_chain(name)
-        await self.db.execute("DELETE FROM chains WHERE name = ?", (name,))
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM chains WHERE name = ?", (name,))
+            await tx.execute("DELETE FROM chain_owners WHERE name = ?", (name,))
         await self._load_api()
+
+    @staticmethod
+    async def _set_owner(tx: Any, name: str, owner: Principal) -> None:
+        await tx.execute("INSERT OR REPLACE INTO chain_owners (name, owner, kind) VALUES (?, ?, ?)",
+                         (name, owner.name, owner.kind))

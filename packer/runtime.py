@@ -49,8 +49,7 @@ class Packer:
         deny = Denylist(config.outbound.deny_networks, config.outbound.deny_hosts)
         self.env = PluginEnv(config.plugins, self.workdir, cache=LruCache(config.plugins.service.cache_bytes), deny=deny)
         self.plugins = PluginStore(registry, settings.plugins_prefix, settings.package_cap)
-        self.chains = ChainRegistry(db, config.chains.file, self._check_plugin,
-                                    (settings.business_prefix, settings.plugins_prefix))
+        self.chains = ChainRegistry(db, config.chains.file, self._check_plugin, settings.generic_prefix)
         self.subscriptions = SubscriptionStore(db, config.webhooks, deny)
         self.webhooks = WebhookDelivery(db, config.webhooks, deny)
         self.assembly = assembly.AssemblyService(db, registry, self.chains, self.plugins, self.env, settings,

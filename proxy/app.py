@@ -72,7 +72,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     setup_audit(app)  # after storage: the log is flushed before the database closes
     setup_auth(app)  # users, tokens, grants; with [auth] enabled the permission policy and /token
     app[fullbuilds.FULL_BUILDS] = builds = FullBuildService(
-        app[REGISTRY], app[DATABASE], config.full_builds, config.licenses, _namespaces(config)
+        app[REGISTRY], app[DATABASE], config.full_builds, config.licenses, _namespaces(config), policy=app[POLICY]
     )
     app[POLICY].add(FreezePolicy(builds.store, lambda: builds.license_suffixes, builds.namespaces))
     app.cleanup_ctx.append(_full_builds)  # after storage: needs the database and backend open

@@ -49,8 +49,15 @@ async def test_business_developer_runs_assembly_without_admin_rights(auth_env):
     assert resp.status == 201, await resp.text()
 
     assert (await client.post("/api/v1/chains", json=chain, headers=basic("alg"))).status == 403
+    # A chain reads what it matches: biz must be able to pull generic/* itself first.
+    resp = await client.post("/api/v1/chains", json=chain, headers=basic("biz"))
+    assert resp.status == 403 and (await resp.json())["error"]["detail"]["glob"] == "generic/*"
+    resp = await client.post("/api/v1/grants", json={"subject": "biz", "role": "consumer", "pattern": "generic/**"},
+                             headers=basic("admin"))
+    assert resp.status == 201, await resp.text()
     resp = await client.post("/api/v1/chains", json=chain, headers=basic("biz"))
     assert resp.status == 201, await resp.text()
+    assert (await resp.json())["owner"] == {"name": "biz", "kind": "user"}
     assert (await client.post("/api/v1/chains/reload", headers=basic("biz"))).status == 403  # registry-wide
 
     source = await _push_generic(client, "generic/face-recog", "1.0", "alg")

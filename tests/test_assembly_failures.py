@@ -229,7 +229,7 @@ async def test_chain_and_plugin_routes_ask_about_their_repositories(aiohttp_clie
     from packer.chains import ChainSpec
     from proxy.api.state import PACKER, POLICY
     from proxy.oci.errors import Errors, RegistryError
-    from proxy.service.policy import Action
+    from proxy.service.policy import SYSTEM, Action
 
     class BusinessDoorOnly:
         """Manage only under business/door* and plugins/door*; no pulls of business/other*."""
@@ -248,7 +248,7 @@ async def test_chain_and_plugin_routes_ask_about_their_repositories(aiohttp_clie
     await push_plugin(client, f"door-{uid}", "1.0", "file", {}, {"x": b"x"})
     await create_chain(client, f"door-{uid}", ["generic/*"], [f"plugins/door-{uid}:1.0"])
     await client.app[PACKER].chains.create(ChainSpec(name=f"other-{uid}", match=["generic/*"],
-                                                     plugins=[f"plugins/door-{uid}:1.0"]))
+                                                     plugins=[f"plugins/door-{uid}:1.0"]), SYSTEM)
     listed = [c["name"] for c in (await (await client.get("/api/v1/chains")).json())["items"]]
     assert f"door-{uid}" in listed and f"other-{uid}" not in listed
     assert (await client.get(f"/api/v1/chains/other-{uid}")).status == 403

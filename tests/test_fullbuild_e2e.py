@@ -17,6 +17,9 @@ import pytest
 import zstandard
 
 from packer.licensing.envelope import Decryptor
+from packer.package import ANNOTATION_PLUGINS as PKG_PLUGINS
+from packer.package import ANNOTATION_SOURCE as PKG_SOURCE
+from packer.package import ANNOTATION_SOURCE_REPOSITORY as PKG_SOURCE_REPOSITORY
 from proxy.api.manage.fullbuilds import FULL_BUILDS
 from proxy.api.state import REGISTRY
 from proxy.app import create_app
@@ -74,13 +77,17 @@ def descriptor(image_ref: str | None, models=(MODELS,)) -> bytes:
     return json.dumps(doc).encode()
 
 
-def thin_manifest(config: bytes, files: dict[str, bytes], artifact_type: str) -> bytes:
-    return json.dumps({
+def thin_manifest(config: bytes, files: dict[str, bytes], artifact_type: str,
+                  annotations: dict[str, str] | None = None) -> bytes:
+    doc = {
         "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "artifactType": artifact_type,
         "config": {"mediaType": mt.ALGORITHM_CONFIG, "digest": digest_of(config), "size": len(config)},
         "layers": [{"mediaType": "application/octet-stream", "digest": digest_of(d), "size": len(d),
                     "annotations": {mt.ANNOTATION_TITLE: n}} for n, d in files.items()],
-    }).encode()
+    }
+    if annotations:
+        doc["annotations"] = annotations
+    return json.dumps(doc).encode()
 
 
 async def push_image(client, repo: str, image: BuiltImage, tag: str = "v1") -> None:
@@ -90,9 +97,25 @@ async def push_image(client, repo: str, image: BuiltImage, tag: str = "v1") -> N
     assert resp.status == 201, await resp.text()
 
 
-async def write_business(client, repo: str, tag: str, config: bytes, files: dict[str, bytes]) -> None:
-    """Business packages are algomint's to write: through the service, not /v2."""
+async def push_generic(client, repo: str, tag: str, config: bytes, files: dict[str, bytes], headers=None) -> str:
+    for blob in [config, *files.values()]:
+        await push_blob(client, repo, blob, headers=headers)
+    resp = await client.put(f"/v2/{repo}/manifests/{tag}", data=thin_manifest(config, files, mt.ALGORITHM),
+                            headers={"Content-Type": mt.OCI_MANIFEST, **(headers or {})})
+    assert resp.status == 201, await resp.text()
+    return resp.headers["Docker-Content-Digest"]
+
+
+async def write_business(client, repo: str, tag: str, config: bytes, files: dict[str, bytes],
+                         source: str | None = None, plugins: str = "") -> None:
+    """Business packages are algomint's to write: through the service, not /v2, recording
+    their generic source as assembly does (``source``: a generic repository; by default
+    the same config is pushed there first)."""
     service = client.server.app[REGISTRY]
+    if source is None:
+        source = "generic/" + repo.split("/", 2)[2]
+        await push_generic(client, source, tag, config, {})
+    digest = (await service.stat_manifest(source, tag)).digest
     for blob in [config, *files.values()]:
         session = await service.backend.start_upload(repo)
 
@@ -100,7 +123,8 @@ async def write_business(client, repo: str, tag: str, config: bytes, files: dict
             yield data
 
         await service.backend.finish_upload(repo, session.upload_id, digest_of(blob), one())
-    await service.put_manifest(repo, tag, thin_manifest(config, files, mt.BUSINESS), mt.OCI_MANIFEST)
+    notes = {PKG_SOURCE_REPOSITORY: source, PKG_SOURCE: digest, PKG_PLUGINS: plugins}
+    await service.put_manifest(repo, tag, thin_manifest(config, files, mt.BUSINESS, notes), mt.OCI_MANIFEST)
 
 
 async def make_package(client, tmp_path: Path, models=(MODELS,), image: BuiltImage | None = None) -> Package:
@@ -110,12 +134,8 @@ async def make_package(client, tmp_path: Path, models=(MODELS,), image: BuiltIma
     await push_image(client, pkg.image_repo, image)
     config = descriptor(f"{pkg.image_repo}:v1", models)
     files = {"README.md": b"generic readme\n"}
-    for blob in [config, *files.values()]:
-        await push_blob(client, pkg.generic, blob)
-    resp = await client.put(f"/v2/{pkg.generic}/manifests/1.0", data=thin_manifest(config, files, mt.ALGORITHM),
-                            headers={"Content-Type": mt.OCI_MANIFEST})
-    assert resp.status == 201, await resp.text()
-    await write_business(client, pkg.business, "1.0", config, {**files, "form.json": b'{"door": true}'})
+    await push_generic(client, pkg.generic, "1.0", config, files)
+    await write_business(client, pkg.business, "1.0", config, {**files, "form.json": b'{"door": true}'}, pkg.generic)
     return pkg
 
 
@@ -392,10 +412,11 @@ async def test_bad_requests(fb, tmp_path):
     resp = await post({"package": f"{pkg.business}:3.0", "license": "soft"})
     assert resp.status == 422 and "images/absent:v1" in (await resp.json())["error"]["message"]
 
-    # Model globs that match nothing: the build succeeds, with a warning.
+    # Model globs that match nothing: an encrypting license would seal nothing, so it fails.
     await write_business(fb, pkg.business, "4.0", descriptor(f"{pkg.image_repo}:v1", ["nothing/*.bin"]), {})
-    build = await run_build(fb, f"{pkg.business}:4.0")
-    assert any("matched no file" in w for w in build["warnings"])
+    build = await run_build(fb, f"{pkg.business}:4.0", expect="failed")
+    assert "nothing/*.bin" in build["error"] and "encrypted" in build["error"]
+    assert (await fb.get(f"/v2/{pkg.business}/manifests/4.0-soft")).status == 404
     listing = await (await fb.get("/api/v1/full-builds", params={"package": f"{pkg.business}:4.0"})).json()
     assert [b["id"] for b in listing["items"]] == [build["id"]]
 

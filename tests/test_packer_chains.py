@@ -12,6 +12,7 @@ from packer.plugin import PluginError
 from packer.settings import ChainsConfig
 from proxy.app import create_app
 from proxy.meta import Database
+from proxy.service.policy import SYSTEM
 from packer.chains import SCHEMA
 from tests.support.packer import push_plugin
 
@@ -125,7 +126,7 @@ async def test_file_and_api_names_cannot_clash(db, tmp_path):
     plugins = FakePlugins({"plugins/a:1"})
     registry = ChainRegistry(db, None, plugins.check)
     await registry.start()
-    await registry.create(ChainSpec(name="door", match=["generic/*"], plugins=["plugins/a:1"]))
+    await registry.create(ChainSpec(name="door", match=["generic/*"], plugins=["plugins/a:1"]), SYSTEM)
     registry.file = _write(tmp_path, '[[chain]]\nname = "door"\nmatch = ["generic/*"]\nplugins = ["plugins/a:1"]\n')
     with pytest.raises(ChainError, match="created through the API"):
         await registry.reload()
@@ -133,7 +134,7 @@ async def test_file_and_api_names_cannot_clash(db, tmp_path):
     await registry.reload()
     assert [(c.name, c.source) for c in registry.all()] == [("gate", "file"), ("door", "api")]
     with pytest.raises(ChainError, match="already exists") as info:
-        await registry.create(ChainSpec(name="gate", match=["x"], plugins=["plugins/a:1"]))
+        await registry.create(ChainSpec(name="gate", match=["x"], plugins=["plugins/a:1"]), SYSTEM)
     assert info.value.conflict
     with pytest.raises(ChainError, match="edit the file"):
         await registry.delete("gate")

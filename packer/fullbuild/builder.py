@@ -11,6 +11,11 @@ mounted (linked, not copied) so ``/v2`` clients can pull the index and its parts
 
 Tags are written last, images first and the full package's tag at the very end, so an
 interrupted build never leaves a tag pointing at something half-written.
+
+The build runs with its requester's rights, checked when it is asked for and again when
+it starts (``rights.BuildRights``: sources, targets, licensed tags, model globs); every
+manifest is written through the same policy as ``/v2`` (permissions and freezes), never
+around it. An encrypting license that would seal no file of an image fails the build.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from proxy.oci import mediatypes as mt
 from proxy.oci.errors import Errors, RegistryError
 from proxy.oci.manifest import ParsedManifest, parse_manifest
 from proxy.oci.reference import sha256_digest
-from proxy.service.policy import SYSTEM
+from proxy.service.policy import SYSTEM, Action, PolicyChain, Principal, Request as PolicyRequest
 from proxy.service.registry import RegistryService
 
 from ..layers import TAR_LAYER_TYPES, Codec, LayerError, rewrite_layer, scan_layer
@@ -41,27 +46,20 @@ from .names import (
     ANNOTATION_LICENSE,
     ANNOTATION_PACKAGE,
     ANNOTATION_SOURCE,
+    LABEL_BUILD,
     LABEL_LICENSE,
     LABEL_SOURCE,
+    BuildError,
     BuildInputError,
     Namespaces,
     PackageName,
     RuntimeImageRef,
-    load_descriptor,
-    runtime_images,
 )
+from .rights import IMAGE_CONFIGS, BuildRights, refused
 from .settings import FullBuildConfig
-from .store import BuildRecord, Frozen, LayerProgress
+from .store import BuildRecord, BuildStore, Frozen, LayerProgress
 
 __all__ = ["BuildError", "FullBuilder", "Tracker"]
-
-MAX_SMALL_BLOB = 4 * 1024 * 1024
-_IMAGE_CONFIGS = (mt.OCI_CONFIG, mt.DOCKER_CONFIG)
-
-
-class BuildError(Exception):
-    """A build that cannot complete; the message is recorded on the build."""
-
 
 class Tracker:
     """Per-layer progress of a running build, flushed to the store by the service."""
@@ -113,10 +111,13 @@ class _Runtime:
     ref: RuntimeImageRef
     root: ManifestData
     images: list[_Image]
+    principal: Principal  # writes to the image repository are made as the requester
     licensed: ManifestData | None = None
-    licensed_children: list[tuple[ManifestData, _Image]] = field(default_factory=list)
+    licensed_children: list[tuple[ManifestData, _Image | None]] = field(default_factory=list)
     key_id: bytes = b""
     encrypted: int = 0
+    reused: dict[str, Any] | None = None  # the earlier build's image entry when the tag is reused
+    build_id: str = ""  # labelled on licensed configs: whose leftover a tag is after a crash
 
 
 def _json(doc: Any) -> bytes:
@@ -129,8 +130,12 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
 
 class FullBuilder:
     def __init__(self, service: RegistryService, licensers: dict[str, Licenser], licenses: dict[str, LicenseConfig],
-                 settings: FullBuildConfig, namespaces: Namespaces) -> None:
+                 settings: FullBuildConfig, namespaces: Namespaces, store: BuildStore,
+                 policy: PolicyChain | None = None) -> None:
         self.service = service
+        self.store = store
+        self.policy = policy or PolicyChain()
+        self.rights = BuildRights(service, store, self.policy, licensers, settings, namespaces)
         self.backend: Backend = service.backend
         self.licensers = licensers
         self.licenses = licenses
@@ -140,8 +145,9 @@ class FullBuilder:
         self.codec = Codec(settings.gzip_level, settings.zstd_level, settings.threads)
 
     # -- request validation (before anything is queued) ------------------------------------
-    async def check(self, package: str, license: str) -> tuple[PackageName, str]:
-        """Resolve a request to (package, source manifest digest) or raise ``BuildInputError``."""
+    async def check(self, package: str, license: str, requester: Principal = SYSTEM) -> tuple[PackageName, str]:
+        """Resolve a request to (package, source manifest digest) or raise ``BuildInputError``
+        (403 when ``requester`` may not read a source or write a target)."""
         if license not in self.licensers:
             raise BuildInputError(422, f"unknown license kind {license!r}",
                                   {"field": "license", "known": sorted(self.licensers)})
@@ -151,44 +157,30 @@ class FullBuilder:
                 raise BuildInputError(422, f"{package} is itself a full package (tag ends in -{kind})",
                                       {"field": "package"})
         try:
+            # Before anything is looked up: whether the package exists is for its readers.
+            await self.policy.check(PolicyRequest(requester, Action.PULL, name.repository, name.version))
             data = await self.service.get_manifest(name.repository, name.version)
         except RegistryError as exc:
             if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
                 raise BuildInputError(404, f"unknown package {package}", {"field": "package"}) from None
-            raise
-        _, descriptor = await self._package(name.repository, data)
-        for image in runtime_images(descriptor, self.ns):
+            raise refused(exc) from None
+        inputs = await self.rights.inputs(name, data)
+        roots: dict[str, str] = {}
+        for image in inputs.refs:
             try:
-                await self.service.stat_manifest(image.repository, image.reference.reference)
+                roots[image.ref] = (await self.service.stat_manifest(image.repository, image.reference.reference)).digest
             except RegistryError as exc:
                 if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
                     raise BuildInputError(422, f"runtime image {image.ref} does not exist",
                                           {"field": f"runtime.images.{image.index}.ref"}) from None
                 raise
-        return name, data.digest
-
-    async def _package(self, repo: str, data: ManifestData) -> tuple[ParsedManifest, dict[str, Any]]:
-        parsed = parse_manifest(data.data, data.media_type)
-        if parsed.is_index or parsed.artifact_type != mt.BUSINESS:
-            raise BuildInputError(422, f"{repo}@{data.digest} is not a business package "
-                                  f"(artifactType {parsed.artifact_type!r})", {"field": "package"})
-        assert parsed.config is not None
-        if parsed.config.media_type != mt.ALGORITHM_CONFIG:
-            raise BuildInputError(422, f"the package's config is {parsed.config.media_type}, not an algorithm descriptor")
-        raw = await self._small_blob(repo, parsed.config.digest)
-        return parsed, load_descriptor(raw)
-
-    async def _small_blob(self, repo: str, digest: str, limit: int = MAX_SMALL_BLOB) -> bytes:
-        reader = await self.backend.open_blob(repo, digest)
         try:
-            if reader.size > limit:
-                raise BuildError(f"blob {digest} in {repo} is {reader.size} bytes; the limit is {limit}")
-            data = b"".join([chunk async for chunk in reader])
-        finally:
-            await reader.close()
-        if sha256_digest(data) != digest:
-            raise BuildError(f"blob {digest} in {repo} failed digest verification")
-        return data
+            reused = {ref.ref for ref in inputs.refs
+                      if await self.rights.existing(ref, license, roots[ref.ref]) is not None}
+            await self.rights.authorize(requester, name, inputs, license, reused)
+        except RegistryError as exc:
+            raise refused(exc) from None
+        return name, data.digest
 
     async def _put_blob(self, repo: str, data: bytes) -> str:
         digest = sha256_digest(data)
@@ -202,34 +194,59 @@ class FullBuilder:
         await self.backend.finish_upload(repo, session.upload_id, digest, _one(data))
         return digest
 
-    async def _put_manifest(self, repo: str, reference: str, data: bytes, media_type: str) -> str:
-        stored = await self.service.put_manifest(repo, reference, data, media_type, SYSTEM.name)
+    async def _put_manifest(self, repo: str, reference: str, data: bytes, media_type: str,
+                            principal: Principal = SYSTEM) -> str:
+        """Write through the registry's policy, like a ``/v2`` push (freezes refuse even
+        algomint); image repositories are written as the requester."""
+        await self.policy.check(PolicyRequest(principal, Action.PUSH, repo, reference))
+        stored = await self.service.put_manifest(repo, reference, data, media_type, principal.name)
         return stored.digest
 
     # -- the build ---------------------------------------------------------------------------
     async def run(self, record: BuildRecord, tracker: Tracker, planned: Callable[[], Any],
-                  warnings: list[str]) -> tuple[dict[str, Any], list[Frozen]]:
+                  warnings: list[str]) -> tuple[dict[str, Any], list[Frozen], list[Frozen]]:
         """Build ``record``; ``planned`` is awaited once the layer list is known."""
         licenser = self.licensers.get(record.license)
         if licenser is None:
             raise BuildError(f"license kind {record.license!r} is no longer configured")
         settings = self.licenses[record.license]
         name = PackageName.parse(record.package, self.ns)
+        principal = await self.store.requester(record.id)
         try:
             source = await self.service.get_manifest(name.repository, record.source_digest)
-            package, descriptor = await self._package(name.repository, source)
-            refs = runtime_images(descriptor, self.ns)
+            inputs = await self.rights.inputs(name, source)
         except BuildInputError as exc:
             raise BuildError(exc.message) from None
+        package, descriptor, refs = inputs.package, inputs.descriptor, inputs.refs
 
         runtimes: dict[str, _Runtime] = {}
         for ref in refs:
             if ref.ref not in runtimes:
-                runtimes[ref.ref] = await self._plan(ref, tracker, warnings)
+                runtimes[ref.ref] = await self._plan(ref, tracker, warnings, principal)
+                runtimes[ref.ref].build_id = record.id
+        try:
+            for runtime in runtimes.values():
+                runtime.reused = await self.rights.existing(runtime.ref, record.license, runtime.root.digest)
+            # Rights of the moment: a grant revoked since the request stops the build here.
+            await self.rights.authorize(principal, name, inputs, record.license,
+                                  {r.ref.ref for r in runtimes.values() if r.reused is not None})
+            for runtime in runtimes.values():
+                if runtime.reused is None:
+                    await self.rights.claim(runtime.ref.repository, runtime.ref.licensed_tag(record.license), record.id)
+        except RegistryError as exc:
+            raise BuildError(f"{exc.code}: {exc.message}") from None
         await planned()
 
         for runtime in runtimes.values():
+            if runtime.reused is not None:
+                await self._reuse(runtime, tracker)
+                continue
             await self._license_runtime(runtime, licenser, settings, tracker, warnings)
+            if licenser.encrypts and runtime.encrypted == 0:
+                raise BuildError(
+                    f"no file in {runtime.ref.ref} matches the model patterns {list(runtime.ref.models)}: a "
+                    f"{record.license} image with nothing encrypted would deliver its models in the clear; "
+                    "fix the generic package's runtime.images models (or [full_builds.models]), or build full")
 
         # The license-specific descriptor and the full index, in the business repository.
         descriptor = copy.deepcopy(descriptor)
@@ -282,36 +299,65 @@ class FullBuilder:
         index_data = _json(index)
         index_digest = await self._put_manifest(name.repository, sha256_digest(index_data), index_data, mt.OCI_INDEX)
 
-        # Tags last: every image first, the full package at the very end.
+        # Tags last: every image first, the full package at the very end. Frozen: the
+        # business tag, the exact generic source version, the licensed tags, and every
+        # digest their manifests (and the source runtime images) reference.
+        label = str(name)
         freezes = [
-            Frozen(name.repository, name.version, record.source_digest, record.id, str(name)),
+            Frozen(name.repository, name.version, record.source_digest, record.id, label),
+            Frozen(inputs.source_repo, name.version, inputs.source_digest, record.id, label),
         ]
-        generic = name.generic(self.ns)
-        try:
-            generic_info = await self.service.stat_manifest(generic, name.version)
-            freezes.append(Frozen(generic, name.version, generic_info.digest, record.id, str(name)))
-        except RegistryError as exc:
-            if exc.error not in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
-                raise
+        content: list[Frozen] = []
+
+        async def hold(repo: str, tag: str, data: ManifestData) -> None:
+            content.extend(Frozen(repo, tag, digest, record.id, label) for digest in await self.rights.reachable(repo, data))
+
+        await hold(name.repository, name.version, source)
+        source_generic = await self.service.get_manifest(inputs.source_repo, inputs.source_digest)
+        await hold(inputs.source_repo, name.version, source_generic)
         images_out = []
         for runtime in runtimes.values():
             assert runtime.licensed is not None
-            tag = runtime.ref.licensed_tag(record.license)
-            await self._put_manifest(runtime.ref.repository, tag, runtime.licensed.data, runtime.licensed.media_type)
-            freezes.append(Frozen(runtime.ref.repository, tag, runtime.licensed.digest, record.id, str(name)))
-            images_out.append({
+            repo, tag = runtime.ref.repository, runtime.ref.licensed_tag(record.license)
+            if runtime.reused is None:
+                await self._put_manifest(repo, tag, runtime.licensed.data, runtime.licensed.media_type,
+                                         runtime.principal)
+            freezes.append(Frozen(repo, tag, runtime.licensed.digest, record.id, label))
+            await hold(repo, tag, runtime.licensed)
+            await hold(repo, tag, runtime.root)  # the source image the licensed one was made from
+            images_out.append(runtime.reused or {
                 "ref": runtime.ref.ref, "source_digest": runtime.root.digest,
-                "licensed": f"{runtime.ref.repository}:{tag}", "digest": runtime.licensed.digest,
+                "licensed": f"{repo}:{tag}", "digest": runtime.licensed.digest,
                 "key_id": runtime.key_id.hex() if runtime.key_id else None, "encrypted_files": runtime.encrypted,
+                "license_key": licenser.describe(), "models": list(runtime.ref.models),
             })
         full_tag = name.full_tag(record.license)
         await self._put_manifest(name.repository, full_tag, index_data, mt.OCI_INDEX)
-        freezes.append(Frozen(name.repository, full_tag, index_digest, record.id, str(name)))
+        freezes.append(Frozen(name.repository, full_tag, index_digest, record.id, label))
+        await hold(name.repository, full_tag, ManifestData(index_digest, mt.OCI_INDEX, index_data))
         result = {"tag": f"{name.repository}:{full_tag}", "digest": index_digest, "descriptor": thin_digest,
                   "images": images_out}
-        return result, freezes
+        return result, freezes, content
 
-    async def _plan(self, ref: RuntimeImageRef, tracker: Tracker, warnings: list[str]) -> _Runtime:
+    async def _reuse(self, runtime: _Runtime, tracker: Tracker) -> None:
+        """Point the package at the licensed image an earlier build made from the same inputs."""
+        entry = runtime.reused
+        assert entry is not None
+        repo = runtime.ref.repository
+        runtime.licensed = await self.service.get_manifest(repo, entry["digest"])
+        runtime.key_id = bytes.fromhex(entry["key_id"]) if entry.get("key_id") else b""
+        runtime.encrypted = int(entry.get("encrypted_files") or 0)
+        parsed = parse_manifest(runtime.licensed.data, runtime.licensed.media_type)
+        if parsed.is_index:
+            for child in parsed.manifests:
+                runtime.licensed_children.append((await self.service.get_manifest(repo, child.digest), None))
+        else:
+            runtime.licensed_children.append((runtime.licensed, None))
+        for image in runtime.images:
+            for layer in image.layers:
+                tracker.set(layer, "reused", layer.size)
+
+    async def _plan(self, ref: RuntimeImageRef, tracker: Tracker, warnings: list[str], principal: Principal) -> _Runtime:
         try:
             root = await self.service.get_manifest(ref.repository, ref.reference.reference)
         except RegistryError as exc:
@@ -335,7 +381,7 @@ class FullBuilder:
         for image in images:
             for position, layer in enumerate(image.parsed.layers):
                 image.layers.append(tracker.add(image.label, position, layer.digest, layer.size))
-        return _Runtime(ref, root, images)
+        return _Runtime(ref, root, images, principal)
 
     async def _license_runtime(self, runtime: _Runtime, licenser: Licenser, settings: LicenseConfig,
                                tracker: Tracker, warnings: list[str]) -> None:
@@ -351,8 +397,6 @@ class FullBuilder:
         for image in runtime.images:
             licensed = await self._license_image(image, ref, licenser, settings, key, runtime, license_layer, tracker)
             runtime.licensed_children.append((licensed, image))
-        if licenser.encrypts and runtime.encrypted == 0:
-            warnings.append(f"model patterns {list(ref.models)} matched no file in {ref.ref}: nothing was encrypted")
         root = parse_manifest(runtime.root.data, runtime.root.media_type)
         if not root.is_index:
             runtime.licensed = runtime.licensed_children[0][0]
@@ -370,7 +414,7 @@ class FullBuilder:
             doc["annotations"] = {**(doc.get("annotations") or {}), ANNOTATION_LICENSE: licenser.kind,
                                   ANNOTATION_SOURCE: runtime.root.digest}
         data = _json(doc)
-        digest = await self._put_manifest(ref.repository, sha256_digest(data), data, root.media_type)
+        digest = await self._put_manifest(ref.repository, sha256_digest(data), data, root.media_type, runtime.principal)
         runtime.licensed = ManifestData(digest, root.media_type, data)
 
     async def _license_image(self, image: _Image, ref: RuntimeImageRef, licenser: Licenser, settings: LicenseConfig,
@@ -378,9 +422,9 @@ class FullBuilder:
                              tracker: Tracker) -> ManifestData:
         parsed, repo = image.parsed, image.repo
         assert parsed.config is not None
-        if parsed.config.media_type not in _IMAGE_CONFIGS:
+        if parsed.config.media_type not in IMAGE_CONFIGS:
             raise BuildError(f"{image.label} is not a runtime image (config {parsed.config.media_type})")
-        config = json.loads(await self._small_blob(repo, parsed.config.digest))
+        config = json.loads(await self.rights.small_blob(repo, parsed.config.digest))
         rootfs = config.get("rootfs") if isinstance(config, dict) else None
         diff_ids = list(rootfs.get("diff_ids") or []) if isinstance(rootfs, dict) else None
         if diff_ids is None or len(diff_ids) != len(parsed.layers):
@@ -434,7 +478,8 @@ class FullBuilder:
         if not isinstance(inner, dict):
             raise BuildError(f"{image.label}: config.config is not an object")
         labels = inner.get("Labels") or {}
-        inner["Labels"] = {**labels, LABEL_LICENSE: licenser.kind, LABEL_SOURCE: f"{repo}@{image.data.digest}"}
+        inner["Labels"] = {**labels, LABEL_LICENSE: licenser.kind, LABEL_SOURCE: f"{repo}@{image.data.digest}",
+                           LABEL_BUILD: runtime.build_id}
         config_data = _json(config)
         config_digest = await self._put_blob(repo, config_data)
 
@@ -445,7 +490,7 @@ class FullBuilder:
             doc["annotations"] = {**(doc.get("annotations") or {}), ANNOTATION_LICENSE: licenser.kind,
                                   ANNOTATION_SOURCE: image.data.digest}
         data = _json(doc)
-        digest = await self._put_manifest(repo, sha256_digest(data), data, image.data.media_type)
+        digest = await self._put_manifest(repo, sha256_digest(data), data, image.data.media_type, runtime.principal)
         return ManifestData(digest, image.data.media_type, data)
 
     async def _platform(self, runtime: _Runtime) -> dict[str, Any] | None:
@@ -454,7 +499,7 @@ class FullBuilder:
         licensed = runtime.licensed
         parsed = parse_manifest(licensed.data, licensed.media_type)
         assert parsed.config is not None
-        config = json.loads(await self._small_blob(runtime.ref.repository, parsed.config.digest))
+        config = json.loads(await self.rights.small_blob(runtime.ref.repository, parsed.config.digest))
         platform = {k: config[k] for k in ("architecture", "os", "variant") if isinstance(config.get(k), str)}
         return platform if {"architecture", "os"} <= platform.keys() else None
 

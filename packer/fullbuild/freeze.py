@@ -2,7 +2,9 @@
 
 After a full build, the business tag it was made from, the same version of the generic
 algorithm, the full package tag and the licensed image tags can no longer be
-overwritten or deleted through the registry API (``DENIED`` naming the build). Tags of
+overwritten or deleted through the registry API (``DENIED`` naming the build), and no
+manifest or blob they reference (child manifests, configs, layers) can be deleted by
+digest, so a frozen package stays pullable whole. Tags of
 thin packages that end in a license suffix are refused outright (``TAG_INVALID``): that
 name space belongs to full packages. A full build writes through the service, not this
 policy; other internal writers (assembly) ask it as ``SYSTEM`` and are refused frozen tags
@@ -39,6 +41,14 @@ class FreezePolicy:
                 frozen = await self.store.frozen_digest(repo, reference)
                 if frozen is not None:
                     raise self._denied(frozen.repository, frozen.tag, frozen.build_id, frozen.package)
+                part = await self.store.frozen_content(repo, reference)
+                if part is not None:
+                    raise RegistryError(
+                        Errors.DENIED, {"repository": repo, "digest": reference, "frozen": f"{repo}:{part.tag}",
+                                        "full_build": part.build_id, "package": part.package},
+                        message=f"{repo}@{reference} is part of frozen {repo}:{part.tag} "
+                                f"(full build {part.build_id} of {part.package}) and cannot be deleted",
+                    )
             return
         frozen = await self.store.frozen_tag(repo, reference)
         if frozen is not None:

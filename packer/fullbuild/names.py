@@ -19,9 +19,10 @@ __all__ = [
     "ANNOTATION_LICENSE",
     "ANNOTATION_PACKAGE",
     "ANNOTATION_SOURCE",
+    "LABEL_BUILD",
     "LABEL_LICENSE",
     "LABEL_SOURCE",
-    "BuildInputError", "Namespaces", "PackageName", "RuntimeImageRef", "runtime_images", "load_descriptor"]
+    "BuildError", "BuildInputError", "Namespaces", "PackageName", "RuntimeImageRef", "runtime_images", "load_descriptor"]
 
 # Annotations on what a full build writes, and labels on licensed image configs.
 ANNOTATION_LICENSE = "org.algomint.license.kind"
@@ -32,6 +33,11 @@ ANNOTATION_IMAGE_REF = "org.algomint.image.ref"
 ANNOTATION_IMAGE_SOURCE = "org.algomint.image.source"
 LABEL_LICENSE = "org.algomint.license.kind"
 LABEL_SOURCE = "org.algomint.source.image"
+LABEL_BUILD = "org.algomint.full-build"
+
+
+class BuildError(Exception):
+    """A build that cannot complete; the message is recorded on the build."""
 
 
 class BuildInputError(Exception):
@@ -51,7 +57,8 @@ class Namespaces:
 
 @dataclass(frozen=True)
 class PackageName:
-    """``business/<system>/<algorithm>:<version>``."""
+    """``business/<system>/<algorithm>:<version>``; ``<algorithm>`` may have several
+    segments (the whole path under ``generic/``)."""
 
     repository: str
     version: str
@@ -76,9 +83,6 @@ class PackageName:
 
     def __str__(self) -> str:
         return f"{self.repository}:{self.version}"
-
-    def generic(self, ns: Namespaces) -> str:
-        return ns.generic + self.algorithm
 
     def full_tag(self, license: str) -> str:
         return f"{self.version}-{license}"

@@ -12,6 +12,7 @@ from typing import Any
 
 from proxy.meta import Database, MetadataError
 from proxy.oci.errors import RegistryError
+from proxy.service.policy import SYSTEM, PolicyChain, Principal
 from proxy.service.registry import RegistryService
 
 from ..licensing.licenser import Licenser, build_licensers
@@ -30,12 +31,12 @@ _FLUSH_INTERVAL = 1.0
 class FullBuildService:
     def __init__(self, service: RegistryService, db: Database, settings: FullBuildConfig,
                  licenses: dict[str, LicenseConfig], namespaces: Namespaces,
-                 licensers: dict[str, Licenser] | None = None) -> None:
+                 licensers: dict[str, Licenser] | None = None, policy: PolicyChain | None = None) -> None:
         self.settings = settings
         self.namespaces = namespaces
         self.licensers = licensers if licensers is not None else build_licensers(licenses)
         self.store = BuildStore(db)
-        self.builder = FullBuilder(service, self.licensers, licenses, settings, namespaces)
+        self.builder = FullBuilder(service, self.licensers, licenses, settings, namespaces, self.store, policy)
         self._wake = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
 
@@ -59,14 +60,15 @@ class FullBuildService:
                 await task
         self._workers = []
 
-    async def submit(self, package: str, license: str) -> tuple[BuildRecord, bool]:
-        """Queue a build; returns (record, created). The same package content and
-        license already queued, running or built returns that build instead."""
-        name, digest = await self.builder.check(package, license)
+    async def submit(self, package: str, license: str, requester: Principal = SYSTEM) -> tuple[BuildRecord, bool]:
+        """Queue a build as ``requester``; returns (record, created). The same package
+        content and license already queued, running or built returns that build instead
+        (once the requester is known to hold every right the build needs)."""
+        name, digest = await self.builder.check(package, license, requester)
         existing = await self.store.find_reusable(name.repository, name.version, license, digest)
         if existing is not None:
             return existing, False
-        record = await self.store.create(str(name), name.repository, name.version, license, digest)
+        record = await self.store.create(str(name), name.repository, name.version, license, digest, requester)
         self._wake.set()
         return record, True
 
@@ -102,7 +104,7 @@ class FullBuildService:
 
         flusher = asyncio.create_task(flush_loop())
         try:
-            result, freezes = await self.builder.run(record, tracker, planned, warnings)
+            result, freezes, content = await self.builder.run(record, tracker, planned, warnings)
         except asyncio.CancelledError:
             raise  # shutdown: the record stays "running" and is queued again at start
         except (BuildError, RegistryError, BuildInputError) as exc:
@@ -112,7 +114,7 @@ class FullBuildService:
             await self._fail(record, tracker, f"internal error: {type(exc).__name__}: {exc}", warnings)
         else:
             await self.store.save_progress(record.id, tracker.bytes_total, tracker.layers.values())
-            await self.store.succeed(record.id, result, warnings, freezes)
+            await self.store.succeed(record.id, result, warnings, freezes, content)
             log.info("full build succeeded", extra={"build": record.id, "tag": result["tag"]})
         finally:
             flusher.cancel()

@@ -4,10 +4,13 @@ Imports nothing heavy, so ``proxy.config`` can include it cheaply."""
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["FullBuildConfig"]
 
+_REPOSITORY_GLOB = re.compile(r"^[a-z0-9._\-/*?]{1,255}$")  # as a chain's match globs
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -29,6 +32,19 @@ class FullBuildConfig(BaseModel):
     zstd_level: int = Field(3, ge=1, le=19)
     threads: int = Field(2, ge=1, le=64)
     poll_interval: float = Field(5.0, gt=0)
+    # Model globs always encrypted, by image repository glob ("images/team-b/**"), on top
+    # of what the generic package's descriptor names: an owner's floor no package can lower.
+    models: dict[str, list[str]] = {}
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for pattern, globs in value.items():
+            if not _REPOSITORY_GLOB.match(pattern):
+                raise ValueError(f"{pattern!r} is not a repository glob (lowercase name characters, /, *, ?)")
+            if not globs or any(not g or g.startswith("/") for g in globs):
+                raise ValueError(f"{pattern!r}: give one or more relative model globs (opt/models/**)")
+        return value
 
     @field_validator("images_prefix")
     @classmethod

@@ -1,4 +1,5 @@
-"""Durable full-build records and frozen tags (SQLite through ``proxy.meta.Database``)."""
+"""Durable full-build records, who asked for them, and frozen tags and content
+(SQLite through ``proxy.meta.Database``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from proxy.meta import Database
+from proxy.service.policy import SYSTEM, Principal
 
 __all__ = ["SCHEMA", "BuildRecord", "BuildStore", "Frozen", "LayerProgress", "STATES", "ACTIVE"]
 
@@ -58,6 +60,30 @@ SCHEMA = [
         PRIMARY KEY (repository, tag)
     )""",
     "CREATE INDEX IF NOT EXISTS frozen_tags_digest ON frozen_tags (repository, digest)",
+    # Every digest (child manifest, config, layer) a frozen manifest references, per
+    # repository: deleting any of them would break the frozen package.
+    """CREATE TABLE IF NOT EXISTS frozen_blobs (
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        package TEXT NOT NULL,
+        PRIMARY KEY (repository, digest)
+    )""",
+    # Which build is creating a licensed tag: two builds never both write one.
+    """CREATE TABLE IF NOT EXISTS licensed_claims (
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        PRIMARY KEY (repository, tag)
+    )""",
+    # Whose rights a build reads and writes with (a build without a row predates this
+    # table, when only registry-wide admins could start builds).
+    """CREATE TABLE IF NOT EXISTS full_build_requesters (
+        build_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL
+    )""",
 ]
 
 
@@ -140,14 +166,38 @@ class BuildStore:
     async def migrate(self) -> None:
         await self.db.migrate(SCHEMA)
 
-    async def create(self, package: str, repository: str, tag: str, license: str, source_digest: str) -> BuildRecord:
+    async def create(self, package: str, repository: str, tag: str, license: str, source_digest: str,
+                     requester: Principal) -> BuildRecord:
         record = BuildRecord(uuid.uuid4().hex, package, repository, tag, license, source_digest, "queued", time.time())
-        await self.db.execute(
-            "INSERT INTO full_builds (id, package, repository, tag, license, source_digest, state, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (record.id, package, repository, tag, license, source_digest, record.state, record.created_at),
-        )
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO full_builds (id, package, repository, tag, license, source_digest, state, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.id, package, repository, tag, license, source_digest, record.state, record.created_at),
+            )
+            await tx.execute("INSERT INTO full_build_requesters (build_id, name, kind) VALUES (?, ?, ?)",
+                             (record.id, requester.name, requester.kind))
         return record
+
+    async def claim_tag(self, repository: str, tag: str, build_id: str) -> str | None:
+        """Claim the licensed tag ``repository:tag`` for ``build_id``; returns the build
+        holding it instead (queued, running or succeeded), or None once it is ours. A claim
+        of a build that failed is taken over."""
+        async with self.db.transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT c.build_id, b.state FROM licensed_claims c LEFT JOIN full_builds b ON b.id = c.build_id"
+                " WHERE c.repository = ? AND c.tag = ?", (repository, tag))
+            if row is not None and row["build_id"] != build_id and row["state"] in (*ACTIVE, "succeeded"):
+                return str(row["build_id"])
+            await tx.execute("INSERT OR REPLACE INTO licensed_claims (repository, tag, build_id) VALUES (?, ?, ?)",
+                             (repository, tag, build_id))
+        return None
+
+    async def requester(self, build_id: str) -> Principal:
+        """Who asked for the build; builds from before requesters were recorded were
+        admin-only, and run as the system."""
+        row = await self.db.fetchone("SELECT name, kind FROM full_build_requesters WHERE build_id = ?", (build_id,))
+        return Principal(row["name"], row["kind"]) if row else SYSTEM
 
     async def find_reusable(self, repository: str, tag: str, license: str, source_digest: str) -> BuildRecord | None:
         """An active or succeeded build of exactly this package content and license."""
@@ -230,8 +280,10 @@ class BuildStore:
                  for l in layers],
             )
 
-    async def succeed(self, build_id: str, result: dict[str, Any], warnings: list[str], freezes: Iterable[Frozen]) -> None:
-        """Record success and freeze the package's tags in one transaction."""
+    async def succeed(self, build_id: str, result: dict[str, Any], warnings: list[str], freezes: Iterable[Frozen],
+                      content: Iterable[Frozen] = ()) -> None:
+        """Record success and freeze the package's tags and the content they reference
+        (``Frozen.digest`` of each ``content`` item) in one transaction."""
         async with self.db.transaction() as tx:
             await tx.execute(
                 "UPDATE full_builds SET state = 'succeeded', finished_at = ?, result = ?, warnings = ?, "
@@ -241,6 +293,10 @@ class BuildStore:
             await tx.executemany(
                 "INSERT OR REPLACE INTO frozen_tags (repository, tag, digest, build_id, package) VALUES (?, ?, ?, ?, ?)",
                 [(f.repository, f.tag, f.digest, f.build_id, f.package) for f in freezes],
+            )
+            await tx.executemany(
+                "INSERT OR IGNORE INTO frozen_blobs (repository, digest, tag, build_id, package) VALUES (?, ?, ?, ?, ?)",
+                [(f.repository, f.digest, f.tag, f.build_id, f.package) for f in content],
             )
 
     async def fail(self, build_id: str, error: str, warnings: list[str]) -> None:
@@ -256,5 +312,12 @@ class BuildStore:
     async def frozen_digest(self, repository: str, digest: str) -> Frozen | None:
         row = await self.db.fetchone(
             "SELECT * FROM frozen_tags WHERE repository = ? AND digest = ? LIMIT 1", (repository, digest)
+        )
+        return Frozen(row["repository"], row["tag"], row["digest"], row["build_id"], row["package"]) if row else None
+
+    async def frozen_content(self, repository: str, digest: str) -> Frozen | None:
+        """The frozen tag whose manifest references ``digest`` in ``repository``, if any."""
+        row = await self.db.fetchone(
+            "SELECT * FROM frozen_blobs WHERE repository = ? AND digest = ?", (repository, digest)
         )
         return Frozen(row["repository"], row["tag"], row["digest"], row["build_id"], row["package"]) if row else None

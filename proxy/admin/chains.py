@@ -11,7 +11,7 @@ from .output import Output
 
 __all__ = ["register"]
 
-_COLUMNS = ["name", "source", "match", "plugins", "params"]
+_COLUMNS = ["name", "source", "owner", "match", "plugins", "params"]
 
 
 def register(areas: argparse._SubParsersAction) -> None:
@@ -60,12 +60,17 @@ def parse_pairs(pairs: list[str], what: str) -> dict[str, Any]:
     return out
 
 
+def _rows(chains: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table rows: the owner (whose rights a chain reads with) by name, "algomint" for file chains."""
+    return [{**c, "owner": (c.get("owner") or {}).get("name")} for c in chains]
+
+
 def _list(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
     body = client.get("/chains")
     if out.json_mode:
         out.json(body)
         return 0
-    out.table(body["items"], _COLUMNS)
+    out.table(_rows(body["items"]), _COLUMNS)
     status = body["file"]
     if status["file"]:
         out.message(f"\nchains file {status['file']}: {status['chains']} chain(s)"
@@ -103,7 +108,7 @@ def _reload(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
     if out.json_mode:
         out.json(body)
     else:
-        out.table(body["items"], _COLUMNS)
+        out.table(_rows(body["items"]), _COLUMNS)
     return 0
 
 

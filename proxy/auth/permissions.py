@@ -76,6 +76,8 @@ class Permissions:
         self._rules += [(compile_pattern(p), frozenset({Action.PULL})) for p in anonymous_pull]
         self._system = [compile_pattern(p) for p in system_namespaces]
         self._wide = frozenset().union(*(ROLES[r].actions for r, p in grants if p == "**" and r in ROLES))
+        # The patterns themselves, for questions about whole globs (``coverage``), not one name.
+        self._pull = tuple(p for r, p in grants if r in ROLES and Action.PULL in ROLES[r].actions) + tuple(anonymous_pull)
 
     def actions(self, repository: str) -> frozenset[Action]:
         held: frozenset[Action] = frozenset()
@@ -85,6 +87,10 @@ class Permissions:
         if Action.PUSH in held and any(regex.fullmatch(repository) for regex in self._system):
             held -= {Action.PUSH}
         return held
+
+    def pull_patterns(self) -> tuple[str, ...]:
+        """Every pattern this principal may pull from (its grants and anonymous pull)."""
+        return self._pull
 
     def registry_wide(self, action: Action) -> bool:
         """True when a grant on ``**`` includes ``action`` (catalog, management API)."""

@@ -32,9 +32,9 @@ def image_manifest(config: bytes, layers: list[bytes], **extra: Any) -> bytes:
     return json.dumps(doc, indent=1).encode()
 
 
-async def push_blob(client: TestClient, repo: str, data: bytes) -> str:
+async def push_blob(client: TestClient, repo: str, data: bytes, headers: dict[str, str] | None = None) -> str:
     digest = digest_of(data)
-    resp = await client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest}, data=data)
+    resp = await client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest}, data=data, headers=headers)
     assert resp.status == 201, await resp.text()
     return digest
 

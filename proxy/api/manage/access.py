@@ -7,13 +7,19 @@ that repository rather than for registry-wide ``manage``: a business developer g
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from aiohttp import web
 
+from ...auth.coverage import CoverageError, uncovered
+from ...auth.state import AUTH, AUTH_STORE
 from ...oci.errors import Errors, RegistryError
-from ...service.policy import Action
+from ...service.policy import ANONYMOUS, Action, Principal
+from ..state import PRINCIPAL
+from .errors import ApiError
 from .router import authorize
 
-__all__ = ["may"]
+__all__ = ["may", "caller", "require_pull_all"]
 
 
 async def may(request: web.Request, action: Action, repository: str) -> bool:
@@ -25,3 +31,33 @@ async def may(request: web.Request, action: Action, repository: str) -> bool:
             return False
         raise
     return True
+
+
+def caller(request: web.Request) -> Principal:
+    """Who is asking, as the plain principal derived work is recorded under."""
+    principal = request.get(PRINCIPAL, ANONYMOUS)
+    return Principal(principal.name, principal.kind)
+
+
+async def require_pull_all(request: web.Request, field: str, globs: Sequence[str], within: str = "**") -> None:
+    """403 unless the caller may pull every repository the globs can match, now or later.
+
+    ``within`` is the pattern of the names the globs can read at all (``generic/**``);
+    with authentication off everyone may pull everything and nothing is checked."""
+    if AUTH not in request.app:
+        return
+    principal = request.get(PRINCIPAL, ANONYMOUS)
+    if principal.kind == "system":
+        return
+    perms = await request.app[AUTH_STORE].permissions_of(principal)
+    if perms is None:
+        raise ApiError(401, "credentials are no longer valid")
+    patterns = perms.pull_patterns()
+    for i, glob in enumerate(globs):
+        try:
+            example = uncovered(glob, patterns, within)
+        except CoverageError as exc:
+            raise ApiError(422, str(exc), {"field": f"{field}.{i}"}) from None
+        if example is not None:
+            raise ApiError(403, f"{field}.{i} {glob!r} can read {example}, which {principal.name} may not pull",
+                           {"field": f"{field}.{i}", "glob": glob, "repository": example})

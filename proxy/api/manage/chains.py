@@ -1,21 +1,27 @@
 """``/api/v1/chains``: business systems (chains of plugins), their reload and re-assembly.
 
 A chain is checked as its business namespace ``business/<chain>``: reading needs ``pull``
-there, changing it or re-assembling needs ``manage``; reloading the file is registry-wide."""
+there, changing it or re-assembling needs ``manage``; reloading the file is registry-wide.
+Creating or changing a chain also needs ``pull`` on everything it reads, since its output
+is readable by whoever may read ``business/<chain>``: every repository its ``match`` globs
+can cover and every plugin it names. The caller becomes the chain's owner, and assembly
+runs with the owner's rights of the moment."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from packer.assembly import RequestError
 from packer.chains import ChainError, ChainSpec
+from proxy.oci.errors import RegistryError
+from proxy.oci.reference import parse_reference
 
 from ...service.policy import Action
 from ..state import PACKER
-from .access import may
+from .access import caller, may, require_pull_all
 from .errors import ApiError
 from .router import ApiRouter, authorize, parse_body
 
@@ -24,12 +30,18 @@ __all__ = ["router"]
 router = ApiRouter("chains")
 
 
+class ChainOwner(BaseModel):
+    name: str
+    kind: str
+
+
 class ChainOut(BaseModel):
     name: str
     match: list[str]
     plugins: list[str]
     params: dict[str, Any]
     source: Literal["file", "api"]
+    owner: ChainOwner | None = None  # whose rights it runs with; "system" for the chains file
     created: float | None = None
     updated: float | None = None
 
@@ -78,6 +90,19 @@ def _repository(request: web.Request, name: str) -> str:
     return f"{request.app[PACKER].assembly.settings.business_prefix}{name}"
 
 
+async def _check_reads(request: web.Request, spec: ChainSpec) -> None:
+    """The caller may pull every source the chain can match and every plugin it names."""
+    await require_pull_all(request, "match", spec.match, request.app[PACKER].chains.sources + "**")
+    for i, ref in enumerate(spec.plugins):
+        try:
+            repository = parse_reference(ref).name
+        except RegistryError:
+            continue  # not a reference: the plugin check answers 422 with the reason
+        if not await may(request, Action.PULL, repository):
+            raise ApiError(403, f"plugins.{i} {ref!r}: the caller may not pull {repository}",
+                           {"field": f"plugins.{i}", "repository": repository})
+
+
 async def _listing(request: web.Request) -> dict[str, Any]:
     chains = request.app[PACKER].chains
     visible = [c.to_json() for c in chains.all() if await may(request, Action.PULL, _repository(request, c.name))]
@@ -95,8 +120,9 @@ async def list_chains(request: web.Request) -> web.Response:
 async def create_chain(request: web.Request) -> web.Response:
     spec = await parse_body(request, ChainSpec)
     await authorize(request, Action.MANAGE, _repository(request, spec.name))
+    await _check_reads(request, spec)
     try:
-        chain = await request.app[PACKER].chains.create(spec)
+        chain = await request.app[PACKER].chains.create(spec, caller(request))
     except ChainError as exc:
         raise _chain_error(exc) from None
     return web.json_response(chain.to_json(), status=201)
@@ -128,7 +154,14 @@ async def update_chain(request: web.Request) -> web.Response:
     await authorize(request, Action.MANAGE, _repository(request, name))
     body = await parse_body(request, ChainUpdate)
     try:
-        chain = await request.app[PACKER].chains.update(ChainSpec(name=name, **body.model_dump()))
+        spec = ChainSpec(name=name, **body.model_dump())
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ApiError(422, "chain rejected", {"fields": [
+            {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"]}]}) from None
+    await _check_reads(request, spec)
+    try:
+        chain = await request.app[PACKER].chains.update(spec, caller(request))
     except KeyError:
         raise ApiError(404, f"no chain {name!r}") from None
     except ChainError as exc:

@@ -1,4 +1,9 @@
-"""``/api/v1/full-builds``: start a licensed full build, follow its progress, list builds."""
+"""``/api/v1/full-builds``: start a licensed full build, follow its progress, list builds.
+
+Starting a build is not a registry-wide right: the builder checks that the caller may
+pull every source of the package and write every target (``manage`` on the business
+repository, ``push`` on each runtime image repository), and records the caller, whose
+rights the build runs with. A build is shown to whoever may pull its business package."""
 
 from __future__ import annotations
 
@@ -11,8 +16,10 @@ from packer.fullbuild.names import BuildInputError
 from packer.fullbuild.service import FullBuildService
 from packer.fullbuild.store import STATES
 
+from ...service.policy import Action
+from .access import caller
 from .errors import ApiError
-from .router import ApiRouter, Page, encode_cursor, page_params, parse_body
+from .router import ApiRouter, Page, authorize, encode_cursor, page_params, parse_body
 
 __all__ = ["router", "FULL_BUILDS"]
 
@@ -64,11 +71,11 @@ def _input_error(exc: BuildInputError) -> ApiError:
 
 
 @router.route("POST", "/full-builds", summary="Start a full build of a business package for a license kind",
-              body=FullBuildRequest, response=FullBuildView, status=202)
+              body=FullBuildRequest, response=FullBuildView, status=202, action=None)
 async def create_full_build(request: web.Request) -> web.Response:
     body = await parse_body(request, FullBuildRequest)
     try:
-        record, created = await request.app[FULL_BUILDS].submit(body.package, body.license)
+        record, created = await request.app[FULL_BUILDS].submit(body.package, body.license, caller(request))
     except BuildInputError as exc:
         raise _input_error(exc) from None
     location = f"/api/v1/full-builds/{record.id}"
@@ -78,12 +85,13 @@ async def create_full_build(request: web.Request) -> web.Response:
 
 
 @router.route("GET", "/full-builds/{id}", summary="A full build: state, bytes processed/total, per-layer progress",
-              response=FullBuildView)
+              response=FullBuildView, action=None)
 async def get_full_build(request: web.Request) -> web.Response:
     build_id = request.match_info["id"]
     record = await request.app[FULL_BUILDS].get(build_id) if len(build_id) <= 64 else None
     if record is None:
         raise ApiError(404, f"no full build {build_id[:64]}")
+    await authorize(request, Action.PULL, record.repository)
     return web.json_response(record.to_json())
 
 
