@@ -16,7 +16,7 @@ import resource
 import signal
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Mapping, Sequence
 
 __all__ = ["Limits", "ProcessResult", "run_process", "signal_name", "scrubbed_env"]
@@ -46,9 +46,11 @@ class Limits:
     memory_bytes: int | None = None
     file_bytes: int | None = None
     open_files: int | None = 256
+    # Processes the child's uid may have at once (RLIMIT_NPROC): a fork bomb fails, not the host.
+    processes: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class ProcessResult:
     returncode: int | None
     stdout: bytes
@@ -68,7 +70,7 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def scrubbed_env(home: Path, extra: Mapping[str, str] = ()) -> dict[str, str]:
+def scrubbed_env(home: PurePath, extra: Mapping[str, str] = ()) -> dict[str, str]:
     """A minimal environment: nothing inherited from the service (no secrets)."""
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -92,6 +94,8 @@ def _preexec(limits: Limits) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
     if limits.open_files is not None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
+    if limits.processes is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
@@ -162,6 +166,8 @@ async def run_process(
 ) -> ProcessResult:
     """Run ``argv`` (never through a shell) and collect its output within the limits.
 
+    ``env`` is the child's whole environment: nothing of the service's is inherited.
+
     Raises ``OSError`` if it can't be started (missing executable, permissions)."""
     loop = asyncio.get_running_loop()
     collector = _Collector({1: stdout_limit} if merge_stderr else {1: stdout_limit, 2: stderr_limit})
@@ -174,6 +180,7 @@ async def run_process(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
         start_new_session=True,
+        close_fds=True,  # no descriptor of the service reaches a plugin
         preexec_fn=lambda: _preexec(limits),
     )
     timed_out = False
