@@ -47,7 +47,8 @@ class Packer:
         self.registry = registry
         self.events = events
         settings = config.assembly
-        self.workdir = Path(settings.workdir or Path(config.metadata.path).parent / "work")
+        # Absolute: plugins are told where their files are, whatever the service's cwd.
+        self.workdir = Path(settings.workdir or Path(config.metadata.path).parent / "work").absolute()
         self.sandbox = Sandbox(config.plugins.sandbox, private=_private_paths(config))
         self.env = PluginEnv(config.plugins, self.workdir, self.sandbox,
                              cache=LruCache(config.plugins.service.cache_bytes))

@@ -203,7 +203,7 @@ class Sandbox:
         for path in ro_paths:
             args += ["--ro-bind-try", str(path), str(path)]
         args += ["--proc", "/proc", "--dev", "/dev",
-                 "--bind", str(spec.root), str(WORK), "--chdir", str(spec.cwd), "--clearenv"]
+                 "--bind", os.path.abspath(spec.root), str(WORK), "--chdir", str(spec.cwd), "--clearenv"]
         for name, value in spec.env.items():
             args += ["--setenv", name, value]
         args.append("--")

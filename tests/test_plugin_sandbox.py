@@ -468,3 +468,55 @@ async def test_unsafe_mode_runs_unsandboxed_and_says_so(aiohttp_client, tmp_path
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     assert job["status"] == "succeeded", job
+
+
+MAKE_CARD = b'''import json, pathlib
+d = json.load(open("algorithm.json"))
+pathlib.Path("files/MODEL_CARD.md").write_text(f"# {d['name']} {d['version']}\\n")
+'''
+
+
+@pytest.mark.parametrize("sandbox", ["", "[plugins.sandbox]\nbwrap = \"/nonexistent/bwrap\"\nunsafe = true\n"],
+                         ids=["sandboxed", "unsafe"])
+def test_job_readme_example_works_with_default_relative_paths(tmp_path: Path, sandbox: str) -> None:
+    # plugins/job/README.md from an empty directory: the data directory (and so the work
+    # area) is relative to the cwd, yet {plugin} must name the plugin's files absolutely.
+    workdir = tmp_path / "empty"
+    config = f'[storage]\npath = "data/storage"\n[metadata]\npath = "data/metadata.db"\n{sandbox}'
+    server = start_server(workdir, config)
+
+    async def scenario() -> dict[str, bytes]:
+        async with aiohttp.ClientSession() as session:
+            plugin = {"name": "model-card", "version": "1.0", "kind": "job",
+                      "options": {"command": ["python3", "{plugin}/make_card.py"]},
+                      "files": [{"path": "make_card.py", "data": base64.b64encode(MAKE_CARD).decode()}]}
+            async with session.post(f"{server.url}/api/v1/plugins", json=plugin) as resp:
+                assert resp.status == 201, await resp.text()
+            chain = {"name": "door", "match": ["generic/*"], "plugins": ["plugins/model-card:1.0"]}
+            async with session.post(f"{server.url}/api/v1/chains", json=chain) as resp:
+                assert resp.status == 201, await resp.text()
+            await _push_generic_anonymous(session, server.url)
+            deadline = time.monotonic() + 60
+            while True:
+                async with session.get(f"{server.url}/api/v1/assemblies") as resp:
+                    items = (await resp.json())["items"]
+                if items and items[0]["status"] in ("succeeded", "failed"):
+                    break
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            assert items[0]["status"] == "succeeded", items[0]
+            async with session.get(f"{server.url}/v2/business/door/face-recog/manifests/1.0",
+                                   headers={"Accept": mt.OCI_MANIFEST}) as resp:
+                doc = json.loads(await resp.read())
+            out = {}
+            for layer in doc["layers"]:
+                async with session.get(f"{server.url}/v2/business/door/face-recog/blobs/{layer['digest']}") as resp:
+                    out[layer["annotations"][mt.ANNOTATION_TITLE]] = await resp.read()
+            return out
+
+    try:
+        files = asyncio.run(scenario())
+        assert files["MODEL_CARD.md"] == b"# face-recog 1.0\n"
+    finally:
+        server.process.terminate()
+        server.process.wait(10)
