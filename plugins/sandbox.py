@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,8 @@ _PROBE_TIMEOUT = 20.0
 # Top-level directories that Debian links into /usr (merged /usr) or that hold libraries.
 _ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _SETPRIV = "setpriv"
+# How setpriv (service as root) or bubblewrap (otherwise) report a program they cannot execute.
+_EXEC_FAILED = re.compile(r"^(?:setpriv: failed to execute|bwrap: execvp) (.*)$", re.MULTILINE)
 
 
 class SandboxUnavailable(Exception):
@@ -171,6 +174,14 @@ class Sandbox:
         self.require("function and job")
         host_cwd = Path(str(spec.cwd))  # the view is the host path itself
         return Launch(list(argv), dict(spec.env), host_cwd)
+
+    def exec_failure(self, code: int | None, output: str) -> str | None:
+        """Why the plugin's program could not be started in the sandbox, if that is what happened."""
+        if not self.active or code not in (1, 127):
+            return None
+        lines = output.rstrip().splitlines()
+        found = _EXEC_FAILED.match(lines[-1]) if lines else None
+        return found.group(1) if found else None
 
     def returncode(self, code: int | None) -> int | None:
         """The plugin's exit status in ``subprocess`` form: bubblewrap reports death by signal N

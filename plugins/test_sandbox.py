@@ -93,3 +93,14 @@ def test_network_needs_the_admins_grant(make_artifact, make_env, kind, options) 
         make_artifact(kind, {**options, "network": True}, files), env)
     with pytest.raises(PluginError, match="may not have network access"):
         kind_module.setup(make_artifact(kind, {**options, "network": True}, files), make_env())
+
+
+async def test_a_program_outside_the_sandbox_is_named(package, context, make_artifact, make_env) -> None:
+    env = make_env(function={"python": "/opt/nowhere/python3"})
+    plugin = function_kind.setup(make_artifact("function", {}, {"t.py": b"def transform(p, c):\n    pass\n"}), env)
+    with pytest.raises(PluginError, match="interpreter '/opt/nowhere/python3' could not start in the sandbox: "
+                                          "/opt/nowhere/python3: No such file or directory"):
+        await plugin.apply(package, context)
+    job = job_kind.setup(make_artifact("job", {"command": ["/home/tool"]}), make_env())
+    with pytest.raises(PluginError, match="could not start in the sandbox: /home/tool: No such file"):
+        await job.apply(package, context)

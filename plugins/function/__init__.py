@@ -104,6 +104,10 @@ class FunctionPlugin:
                 raise PluginError(f"function exceeded its CPU time limit ({settings.cpu_seconds}s) or was killed "
                                   f"({signal_name(result.signal)})")
             raise PluginError(f"function was killed by {signal_name(result.signal)}")
+        failure = self.env.sandbox.exec_failure(result.returncode, log)
+        if failure is not None:
+            raise PluginError(f"the function interpreter {settings.python!r} could not start in the sandbox: {failure}"
+                              " (it must be under [plugins.sandbox] ro_paths)")
         if result.returncode != 0:
             raise PluginError(f"function failed: {reason}" if reason else f"function exited with status {result.returncode}")
         return await asyncio.to_thread(self._result, result.stdout, package, context.cap)

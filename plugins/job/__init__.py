@@ -29,8 +29,6 @@ __all__ = ["JobOptions", "JobPlugin", "JobResult", "JobRunner", "JobSpec", "Loca
 
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _LOG_TAIL = 2000
-# How setpriv (service as root) or bubblewrap (otherwise) report a program they cannot execute.
-_EXEC_FAILED = re.compile(r"^(setpriv: failed to execute|bwrap: execvp) ")
 
 
 class JobOptions(BaseModel):
@@ -106,9 +104,9 @@ class JobPlugin:
             raise PluginError(f"job timed out after {self.timeout:g}s; its process group was killed")
         if result.output_exceeded:
             raise PluginError(f"job printed more than {spec.output_limit} bytes of output; it was killed")
-        last = output.rstrip().rpartition("\n")[2]
-        if result.exit_code in (1, 127) and self.env.sandbox.active and _EXEC_FAILED.match(last):
-            raise PluginError(f"job command {argv[0]!r} could not start in the sandbox: {last.split(': ', 1)[1]}")
+        failure = self.env.sandbox.exec_failure(result.exit_code, output)
+        if failure is not None:
+            raise PluginError(f"job command {argv[0]!r} could not start in the sandbox: {failure}")
         if result.exit_code is None or result.exit_code != 0:
             how = (f"was killed by {signal_name(-result.exit_code)}" if result.exit_code and result.exit_code < 0
                    else f"exited with status {result.exit_code}")
