@@ -38,6 +38,8 @@ _PROBE_TIMEOUT = 20.0
 # Top-level directories that Debian links into /usr (merged /usr) or that hold libraries.
 _ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _SETPRIV = "setpriv"
+# What a plugin granted the network needs to resolve names and check certificates.
+_NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl/certs", "/etc/ca-certificates")
 # How setpriv (service as root) or bubblewrap (otherwise) report a program they cannot execute.
 _EXEC_FAILED = re.compile(r"^(?:setpriv: failed to execute|bwrap: execvp) (.*)$", re.MULTILINE)
 
@@ -213,6 +215,9 @@ class Sandbox:
             args += ["--perms", "0755", "--dir", parent]
         for path in ro_paths:
             args += ["--ro-bind-try", str(path), str(path)]
+        if spec.network:
+            for name in _NETWORK_FILES:
+                args += ["--ro-bind-try", name, name]
         args += ["--proc", "/proc", "--dev", "/dev",
                  "--bind", os.path.abspath(spec.root), str(WORK), "--chdir", str(spec.cwd), "--clearenv"]
         for name, value in spec.env.items():

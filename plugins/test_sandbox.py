@@ -21,7 +21,7 @@ CHECK = r"""
 import json, os, socket, sys
 out = {"uid": os.getuid(), "gid": os.getgid(), "env": sorted(os.environ), "cwd": os.getcwd(),
        "fds": sorted(int(f) for f in os.listdir("/proc/self/fd")), "root": sorted(os.listdir("/")),
-       "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit())}
+       "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()), "etc": sorted(os.listdir("/etc"))}
 try:
     socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3).close()
     out["connect"] = "ok"
@@ -70,11 +70,13 @@ async def test_a_sandboxed_process_sees_only_its_work_directory(sandbox: Sandbox
     assert "tmp" not in out["root"] and "work" in out["root"]  # no host /tmp (where this test's files are)
     assert out["pids"] == sorted(out["pids"]) and max(out["pids"]) < 10  # its own PID namespace
     assert out["connect"] == "ConnectionRefusedError"  # its own network namespace: no host loopback
+    assert out["etc"] == ["alternatives", "ld.so.cache"]
 
 
 async def test_network_is_shared_only_when_granted(sandbox: Sandbox, tmp_path: Path) -> None:
     out = await _check(sandbox, tmp_path / "run", network=True)
     assert out["connect"] == "ok"
+    assert ("resolv.conf" in out["etc"]) == Path("/etc/resolv.conf").exists()  # name resolution comes with it
 
 
 def test_ro_paths_that_would_expose_private_data_are_refused(tmp_path: Path) -> None:
