@@ -68,6 +68,8 @@ class Launch:
 
 
 class Sandbox:
+    """One per service: probed at start-up, then turns each run's argv into a sandboxed one."""
+
     def __init__(self, config: SandboxConfig, private: Sequence[Path] = ()) -> None:
         self.config = config
         # Paths the sandbox must never show (the data directory, keys, config).

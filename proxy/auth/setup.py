@@ -62,9 +62,12 @@ def setup_auth(app: web.Application) -> None:
         app[POLICY].add(PermissionPolicy(store))
         add_token_routes(app)
 
-    # Read and checked now, so a bad secret stops start-up before anything is opened; the
-    # variable leaves the environment either way.
-    password = admin_password(config) if config.auth.enabled else take_env_secret(PASSWORD_ENV) and None
+    # Read and checked now, so a bad secret stops start-up before anything is opened.
+    if config.auth.enabled:
+        password = admin_password(config)
+    else:
+        take_env_secret(PASSWORD_ENV)  # unused without auth, but never left behind for others to find
+        password = None
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await store.db.migrate(SCHEMA)
