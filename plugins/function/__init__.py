@@ -19,7 +19,7 @@ import asyncio
 import json
 import shutil
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -62,11 +62,13 @@ class FunctionPlugin:
         self.env.workdir.mkdir(parents=True, exist_ok=True)
         root = Path(tempfile.mkdtemp(prefix="fn-", dir=self.env.workdir))
         try:
-            await asyncio.to_thread(self._prepare, root)
+            try:
+                await asyncio.to_thread(self._prepare, root)
+            except OSError as exc:
+                raise PluginError(f"cannot prepare the work directory: {exc}") from None
             view = self.env.sandbox.view(root)
-            spec = SandboxSpec(root, view / "work", scrubbed_env(PurePosixPath(view / "tmp")), self.options.network)
-            launch = self.env.sandbox.launch(
-                [settings.python, "-I", "-S", "-B", str(view / "harness.py")], spec)
+            spec = SandboxSpec(root, view / "work", scrubbed_env(view / "tmp"), self.options.network)
+            launch = self.env.sandbox.launch([settings.python, "-I", "-S", "-B", str(view / "harness.py")], spec)
             result = await run_process(
                 launch.argv,
                 cwd=launch.cwd,
