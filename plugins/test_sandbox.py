@@ -106,3 +106,16 @@ async def test_a_program_outside_the_sandbox_is_named(package, context, make_art
     job = job_kind.setup(make_artifact("job", {"command": ["/home/tool"]}), make_env())
     with pytest.raises(PluginError, match="could not start in the sandbox: /home/tool: No such file"):
         await job.apply(package, context)
+
+
+@pytest.mark.parametrize("kind,options", [("function", {}), ("job", {"command": ["true"]})])
+def test_without_bubblewrap_the_kinds_refuse_to_set_up(make_artifact, make_env, tmp_path, kind, options) -> None:
+    files = {"t.py": b"def transform(p, c):\n    pass\n"} if kind == "function" else None
+    module = {"function": function_kind, "job": job_kind}[kind]
+    env = make_env(sandbox={"bwrap": str(tmp_path / "missing" / "bwrap")})
+    with pytest.raises(PluginError, match=f"{kind} plugins are refused: the sandbox is unavailable "
+                                          r"\(bubblewrap not found"):
+        module.setup(make_artifact(kind, options, files), env)
+    unsafe = make_env(sandbox={"bwrap": str(tmp_path / "missing" / "bwrap"), "unsafe": True})
+    module.setup(make_artifact(kind, options, files), unsafe)  # runs, unsandboxed, in unsafe mode
+    assert unsafe.sandbox.status.startswith("unsafe: bubblewrap not found")
