@@ -17,7 +17,9 @@ import hashlib
 import json
 import os
 import signal
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -189,6 +191,14 @@ def _config(workdir: Path, extra: str = "") -> str:
 
 
 @pytest.fixture
+def victims() -> Iterator[list[Path]]:
+    made: list[Path] = []
+    yield made
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     workdir = tmp_path / "srv"
     srv = start_server(workdir, _config(workdir), env={"ALGOMINT_ADMIN_PASSWORD": ADMIN_PASSWORD})
@@ -262,11 +272,11 @@ def _snapshot(paths: list[Path]) -> dict[str, str]:
     return out
 
 
-async def _run_hostile(server: Server, tmp_path: Path, kind: str, options: dict[str, Any], script: str,
+async def _run_hostile(server: Server, victims: list[Path], kind: str, options: dict[str, Any], script: str,
                        filename: str) -> tuple[dict, dict[str, str], Listener, str]:
-    victim = tmp_path / "victim"
-    victim.mkdir()
-    victim.chmod(0o777)  # only the sandbox, not permissions, keeps the plugin out
+    victim = Path(tempfile.mkdtemp(prefix="algomint-victim-"))  # a world-writable place any host user
+    victims.append(victim)                                       # can reach: only the sandbox, not
+    victim.chmod(0o777)                                          # permissions, keeps the plugin out
     (victim / "secret.txt").write_text("host secret")
     (victim / "secret.txt").chmod(0o644)
     data = server.log_path.parent
@@ -318,9 +328,9 @@ def _assert_contained(report: dict, listener: Listener, marker: str) -> None:
     assert processes_with(f"sleep {marker}") == [], "a plugin process outlived its run"
 
 
-async def test_hostile_job_plugin_is_contained(server: Server, tmp_path: Path) -> None:
+async def test_hostile_job_plugin_is_contained(server: Server, victims: list[Path]) -> None:
     report, detail, listener, marker = await _run_hostile(
-        server, tmp_path, "job", {"command": ["python3", "{plugin}/attack.py"]}, JOB_SCRIPT, "attack.py")
+        server, victims, "job", {"command": ["python3", "{plugin}/attack.py"]}, JOB_SCRIPT, "attack.py")
     try:
         _assert_contained(report, listener, marker)
         # The plugin's own log, kept with the assembly, shows each failure too.
@@ -330,8 +340,8 @@ async def test_hostile_job_plugin_is_contained(server: Server, tmp_path: Path) -
         listener.close()
 
 
-async def test_hostile_function_plugin_is_contained(server: Server, tmp_path: Path) -> None:
-    report, detail, listener, marker = await _run_hostile(server, tmp_path, "function", {}, FUNCTION_SCRIPT,
+async def test_hostile_function_plugin_is_contained(server: Server, victims: list[Path]) -> None:
+    report, detail, listener, marker = await _run_hostile(server, victims, "function", {}, FUNCTION_SCRIPT,
                                                           "attack.py")
     try:
         _assert_contained(report, listener, marker)
