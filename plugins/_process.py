@@ -1,10 +1,13 @@
 """Running a plugin's process: argv only, its own process group, bounded output and time.
 
-Shared by the ``job`` and ``function`` kinds. The child starts in a new session (so the
-whole group can be killed), with resource limits applied before ``exec`` and, on Linux,
-a parent-death signal so it never outlives a crashed service. When the process ends —
-normally, on timeout, or on too much output — every process left in its group is
-killed, so nothing carries over into the next job."""
+Shared by the ``job`` and ``function`` kinds, and the only way the service starts
+programs; normally ``argv`` is bubblewrap wrapping the plugin (``plugins.sandbox``). The
+child starts in a new session (so the whole group can be killed) with only the
+environment given and no inherited descriptor, with resource limits applied before
+``exec`` and, on Linux, a parent-death signal so it never outlives a crashed service. When
+the process ends — normally, on timeout, or on too much output — every process left in its
+group is killed (for bubblewrap: the whole sandbox, whose PID namespace dies with it), so
+nothing carries over into the next job."""
 
 from __future__ import annotations
 
