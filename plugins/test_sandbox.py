@@ -119,3 +119,19 @@ def test_without_bubblewrap_the_kinds_refuse_to_set_up(make_artifact, make_env, 
     unsafe = make_env(sandbox={"bwrap": str(tmp_path / "missing" / "bwrap"), "unsafe": True})
     module.setup(make_artifact(kind, options, files), unsafe)  # runs, unsandboxed, in unsafe mode
     assert unsafe.sandbox.status.startswith("unsafe: bubblewrap not found")
+
+
+async def test_the_user_namespace_form_runs_too(tmp_path: Path) -> None:
+    # The command line a service not running as root uses (bubblewrap maps uid 65534 in a user
+    # namespace, nested user namespaces disabled); started here by whoever runs the tests.
+    box = Sandbox(SandboxConfig(), private=[tmp_path / "data"])
+    box._privileged = False
+    assert box.probe(tmp_path / "scratch"), box.error
+    root = tmp_path / "run"
+    root.mkdir()
+    code = "id -u; unshare -U true && echo nested || echo no-nested"
+    launch = box.launch(["sh", "-c", code], SandboxSpec(root, WORK, {"PATH": "/usr/bin"}))
+    result = await run_process(launch.argv, cwd=launch.cwd, env=launch.env, timeout=30, stdout_limit=4096,
+                               stderr_limit=4096)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().split() == ["65534", "no-nested"]
