@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -32,6 +32,9 @@ from .cache import LruCache
 from .outbound import DEFAULT_DENY_HOSTS, DEFAULT_DENY_NETWORKS, Denylist
 from .package import Package, PackageError, PackageFile, WriteResult, read_package, write_package
 from .settings import PluginsConfig
+
+if TYPE_CHECKING:
+    from plugins.sandbox import Sandbox
 
 __all__ = [
     "KINDS",
@@ -131,10 +134,12 @@ class PluginContext:
 
 @dataclass
 class PluginEnv:
-    """Long-lived things plugin kinds may use: settings, an HTTP session, a work area, a cache."""
+    """Long-lived things plugin kinds may use: settings, an HTTP session, a work area, a cache,
+    and the sandbox (probed at start-up) that function and job plugins run in."""
 
     settings: PluginsConfig
     workdir: Path
+    sandbox: "Sandbox"
     http: aiohttp.ClientSession | None = None
     cache: LruCache[Package] = field(default_factory=lambda: LruCache(0))
     # Addresses no outbound call may reach ([outbound]).

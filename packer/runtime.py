@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from plugins.sandbox import Sandbox
 from proxy.meta import Database
 from proxy.service.events import EventBus
 from proxy.service.policy import PolicyChain
@@ -34,7 +35,7 @@ __all__ = ["Packer", "WORK_PREFIXES"]
 log = logging.getLogger(__name__)
 
 # Work directories plugin kinds create under the work area; leftovers of a crash are removed.
-WORK_PREFIXES = ("job-", "fn-")
+WORK_PREFIXES = ("job-", "fn-", "probe-")
 
 
 class Packer:
@@ -45,9 +46,12 @@ class Packer:
         self.registry = registry
         self.events = events
         settings = config.assembly
-        self.workdir = Path(settings.workdir or Path(config.metadata.path).parent / "work")
+        # Absolute: plugins are told where their files are, whatever the service's cwd.
+        self.workdir = Path(settings.workdir or Path(config.metadata.path).parent / "work").absolute()
         deny = Denylist(config.outbound.deny_networks, config.outbound.deny_hosts)
-        self.env = PluginEnv(config.plugins, self.workdir, cache=LruCache(config.plugins.service.cache_bytes), deny=deny)
+        self.sandbox = Sandbox(config.plugins.sandbox, private=_private_paths(config))
+        self.env = PluginEnv(config.plugins, self.workdir, self.sandbox,
+                             cache=LruCache(config.plugins.service.cache_bytes), deny=deny)
         self.plugins = PluginStore(registry, settings.plugins_prefix, settings.package_cap)
         self.chains = ChainRegistry(db, config.chains.file, self._check_plugin, settings.generic_prefix)
         self.subscriptions = SubscriptionStore(db, config.webhooks, deny)
@@ -63,6 +67,7 @@ class Packer:
     async def start(self) -> None:
         await self.db.migrate(chains.SCHEMA + assembly.SCHEMA + webhooks.SCHEMA)
         await asyncio.to_thread(self._clean_workdir)
+        await self._probe_sandbox()
         self.env.http = guarded_session(self.env.deny)
         await self.chains.start()
         self.events.subscribe(self.assembly.on_event)
@@ -79,6 +84,20 @@ class Packer:
         await self.webhooks.close()
         if self.env.http is not None:
             await self.env.http.close()
+
+    async def _probe_sandbox(self) -> None:
+        if await asyncio.to_thread(self.sandbox.probe, self.workdir):
+            log.info("plugin sandbox ready", extra={"bwrap": self.config.plugins.sandbox.bwrap})
+        elif self.config.plugins.sandbox.unsafe:
+            log.warning("UNSAFE: plugin sandbox unavailable, function and job plugins run unsandboxed",
+                        extra={"reason": self.sandbox.error})
+        else:
+            log.error("plugin sandbox unavailable: function and job plugins are refused",
+                      extra={"reason": self.sandbox.error})
+
+    async def sandbox_status(self) -> tuple[str, bool]:
+        """For /readyz: the sandbox's state; it never makes the service unready (other plugins work)."""
+        return self.sandbox.status, True
 
     def _clean_workdir(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -105,3 +124,11 @@ class Packer:
             log.info("chains file reloaded", extra={"chains": [c.name for c in loaded]})
         except chains.ChainError as exc:
             log.error("chains file reload rejected; previous chains kept", extra={"error": str(exc)})
+
+
+def _private_paths(config: "Config") -> list[Path]:
+    """What the sandbox must never show: the service's data, keys, secrets and chains."""
+    auth = config.auth
+    paths = [Path(config.metadata.path).parent, Path(config.storage.path), auth.signing_key_path,
+             auth.admin_password_file, config.chains.file]
+    return [Path(p) for p in paths if p is not None]

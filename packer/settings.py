@@ -21,6 +21,7 @@ __all__ = [
     "JobPluginConfig",
     "OutboundConfig",
     "PluginsConfig",
+    "SandboxConfig",
     "ServicePluginConfig",
     "ServiceSecret",
     "WebhooksConfig",
@@ -143,8 +144,38 @@ class FunctionPluginConfig(_Section):
     output_limit: int = Field(1 * MiB, ge=1024)
 
 
+class SandboxConfig(_Section):
+    """``[plugins.sandbox]``: the bubblewrap sandbox every function and job plugin runs in."""
+
+    # The bubblewrap program (a path, or a name looked up on PATH); probed once at start-up.
+    bwrap: str = "bwrap"
+    # If the sandbox cannot be set up: false refuses function and job plugins; true runs them
+    # unsandboxed as the service user (logged and reported by /readyz). Never with untrusted authors.
+    unsafe: bool = False
+    # The unprivileged uid/gid plugin processes run as.
+    uid: int = Field(65534, ge=1)
+    gid: int = Field(65534, ge=1)
+    # Host paths shown read-only inside the sandbox (besides the service's Python); missing ones
+    # are skipped. Never list a directory holding the service's data, keys or config.
+    ro_paths: list[Path] = [Path("/usr"), Path("/etc/alternatives"), Path("/etc/ld.so.cache")]
+    # Plugin repositories (globs, e.g. "plugins/geo-*") that may have network access when they
+    # declare ``network = true``; every other plugin runs without any network.
+    network: list[str] = []
+    # Most processes the sandbox uid may run at once (RLIMIT_NPROC, shared by concurrent jobs).
+    processes: int = Field(256, ge=8)
+
+    @field_validator("ro_paths")
+    @classmethod
+    def _absolute(cls, value: list[Path]) -> list[Path]:
+        if any(not p.is_absolute() for p in value):
+            raise ValueError("ro_paths must be absolute")
+        return value
+
+
 class PluginsConfig(_Section):
     """``[plugins.*]``: one table per plugin kind that needs settings."""
+
+    sandbox: SandboxConfig = SandboxConfig()
 
     service: ServicePluginConfig = ServicePluginConfig()
     job: JobPluginConfig = JobPluginConfig()

@@ -1,10 +1,13 @@
 """Running a plugin's process: argv only, its own process group, bounded output and time.
 
-Shared by the ``job`` and ``function`` kinds. The child starts in a new session (so the
-whole group can be killed), with resource limits applied before ``exec`` and, on Linux,
-a parent-death signal so it never outlives a crashed service. When the process ends —
-normally, on timeout, or on too much output — every process left in its group is
-killed, so nothing carries over into the next job."""
+Shared by the ``job`` and ``function`` kinds, and the only way the service starts
+programs; normally ``argv`` is bubblewrap wrapping the plugin (``plugins.sandbox``). The
+child starts in a new session (so the whole group can be killed) with only the
+environment given and no inherited descriptor, with resource limits applied before
+``exec`` and, on Linux, a parent-death signal so it never outlives a crashed service. When
+the process ends — normally, on timeout, or on too much output — every process left in its
+group is killed (for bubblewrap: the whole sandbox, whose PID namespace dies with it), so
+nothing carries over into the next job."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import resource
 import signal
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Mapping, Sequence
 
 __all__ = ["Limits", "ProcessResult", "run_process", "signal_name", "scrubbed_env"]
@@ -46,9 +49,11 @@ class Limits:
     memory_bytes: int | None = None
     file_bytes: int | None = None
     open_files: int | None = 256
+    # Processes the child's uid may have at once (RLIMIT_NPROC): a fork bomb fails, not the host.
+    processes: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class ProcessResult:
     returncode: int | None
     stdout: bytes
@@ -68,7 +73,7 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def scrubbed_env(home: Path, extra: Mapping[str, str] = ()) -> dict[str, str]:
+def scrubbed_env(home: PurePath, extra: Mapping[str, str] = ()) -> dict[str, str]:
     """A minimal environment: nothing inherited from the service (no secrets)."""
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -92,6 +97,8 @@ def _preexec(limits: Limits) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
     if limits.open_files is not None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
+    if limits.processes is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
@@ -162,6 +169,8 @@ async def run_process(
 ) -> ProcessResult:
     """Run ``argv`` (never through a shell) and collect its output within the limits.
 
+    ``env`` is the child's whole environment: nothing of the service's is inherited.
+
     Raises ``OSError`` if it can't be started (missing executable, permissions)."""
     loop = asyncio.get_running_loop()
     collector = _Collector({1: stdout_limit} if merge_stderr else {1: stdout_limit, 2: stderr_limit})
@@ -174,6 +183,7 @@ async def run_process(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
         start_new_session=True,
+        close_fds=True,  # no descriptor of the service reaches a plugin
         preexec_fn=lambda: _preexec(limits),
     )
     timed_out = False

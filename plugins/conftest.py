@@ -13,6 +13,7 @@ from packer.outbound import DEFAULT_DENY_HOSTS, DEFAULT_DENY_NETWORKS, Denylist,
 from packer.package import Package, PackageFile
 from packer.plugin import PluginArtifact, PluginConfig, PluginContext, PluginEnv
 from packer.settings import PluginsConfig
+from plugins.sandbox import Sandbox
 
 DESCRIPTOR = {"name": "face-recog", "version": "1.0", "parameters": {"threshold": 0.5}, "x-kept": [1, 2]}
 
@@ -59,9 +60,26 @@ async def make_env(tmp_path: Path) -> AsyncIterator[Callable[..., PluginEnv]]:
         if http:
             session = guarded_session(deny)
             sessions.append(session)
-        return PluginEnv(PluginsConfig.model_validate(sections), tmp_path / "work", session, LruCache(1024 * 1024),
-                         deny)
+        settings = PluginsConfig.model_validate(sections)
+        sandbox = Sandbox(settings.sandbox, private=[tmp_path / "private"])
+        sandbox.probe(tmp_path / "work")
+        return PluginEnv(settings, tmp_path / "work", sandbox, session, LruCache(1024 * 1024), deny)
 
     yield make
     for session in sessions:
         await session.close()
+
+
+def processes_with(marker: str) -> list[int]:
+    """Host processes whose command line contains ``marker``: what a plugin left running."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            found.append(int(entry.name))
+    return found

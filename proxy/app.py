@@ -22,7 +22,7 @@ from .api.manage import archive as archive_api
 from .api.manage import assemblies, chains, fullbuilds, grants, plugins, subscriptions, tokens, users, whoami
 from .api.manage import audit as audit_api
 from .api.manage.openapi import OPENAPI, build_document, openapi_router
-from .api.ops import add_ops_routes
+from .api.ops import add_ops_routes, add_ready_check
 from .api.routes import V2_ROUTES, add_routes
 from .api.state import CONFIG, DATABASE, EVENTS, IN_FLIGHT, METRICS, PACKER, POLICY, REGISTRY, InFlight
 from .api.v2 import HANDLERS
@@ -79,6 +79,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app[PACKER] = Packer(config, app[DATABASE], app[REGISTRY], app[EVENTS], policy=app[POLICY])
     app[METRICS].on_scrape(StateGauges(app[DATABASE], app[METRICS].registry).refresh)
     app.cleanup_ctx.append(_packer)  # after storage: needs the database and backend open
+    add_ready_check(app, "sandbox", app[PACKER].sandbox_status)  # function and job plugins' sandbox
     app.cleanup_ctx.append(_replay_changes)  # last: every event listener is subscribed
     app.on_response_prepare.append(middleware.add_api_version)
     add_routes(app, V2_ROUTES, HANDLERS)

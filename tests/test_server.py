@@ -69,7 +69,7 @@ def test_ops_endpoints_and_json_logs(tmp_path):
         urllib.request.urlopen(server.url + "/v2/")
         metrics = urllib.request.urlopen(server.url + "/metrics").read().decode()
         assert health["status"] == "ok"
-        assert ready["checks"] == {"backend": "ok", "metadata": "ok"}
+        assert ready["checks"] == {"backend": "ok", "metadata": "ok", "sandbox": "ok"}
         assert 'algomint_http_requests_total{method="GET",route="v2.base",status="200"}' in metrics
         for name in ("algomint_http_sent_bytes_total", "algomint_streams_in_flight", "algomint_backend_errors_total",
                      "algomint_http_request_duration_seconds_bucket"):

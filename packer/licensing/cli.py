@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 from .envelope import HEADER_SIZE, EnvelopeError, decrypt_stream, is_envelope
-from .keys import KeyMaterialError, fingerprint, generate_keypair, load_private_key, load_public_key, public_bytes
+from .keys import (KeyMaterialError, fingerprint, generate_keypair, load_private_key, load_public_key, public_bytes,
+                   write_key_file)
 from .licenser import LicenseError, PrivateMaterial, unwrap_license
 from .settings import LicenseConfig
 
@@ -50,10 +51,12 @@ def _keygen(args: argparse.Namespace) -> int:
     private_pem, public_pem = generate_keypair()
     if private_path.parent != Path(""):
         private_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(private_pem)
-    public_path.write_bytes(public_pem)
+    try:
+        write_key_file(private_path, private_pem, mode=0o600, replace=args.force)
+        write_key_file(public_path, public_pem, mode=0o644, replace=args.force)
+    except FileExistsError as exc:
+        print(f"algomint: {exc.filename2 or exc.filename} exists (use --force to overwrite)", file=sys.stderr)
+        return 1
     public = load_public_key(public_pem)
     print(f"private key: {private_path} (keep it secret; it opens every license issued to this key)")
     print(f"public key:  {public_path} (fingerprint {fingerprint(public)})")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import binascii
 import hashlib
+import os
+import secrets
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-__all__ = ["KeyMaterialError", "generate_keypair", "load_private_key", "load_public_key", "public_bytes", "fingerprint"]
+__all__ = ["KeyMaterialError", "generate_keypair", "load_private_key", "load_public_key", "public_bytes", "fingerprint",
+           "write_key_file"]
 
 
 class KeyMaterialError(ValueError):
@@ -85,3 +89,28 @@ def public_bytes(key: X25519PublicKey) -> bytes:
 def fingerprint(key: X25519PublicKey) -> str:
     """Short stable name of a public key: sha256 of its raw bytes, first 16 hex digits."""
     return hashlib.sha256(public_bytes(key)).hexdigest()[:16]
+
+
+def write_key_file(path: Path, data: bytes, *, mode: int = 0o600, replace: bool = False) -> None:
+    """Write ``path`` atomically, created with ``mode`` (never readable by others in between).
+
+    The bytes go to a new file created with that mode in the same directory, which then takes
+    the name: a reader sees the old file or the whole new one, and a key never exists with
+    wider permissions, not even for an instant. Without ``replace`` an existing file is an
+    error (``FileExistsError``)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if the name exists: nothing is overwritten
+            os.unlink(tmp)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

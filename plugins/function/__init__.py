@@ -1,10 +1,17 @@
 """The ``function`` plugin kind: Python source from the artifact, run in an isolated process.
 
-Each call starts ``python -I -S -B harness.py`` (isolated, standard library only) in a
-fresh temporary directory with a scrubbed environment, CPU-time, memory and file-size
-limits (``resource``, set before exec), and a wall-clock timeout that kills its process
-group. The package goes in as JSON on stdin,
-the transformed package comes back as JSON on stdout and is validated like any input."""
+Each call starts ``python -I -S -B harness.py`` (isolated, standard library only) inside
+the sandbox (``plugins.sandbox``: own mount, PID and network namespaces, an unprivileged
+uid, only its fresh work directory writable) with an environment built from scratch,
+CPU-time, memory, file-size and process-count limits (``resource``, set before exec), and a
+wall-clock timeout that kills the whole sandbox. The package goes in as JSON on stdin,
+the transformed package comes back as JSON on stdout and is validated like any input.
+
+Work directory layout (``/work`` inside the sandbox)::
+
+    harness.py   a copy of the harness (started before any user code)
+    work/        the cwd, empty at start
+    tmp/         HOME and TMPDIR"""
 
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from packer.package import Package, PackageError, PackageFile
 from packer.plugin import PluginArtifact, PluginContext, PluginEnv, PluginError, options_model
 
 from .._process import Limits, run_process, scrubbed_env, signal_name
+from ..sandbox import SandboxSpec, SandboxUnavailable
 
 __all__ = ["FunctionOptions", "FunctionPlugin", "HARNESS", "setup"]
 
@@ -35,6 +43,8 @@ class FunctionOptions(BaseModel):
     source: str | None = None
     entrypoint: str = Field("transform", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     timeout: float | None = Field(None, gt=0)
+    # Network access; granted only to plugins the admin lists in [plugins.sandbox] network.
+    network: bool = False
 
 
 class FunctionPlugin:
@@ -52,21 +62,31 @@ class FunctionPlugin:
         self.env.workdir.mkdir(parents=True, exist_ok=True)
         root = Path(tempfile.mkdtemp(prefix="fn-", dir=self.env.workdir))
         try:
+            try:
+                await asyncio.to_thread(self._prepare, root)
+            except OSError as exc:
+                raise PluginError(f"cannot prepare the work directory: {exc}") from None
+            view = self.env.sandbox.view(root)
+            spec = SandboxSpec(root, view / "work", scrubbed_env(view / "tmp"), self.options.network)
+            launch = self.env.sandbox.launch([settings.python, "-I", "-S", "-B", str(view / "harness.py")], spec)
             result = await run_process(
-                [settings.python, "-I", "-S", "-B", str(HARNESS)],
-                cwd=root,
-                env=scrubbed_env(root),
+                launch.argv,
+                cwd=launch.cwd,
+                env=launch.env,
                 timeout=self.timeout,
                 stdin=request,
                 stdout_limit=document_limit(context.cap),
                 stderr_limit=settings.output_limit,
                 limits=Limits(cpu_seconds=settings.cpu_seconds, memory_bytes=settings.memory_mb * 1024 * 1024,
-                              file_bytes=context.cap),
+                              file_bytes=context.cap, processes=self.env.settings.sandbox.processes),
             )
+        except SandboxUnavailable as exc:
+            raise PluginError(str(exc)) from None
         except OSError as exc:
             raise PluginError(f"cannot start the function interpreter {settings.python!r}: {exc.strerror or exc}") from None
         finally:
             await asyncio.to_thread(shutil.rmtree, root, True)
+        result.returncode = self.env.sandbox.returncode(result.returncode)
         log = result.stderr.decode(errors="replace")
         reason = None
         if _MARK in log:
@@ -86,12 +106,23 @@ class FunctionPlugin:
                 raise PluginError(f"function exceeded its CPU time limit ({settings.cpu_seconds}s) or was killed "
                                   f"({signal_name(result.signal)})")
             raise PluginError(f"function was killed by {signal_name(result.signal)}")
+        failure = self.env.sandbox.exec_failure(result.returncode, log)
+        if failure is not None:
+            raise PluginError(f"the function interpreter {settings.python!r} could not start in the sandbox: {failure}"
+                              " (it must be under [plugins.sandbox] ro_paths)")
         if result.returncode != 0:
             raise PluginError(f"function failed: {reason}" if reason else f"function exited with status {result.returncode}")
         return await asyncio.to_thread(self._result, result.stdout, package, context.cap)
 
+    def _prepare(self, root: Path) -> None:
+        for name in ("work", "tmp"):
+            (root / name).mkdir()
+        shutil.copyfile(HARNESS, root / "harness.py")
+        self.env.sandbox.prepare(root)
+
     def _request(self, package: Package, context: PluginContext) -> bytes:
         return json.dumps({
+            "network": self.options.network,
             "source": self.source.data.decode("utf-8", errors="replace"),
             "filename": self.source.path,
             "entrypoint": self.options.entrypoint,
@@ -119,7 +150,14 @@ class FunctionPlugin:
 
 
 def setup(artifact: PluginArtifact, env: PluginEnv) -> FunctionPlugin:
+    try:
+        env.sandbox.require("function")
+    except SandboxUnavailable as exc:
+        raise PluginError(f"{artifact.ref}: {exc}") from None
     options: FunctionOptions = options_model(FunctionOptions, artifact)
+    if options.network and not env.sandbox.network_allowed(artifact.repository):
+        raise PluginError(f"{artifact.ref}: network: {artifact.repository} may not have network access "
+                          "(the admin grants it with [plugins.sandbox] network)")
     if options.source is not None:
         source = artifact.files.get(options.source)
         if source is None:

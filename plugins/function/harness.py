@@ -12,9 +12,10 @@ prints goes to stderr (the job log). A failure exits non-zero and ends stderr wi
 ``algomint-function-error: <reason>``.
 
 Before user code runs, an audit hook refuses writes outside the work directory (the
-cwd), links, process creation, network access and native-library loading. This guards
-against mistakes and makes failures precise; the resource limits and the scrubbed
-environment set by the parent are what bound the process."""
+cwd) and ``TMPDIR``, links, process creation, network access (unless the plugin was granted
+it) and native-library loading. This guards against mistakes and makes failures precise;
+what bounds the process is the sandbox around it (namespaces, an unprivileged uid, resource
+limits, an environment built from scratch), set up by the service."""
 
 import base64
 import json
@@ -40,14 +41,14 @@ def fail(reason, code=2):
     os._exit(code)
 
 
-def guard(workdir):
-    root = os.path.realpath(workdir)
+def guard(workdirs, network):
+    roots = [os.path.realpath(w) for w in workdirs]
 
     def inside(path):
         if isinstance(path, int):
             return True  # an already open descriptor
         real = os.path.realpath(os.fsdecode(path))
-        return real == root or real.startswith(root + os.sep)
+        return any(real == root or real.startswith(root + os.sep) for root in roots)
 
     def hook(event, args):
         if event == "open":
@@ -62,7 +63,7 @@ def guard(workdir):
             raise PermissionError("blocked: links are not allowed")
         elif event in _PROCESS_EVENTS:
             raise PermissionError(f"blocked: {event} (functions may not start or signal processes)")
-        elif event in _NETWORK_EVENTS:
+        elif event in _NETWORK_EVENTS and not network:
             raise PermissionError(f"blocked: {event} (functions have no network access)")
         elif event == "ctypes.dlopen":
             raise PermissionError("blocked: loading native libraries")
@@ -105,7 +106,8 @@ def main():
         package, context = decode(request["package"]), request["context"]
     except (ValueError, KeyError, TypeError) as exc:
         fail(f"bad request from the service: {exc}", 1)
-    guard(os.getcwd())
+    guard([os.getcwd()] + ([os.environ["TMPDIR"]] if os.environ.get("TMPDIR") else []),
+          request.get("network") is True)
     namespace = {"__name__": "algomint_function", "__file__": request.get("filename", "function.py")}
     try:
         exec(compile(source, namespace["__file__"], "exec"), namespace)

@@ -2,8 +2,8 @@
 
 The command is an argv list from the plugin config (never a shell string); the tokens
 ``{package}``, ``{plugin}`` and ``{workdir}`` inside an argument are replaced by those
-directories.
-It runs through a ``JobRunner`` (the local-subprocess runner is built in) with a time
+directories' absolute paths as the job sees them (``/work/...`` inside the sandbox).
+It runs through a ``JobRunner`` (the local runner, in the sandbox, is built in) with a time
 limit and an output limit; its exit status and output go to the job log."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from packer.package import Package, PackageError
 from packer.plugin import PluginArtifact, PluginContext, PluginEnv, PluginError, options_model
 
 from .._process import scrubbed_env, signal_name
+from ..sandbox import SandboxUnavailable
 from .runner import RUNNERS, JobResult, JobRunner, JobSpec, LocalRunner
 from .workdir import read_back, unpack
 
@@ -36,6 +37,8 @@ class JobOptions(BaseModel):
     command: list[str] = Field(min_length=1, max_length=256)
     timeout: float | None = Field(None, gt=0)
     env: dict[str, str] = {}
+    # Network access; granted only to plugins the admin lists in [plugins.sandbox] network.
+    network: bool = False
 
     @field_validator("command")
     @classmethod
@@ -73,20 +76,25 @@ class JobPlugin:
     async def _run(self, root: Path, package: Package, context: PluginContext) -> Package:
         try:
             await asyncio.to_thread(unpack, root, package, self.artifact.files)
+            await asyncio.to_thread(self.env.sandbox.prepare, root)
         except (OSError, PackageError) as exc:
             raise PluginError(f"cannot prepare the work directory: {exc}") from None
-        dirs = {"package": str(root / "package"), "plugin": str(root / "plugin"), "workdir": str(root)}
+        view = self.env.sandbox.view(root)  # absolute, whatever the configured work area
+        dirs = {"package": str(view / "package"), "plugin": str(view / "plugin"), "workdir": str(view)}
         argv = [_substitute(arg, dirs) for arg in self.options.command]
-        env = scrubbed_env(root / "tmp", {
+        env = scrubbed_env(view / "tmp", {
             **self.options.env,
             "ALGOMINT_WORKDIR": dirs["workdir"],
             "ALGOMINT_PACKAGE_DIR": dirs["package"],
             "ALGOMINT_PLUGIN_DIR": dirs["plugin"],
             "ALGOMINT_CONTEXT": json.dumps(context.to_json(), sort_keys=True),
         })
-        spec = JobSpec(argv, root, root / "package", env, self.timeout, self.env.settings.job.output_limit)
+        spec = JobSpec(argv, root, view / "package", env, self.timeout, self.env.settings.job.output_limit,
+                       self.options.network)
         try:
             result = await self.runner.run(spec)
+        except SandboxUnavailable as exc:
+            raise PluginError(str(exc)) from None
         except OSError as exc:
             raise PluginError(f"job command {argv[0]!r} could not start: {exc.strerror or exc}") from None
         output = result.output.decode(errors="replace")
@@ -96,6 +104,9 @@ class JobPlugin:
             raise PluginError(f"job timed out after {self.timeout:g}s; its process group was killed")
         if result.output_exceeded:
             raise PluginError(f"job printed more than {spec.output_limit} bytes of output; it was killed")
+        failure = self.env.sandbox.exec_failure(result.exit_code, output)
+        if failure is not None:
+            raise PluginError(f"job command {argv[0]!r} could not start in the sandbox: {failure}")
         if result.exit_code is None or result.exit_code != 0:
             how = (f"was killed by {signal_name(-result.exit_code)}" if result.exit_code and result.exit_code < 0
                    else f"exited with status {result.exit_code}")
@@ -114,7 +125,14 @@ def _substitute(arg: str, dirs: dict[str, str]) -> str:
 
 
 def setup(artifact: PluginArtifact, env: PluginEnv) -> JobPlugin:
+    try:
+        env.sandbox.require("job")
+    except SandboxUnavailable as exc:
+        raise PluginError(f"{artifact.ref}: {exc}") from None
     options: JobOptions = options_model(JobOptions, artifact)
+    if options.network and not env.sandbox.network_allowed(artifact.repository):
+        raise PluginError(f"{artifact.ref}: network: {artifact.repository} may not have network access "
+                          "(the admin grants it with [plugins.sandbox] network)")
     settings = env.settings.job
-    runner = RUNNERS[settings.runner](file_limit=None)
+    runner = RUNNERS[settings.runner](env.sandbox, processes=env.settings.sandbox.processes)
     return JobPlugin(artifact, options, env, runner)

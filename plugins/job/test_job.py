@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 
 import pytest
 
 from packer.plugin import PluginError
 from plugins import job as job_kind
+from plugins.conftest import processes_with
 from plugins.job.runner import JobSpec, LocalRunner
 
 PY = sys.executable
@@ -74,23 +76,19 @@ async def test_failures_are_precise(package, context, make_artifact, make_env, c
     assert os.listdir(env.workdir) == []  # the work directory is always removed
 
 
-async def test_timeout_kills_the_whole_process_group(package, context, tmp_path, make_artifact, make_env):
-    pidfile = tmp_path / "child.pid"
-    code = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
-            f" open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)")
-    plugin = job_kind.setup(_job(make_artifact, code, timeout=1), make_env())
-    with pytest.raises(PluginError, match="process group was killed"):
+@pytest.mark.parametrize("detach", ["", "start_new_session=True"])
+async def test_timeout_kills_every_process_of_the_job(package, context, make_artifact, make_env, detach):
+    # A grandchild, even one in a session of its own, dies with the job.
+    marker = f"algomint-job-{uuid.uuid4().hex}"
+    code = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)',"
+            f" {marker!r}], {detach}); print('started', flush=True); time.sleep(60)")
+    plugin = job_kind.setup(_job(make_artifact, code, timeout=2), make_env())
+    with pytest.raises(PluginError, match="timed out after 2s"):
         await plugin.apply(package, context)
-    pid = int(pidfile.read_text())
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
+    while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
-    else:
-        pytest.fail("the grandchild survived the timeout")
+    assert processes_with(marker) == [], "a process of the job survived its timeout"
 
 
 async def test_missing_program(package, context, make_artifact, make_env):
@@ -110,6 +108,10 @@ def test_bad_options(make_artifact, make_env, options, message):
         job_kind.setup(make_artifact("job", options), make_env())
 
 
-async def test_local_runner_interface(tmp_path):
-    result = await LocalRunner().run(JobSpec([PY, "-c", "print('hi')"], tmp_path, tmp_path, {"PATH": "/usr/bin"}, 5, 1024))
-    assert result.exit_code == 0 and result.output == b"hi\n" and not result.timed_out
+async def test_local_runner_interface(tmp_path, make_env):
+    env = make_env()
+    runner = LocalRunner(env.sandbox)
+    work = env.sandbox.view(tmp_path)
+    result = await runner.run(JobSpec([PY, "-c", "import os; print('hi', os.getcwd())"], tmp_path, work,
+                                      {"PATH": "/usr/bin"}, 5, 1024))
+    assert result.exit_code == 0 and result.output == f"hi {work}\n".encode() and not result.timed_out

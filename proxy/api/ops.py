@@ -1,12 +1,27 @@
-"""Operations endpoints: liveness, readiness, Prometheus metrics."""
+"""Operations endpoints: liveness, readiness, Prometheus metrics.
+
+Readiness checks beyond the backend and the database are registered by the composition
+root (``add_ready_check``), so this module knows nothing of the parts that report."""
 
 from __future__ import annotations
+
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
 from ..meta import MetadataError
 from ..oci.errors import RegistryError
 from .state import DATABASE, METRICS, REGISTRY
+
+
+# A check answers (status text, whether the service is ready as far as it is concerned);
+# a text other than "ok" with True reports a degraded but serving state (e.g. unsafe mode).
+ReadyCheck = Callable[[], Awaitable[tuple[str, bool]]]
+READY_CHECKS = web.AppKey("ready_checks", dict[str, ReadyCheck])
+
+
+def add_ready_check(app: web.Application, name: str, check: ReadyCheck) -> None:
+    app.setdefault(READY_CHECKS, {})[name] = check
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -26,6 +41,9 @@ async def readyz(request: web.Request) -> web.Response:
     except MetadataError as exc:
         checks["metadata"] = str(exc)
     ready = all(v == "ok" for v in checks.values())
+    for name, check in request.app.get(READY_CHECKS, {}).items():
+        checks[name], fine = await check()
+        ready = ready and fine
     return web.json_response({"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 from typing import AsyncIterator, Mapping
 
@@ -20,6 +19,7 @@ from ..api.state import CONFIG, DATABASE, POLICY
 from ..config import Config, ConfigError
 from ..meta import Database
 from .authenticator import Authenticator
+from .envsecret import take_env_secret
 from .passwords import hash_password
 from .permissions import PermissionPolicy
 from .ratelimit import FailureLimiter
@@ -63,7 +63,11 @@ def setup_auth(app: web.Application) -> None:
         add_token_routes(app)
 
     # Read and checked now, so a bad secret stops start-up before anything is opened.
-    password = admin_password(config) if config.auth.enabled else None
+    if config.auth.enabled:
+        password = admin_password(config)
+    else:
+        take_env_secret(PASSWORD_ENV)  # unused without auth, but never left behind for others to find
+        password = None
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await store.db.migrate(SCHEMA)
@@ -75,9 +79,10 @@ def setup_auth(app: web.Application) -> None:
 
 
 def admin_password(config: Config, environ: Mapping[str, str] | None = None) -> str | None:
-    """The first admin's password from the environment or the configured secret file."""
-    environ = os.environ if environ is None else environ
-    password = environ.get(PASSWORD_ENV)
+    """The first admin's password from the environment or the configured secret file.
+
+    Read from the process environment, the variable is erased from it (``take_env_secret``)."""
+    password = take_env_secret(PASSWORD_ENV) if environ is None else environ.get(PASSWORD_ENV)
     path = config.auth.admin_password_file
     if not password and path is not None:
         try:
