@@ -292,6 +292,9 @@ async def _run_hostile(server: Server, victims: list[Path], kind: str, options: 
     async with aiohttp.ClientSession() as session:
         await _call(session, "POST", f"{url}/api/v1/users", _admin(), 201,
                     json={"name": BIZ[0], "kind": "user", "roles": ["business-dev"], "password": BIZ[1]})
+        # A chain reads with its owner's rights: the attacker may pull what it assembles.
+        await _call(session, "POST", f"{url}/api/v1/grants", _admin(), 201,
+                    json={"subject": BIZ[0], "role": "consumer", "pattern": "generic/**"})
         plugin = {"name": f"hostile-{kind}", "version": "1.0", "kind": kind, "options": options,
                   "files": [{"path": filename, "data": base64.b64encode(script.encode()).decode()}]}
         await _call(session, "POST", f"{url}/api/v1/plugins", biz, 201, json=plugin)
