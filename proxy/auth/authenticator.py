@@ -80,8 +80,11 @@ class Authenticator:
         self._tokens: TtlCache[str, Claims] = TtlCache(_TOKEN_REUSE)
 
     # -- entry points -----------------------------------------------------------
-    async def authorization(self, header: str | None, address: str | None) -> tuple[Principal, Login | None]:
-        """The principal for an ``Authorization`` header (None: anonymous)."""
+    async def authorization(self, header: str | None, address: str | None,
+                            registry: bool = True) -> tuple[Principal, Login | None]:
+        """The principal for an ``Authorization`` header (None: anonymous). Registry bearer
+        tokens are accepted only where ``registry`` is true (``/v2``): they carry a scope
+        of repository actions and were never meant to manage anything."""
         if header is None:
             return ANONYMOUS, None
         scheme, _, value = header.strip().partition(" ")
@@ -97,6 +100,10 @@ class Authenticator:
             if api_tokens.looks_like_token(value):
                 login = await self.api_token(value, address)
                 return login.principal, login
+            if not registry:
+                raise AuthFailure("registry token presented to the management API",
+                                  "registry tokens are valid only for /v2; use a password or an API token",
+                                  scheme="bearer")
             return await self.bearer(value), None
         raise AuthFailure("malformed authorization header", "malformed Authorization header")
 
