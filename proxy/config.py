@@ -94,8 +94,10 @@ class AuthConfig(_Section):
     token_ttl: int = Field(300, ge=10, le=3600)
     # Lifetime of OAuth2 refresh tokens (seconds); every refresh re-checks the user.
     refresh_token_ttl: int = Field(7 * 86400, ge=60, le=90 * 86400)
-    # HMAC key signing registry tokens; generated on first start (default: beside the metadata DB).
-    signing_key_path: Path | None = None
+    # Directory of ES256 keys signing registry tokens (0700; keys 0600); the first key is
+    # created on first start (default: auth-keys beside the metadata DB). Rotate with
+    # `algomint admin signing-keys rotate`; replicas share it.
+    signing_keys_dir: Path | None = None
     # File holding the first admin's password (else env ALGOMINT_ADMIN_PASSWORD).
     admin_password_file: Path | None = None
     # Repository patterns anyone may pull without credentials (`*` one segment, `**` any depth).

@@ -4,16 +4,21 @@ down-scoping, expiry, forgery, revocation, refresh, bad input and rate limits.""
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import logging
 import time
 import uuid
 
+import jwt as pyjwt
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from proxy.audit import AuditQuery
 from proxy.audit.middleware import AUDIT
 from proxy.auth import authenticator as authenticator_module
+from proxy.auth.keyring import KeyRing
 from proxy.auth.registry_token import TokenSigner
 from proxy.auth.state import SIGNER
 from proxy.app import create_app
@@ -110,9 +115,9 @@ async def test_token_for_another_scope_asks_for_a_new_one(auth_env: AuthEnv):
     assert resp.status == 401 and 'error="insufficient_scope"' in resp.headers["WWW-Authenticate"]
 
 
-@pytest.mark.parametrize("case", ["expired", "other-service", "other-key", "tampered", "alg-none", "refresh-as-access",
-                                  "garbage"])
-async def test_unusable_bearer_tokens_are_refused(auth_env: AuthEnv, case: str):
+@pytest.mark.parametrize("case", ["expired", "other-service", "other-key", "other-key-our-kid", "hs256-public-key",
+                                  "tampered", "alg-none", "refresh-as-access", "garbage"])
+async def test_unusable_bearer_tokens_are_refused(auth_env: AuthEnv, case: str, tmp_path):
     repo = _repo("generic")
     await seed_image(auth_env.app, repo, "v1")
     signer = auth_env.app[SIGNER]
@@ -121,9 +126,20 @@ async def test_unusable_bearer_tokens_are_refused(auth_env: AuthEnv, case: str):
     if case == "expired":
         token, _ = signer.issue("alg", "user", use="access", ttl=300, access=grant, now=time.time() - 301)
     elif case == "other-service":
-        token, _ = TokenSigner(signer._key, "another-registry").issue("alg", "user", use="access", ttl=300, access=grant)
+        token, _ = TokenSigner(signer.keys, "another-registry").issue("alg", "user", use="access", ttl=300, access=grant)
     elif case == "other-key":
-        token, _ = TokenSigner(b"k" * 32, "algomint").issue("alg", "user", use="access", ttl=300, access=grant)
+        token, _ = TokenSigner(KeyRing.open(tmp_path / "other"), "algomint").issue("alg", "user", use="access", ttl=300,
+                                                                                    access=grant)
+    elif case == "other-key-our-kid":  # a key of one's own, passed off under our key's id
+        other = KeyRing.open(tmp_path / "other").signer()
+        token = pyjwt.encode(claims(good), other.private, algorithm="ES256", headers={"kid": signer.keys.signer().kid})
+    elif case == "hs256-public-key":  # algorithm confusion: HMAC keyed with the (public) verification key
+        header = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "typ": "JWT", "kid": signer.keys.signer().kid})
+                                          .encode()).decode().rstrip("=")
+        payload = good.split(".")[1]
+        public = signer.keys.signer().public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        mac = hmac.new(public, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+        token = f"{header}.{payload}.{base64.urlsafe_b64encode(mac).decode().rstrip('=')}"
     elif case == "tampered":
         header, payload, signature = good.split(".")
         forged = claims(good) | {"sub": ADMIN}
