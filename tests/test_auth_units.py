@@ -1,5 +1,5 @@
 """The identity building blocks below HTTP: patterns, password hashing, API token
-format, scopes and down-scoping, permissions, the failed-login limiter, signing keys."""
+format, scopes and down-scoping, permissions, the failed-login throttle, signing keys."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from proxy.auth import tokens
 from proxy.auth.passwords import hash_password, verify_password
 from proxy.auth.patterns import compile_pattern, validate_pattern
 from proxy.auth.permissions import Permissions, grant_access
-from proxy.auth.ratelimit import FailureLimiter
+from proxy.auth.ratelimit import LoginThrottle, Throttled
 from proxy.auth.keyring import KeyRing, libtrust_kid, rotate
 from proxy.auth.registry_token import Scope, TokenError, TokenSigner, parse_scopes
 from proxy.service.policy import Action
@@ -99,20 +99,35 @@ def test_permissions_and_down_scoping():
     ]
 
 
-def test_failure_limiter_sliding_window():
+def test_login_throttle_grows_per_user_and_address_and_never_locks():
     now = [1000.0]
-    limiter = FailureLimiter(per_user=2, per_address=3, window=60, clock=lambda: now[0])
-    assert limiter.retry_after("alice", "10.0.0.1") is None
-    limiter.failed("alice", "10.0.0.1")
-    limiter.failed("alice", "10.0.0.1")
-    assert limiter.retry_after("alice", "10.0.0.2") == 60  # the user is blocked from anywhere
-    assert limiter.retry_after("bob", "10.0.0.1") is None
-    limiter.failed("bob", "10.0.0.1")
-    assert limiter.retry_after("carol", "10.0.0.1") == 60  # the address is blocked for anyone
-    now[0] += 30
-    assert limiter.retry_after("alice", None) == 30
-    now[0] += 31
-    assert limiter.retry_after("alice", "10.0.0.1") is None
+    throttle = LoginThrottle(free=2, base_delay=1, max_delay=8, window=60, max_waiting=2, clock=lambda: now[0])
+    for _ in range(2):
+        wait, pair = throttle.reserve("alice", "10.0.0.1")
+        assert wait == 0
+        throttle.release(pair)
+        throttle.failed("alice", "10.0.0.1")
+    # Past the free failures, the pair's next check waits; the delay doubles up to the cap.
+    assert [throttle.delay(n) for n in range(2, 8)] == [1, 2, 4, 8, 8, 8]
+    wait, pair = throttle.reserve("alice", "10.0.0.1")
+    assert wait == 1
+    # A concurrent attempt is spaced after it; one more than max_waiting is refused.
+    wait2, pair2 = throttle.reserve("alice", "10.0.0.1")
+    assert wait2 == 2
+    with pytest.raises(Throttled):
+        throttle.reserve("alice", "10.0.0.1")
+    throttle.release(pair)
+    throttle.release(pair2)
+    # Other pairs are untouched: the same user elsewhere, other users at the same address.
+    assert throttle.reserve("alice", "10.0.0.2")[0] == 0
+    assert throttle.reserve("bob", "10.0.0.1")[0] == 0
+    # A success clears the pair; failures are forgotten after the window.
+    throttle.succeeded("alice", "10.0.0.1")
+    assert throttle.reserve("alice", "10.0.0.1")[0] == 0
+    for _ in range(3):
+        throttle.failed("carol", None)
+    now[0] += 61
+    assert throttle.reserve("carol", None)[0] == 0
 
 
 def test_signing_keys_are_private_and_reused(tmp_path: Path):

@@ -22,7 +22,7 @@ from ..meta import Database
 from .authenticator import Authenticator
 from .passwords import hash_password
 from .permissions import PermissionPolicy
-from .ratelimit import FailureLimiter
+from .ratelimit import LoginThrottle
 from .keyring import KeyRing
 from .registry_token import TokenSigner
 from .state import AUTH, AUTH_STORE, SIGNER
@@ -57,9 +57,9 @@ def setup_auth(app: web.Application) -> None:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"auth.signing_keys_dir: {exc}") from None
         app[SIGNER] = signer = TokenSigner(keys, config.auth.service)
-        limiter = FailureLimiter(config.auth.max_failures_per_user, config.auth.max_failures_per_address,
+        throttle = LoginThrottle(config.auth.free_failures, config.auth.failure_delay, config.auth.max_failure_delay,
                                  config.auth.failure_window)
-        app[AUTH] = Authenticator(store, signer, limiter)
+        app[AUTH] = Authenticator(store, signer, throttle)
         app[POLICY].add(PermissionPolicy(store))
         add_token_routes(app)
 
