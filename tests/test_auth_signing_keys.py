@@ -80,3 +80,20 @@ async def test_a_backing_registry_verifies_tokens_with_the_certificates_alone(ai
 def _config(app):
     from proxy.api.state import CONFIG
     return app[CONFIG]
+
+
+async def test_removing_a_key_ends_its_tokens(aiohttp_client, tmp_path: Path):
+    app = create_app(auth_config(tmp_path, "filesystem"))
+    client = await aiohttp_client(app)
+    signer: TokenSigner = app[SIGNER]
+    resp = await client.get("/token", params={"service": "algomint"}, headers=basic("admin"))
+    token = (await resp.json())["token"]
+    assert (await client.get("/v2/", headers={"Authorization": f"Bearer {token}"})).status == 200  # now cached
+    old = signer.keys.signer()
+    rotate(signing_keys_dir(_config(app)), keep_retired=3600)
+    old.path.unlink()  # a leaked key: rotate, then delete it
+    signer.keys.scan()
+    assert (await client.get("/v2/", headers={"Authorization": f"Bearer {token}"})).status == 401
+    resp = await client.get("/token", params={"service": "algomint"}, headers=basic("admin"))
+    fresh = (await resp.json())["token"]
+    assert (await client.get("/v2/", headers={"Authorization": f"Bearer {fresh}"})).status == 200

@@ -187,7 +187,8 @@ class Authenticator:
     async def bearer(self, token: str) -> TokenPrincipal:
         """A registry access token: signature and claims, then the account re-checked."""
         _, claims = self._tokens.get(token)
-        if claims is None or time.time() >= claims.expires_at:
+        # A reused check stands only while the key that signed it is still in the ring.
+        if claims is None or time.time() >= claims.expires_at or not self.signer.keys.has(claims.key_id):
             try:
                 claims = self.signer.verify(token, "access")
             except TokenError as exc:

@@ -108,9 +108,12 @@ class KeyRing:
             self.scan()
 
     def signer(self, now: float | None = None) -> SigningKey:
-        """The newest key already active."""
+        """The newest key already active (a first one is made if all were removed)."""
         self._fresh()
         now = time.time() if now is None else now
+        if not self._keys:
+            create_key(self.directory, now)
+            self.scan()
         active = [k for k in self._keys.values() if k.active_from <= now]
         if not active:  # only future keys: the earliest (a clock set back)
             return min(self._keys.values(), key=lambda k: k.active_from)
@@ -122,6 +125,11 @@ class KeyRing:
             self.scan()  # a replica may have rotated: look once more, at most once a second
             key = self._keys.get(kid)
         return key.public if key is not None else None
+
+    def has(self, kid: str | None) -> bool:
+        """Whether ``kid`` is still in the ring (re-read every few seconds)."""
+        self._fresh()
+        return kid in self._keys
 
     def keys(self) -> list[SigningKey]:
         self._fresh()

@@ -13,6 +13,7 @@ one. The header's ``kid`` names the key, so keys can rotate."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import secrets
 import time
@@ -92,6 +93,7 @@ class Claims:
     issued_at: int
     expires_at: int
     jti: str
+    key_id: str | None = None  # the key that signed it
 
 
 def password_fingerprint(password_hash: str | None) -> str | None:
@@ -158,7 +160,7 @@ class TokenSigner:
         if payload.get("use") != use:
             raise TokenError(f"not a token for {use}")
         try:
-            claims = self._claims(payload)
+            claims = dataclasses.replace(self._claims(payload), key_id=str(header.get("kid")))
         except (KeyError, TypeError, ValueError):
             raise TokenError("malformed claims") from None
         if now >= claims.expires_at:
