@@ -79,6 +79,7 @@ def build_document(routers: Sequence[ApiRouter]) -> dict[str, Any]:
                     "required": True,
                     "content": {"application/json": {"schema": _schema(route.body, defs)}},
                 }
+            operation["x-algomint-access"] = route.action.value  # who may call it (docs/security.md)
             if route.public:
                 operation["security"] = []
             paths.setdefault(path, {})[route.method.lower()] = operation
