@@ -114,5 +114,5 @@ async def _redacted(request: web.Request, job: dict[str, Any]) -> dict[str, Any]
     if await may(request, Action.PULL, job["source"]["repository"]):
         plugins = [p for p in job["plugins"] if await may(request, Action.PULL, p["repository"])]
         return {**job, "plugins": plugins} if len(plugins) < len(job["plugins"]) else job
-    error = {"message": "the job failed; its detail names sources you may not read"} if job["error"] else None
+    error = {"reason": "the job failed; its detail names sources you may not read"} if job["error"] else None
     return {**job, "source": None, "plugins": [], "error": error, **({"logs": None} if "logs" in job else {})}
