@@ -220,6 +220,7 @@ def _cert_path(key_path: Path) -> Path:
 
 def _private_dir(directory: Path) -> None:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)  # an existing, wider directory is narrowed
 
 
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
