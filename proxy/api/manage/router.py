@@ -1,8 +1,10 @@
-"""Declaring management routes once: path, method, action, models, summary.
+"""Declaring management routes once: path, method, access, models, summary.
 
+Every route declares its ``Access`` (there is no default), checked before its handler.
 A handler receives the ``web.Request``; it parses its body with ``parse_body(request,
 Model)`` (400 for bad JSON, 422 naming each invalid field, 413 past the size cap) and
-returns a ``web.Response``. ``authorize`` asks the same policy the registry uses."""
+returns a ``web.Response``. ``authorize`` asks the same policy the registry uses.
+Listings page with ``page_params`` and ``next_cursor``: cursors are sealed (``cursors``)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from ...service.policy import ANONYMOUS, Action, Request as PolicyRequest
 from ...oci.errors import Errors, RegistryError
+from ...service.policy import ANONYMOUS, Action, Request as PolicyRequest
 from ..state import CONFIG, POLICY, PRINCIPAL
 from .cursors import CURSORS
 from .errors import ApiError
