@@ -82,7 +82,7 @@ def _config(app):
     return app[CONFIG]
 
 
-async def test_removing_a_key_ends_its_tokens(aiohttp_client, tmp_path: Path):
+async def test_rotation_keeps_old_tokens_and_removing_a_key_ends_them(aiohttp_client, tmp_path: Path):
     app = create_app(auth_config(tmp_path, "filesystem"))
     client = await aiohttp_client(app)
     signer: TokenSigner = app[SIGNER]
@@ -90,7 +90,12 @@ async def test_removing_a_key_ends_its_tokens(aiohttp_client, tmp_path: Path):
     token = (await resp.json())["token"]
     assert (await client.get("/v2/", headers={"Authorization": f"Bearer {token}"})).status == 200  # now cached
     old = signer.keys.signer()
-    rotate(signing_keys_dir(_config(app)), keep_retired=3600)
+    new, _ = rotate(signing_keys_dir(_config(app)), keep_retired=3600)
+    signer.keys.scan()  # what the server does by itself within seconds
+    # After a rotation the new key signs and the old key's tokens keep working.
+    resp = await client.get("/token", params={"service": "algomint"}, headers=basic("admin"))
+    assert jwt.get_unverified_header((await resp.json())["token"])["kid"] == new.kid
+    assert (await client.get("/v2/", headers={"Authorization": f"Bearer {token}"})).status == 200
     old.path.unlink()  # a leaked key: rotate, then delete it
     signer.keys.scan()
     assert (await client.get("/v2/", headers={"Authorization": f"Bearer {token}"})).status == 401
