@@ -248,7 +248,8 @@ async def step_costs(directory: Path, n: int = 20_000) -> dict[str, float]:
     from proxy.audit import AuditEvent, AuditLog
     from proxy.auth.authenticator import Authenticator
     from proxy.auth.permissions import PermissionPolicy
-    from proxy.auth.ratelimit import FailureLimiter
+    from proxy.auth.keyring import KeyRing
+    from proxy.auth.ratelimit import LoginThrottle
     from proxy.auth.registry_token import TokenSigner
     from proxy.auth.store import SCHEMA, AuthStore
     from proxy.meta import Database
@@ -272,10 +273,10 @@ async def step_costs(directory: Path, n: int = 20_000) -> dict[str, float]:
         await db.migrate(SCHEMA)
         store = AuthStore(db, system_namespaces=["business/**"])
         await store.create_user("admin", kind="user", password_hash=None, roles=["admin"], created_by="bench")
-        signer = TokenSigner(os.urandom(32), "algomint")
+        signer = TokenSigner(KeyRing.open(directory / "keys"), "algomint")
         token, _ = signer.issue("admin", "user", use="access", ttl=3600,
                                 access=[{"type": "repository", "name": GENERIC, "actions": ["pull"]}])
-        authenticator = Authenticator(store, signer, FailureLimiter(10, 50, 300))
+        authenticator = Authenticator(store, signer, LoginThrottle(5, 1.0, 30.0, 300))
         header = f"Bearer {token}"
         principal, _ = await authenticator.authorization(header, "127.0.0.1")
         policy = PermissionPolicy(store)

@@ -21,6 +21,7 @@ from .api import manage, middleware
 from .api.manage import archive as archive_api
 from .api.manage import assemblies, chains, fullbuilds, grants, plugins, subscriptions, tokens, users, whoami
 from .api.manage import audit as audit_api
+from .api.manage.cursors import setup_cursors
 from .api.manage.openapi import OPENAPI, build_document, openapi_router
 from .api.ops import add_ops_routes, add_ready_check
 from .api.routes import V2_ROUTES, add_routes
@@ -69,6 +70,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         max_manifest_bytes=config.server.max_manifest_bytes,
     )
     app.cleanup_ctx.append(_storage)
+    setup_cursors(app)  # after storage: the key lives in the database
     setup_audit(app)  # after storage: the log is flushed before the database closes
     setup_auth(app)  # users, tokens, grants; with [auth] enabled the permission policy and /token
     app[fullbuilds.FULL_BUILDS] = builds = FullBuildService(

@@ -94,8 +94,10 @@ class AuthConfig(_Section):
     token_ttl: int = Field(300, ge=10, le=3600)
     # Lifetime of OAuth2 refresh tokens (seconds); every refresh re-checks the user.
     refresh_token_ttl: int = Field(7 * 86400, ge=60, le=90 * 86400)
-    # HMAC key signing registry tokens; generated on first start (default: beside the metadata DB).
-    signing_key_path: Path | None = None
+    # Directory of ES256 keys signing registry tokens (0700; keys 0600); the first key is
+    # created on first start (default: auth-keys beside the metadata DB). Rotate with
+    # `algomint admin signing-keys rotate`; replicas share it.
+    signing_keys_dir: Path | None = None
     # File holding the first admin's password (else env ALGOMINT_ADMIN_PASSWORD).
     admin_password_file: Path | None = None
     # Repository patterns anyone may pull without credentials (`*` one segment, `**` any depth).
@@ -106,9 +108,12 @@ class AuthConfig(_Section):
     api_token_ttl: int = Field(90 * 86400, gt=0)
     api_token_max_ttl: int = Field(366 * 86400, gt=0)
     password_min_length: int = Field(12, ge=8, le=128)
-    # Failed logins allowed per user and per client address within failure_window seconds.
-    max_failures_per_user: int = Field(10, ge=1)
-    max_failures_per_address: int = Field(50, ge=1)
+    # Failed password logins slow down per (user, client address): free_failures pass
+    # unhindered, then each attempt waits failure_delay seconds, doubling per failure up to
+    # max_failure_delay; failures are forgotten failure_window seconds after the last.
+    free_failures: int = Field(5, ge=1)
+    failure_delay: float = Field(1.0, gt=0, le=60)
+    max_failure_delay: float = Field(30.0, gt=0, le=600)
     failure_window: float = Field(300.0, gt=0)
     # How long users, grants and API tokens read from the store are reused (seconds);
     # changes made through this server take effect at once regardless.

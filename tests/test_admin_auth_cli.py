@@ -127,3 +127,41 @@ def test_first_admin_from_the_environment_or_a_secret_file(tmp_path: Path):
     short = cli("serve", "--config", str(_config(tmp_path / "short")), "--listen", "127.0.0.1:1",
                 env={"ALGOMINT_ADMIN_PASSWORD": "short"})
     assert short.returncode != 0 and "at least 12 characters" in short.stderr
+
+
+def test_signing_keys_rotate_under_a_running_server(tmp_path: Path):
+    import os
+    import stat
+    import time
+
+    config = _config(tmp_path)
+    token = cli("admin", "bootstrap", "--config", str(config)).stdout.strip()
+    basic = "Basic " + base64.b64encode(f"admin:{token}".encode()).decode()
+
+    def get(server, path: str, auth: str | None = basic) -> dict:
+        req = urllib.request.Request(server.url + path, headers={"Authorization": auth} if auth else {})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read() or b"null")
+
+    with run_server(tmp_path, config.read_text()) as server:
+        old = get(server, "/token?service=algomint")["token"]
+        old_kid = json.loads(base64.urlsafe_b64decode(old.split(".")[0] + "=="))["kid"]
+        rotated = cli("admin", "--json", "signing-keys", "rotate", "--config", str(config))
+        assert rotated.returncode == 0, rotated.stderr
+        new_kid = json.loads(rotated.stdout)["kid"]
+        assert new_kid != old_kid
+        for key in json.loads(rotated.stdout)["keys"]:
+            assert stat.S_IMODE(os.stat(key["file"]).st_mode) == 0o600
+        # The running server picks the new key up by itself, and keeps honouring the old one.
+        deadline = time.monotonic() + 20
+        while True:
+            fresh = get(server, "/token?service=algomint")["token"]
+            if json.loads(base64.urlsafe_b64decode(fresh.split(".")[0] + "=="))["kid"] == new_kid:
+                break
+            assert time.monotonic() < deadline, "the server never signed with the new key"
+            time.sleep(0.2)
+        assert {k["kid"] for k in get(server, "/token/jwks", None)["keys"]} == {old_kid, new_kid}
+        for bearer_token in (old, fresh):
+            assert get(server, "/v2/", f"Bearer {bearer_token}") == {}
+        listed = cli("admin", "signing-keys", "list", "--config", str(config))
+        assert listed.returncode == 0 and f"{new_kid}" in listed.stdout and "(signing)" in listed.stdout

@@ -1,20 +1,25 @@
 """The identity building blocks below HTTP: patterns, password hashing, API token
-format, scopes and down-scoping, permissions, the failed-login limiter, signing keys."""
+format, scopes and down-scoping, permissions, the failed-login throttle, signing keys."""
 
 from __future__ import annotations
 
 import os
+import re
 import stat
+import time
 from pathlib import Path
 
+import jwt
 import pytest
+from cryptography import x509
 
 from proxy.auth import tokens
 from proxy.auth.passwords import hash_password, verify_password
 from proxy.auth.patterns import compile_pattern, validate_pattern
 from proxy.auth.permissions import Permissions, grant_access
-from proxy.auth.ratelimit import FailureLimiter
-from proxy.auth.registry_token import Scope, TokenError, TokenSigner, load_or_create_key, parse_scopes
+from proxy.auth.ratelimit import LoginThrottle, Throttled
+from proxy.auth.keyring import KeyRing, libtrust_kid, rotate
+from proxy.auth.registry_token import Scope, TokenError, TokenSigner, parse_scopes
 from proxy.service.policy import Action
 
 
@@ -94,35 +99,97 @@ def test_permissions_and_down_scoping():
     ]
 
 
-def test_failure_limiter_sliding_window():
+def test_login_throttle_grows_per_user_and_address_and_never_locks():
     now = [1000.0]
-    limiter = FailureLimiter(per_user=2, per_address=3, window=60, clock=lambda: now[0])
-    assert limiter.retry_after("alice", "10.0.0.1") is None
-    limiter.failed("alice", "10.0.0.1")
-    limiter.failed("alice", "10.0.0.1")
-    assert limiter.retry_after("alice", "10.0.0.2") == 60  # the user is blocked from anywhere
-    assert limiter.retry_after("bob", "10.0.0.1") is None
-    limiter.failed("bob", "10.0.0.1")
-    assert limiter.retry_after("carol", "10.0.0.1") == 60  # the address is blocked for anyone
-    now[0] += 30
-    assert limiter.retry_after("alice", None) == 30
-    now[0] += 31
-    assert limiter.retry_after("alice", "10.0.0.1") is None
+    throttle = LoginThrottle(free=2, base_delay=1, max_delay=8, window=60, max_waiting=2, clock=lambda: now[0])
+    for _ in range(2):
+        wait, pair = throttle.reserve("alice", "10.0.0.1")
+        assert wait == 0
+        throttle.release(pair)
+        throttle.failed("alice", "10.0.0.1")
+    # Past the free failures, the pair's next check waits; the delay doubles up to the cap.
+    assert [throttle.delay(n) for n in range(2, 8)] == [1, 2, 4, 8, 8, 8]
+    wait, pair = throttle.reserve("alice", "10.0.0.1")
+    assert wait == 1
+    # A concurrent attempt is spaced after it; one more than max_waiting is refused.
+    wait2, pair2 = throttle.reserve("alice", "10.0.0.1")
+    assert wait2 == 2
+    with pytest.raises(Throttled):
+        throttle.reserve("alice", "10.0.0.1")
+    throttle.release(pair)
+    throttle.release(pair2)
+    # Other pairs are untouched: the same user elsewhere, other users at the same address.
+    assert throttle.reserve("alice", "10.0.0.2")[0] == 0
+    assert throttle.reserve("bob", "10.0.0.1")[0] == 0
+    # A success clears the pair; failures are forgotten after the window.
+    throttle.succeeded("alice", "10.0.0.1")
+    assert throttle.reserve("alice", "10.0.0.1")[0] == 0
+    for _ in range(3):
+        throttle.failed("carol", None)
+    now[0] += 61
+    assert throttle.reserve("carol", None)[0] == 0
 
 
-def test_signing_key_is_private_and_reused(tmp_path: Path):
-    path = tmp_path / "keys" / "signing.key"
-    key = load_or_create_key(path)
-    assert len(key) == 32 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert load_or_create_key(path) == key
-    assert not [p for p in path.parent.iterdir() if p.name != "signing.key"]  # no temp file left
-    path.write_text("not hex")
-    with pytest.raises(ValueError):
-        load_or_create_key(path)
+def test_signing_keys_are_private_and_reused(tmp_path: Path):
+    directory = tmp_path / "keys"
+    ring = KeyRing.open(directory)
+    [key] = ring.keys()
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(key.path).st_mode) == 0o600
+    assert KeyRing.open(directory).signer().kid == key.kid  # reused, not replaced
+    assert not [p for p in directory.iterdir() if p.name.startswith(".")]  # no temp file left
+    assert re.fullmatch(r"([A-Z2-7]{4}:){11}[A-Z2-7]{4}", key.kid)  # libtrust's key id form
+    key.path.chmod(0o644)
+    with pytest.raises(ValueError, match="chmod 600"):
+        KeyRing.open(directory)
 
 
-def test_signer_checks_audience_use_and_time():
-    signer = TokenSigner(b"k" * 32, "algomint")
+def test_rotation_keeps_old_tokens_until_they_expire(tmp_path: Path):
+    directory = tmp_path / "keys"
+    signer = TokenSigner(KeyRing.open(directory), "algomint")
+    old, _ = signer.issue("alice", "user", use="access", ttl=300)
+    first = signer.keys.signer().kid
+    new_key, removed = rotate(directory, keep_retired=360)
+    assert removed == []
+    signer.keys.scan()
+    new, _ = signer.issue("alice", "user", use="access", ttl=300)
+    assert jwt.get_unverified_header(new)["kid"] == new_key.kid != first
+    # A verifier that has never seen the new key (another replica) finds it on first use.
+    replica = TokenSigner(KeyRing(directory), "algomint")
+    for token in (old, new):
+        assert replica.verify(token, "access").subject == "alice"
+        assert signer.verify(token, "access").subject == "alice"
+    # The JWKS carries both; each token verifies with the published key alone.
+    jwks = {k["kid"]: k for k in signer.keys.jwks()["keys"]}
+    assert set(jwks) == {first, new_key.kid}
+    for token in (old, new):
+        public = jwt.PyJWK(jwks[jwt.get_unverified_header(token)["kid"]]).key
+        assert jwt.decode(token, public, algorithms=["ES256"], audience="algomint")["sub"] == "alice"
+    # Long after the old key stopped signing, a rotation removes it: its tokens end.
+    later = time.time() + 400
+    _, removed = rotate(directory, keep_retired=360, now=later)
+    assert removed == [first]
+    signer.keys.scan()
+    with pytest.raises(TokenError, match="unknown key"):
+        signer.verify(old, "access")
+
+
+def test_a_key_can_be_published_before_it_signs(tmp_path: Path):
+    directory = tmp_path / "keys"
+    ring = KeyRing.open(directory)
+    first = ring.signer().kid
+    upcoming, _ = rotate(directory, activate_in=3600, keep_retired=360)
+    ring.scan()
+    assert ring.signer().kid == first and upcoming.kid in {k["kid"] for k in ring.jwks()["keys"]}
+    assert ring.signer(now=time.time() + 3601).kid == upcoming.kid
+    bundle = x509.load_pem_x509_certificates(ring.bundle())
+    assert len(bundle) == 2
+    assert {libtrust_kid(c.public_key()) for c in bundle} == {first, upcoming.kid}
+
+
+def test_signer_checks_audience_use_and_time(tmp_path: Path):
+    keys = KeyRing.open(tmp_path / "keys")
+    signer = TokenSigner(keys, "algomint")
     token, claims = signer.issue("alice", "user", use="access", ttl=300, now=1_000_000,
                                  access=[{"type": "repository", "name": "a/b", "actions": ["pull"]}])
     assert signer.verify(token, "access", now=1_000_100).access == {("repository", "a/b", "pull")}
@@ -133,8 +200,8 @@ def test_signer_checks_audience_use_and_time():
     with pytest.raises(TokenError, match="not a token for refresh"):
         signer.verify(token, "refresh", now=1_000_100)
     with pytest.raises(TokenError, match="another service"):
-        TokenSigner(b"k" * 32, "other").verify(token, "access", now=1_000_100)
-    with pytest.raises(TokenError, match="another key"):
-        TokenSigner(b"j" * 32, "algomint").verify(token, "access", now=1_000_100)
+        TokenSigner(keys, "other").verify(token, "access", now=1_000_100)
+    with pytest.raises(TokenError, match="unknown key"):
+        TokenSigner(KeyRing.open(tmp_path / "other"), "algomint").verify(token, "access", now=1_000_100)
     with pytest.raises(TokenError, match="too long"):
         signer.verify("a" * 5000, "access")

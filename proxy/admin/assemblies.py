@@ -34,7 +34,7 @@ def _row(job: dict[str, Any]) -> dict[str, Any]:
     source, target = job["source"], job["target"]
     return {
         **job,
-        "source": f"{source['repository']}:{source['tag']}",
+        "source": f"{source['repository']}:{source['tag']}" if source else "(not yours to see)",
         "target": f"{target['repository']}:{target['tag']}" + ("" if job["tag_written"] is not False else " (unchanged)"),
         "error": (job["error"] or {}).get("reason"),
     }
@@ -61,5 +61,5 @@ def _show(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
              | {"digest": job["target"]["digest"], "created": when, "duration_ms": job["duration_ms"], "error": row["error"]})
     out.message("\nplugins:")
     out.table(job["plugins"], ["ref", "kind", "digest", "ms"])
-    out.message("\nlog:\n" + job.get("logs", ""))
+    out.message("\nlog:\n" + (job.get("logs") or ""))
     return 0 if job["status"] != "failed" else 1

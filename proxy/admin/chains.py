@@ -71,8 +71,8 @@ def _list(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
         out.json(body)
         return 0
     out.table(_rows(body["items"]), _COLUMNS)
-    status = body["file"]
-    if status["file"]:
+    status = body["file"]  # null unless the caller is an admin
+    if status and status["file"]:
         out.message(f"\nchains file {status['file']}: {status['chains']} chain(s)"
                     + (f"; REJECTED: {status['error']}" if status["error"] else ""))
     return 0

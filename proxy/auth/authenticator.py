@@ -9,7 +9,9 @@ whose ``message`` is safe for the client (it never says whether a user exists).
   minute (keyed by an HMAC of the password under a per-process key, tied to the stored
   hash) so clients sending Basic on every request don't pay scrypt every time; the
   account itself is re-read on every request.
-- Failed password and API-token logins are limited per user name and per address.
+- Failed password logins slow down per (user name, client address) (``ratelimit``);
+  API tokens and signed tokens are never throttled: they cannot be guessed, and a valid
+  one must never be refused because of someone else's failures.
 - Bearer tokens are verified by signature, then the account (and the API token they
   were obtained with) is re-checked, so disabling or revoking takes effect at once."""
 
@@ -29,7 +31,7 @@ from . import tokens as api_tokens
 from .cache import TtlCache
 from .passwords import MAX_PASSWORD_BYTES, verify_password
 from .permissions import TokenPrincipal
-from .ratelimit import FailureLimiter
+from .ratelimit import LoginThrottle, Throttled
 from .registry_token import Claims, TokenError, TokenSigner, password_fingerprint
 from .store import AuthStore, Identity
 
@@ -68,10 +70,10 @@ class Login:
 
 
 class Authenticator:
-    def __init__(self, store: AuthStore, signer: TokenSigner, limiter: FailureLimiter) -> None:
+    def __init__(self, store: AuthStore, signer: TokenSigner, throttle: LoginThrottle) -> None:
         self.store = store
         self.signer = signer
-        self.limiter = limiter
+        self.throttle = throttle
         self._cache_key = os.urandom(32)
         # (user, HMAC of the password) -> the stored hash it was checked against
         self._verified: TtlCache[tuple[str, bytes], str] = TtlCache(_VERIFIED_TTL)
@@ -80,8 +82,11 @@ class Authenticator:
         self._tokens: TtlCache[str, Claims] = TtlCache(_TOKEN_REUSE)
 
     # -- entry points -----------------------------------------------------------
-    async def authorization(self, header: str | None, address: str | None) -> tuple[Principal, Login | None]:
-        """The principal for an ``Authorization`` header (None: anonymous)."""
+    async def authorization(self, header: str | None, address: str | None,
+                            registry: bool = True) -> tuple[Principal, Login | None]:
+        """The principal for an ``Authorization`` header (None: anonymous). Registry bearer
+        tokens are accepted only where ``registry`` is true (``/v2``): they carry a scope
+        of repository actions and were never meant to manage anything."""
         if header is None:
             return ANONYMOUS, None
         scheme, _, value = header.strip().partition(" ")
@@ -97,6 +102,10 @@ class Authenticator:
             if api_tokens.looks_like_token(value):
                 login = await self.api_token(value, address)
                 return login.principal, login
+            if not registry:
+                raise AuthFailure("registry token presented to the management API",
+                                  "registry tokens are valid only for /v2; use a password or an API token",
+                                  scheme="bearer")
             return await self.bearer(value), None
         raise AuthFailure("malformed authorization header", "malformed Authorization header")
 
@@ -123,7 +132,14 @@ class Authenticator:
         return await self.password(username, password, address)
 
     async def password(self, username: str, password: str, address: str | None) -> Login:
-        self._check_limit(username, address)
+        try:
+            async with self.throttle.turn(username, address):
+                return await self._password(username, password, address)
+        except Throttled as exc:
+            raise AuthFailure("too many failed logins", "too many failed logins; try again later",
+                              claimed=username, retry_after=exc.retry_after) from None
+
+    async def _password(self, username: str, password: str, address: str | None) -> Login:
         identity = await self.store.identity(username)
         stored = identity.user.password_hash if identity is not None else None
         key = (username, hmac.new(self._cache_key, password.encode(), hashlib.sha256).digest())
@@ -132,20 +148,21 @@ class Authenticator:
         if checked:
             ok = await asyncio.to_thread(verify_password, password, stored)
             if not ok:
-                self.limiter.failed(username, address)
+                self.throttle.failed(username, address)
                 raise AuthFailure("unknown user" if identity is None else "wrong password", claimed=username)
             assert stored is not None
             self._verified.put(key, stored)
         assert identity is not None
         if identity.user.disabled:
-            self.limiter.failed(username, address)
+            self.throttle.failed(username, address)
             raise AuthFailure("account disabled", claimed=username)
+        if checked:
+            self.throttle.succeeded(username, address)
         principal = self._principal(identity, "basic")
         return Login(identity, principal, checked, password_fingerprint(identity.user.password_hash))
 
     async def api_token(self, token: str, address: str | None, username: str | None = None) -> Login:
         scheme = "basic" if username is not None else "bearer"
-        self._check_limit(username, address, scheme)
         parsed = api_tokens.parse(token)
         record = await self.store.api_token(parsed[0]) if parsed else None
         now = time.time()
@@ -162,7 +179,6 @@ class Authenticator:
         if reason is None and (identity is None or identity.user.disabled):
             reason = "account disabled"
         if reason is not None or identity is None or record is None:
-            self.limiter.failed(username, address)
             raise AuthFailure(reason or "account disabled", BAD_TOKEN if scheme == "bearer" else BAD_CREDENTIALS,
                               claimed=username or (record.owner if record else None), scheme=scheme)
         await self.store.touch_token(record.id, now)
@@ -171,7 +187,8 @@ class Authenticator:
     async def bearer(self, token: str) -> TokenPrincipal:
         """A registry access token: signature and claims, then the account re-checked."""
         _, claims = self._tokens.get(token)
-        if claims is None or time.time() >= claims.expires_at:
+        # A reused check stands only while the key that signed it is still in the ring.
+        if claims is None or time.time() >= claims.expires_at or not self.signer.keys.has(claims.key_id):
             try:
                 claims = self.signer.verify(token, "access")
             except TokenError as exc:
@@ -184,11 +201,9 @@ class Authenticator:
 
     async def refresh(self, token: str, address: str | None) -> Login:
         """An OAuth2 refresh token: valid only while the account, password and API token are unchanged."""
-        self._check_limit(None, address)
         try:
             claims = self.signer.verify(token, "refresh")
         except TokenError as exc:
-            self.limiter.failed(None, address)
             raise AuthFailure(f"refresh token: {exc.reason}", BAD_TOKEN, scheme="bearer") from None
         identity = await self._recheck(claims, "refresh token")
         if claims.password_fingerprint and claims.password_fingerprint != password_fingerprint(
@@ -211,12 +226,6 @@ class Authenticator:
                 raise AuthFailure(f"{what}: api token no longer active", BAD_TOKEN, claimed=claims.subject,
                                   scheme="bearer")
         return identity
-
-    def _check_limit(self, username: str | None, address: str | None, scheme: str = "basic") -> None:
-        wait = self.limiter.retry_after(username, address)
-        if wait is not None:
-            raise AuthFailure("too many failed logins", "too many failed logins; try again later",
-                              claimed=username, scheme=scheme, retry_after=wait)
 
     @staticmethod
     def _principal(identity: Identity, method: str, *, token_id: str | None = None,

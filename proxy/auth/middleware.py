@@ -86,7 +86,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         return await handler(request)
     header = request.headers.get("Authorization")
     try:
-        principal, login = await request.app[AUTH].authorization(header, request.remote)
+        principal, login = await request.app[AUTH].authorization(header, request.remote,
+                                                                 registry=request.path.startswith("/v2"))
     except AuthFailure as failure:
         error = refusal(request, failure)
         record_failure(request, failure, error.status, (header or "").partition(" ")[0].lower()[:16])

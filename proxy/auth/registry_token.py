@@ -1,40 +1,41 @@
-"""Registry bearer tokens: short-lived JWS (HS256, compact form) per the docker token spec.
+"""Registry bearer tokens: short-lived JWTs signed ES256 per the docker token spec.
 
 Access tokens carry ``iss``, ``sub``, ``aud`` (the service), ``exp``, ``nbf``, ``iat``,
 ``jti`` and ``access`` — the granted ``[{type, name, actions}]`` — plus ``kind`` (user or
 robot) and, when obtained with an API token, ``tid`` so revoking that token also stops
 its bearer tokens. Refresh tokens (OAuth2 ``refresh_token`` grant) are the same form with
 ``use = "refresh"``; they also bind ``pwf``, a fingerprint of the password hash, so a
-password change ends them. The HMAC key is generated on first start and kept in a file
-only the server can read; replicas share it by configuration."""
+password change ends them.
+
+Signing and verification are PyJWT's; the keys are asymmetric (``keyring``): whoever
+verifies a token (a replica, a backing registry) holds only public keys and cannot mint
+one. The header's ``kid`` names the key, so keys can rotate."""
 
 from __future__ import annotations
 
-import base64
+import dataclasses
 import hashlib
-import hmac
-import json
-import os
 import secrets
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable
+
+import jwt
 
 from ..oci.errors import RegistryError
 from ..oci.reference import validate_name
+from .keyring import KeyRing
 
 __all__ = [
-    "Scope", "Claims", "TokenError", "TokenSigner", "parse_scopes", "load_or_create_key", "password_fingerprint",
+    "Scope", "Claims", "TokenError", "TokenSigner", "parse_scopes", "password_fingerprint", "ALGORITHM",
     "MAX_TOKEN_CHARS", "MAX_SCOPES",
 ]
 
 ISSUER = "algomint"
 MAX_TOKEN_CHARS = 4096
 MAX_SCOPES = 32
-_KEY_BYTES = 32
+ALGORITHM = "ES256"
 _NBF_LEEWAY = 30  # seconds of clock skew tolerated between replicas
-_HEADER = {"alg": "HS256", "typ": "JWT"}
 
 
 class TokenError(Exception):
@@ -92,60 +93,17 @@ class Claims:
     issued_at: int
     expires_at: int
     jti: str
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+    key_id: str | None = None  # the key that signed it
 
 
 def password_fingerprint(password_hash: str | None) -> str | None:
     return hashlib.sha256(password_hash.encode()).hexdigest()[:16] if password_hash else None
 
 
-def load_or_create_key(path: Path) -> bytes:
-    """Read the signing key, creating it (mode 0600, atomically) if absent."""
-    try:
-        raw = path.read_text().strip()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, secrets.token_hex(_KEY_BYTES).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # fails if another process created it first: use theirs
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
-        raw = path.read_text().strip()
-    try:
-        key = bytes.fromhex(raw)
-    except ValueError:
-        raise ValueError(f"{path}: signing key is not hex") from None
-    if len(key) < _KEY_BYTES:
-        raise ValueError(f"{path}: signing key must be at least {_KEY_BYTES} bytes")
-    return key
-
-
 class TokenSigner:
-    def __init__(self, key: bytes, service: str) -> None:
-        self._key = key
+    def __init__(self, keys: KeyRing, service: str) -> None:
+        self.keys = keys
         self.service = service
-        # Names the key without revealing it, so tokens from a rotated key are told apart.
-        self.kid = hashlib.sha256(b"algomint-kid:" + key).hexdigest()[:16]
-        self._header = _b64(_json({**_HEADER, "kid": self.kid}))
 
     def issue(
         self,
@@ -168,50 +126,47 @@ class TokenSigner:
             payload["tid"] = token_id
         if password_fingerprint:
             payload["pwf"] = password_fingerprint
-        signing_input = f"{self._header}.{_b64(_json(payload))}"
-        token = f"{signing_input}.{_b64(self._sign(signing_input))}"
+        key = self.keys.signer(time.time() if now is None else now)
+        token = jwt.encode(payload, key.private, algorithm=ALGORITHM, headers={"kid": key.kid})
         return token, self._claims(payload)
-
-    def _sign(self, signing_input: str) -> bytes:
-        return hmac.new(self._key, signing_input.encode(), hashlib.sha256).digest()
 
     def verify(self, token: str, use: str, now: float | None = None) -> Claims:
         """The claims of a token this server signed for this service and ``use``; else TokenError."""
         if len(token) > MAX_TOKEN_CHARS:
             raise TokenError("token too long")
-        parts = token.split(".")
-        if len(parts) != 3:
-            raise TokenError("not a compact JWS")
-        header_b64, payload_b64, signature_b64 = parts
         try:
-            header = json.loads(_unb64(header_b64))
-            signature = _unb64(signature_b64)
-        except (ValueError, UnicodeDecodeError):
-            raise TokenError("undecodable token") from None
-        if not isinstance(header, dict) or header.get("alg") != "HS256":
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenError("not a compact JWS") from None
+        if header.get("alg") != ALGORITHM:
             raise TokenError("unsupported algorithm")
-        if not hmac.compare_digest(signature, self._sign(f"{header_b64}.{payload_b64}")):
-            raise TokenError("bad signature" if header.get("kid") == self.kid else "signed with another key")
-        try:
-            payload = json.loads(_unb64(payload_b64))
-        except (ValueError, UnicodeDecodeError):
-            raise TokenError("undecodable payload") from None
-        if not isinstance(payload, dict):
-            raise TokenError("payload is not an object")
+        public = self.keys.verifier(str(header.get("kid", "")))
+        if public is None:
+            raise TokenError("signed with an unknown key")
         now = time.time() if now is None else now
-        audience = payload.get("aud")
-        if payload.get("iss") != ISSUER or (audience != self.service and not (
-                isinstance(audience, list) and self.service in audience)):
-            raise TokenError("issued for another service")
+        try:
+            # Expiry is checked below against ``now`` (so tests can move the clock); nbf gets leeway.
+            payload = jwt.decode(token, public, algorithms=[ALGORITHM], audience=self.service, issuer=ISSUER,
+                                 options={"verify_exp": False, "verify_nbf": False, "verify_iat": False,
+                                          "require": ["exp", "iat", "sub", "aud", "iss", "jti"]})
+        except jwt.InvalidAudienceError:
+            raise TokenError("issued for another service") from None
+        except jwt.InvalidIssuerError:
+            raise TokenError("issued for another service") from None
+        except jwt.InvalidSignatureError:
+            raise TokenError("bad signature") from None
+        except jwt.PyJWTError as exc:
+            raise TokenError(f"invalid token: {type(exc).__name__}") from None
         if payload.get("use") != use:
             raise TokenError(f"not a token for {use}")
         try:
-            claims = self._claims(payload)
+            claims = dataclasses.replace(self._claims(payload), key_id=str(header.get("kid")))
         except (KeyError, TypeError, ValueError):
             raise TokenError("malformed claims") from None
         if now >= claims.expires_at:
             raise TokenError("expired")
-        if payload.get("nbf", 0) > now + _NBF_LEEWAY:
+        nbf = payload.get("nbf", 0)
+        if not isinstance(nbf, (int, float)) or nbf > now + _NBF_LEEWAY:
             raise TokenError("not yet valid")
         return claims
 

@@ -22,13 +22,14 @@ from .authenticator import Authenticator
 from .envsecret import take_env_secret
 from .passwords import hash_password
 from .permissions import PermissionPolicy
-from .ratelimit import FailureLimiter
-from .registry_token import TokenSigner, load_or_create_key
+from .ratelimit import LoginThrottle
+from .keyring import KeyRing
+from .registry_token import TokenSigner
 from .state import AUTH, AUTH_STORE, SIGNER
 from .store import SCHEMA, AuthStore, Conflict
 from .token_endpoint import add_token_routes
 
-__all__ = ["setup_auth", "new_store", "bootstrap_admin", "admin_password", "signing_key_path", "ADMIN", "PASSWORD_ENV"]
+__all__ = ["setup_auth", "new_store", "bootstrap_admin", "admin_password", "signing_keys_dir", "ADMIN", "PASSWORD_ENV"]
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,8 @@ ADMIN = "admin"
 PASSWORD_ENV = "ALGOMINT_ADMIN_PASSWORD"
 
 
-def signing_key_path(config: Config) -> Path:
-    return config.auth.signing_key_path or config.metadata.path.parent / "auth-signing.key"
+def signing_keys_dir(config: Config) -> Path:
+    return config.auth.signing_keys_dir or config.metadata.path.parent / "auth-keys"
 
 
 def new_store(config: Config, db: Database) -> AuthStore:
@@ -52,13 +53,13 @@ def setup_auth(app: web.Application) -> None:
     app[AUTH_STORE] = store = new_store(config, app[DATABASE])
     if config.auth.enabled:
         try:
-            key = load_or_create_key(signing_key_path(config))
+            keys = KeyRing.open(signing_keys_dir(config))
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"auth.signing_key_path: {exc}") from None
-        app[SIGNER] = signer = TokenSigner(key, config.auth.service)
-        limiter = FailureLimiter(config.auth.max_failures_per_user, config.auth.max_failures_per_address,
+            raise ConfigError(f"auth.signing_keys_dir: {exc}") from None
+        app[SIGNER] = signer = TokenSigner(keys, config.auth.service)
+        throttle = LoginThrottle(config.auth.free_failures, config.auth.failure_delay, config.auth.max_failure_delay,
                                  config.auth.failure_window)
-        app[AUTH] = Authenticator(store, signer, limiter)
+        app[AUTH] = Authenticator(store, signer, throttle)
         app[POLICY].add(PermissionPolicy(store))
         add_token_routes(app)
 

@@ -6,7 +6,10 @@ or an API token as the password) or none (anonymous); ``POST /token`` with a for
 The token carries only the requested actions the principal holds (down-scoping, not an
 error). Refused credentials: ``401 UNAUTHORIZED`` with a Basic challenge, or ``429``;
 a token asked for another service: ``403 DENIED``; a malformed OAuth2 form: ``400`` with
-the RFC 6749 §5.2 body."""
+the RFC 6749 §5.2 body.
+
+``GET /token/jwks`` (also ``/.well-known/jwks.json``) serves the public keys that verify
+the tokens, and ``GET /token/certs.pem`` the same keys as X.509 certificates."""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from .permissions import grant_access
 from .registry_token import Scope, parse_scopes
 from .state import AUTH, AUTH_STORE, SIGNER
 
-__all__ = ["get_token", "post_token", "add_token_routes"]
+__all__ = ["get_token", "post_token", "get_jwks", "get_certificates", "add_token_routes"]
 
 _MAX_FORM = 64 * 1024
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -129,6 +132,20 @@ async def post_token(request: web.Request) -> web.Response:
     return web.json_response(_issue(request, login, scopes, refresh, grant), headers=_NO_STORE)
 
 
+async def get_jwks(request: web.Request) -> web.Response:
+    """The public keys that verify registry tokens (RFC 7517), every key still in the ring."""
+    return web.json_response(request.app[SIGNER].keys.jwks(), headers={"Cache-Control": "max-age=60"})
+
+
+async def get_certificates(request: web.Request) -> web.Response:
+    """The same keys as self-signed X.509 certificates (PEM): a registry's ``rootcertbundle``."""
+    return web.Response(body=request.app[SIGNER].keys.bundle(), content_type="application/x-pem-file",
+                        headers={"Cache-Control": "max-age=60"})
+
+
 def add_token_routes(app: web.Application) -> None:
     app.router.add_get("/token", get_token, name="auth.token.get")
     app.router.add_post("/token", post_token, name="auth.token.post")
+    app.router.add_get("/token/jwks", get_jwks, name="auth.token.jwks")
+    app.router.add_get("/.well-known/jwks.json", get_jwks, name="auth.jwks")
+    app.router.add_get("/token/certs.pem", get_certificates, name="auth.token.certs")

@@ -35,10 +35,13 @@ class Distribution:
         return self.url.split("://", 1)[1]
 
 
-def _config(root: Path, port: int, htpasswd: Path | None) -> str:
+def _config(root: Path, port: int, htpasswd: Path | None, token_bundle: Path | None = None) -> str:
     auth = (
         f"auth:\n  htpasswd:\n    realm: basic-realm\n    path: {htpasswd}\n" if htpasswd else ""
     )
+    if token_bundle is not None:  # token auth trusting algomint's signing certificates
+        auth = ("auth:\n  token:\n    realm: http://127.0.0.1/token\n    service: algomint\n"
+                f"    issuer: algomint\n    rootcertbundle: {token_bundle}\n")
     return (
         "version: 0.1\n"
         "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
@@ -50,14 +53,15 @@ def _config(root: Path, port: int, htpasswd: Path | None) -> str:
 
 
 @contextlib.contextmanager
-def run_distribution(workdir: Path, htpasswd: Path | None = None) -> Iterator[Distribution]:
+def run_distribution(workdir: Path, htpasswd: Path | None = None,
+                     token_bundle: Path | None = None) -> Iterator[Distribution]:
     """Run docker-registry with storage under ``workdir`` until the context exits."""
     if BINARY is None:
         raise RuntimeError("docker-registry is not installed (apt-get install docker-registry)")
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = workdir / "config.yml"
-    config.write_text(_config(workdir / "storage", port, htpasswd))
+    config.write_text(_config(workdir / "storage", port, htpasswd, token_bundle))
     log = open(workdir / "registry.log", "wb")
     proc = subprocess.Popen([BINARY, "serve", str(config)], stdout=log, stderr=log, env={**os.environ})
     url = f"http://127.0.0.1:{port}"

@@ -5,6 +5,6 @@ all, and ``/api/v1/openapi.json`` is generated from the same declarations, so th
 document can't drift from what is served."""
 
 from .errors import ApiError
-from .router import ApiRoute, ApiRouter, Page, authorize, mount, page_params, parse_body
+from .router import Access, ApiRoute, ApiRouter, Page, authorize, mount, page_params, parse_body
 
-__all__ = ["ApiError", "ApiRoute", "ApiRouter", "Page", "authorize", "mount", "page_params", "parse_body"]
+__all__ = ["Access", "ApiError", "ApiRoute", "ApiRouter", "Page", "authorize", "mount", "page_params", "parse_body"]

@@ -32,7 +32,7 @@ from proxy.service.policy import Action
 from ..state import CONFIG, REGISTRY
 from ..streaming import parse_range, send_direct, send_stream
 from .errors import ApiError
-from .router import ApiRouter, authorize
+from .router import Access, ApiRouter, authorize
 
 __all__ = ["router"]
 
@@ -97,7 +97,7 @@ async def _zstd(chunks: AsyncGenerator[bytes, None], threads: int) -> AsyncGener
     yield compressor.flush()
 
 
-@router.route("GET", "/archive/{target:.+}", action=None,
+@router.route("GET", "/archive/{target:.+}", action=Access.REPOSITORY,
               summary="Stream an artifact (generic, business thin or full package) as an OCI image-layout tar",
               query={"compress": "zstd: a zstd-compressed stream (no Range)"})
 async def get_archive(request: web.Request) -> web.StreamResponse:

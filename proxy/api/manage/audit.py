@@ -12,7 +12,7 @@ from ...audit.middleware import AUDIT
 from ...audit.records import iso_time
 from ...auth.patterns import validate_pattern
 from .errors import ApiError
-from .router import ApiRouter, Page, encode_cursor, page_params
+from .router import Access, ApiRouter, Page, page_params, next_cursor
 
 __all__ = ["router"]
 
@@ -59,15 +59,15 @@ def _query(request: web.Request) -> AuditQuery:
                   "until": "ISO 8601 time, exclusive",
                   "limit": "page size (1-500)",
                   "cursor": "from the previous page's `next`",
-              })
+              }, action=Access.MANAGE)
 async def query(request: web.Request) -> web.Response:
     limit, cursor = page_params(request, cursor=int)
     records, before = await request.app[AUDIT].query(_query(request), limit, cursor)
     return web.json_response({"items": [dataclasses.asdict(r) for r in records],
-                              "next": encode_cursor(before) if before is not None else None})
+                              "next": next_cursor(request, before) if before is not None else None})
 
 
 @router.route("POST", "/audit/verify", summary="Walk the hash chain; name the first altered, removed or reordered record",
-              response=VerifyResult)
+              response=VerifyResult, action=Access.MANAGE)
 async def verify(request: web.Request) -> web.Response:
     return web.json_response(dataclasses.asdict(await request.app[AUDIT].verify()))

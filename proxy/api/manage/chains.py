@@ -22,8 +22,9 @@ from proxy.oci.reference import parse_reference
 from ...service.policy import Action
 from ..state import PACKER
 from .access import caller, may, require_pull_all
+from .principals import can_manage
 from .errors import ApiError
-from .router import ApiRouter, authorize, parse_body
+from .router import Access, ApiRouter, authorize, parse_body
 
 __all__ = ["router"]
 
@@ -55,7 +56,7 @@ class ChainsFile(BaseModel):
 
 class ChainList(BaseModel):
     items: list[ChainOut]
-    file: ChainsFile
+    file: ChainsFile | None = Field(description="the chains file's status (admins only)")
 
 
 class ChainUpdate(BaseModel):
@@ -104,19 +105,21 @@ async def _check_reads(request: web.Request, spec: ChainSpec) -> None:
 
 
 async def _listing(request: web.Request) -> dict[str, Any]:
+    """The chains the caller may read; the chains file's status (its path and any load
+    error, which name other chains) only for admins."""
     chains = request.app[PACKER].chains
     visible = [c.to_json() for c in chains.all() if await may(request, Action.PULL, _repository(request, c.name))]
-    return {"items": visible, "file": chains.file_status()}
+    return {"items": visible, "file": chains.file_status() if await can_manage(request) else None}
 
 
 @router.route("GET", "/chains", summary="List chains (file chains first, in order, then API chains)", response=ChainList,
-              action=None)
+              action=Access.SIGNED_IN)
 async def list_chains(request: web.Request) -> web.Response:
     return web.json_response(await _listing(request))
 
 
 @router.route("POST", "/chains", summary="Create a chain; every plugin reference must resolve", body=ChainSpec,
-              response=ChainOut, status=201, action=None)
+              response=ChainOut, status=201, action=Access.REPOSITORY)
 async def create_chain(request: web.Request) -> web.Response:
     spec = await parse_body(request, ChainSpec)
     await authorize(request, Action.MANAGE, _repository(request, spec.name))
@@ -128,7 +131,7 @@ async def create_chain(request: web.Request) -> web.Response:
     return web.json_response(chain.to_json(), status=201)
 
 
-@router.route("POST", "/chains/reload", summary="Reload the chains file (all or nothing)", response=ChainList)
+@router.route("POST", "/chains/reload", summary="Reload the chains file (all or nothing)", response=ChainList, action=Access.MANAGE)
 async def reload_chains(request: web.Request) -> web.Response:
     try:
         await request.app[PACKER].chains.reload()
@@ -137,7 +140,7 @@ async def reload_chains(request: web.Request) -> web.Response:
     return web.json_response(await _listing(request))
 
 
-@router.route("GET", "/chains/{name}", summary="One chain", response=ChainOut, action=None)
+@router.route("GET", "/chains/{name}", summary="One chain", response=ChainOut, action=Access.REPOSITORY)
 async def get_chain(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     await authorize(request, Action.PULL, _repository(request, name))
@@ -148,7 +151,7 @@ async def get_chain(request: web.Request) -> web.Response:
 
 
 @router.route("PUT", "/chains/{name}", summary="Replace an API chain's match, plugins and params", body=ChainUpdate,
-              response=ChainOut, action=None)
+              response=ChainOut, action=Access.REPOSITORY)
 async def update_chain(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     await authorize(request, Action.MANAGE, _repository(request, name))
@@ -170,7 +173,7 @@ async def update_chain(request: web.Request) -> web.Response:
 
 
 @router.route("DELETE", "/chains/{name}", summary="Delete an API chain (its jobs and packages stay)", status=204,
-              action=None)
+              action=Access.REPOSITORY)
 async def delete_chain(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     await authorize(request, Action.MANAGE, _repository(request, name))
@@ -184,7 +187,7 @@ async def delete_chain(request: web.Request) -> web.Response:
 
 
 @router.route("POST", "/chains/{name}/assemble", summary="Re-run a chain for chosen or all matching packages",
-              body=AssembleRequest, response=AssembleResponse, status=202, action=None)
+              body=AssembleRequest, response=AssembleResponse, status=202, action=Access.REPOSITORY)
 async def assemble_chain(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     await authorize(request, Action.MANAGE, _repository(request, name))

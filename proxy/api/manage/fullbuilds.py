@@ -19,7 +19,7 @@ from packer.fullbuild.store import STATES
 from ...service.policy import Action
 from .access import caller
 from .errors import ApiError
-from .router import ApiRouter, Page, authorize, encode_cursor, page_params, parse_body
+from .router import Access, ApiRouter, Page, authorize, next_cursor, page_params, parse_body
 
 __all__ = ["router", "FULL_BUILDS"]
 
@@ -71,7 +71,7 @@ def _input_error(exc: BuildInputError) -> ApiError:
 
 
 @router.route("POST", "/full-builds", summary="Start a full build of a business package for a license kind",
-              body=FullBuildRequest, response=FullBuildView, status=202, action=None)
+              body=FullBuildRequest, response=FullBuildView, status=202, action=Access.REPOSITORY)
 async def create_full_build(request: web.Request) -> web.Response:
     body = await parse_body(request, FullBuildRequest)
     try:
@@ -85,7 +85,7 @@ async def create_full_build(request: web.Request) -> web.Response:
 
 
 @router.route("GET", "/full-builds/{id}", summary="A full build: state, bytes processed/total, per-layer progress",
-              response=FullBuildView, action=None)
+              response=FullBuildView, action=Access.REPOSITORY)
 async def get_full_build(request: web.Request) -> web.Response:
     build_id = request.match_info["id"]
     record = await request.app[FULL_BUILDS].get(build_id) if len(build_id) <= 64 else None
@@ -97,7 +97,7 @@ async def get_full_build(request: web.Request) -> web.Response:
 
 @router.route("GET", "/full-builds", summary="Full builds, newest first", response=Page[FullBuildView],
               query={"package": "only builds of this package", "state": "queued|running|succeeded|failed",
-                     "limit": "page size (1-500)", "cursor": "from the previous page's next"})
+                     "limit": "page size (1-500)", "cursor": "from the previous page's next"}, action=Access.MANAGE)
 async def list_full_builds(request: web.Request) -> web.Response:
     limit, cursor = page_params(request, cursor=_is_build_cursor)
     state = request.query.get("state")
@@ -106,5 +106,5 @@ async def list_full_builds(request: web.Request) -> web.Response:
     records = await request.app[FULL_BUILDS].list(limit + 1, cursor, package=request.query.get("package"), state=state)
     more = len(records) > limit
     records = records[:limit]
-    next_cursor = encode_cursor([records[-1].created_at, records[-1].id]) if more and records else None
-    return web.json_response({"items": [r.to_json(layers=False) for r in records], "next": next_cursor})
+    following = next_cursor(request, [records[-1].created_at, records[-1].id]) if more and records else None
+    return web.json_response({"items": [r.to_json(layers=False) for r in records], "next": following})

@@ -12,7 +12,7 @@ from ...auth.permissions import ROLES
 from ...auth.state import AUTH_STORE
 from ...auth.store import Grant
 from .principals import iso, principal_of, store_errors
-from .router import ApiRouter, Page, encode_cursor, page_params, parse_body
+from .router import Access, ApiRouter, Page, page_params, parse_body, next_cursor
 
 __all__ = ["router", "GrantOut", "grant_out"]
 
@@ -56,19 +56,19 @@ def grant_out(grant: Grant) -> GrantOut:
 
 @router.route("GET", "/grants", summary="List grants", response=Page[GrantOut],
               query={"subject": "only this user's grants", "role": "only this role",
-                     "limit": "page size (1-500)", "cursor": "from the previous page's `next`"})
+                     "limit": "page size (1-500)", "cursor": "from the previous page's `next`"}, action=Access.MANAGE)
 async def index(request: web.Request) -> web.Response:
     limit, cursor = page_params(request, cursor=int)
     grants = await request.app[AUTH_STORE].list_grants(
         limit + 1, cursor, subject=request.query.get("subject"), role=request.query.get("role"))
     more = len(grants) > limit
     page = Page[GrantOut](items=[grant_out(g) for g in grants[:limit]],
-                          next=encode_cursor(grants[limit - 1].id) if more else None)
+                          next=next_cursor(request, grants[limit - 1].id) if more else None)
     return web.json_response(page.model_dump(mode="json"))
 
 
 @router.route("POST", "/grants", summary="Grant a role on a repository pattern", body=GrantCreate,
-              response=GrantOut, status=201)
+              response=GrantOut, status=201, action=Access.MANAGE)
 async def create(request: web.Request) -> web.Response:
     body = await parse_body(request, GrantCreate)
     with store_errors():
@@ -77,21 +77,21 @@ async def create(request: web.Request) -> web.Response:
     return web.json_response(grant_out(grant).model_dump(mode="json"), status=201)
 
 
-@router.route("GET", "/grants/{id:\\d+}", summary="Show one grant", response=GrantOut)
+@router.route("GET", "/grants/{id:\\d+}", summary="Show one grant", response=GrantOut, action=Access.MANAGE)
 async def show(request: web.Request) -> web.Response:
     with store_errors():
         grant = await request.app[AUTH_STORE].get_grant(int(request.match_info["id"]))
     return web.json_response(grant_out(grant).model_dump(mode="json"))
 
 
-@router.route("DELETE", "/grants/{id:\\d+}", summary="Remove a grant (the last admin's is kept)", status=204)
+@router.route("DELETE", "/grants/{id:\\d+}", summary="Remove a grant (the last admin's is kept)", status=204, action=Access.MANAGE)
 async def delete(request: web.Request) -> web.Response:
     with store_errors():
         await request.app[AUTH_STORE].remove_grant(int(request.match_info["id"]))
     return web.Response(status=204)
 
 
-@router.route("GET", "/roles", summary="The roles, their actions and default patterns", action=None,
+@router.route("GET", "/roles", summary="The roles, their actions and default patterns", action=Access.SIGNED_IN,
               response=list[RoleOut])
 async def roles(request: web.Request) -> web.Response:
     return web.json_response([

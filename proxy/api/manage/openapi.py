@@ -10,7 +10,7 @@ from pydantic import TypeAdapter
 
 from ... import __version__
 from .errors import STATUS_CODES
-from .router import PREFIX, ApiRouter
+from .router import Access, PREFIX, ApiRouter
 
 __all__ = ["build_document", "openapi_router", "OPENAPI"]
 
@@ -79,6 +79,7 @@ def build_document(routers: Sequence[ApiRouter]) -> dict[str, Any]:
                     "required": True,
                     "content": {"application/json": {"schema": _schema(route.body, defs)}},
                 }
+            operation["x-algomint-access"] = route.action.value  # who may call it (docs/security.md)
             if route.public:
                 operation["security"] = []
             paths.setdefault(path, {})[route.method.lower()] = operation
@@ -101,6 +102,6 @@ def build_document(routers: Sequence[ApiRouter]) -> dict[str, Any]:
 openapi_router = ApiRouter("meta")
 
 
-@openapi_router.route("GET", "/openapi.json", summary="This document", action=None, public=True)
+@openapi_router.route("GET", "/openapi.json", summary="This document", action=Access.PUBLIC)
 async def openapi_document(request: web.Request) -> web.Response:
     return web.json_response(request.app[OPENAPI])

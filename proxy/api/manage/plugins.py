@@ -20,7 +20,7 @@ from ...service.policy import Action
 from ..state import PACKER
 from .access import may
 from .errors import ApiError
-from .router import ApiRouter, Page, authorize, encode_cursor, page_params, parse_body
+from .router import Access, ApiRouter, Page, authorize, page_params, parse_body, next_cursor
 
 __all__ = ["router"]
 
@@ -90,25 +90,29 @@ def _repository(request: web.Request) -> str:
 
 
 @router.route("GET", "/plugins", summary="List plugin repositories and their tags", response=Page[PluginSummary],
-              query={"limit": "page size (1-500)", "cursor": "from the previous page's next"}, action=None)
+              query={"limit": "page size (1-500)", "cursor": "from the previous page's next"}, action=Access.SIGNED_IN)
 async def list_plugins(request: web.Request) -> web.Response:
-    limit, cursor = page_params(request)
+    limit, cursor = page_params(request, cursor=str)
     packer = request.app[PACKER]
-    repos = sorted(r for r in await packer.plugins.repositories() if cursor is None or r > str(cursor))[:limit]
-    items = []
-    for repo in repos:
+    items: list[dict[str, Any]] = []
+    more = False
+    # Filter before paging: a page and its cursor only ever hold names the caller may pull.
+    for repo in sorted(r for r in await packer.plugins.repositories() if cursor is None or r > cursor):
         if not await may(request, Action.PULL, repo):
             continue
+        if len(items) == limit:
+            more = True
+            break
         try:
             tags = await packer.registry.backend.list_tags(repo)
         except RegistryError:
             tags = []
         items.append({"repository": repo, "name": repo[len(packer.plugins.prefix):], "tags": tags})
-    return web.json_response({"items": items, "next": encode_cursor(repos[-1]) if len(repos) == limit else None})
+    return web.json_response({"items": items, "next": next_cursor(request, items[-1]["repository"]) if more else None})
 
 
 @router.route("GET", "/plugins/{name:.+}", summary="A plugin's versions: digest, config (kind, options), files",
-              response=PluginDetail, action=None)
+              response=PluginDetail, action=Access.REPOSITORY)
 async def get_plugin(request: web.Request) -> web.Response:
     packer = request.app[PACKER]
     repository = _repository(request)
@@ -123,7 +127,7 @@ async def get_plugin(request: web.Request) -> web.Response:
 
 
 @router.route("POST", "/plugins", summary="Push a plugin artifact (plugins/<name>:<version>)", body=PluginPush,
-              response=PluginPushed, status=201, action=None)
+              response=PluginPushed, status=201, action=Access.REPOSITORY)
 async def push_plugin(request: web.Request) -> web.Response:
     body = await parse_body(request, PluginPush)
     packer = request.app[PACKER]

@@ -1,12 +1,14 @@
-"""Declaring management routes once: path, method, action, models, summary.
+"""Declaring management routes once: path, method, access, models, summary.
 
+Every route declares its ``Access`` (there is no default), checked before its handler.
 A handler receives the ``web.Request``; it parses its body with ``parse_body(request,
 Model)`` (400 for bad JSON, 422 naming each invalid field, 413 past the size cap) and
-returns a ``web.Response``. ``authorize`` asks the same policy the registry uses."""
+returns a ``web.Response``. ``authorize`` asks the same policy the registry uses.
+Listings page with ``page_params`` and ``next_cursor``: cursors are sealed (``cursors``)."""
 
 from __future__ import annotations
 
-import base64
+import enum
 import json
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
@@ -14,12 +16,13 @@ from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ...oci.errors import Errors, RegistryError
 from ...service.policy import ANONYMOUS, Action, Request as PolicyRequest
-from ..routes import ROUTE_ACTIONS
-from ..state import POLICY, PRINCIPAL
+from ..state import CONFIG, POLICY, PRINCIPAL
+from .cursors import CURSORS
 from .errors import ApiError
 
-__all__ = ["ApiRoute", "ApiRouter", "Page", "authorize", "mount", "page_params", "parse_body", "encode_cursor", "decode_cursor", "PREFIX"]
+__all__ = ["Access", "ApiRoute", "ApiRouter", "Page", "authorize", "mount", "page_params", "parse_body", "next_cursor", "PREFIX"]
 
 PREFIX = "/api/v1"
 MAX_BODY = 1024 * 1024
@@ -28,6 +31,15 @@ MAX_PAGE = 500
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ModelT = TypeVar("ModelT", bound=BaseModel)
 ItemT = TypeVar("ItemT")
+
+
+class Access(enum.Enum):
+    """Who may call a route, checked before its handler runs. Every route declares one."""
+
+    PUBLIC = "public"  # no credentials needed (this API's own description)
+    SIGNED_IN = "signed-in"  # any user or robot; the handler narrows to what the caller may see
+    REPOSITORY = "repository"  # the handler asks the policy about the repository it acts on
+    MANAGE = "manage"  # registry-wide manage (admins)
 
 
 class Page(BaseModel, Generic[ItemT]):
@@ -44,13 +56,16 @@ class ApiRoute:
     handler: Handler
     name: str
     summary: str
-    action: Action | None = Action.MANAGE  # asked by the policy middleware, registry-wide
+    action: Access
     body: type[BaseModel] | None = None
     response: Any = None  # a pydantic model (or generic alias) describing the 2xx body
     status: int = 200
     query: dict[str, str] = field(default_factory=dict)  # name -> description
     tag: str = ""
-    public: bool = False  # no authentication (health of the API itself, openapi.json)
+
+    @property
+    def public(self) -> bool:
+        return self.action is Access.PUBLIC
 
 
 class ApiRouter:
@@ -66,17 +81,16 @@ class ApiRouter:
         path: str,
         *,
         summary: str,
-        action: Action | None = Action.MANAGE,
+        action: Access,
         body: type[BaseModel] | None = None,
         response: Any = None,
         status: int = 200,
         query: dict[str, str] | None = None,
-        public: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.routes.append(
                 ApiRoute(method, path, handler, f"api.{self.tag}.{handler.__name__}", summary, action, body,
-                         response, status, query or {}, self.tag, public)
+                         response, status, query or {}, self.tag)
             )
             return handler
 
@@ -84,15 +98,41 @@ class ApiRouter:
 
 
 def mount(app: web.Application, routers: Sequence[ApiRouter]) -> None:
-    """Register every router's routes on ``app`` under ``/api/v1``."""
-    actions = app.setdefault(ROUTE_ACTIONS, {})
+    """Register every router's routes on ``app`` under ``/api/v1``, each behind its access check."""
     for router in routers:
         for route in router.routes:
+            handler = _gated(route)
             if route.method == "GET":
-                app.router.add_get(PREFIX + route.path, route.handler, name=route.name)
+                app.router.add_get(PREFIX + route.path, handler, name=route.name)
             else:
-                app.router.add_route(route.method, PREFIX + route.path, route.handler, name=route.name)
-            actions[route.name] = route.action
+                app.router.add_route(route.method, PREFIX + route.path, handler, name=route.name)
+
+
+def _gated(route: ApiRoute) -> Handler:
+    if not isinstance(route.action, Access):
+        raise TypeError(f"{route.name}: a management route must declare its Access")
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await check_access(request, route.action)
+        return await route.handler(request)
+
+    handler.__name__ = route.handler.__name__
+    return handler
+
+
+async def check_access(request: web.Request, access: Access) -> None:
+    """The route-level check: registry tokens never pass (they are for ``/v2`` only; the
+    authenticator already refuses them here), anonymous callers need credentials for
+    anything but public routes when authentication is on, admins-only routes ask the policy."""
+    principal = request.get(PRINCIPAL, ANONYMOUS)
+    if getattr(principal, "access", None) is not None:
+        raise ApiError(403, "registry tokens are valid only for /v2; use a password or an API token")
+    if access is Access.PUBLIC:
+        return
+    if access is Access.MANAGE:
+        await authorize(request, Action.MANAGE, None)
+    elif access is Access.SIGNED_IN and principal.is_anonymous and request.app[CONFIG].auth.enabled:
+        raise RegistryError(Errors.UNAUTHORIZED, message="this resource needs credentials")
 
 
 async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
@@ -114,15 +154,9 @@ async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
         raise ApiError(422, "request body failed validation", {"fields": fields}) from None
 
 
-def encode_cursor(value: Any) -> str:
-    return base64.urlsafe_b64encode(json.dumps(value, separators=(",", ":")).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> Any:
-    try:
-        return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid cursor", {"cursor": cursor[:100]}) from None
+def next_cursor(request: web.Request, value: Any) -> str:
+    """An opaque cursor for this listing, resuming after ``value``."""
+    return request.app[CURSORS].encode(request.match_info.route.name or "", value)
 
 
 def page_params(
@@ -134,7 +168,12 @@ def page_params(
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
         raise ApiError(400, f"limit must be an integer from 1 to {MAX_PAGE}", {"limit": raw[:20]})
     text = request.query.get("cursor")
-    value = decode_cursor(text) if text else None
+    value = None
+    if text:
+        try:
+            value = request.app[CURSORS].decode(request.match_info.route.name or "", text)
+        except ValueError:
+            raise ApiError(400, "invalid cursor") from None
     if value is not None and cursor is not None:
         valid = isinstance(value, cursor) if isinstance(cursor, type) else cursor(value)
         if not valid:

@@ -16,7 +16,7 @@ from packer.webhooks import DELIVERY_STATUSES, SubscriptionPatch, SubscriptionSp
 
 from ..state import PACKER
 from .errors import ApiError
-from .router import ApiRouter, Page, encode_cursor, page_params, parse_body
+from .router import Access, ApiRouter, Page, page_params, parse_body, next_cursor
 
 __all__ = ["router"]
 
@@ -74,15 +74,15 @@ async def _existing(request: web.Request) -> dict[str, Any]:
 
 
 @router.route("GET", "/subscriptions", summary="List subscriptions", response=Page[SubscriptionOut],
-              query={"limit": "page size (1-500)", "cursor": "from the previous page's next"})
+              query={"limit": "page size (1-500)", "cursor": "from the previous page's next"}, action=Access.MANAGE)
 async def list_subscriptions(request: web.Request) -> web.Response:
     limit, cursor = page_params(request, cursor=str)
     items = await request.app[PACKER].subscriptions.list(limit, cursor)
-    return web.json_response({"items": items, "next": encode_cursor(items[-1]["id"]) if len(items) == limit else None})
+    return web.json_response({"items": items, "next": next_cursor(request, items[-1]["id"]) if len(items) == limit else None})
 
 
 @router.route("POST", "/subscriptions", summary="Subscribe a URL to events (the secret is shown once)",
-              body=SubscriptionSpec, response=SubscriptionCreated, status=201)
+              body=SubscriptionSpec, response=SubscriptionCreated, status=201, action=Access.MANAGE)
 async def create_subscription(request: web.Request) -> web.Response:
     spec = await parse_body(request, SubscriptionSpec)
     try:
@@ -92,13 +92,13 @@ async def create_subscription(request: web.Request) -> web.Response:
     return web.json_response({**sub, "secret": secret}, status=201)
 
 
-@router.route("GET", "/subscriptions/{id}", summary="One subscription", response=SubscriptionOut)
+@router.route("GET", "/subscriptions/{id}", summary="One subscription", response=SubscriptionOut, action=Access.MANAGE)
 async def get_subscription(request: web.Request) -> web.Response:
     return web.json_response(await _existing(request))
 
 
 @router.route("PATCH", "/subscriptions/{id}", summary="Change a subscription", body=SubscriptionPatch,
-              response=SubscriptionOut)
+              response=SubscriptionOut, action=Access.MANAGE)
 async def update_subscription(request: web.Request) -> web.Response:
     patch = await parse_body(request, SubscriptionPatch)
     try:
@@ -110,7 +110,7 @@ async def update_subscription(request: web.Request) -> web.Response:
     return web.json_response(sub)
 
 
-@router.route("DELETE", "/subscriptions/{id}", summary="Delete a subscription and its pending deliveries", status=204)
+@router.route("DELETE", "/subscriptions/{id}", summary="Delete a subscription and its pending deliveries", status=204, action=Access.MANAGE)
 async def delete_subscription(request: web.Request) -> web.Response:
     if not await request.app[PACKER].subscriptions.delete(request.match_info["id"]):
         raise ApiError(404, f"no subscription {request.match_info['id'][:64]!r}")
@@ -120,7 +120,7 @@ async def delete_subscription(request: web.Request) -> web.Response:
 @router.route("GET", "/subscriptions/{id}/deliveries", summary="Deliveries and every attempt, newest first",
               response=Page[DeliveryOut],
               query={"status": "pending|delivered|dead", "limit": "page size (1-500)",
-                     "cursor": "from the previous page's next"})
+                     "cursor": "from the previous page's next"}, action=Access.MANAGE)
 async def list_deliveries(request: web.Request) -> web.Response:
     await _existing(request)
     limit, cursor = page_params(request, cursor=int)
@@ -128,11 +128,11 @@ async def list_deliveries(request: web.Request) -> web.Response:
     if status is not None and status not in DELIVERY_STATUSES:
         raise ApiError(400, "status must be pending, delivered or dead", {"status": status[:50]})
     items = await request.app[PACKER].subscriptions.deliveries(request.match_info["id"], limit, cursor, status)
-    return web.json_response({"items": items, "next": encode_cursor(items[-1]["id"]) if len(items) == limit else None})
+    return web.json_response({"items": items, "next": next_cursor(request, items[-1]["id"]) if len(items) == limit else None})
 
 
 @router.route("POST", "/subscriptions/{id}/deliveries/{delivery}/retry",
-              summary="Queue a delivery again (e.g. dead-lettered) with a fresh attempt budget", status=202)
+              summary="Queue a delivery again (e.g. dead-lettered) with a fresh attempt budget", status=202, action=Access.MANAGE)
 async def retry_delivery(request: web.Request) -> web.Response:
     await _existing(request)
     raw = request.match_info["delivery"]

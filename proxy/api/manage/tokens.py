@@ -13,7 +13,7 @@ from ...auth.state import AUTH_STORE
 from ...auth.store import ApiTokenRecord
 from .errors import ApiError
 from .principals import can_manage, iso, principal_of, require_authenticated, store_errors
-from .router import ApiRouter, Page, encode_cursor, page_params, parse_body
+from .router import Access, ApiRouter, Page, page_params, parse_body, next_cursor
 
 __all__ = ["router"]
 
@@ -68,7 +68,7 @@ async def _visible(request: web.Request) -> ApiTokenRecord:
     return record
 
 
-@router.route("GET", "/tokens", summary="List your tokens (admins: everyone's, or one owner's)", action=None,
+@router.route("GET", "/tokens", summary="List your tokens (admins: everyone's, or one owner's)", action=Access.SIGNED_IN,
               response=Page[TokenOut],
               query={"owner": "only this owner's tokens", "limit": "page size (1-500)",
                      "cursor": "from the previous page's `next`"})
@@ -82,11 +82,11 @@ async def index(request: web.Request) -> web.Response:
     limit, cursor = page_params(request, cursor=str)
     records = await request.app[AUTH_STORE].list_tokens(limit + 1, cursor, owner=owner)
     page = {"items": [token_out(r) for r in records[:limit]],
-            "next": encode_cursor(records[limit - 1].id) if len(records) > limit else None}
+            "next": next_cursor(request, records[limit - 1].id) if len(records) > limit else None}
     return web.json_response(page)
 
 
-@router.route("POST", "/tokens", summary="Create an API token (shown once)", action=None, body=TokenCreate,
+@router.route("POST", "/tokens", summary="Create an API token (shown once)", action=Access.SIGNED_IN, body=TokenCreate,
               response=TokenCreated, status=201)
 async def create(request: web.Request) -> web.Response:
     body = await parse_body(request, TokenCreate)
@@ -110,12 +110,12 @@ async def create(request: web.Request) -> web.Response:
                              headers={"Cache-Control": "no-store"})
 
 
-@router.route("GET", "/tokens/{id}", summary="Show a token (never its secret)", action=None, response=TokenOut)
+@router.route("GET", "/tokens/{id}", summary="Show a token (never its secret)", action=Access.SIGNED_IN, response=TokenOut)
 async def show(request: web.Request) -> web.Response:
     return web.json_response(token_out(await _visible(request)))
 
 
-@router.route("DELETE", "/tokens/{id}", summary="Revoke a token: it stops working at once", action=None, status=204)
+@router.route("DELETE", "/tokens/{id}", summary="Revoke a token: it stops working at once", action=Access.SIGNED_IN, status=204)
 async def revoke(request: web.Request) -> web.Response:
     record = await _visible(request)
     with store_errors():

@@ -15,7 +15,7 @@ from ...api.state import CONFIG
 from .errors import ApiError
 from .grants import GrantOut, RoleName, grant_out
 from .principals import iso, principal_of, require_self_or_manager, store_errors
-from .router import ApiRouter, Page, encode_cursor, page_params, parse_body
+from .router import Access, ApiRouter, Page, page_params, parse_body, next_cursor
 
 __all__ = ["router", "UserOut"]
 
@@ -91,17 +91,17 @@ async def _new_hash(request: web.Request, password: SecretStr) -> str:
 
 
 @router.route("GET", "/users", summary="List users and robots", response=Page[UserOut],
-              query={"limit": "page size (1-500)", "cursor": "from the previous page's `next`"})
+              query={"limit": "page size (1-500)", "cursor": "from the previous page's `next`"}, action=Access.MANAGE)
 async def index(request: web.Request) -> web.Response:
     limit, cursor = page_params(request, cursor=str)
     store = request.app[AUTH_STORE]
     users = await store.list_users(limit + 1, cursor)
     items = await users_out(store, users[:limit])
-    page = Page[UserOut](items=items, next=encode_cursor(users[limit - 1].name) if len(users) > limit else None)
+    page = Page[UserOut](items=items, next=next_cursor(request, users[limit - 1].name) if len(users) > limit else None)
     return web.json_response(page.model_dump(mode="json"))
 
 
-@router.route("POST", "/users", summary="Create a user or robot", body=UserCreate, response=UserOut, status=201)
+@router.route("POST", "/users", summary="Create a user or robot", body=UserCreate, response=UserOut, status=201, action=Access.MANAGE)
 async def create(request: web.Request) -> web.Response:
     body = await parse_body(request, UserCreate)
     password_hash = await _new_hash(request, body.password) if body.password is not None else None
@@ -113,7 +113,7 @@ async def create(request: web.Request) -> web.Response:
     return web.json_response((await user_out(store, user)).model_dump(mode="json"), status=201)
 
 
-@router.route("GET", "/users/{user}", summary="Show a user (yourself, or any as admin)", action=None,
+@router.route("GET", "/users/{user}", summary="Show a user (yourself, or any as admin)", action=Access.SIGNED_IN,
               response=UserOut)
 async def show(request: web.Request) -> web.Response:
     name = request.match_info["user"]
@@ -125,7 +125,7 @@ async def show(request: web.Request) -> web.Response:
 
 
 @router.route("PATCH", "/users/{user}", summary="Disable, enable or describe a user", body=UserUpdate,
-              response=UserOut)
+              response=UserOut, action=Access.MANAGE)
 async def update(request: web.Request) -> web.Response:
     body = await parse_body(request, UserUpdate)
     store = request.app[AUTH_STORE]
@@ -135,7 +135,7 @@ async def update(request: web.Request) -> web.Response:
     return web.json_response((await user_out(store, user)).model_dump(mode="json"))
 
 
-@router.route("DELETE", "/users/{user}", summary="Delete a user with its tokens and grants", status=204)
+@router.route("DELETE", "/users/{user}", summary="Delete a user with its tokens and grants", status=204, action=Access.MANAGE)
 async def delete(request: web.Request) -> web.Response:
     name = request.match_info["user"]
     if name == principal_of(request).name:
@@ -146,7 +146,7 @@ async def delete(request: web.Request) -> web.Response:
 
 
 @router.route("PUT", "/users/{user}/password", summary="Set a password (your own with the current one, or any as admin)",
-              action=None, body=PasswordChange, status=204)
+              action=Access.SIGNED_IN, body=PasswordChange, status=204)
 async def set_password(request: web.Request) -> web.Response:
     name = request.match_info["user"]
     body = await parse_body(request, PasswordChange)

@@ -10,7 +10,7 @@ from ...auth.permissions import TokenPrincipal
 from ...auth.state import AUTH_STORE
 from .grants import GrantOut, grant_out
 from .principals import principal_of
-from .router import ApiRouter
+from .router import Access, ApiRouter
 
 __all__ = ["router"]
 
@@ -28,7 +28,7 @@ class WhoAmI(BaseModel):
     auth_enabled: bool
 
 
-@router.route("GET", "/whoami", summary="Who the server thinks you are", action=None, response=WhoAmI)
+@router.route("GET", "/whoami", summary="Who the server thinks you are", action=Access.PUBLIC, response=WhoAmI)
 async def show(request: web.Request) -> web.Response:
     principal = principal_of(request)
     grants: list[GrantOut] = []
