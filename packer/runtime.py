@@ -129,6 +129,6 @@ class Packer:
 def _private_paths(config: "Config") -> list[Path]:
     """What the sandbox must never show: the service's data, keys, secrets and chains."""
     auth = config.auth
-    paths = [Path(config.metadata.path).parent, Path(config.storage.path), auth.signing_key_path,
+    paths = [Path(config.metadata.path).parent, Path(config.storage.path), auth.signing_keys_dir,
              auth.admin_password_file, config.chains.file]
     return [Path(p) for p in paths if p is not None]

@@ -280,8 +280,8 @@ async def _run_hostile(server: Server, victims: list[Path], kind: str, options: 
     (victim / "secret.txt").write_text("host secret")
     (victim / "secret.txt").chmod(0o644)
     data = server.log_path.parent
-    key, config = data / "auth-signing.key", data / "algomint.toml"
-    assert key.exists() and config.exists()
+    key, config = next((data / "auth-keys").glob("*.key")), data / "algomint.toml"
+    assert config.exists()
     guarded = [victim, key, config, Path("/etc/shadow"), Path("/etc/passwd")]
     before = _snapshot(guarded)
     listener = Listener()
