@@ -633,10 +633,12 @@ async def test_list_repositories(backend: FilesystemBackend) -> None:
     assert await backend.list_repositories() == sorted(
         ["generic/face-recog", "generic/face", "business/door/face-recog", "business/door/face-recog/nested", "toplevel"]
     )
-    # Deleting a repository's last manifest drops it from the catalog.
+    # Deleting a repository's last manifest keeps it known, as distribution does: it
+    # stays in the catalog and its tag list is empty.
     digest = (await backend.stat_manifest("toplevel", "v1")).digest
     await backend.delete_manifest("toplevel", digest)
-    assert "toplevel" not in await backend.list_repositories()
+    assert "toplevel" in await backend.list_repositories()
+    assert await backend.list_tags("toplevel") == []
 
 
 async def test_list_repositories_on_fresh_root(tmp_path: Path) -> None:

@@ -737,25 +737,16 @@ class FilesystemBackend(Backend):
 
     @staticmethod
     def _has_manifests(repo_dir: Path) -> bool:
-        manifests = repo_dir / "_manifests"
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            with os.scandir(manifests / "tags") as it:
-                if any(entry.is_file() for entry in it):
-                    return True
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            with os.scandir(manifests / "revisions") as algorithms:
-                for algorithm in algorithms:
-                    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                        with os.scandir(algorithm.path) as it:
-                            if any(entry.is_file() for entry in it):
-                                return True
-        return False
+        """A repository is known once a manifest was stored in it, and stays known when
+        its tags or manifests are deleted (as in distribution: ``tags/list`` then
+        answers an empty list, not ``NAME_UNKNOWN``)."""
+        return (repo_dir / "_manifests").is_dir()
 
     async def list_tags(self, repo: str) -> list[str]:
         repo_dir = self._repo_dir(repo)
 
         def list_() -> list[str]:
-            # "Known" means the same as for the catalog: at least one revision or tag.
+            # "Known" means the same as for the catalog.
             if not self._has_manifests(repo_dir):
                 raise RegistryError(Errors.NAME_UNKNOWN, {"name": repo})
             return sorted(tag for tag, _ in self._read_tags(repo_dir / "_manifests" / "tags"))
