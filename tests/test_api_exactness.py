@@ -138,3 +138,115 @@ async def test_unusable_range_is_ignored(client, repo, header):
     assert resp.status == 200
     assert "Content-Range" not in resp.headers
     assert await resp.read() == data
+
+
+# -- 6: sha512 digests ---------------------------------------------------------------------
+async def _sha512_push_modes(client, repo, data: bytes, mount_falls_back: bool = False) -> str:
+    """Push ``data`` by every upload mode under its sha512 digest; returns the digest."""
+    digest = sha512_of(data)
+    # monolithic POST ?digest=
+    resp = await client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest}, data=data)
+    assert resp.status == 201, await resp.text()
+    assert resp.headers["Docker-Content-Digest"] == digest
+    # chunked PATCH with Content-Range, then PUT
+    other = f"{repo}-chunked"
+    resp = await client.post(f"/v2/{other}/blobs/uploads/")
+    half = len(data) // 2
+    resp = await client.patch(resp.headers["Location"], data=data[:half], headers={"Content-Range": f"0-{half - 1}"})
+    assert resp.status == 202
+    resp = await client.patch(resp.headers["Location"], data=data[half:],
+                              headers={"Content-Range": f"{half}-{len(data) - 1}"})
+    resp = await client.put(resp.headers["Location"], params={"digest": digest})
+    assert resp.status == 201, await resp.text()
+    # streamed PATCH without Content-Range, then PUT
+    streamed = f"{repo}-streamed"
+    resp = await client.post(f"/v2/{streamed}/blobs/uploads/")
+    resp = await client.patch(resp.headers["Location"], data=data)
+    resp = await client.put(resp.headers["Location"], params={"digest": digest})
+    assert resp.status == 201, await resp.text()
+    # mount
+    resp = await client.post(f"/v2/{repo}-mounted/blobs/uploads/", params={"mount": digest, "from": repo})
+    if mount_falls_back:  # the spec's fallback: a session to upload into
+        assert resp.status == 202, await resp.text()
+        resp = await client.put(resp.headers["Location"], params={"digest": digest}, data=data)
+    assert resp.status == 201, await resp.text()
+    assert resp.headers["Docker-Content-Digest"] == digest
+    return digest
+
+
+async def test_sha512_end_to_end_on_the_embedded_backend(aiohttp_client, tmp_path, repo):
+    from proxy.app import create_app
+    from tests.conftest import make_config
+
+    client = await aiohttp_client(create_app(make_config(tmp_path, "filesystem")))
+    data = os.urandom(200_000)
+    digest = await _sha512_push_modes(client, repo, data)
+    for name in (repo, f"{repo}-chunked", f"{repo}-streamed", f"{repo}-mounted"):
+        resp = await client.get(f"/v2/{name}/blobs/{digest}")
+        assert resp.status == 200 and await resp.read() == data
+        assert resp.headers["Docker-Content-Digest"] == digest
+    head = await client.head(f"/v2/{repo}/blobs/{digest}")
+    assert head.status == 200 and int(head.headers["Content-Length"]) == len(data)
+    resp = await client.get(f"/v2/{repo}/blobs/{digest}", headers={"Range": "bytes=10-19"})
+    assert resp.status == 206 and await resp.read() == data[10:20]
+    # A wrong sha512 is refused and leaves nothing.
+    wrong = sha512_of(b"other")
+    resp = await client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": wrong}, data=b"bytes")
+    assert resp.status == 400 and await error_code(resp) == "DIGEST_INVALID"
+    assert (await client.head(f"/v2/{repo}/blobs/{wrong}")).status == 404
+    # A manifest addressed by its sha512 digest, referencing sha512 blobs.
+    config = b"{}"
+    config_digest = sha512_of(config)
+    resp = await client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": config_digest}, data=config)
+    assert resp.status == 201
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
+        "config": {"mediaType": mt.OCI_EMPTY, "digest": config_digest, "size": 2},
+        "layers": [{"mediaType": mt.OCI_LAYER_TAR, "digest": digest, "size": len(data)}],
+    }).encode()
+    ref = sha512_of(manifest)
+    resp = await client.put(f"/v2/{repo}/manifests/{ref}", data=manifest, headers={"Content-Type": mt.OCI_MANIFEST})
+    assert resp.status == 201, await resp.text()
+    assert resp.headers["Docker-Content-Digest"] == ref
+    resp = await client.get(f"/v2/{repo}/manifests/{ref}")
+    assert resp.status == 200 and await resp.read() == manifest
+    assert resp.headers["Docker-Content-Digest"] == ref
+    head = await client.head(f"/v2/{repo}/manifests/{ref}")
+    assert head.status == 200 and head.headers["Docker-Content-Digest"] == ref
+    assert (await client.delete(f"/v2/{repo}/manifests/{ref}")).status == 202
+    assert (await client.get(f"/v2/{repo}/manifests/{ref}")).status == 404
+
+
+async def test_sha512_in_front_of_docker_registry(aiohttp_client, tmp_path, distribution, repo):
+    """docker-registry 2.8 stores sha512 blobs (it reports its sha256 name for them) but
+    refuses sha512 manifest digests: blobs work end to end (a mount, which it makes under
+    the sha256 name only, falls back to an upload), manifests get a precise error."""
+    from proxy.app import create_app
+    from tests.conftest import make_config
+
+    client = await aiohttp_client(create_app(make_config(tmp_path, "registry", distribution)))
+    data = os.urandom(100_000)
+    digest = await _sha512_push_modes(client, repo, data, mount_falls_back=True)
+    for name in (repo, f"{repo}-chunked", f"{repo}-streamed", f"{repo}-mounted"):
+        resp = await client.get(f"/v2/{name}/blobs/{digest}")
+        assert resp.status == 200 and await resp.read() == data
+    resp = await client.get(f"/v2/{repo}/blobs/{digest}", headers={"Range": "bytes=10-19"})
+    assert resp.status == 206 and await resp.read() == data[10:20]
+    config = b"{}"
+    await push_blob(client, repo, config)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
+        "config": descriptor(config, mt.OCI_EMPTY),
+        "layers": [{"mediaType": mt.OCI_LAYER_TAR, "digest": digest, "size": len(data)}],
+    }).encode()
+    # By tag, a manifest may reference sha512 blobs.
+    resp = await client.put(f"/v2/{repo}/manifests/v1", data=manifest, headers={"Content-Type": mt.OCI_MANIFEST})
+    assert resp.status == 201, await resp.text()
+    # By its sha512 digest it cannot be stored there: said precisely, nothing left behind.
+    ref = sha512_of(manifest + b" ")
+    resp = await client.put(f"/v2/{repo}/manifests/{ref}", data=manifest + b" ", headers={"Content-Type": mt.OCI_MANIFEST})
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["errors"][0]["code"] == "DIGEST_INVALID"
+    assert "sha512" in body["errors"][0]["message"]
+    assert (await client.get(f"/v2/{repo}/manifests/{ref}")).status == 404
