@@ -70,6 +70,9 @@ class StorageConfig(_Section):
     verify_reads: Literal["once", "always"] = "once"
     # Upload sessions idle longer than this are removed (filesystem backend).
     upload_expiry: float = Field(24 * 3600.0, gt=0)
+    # Most bytes the open upload sessions of one repository may hold (filesystem
+    # backend); None: no limit.
+    upload_quota: int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _registry_needs_url(self) -> "StorageConfig":

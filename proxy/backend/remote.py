@@ -676,7 +676,9 @@ class RegistryBackend(Backend):
             return None
 
     # -- uploads -----------------------------------------------------------------
-    async def start_upload(self, repo: str) -> UploadStatus:
+    async def start_upload(self, repo: str, *, resumable: bool = False) -> UploadStatus:
+        # We keep no session state: the backend expires what it holds (``resumable``
+        # changes nothing here).
         async with self._call("POST", self._api(f"/{repo}/blobs/uploads/"), _repo_scopes(repo, "POST")) as resp:
             await self._expect(resp, (202,), Errors.NAME_UNKNOWN)
             return UploadStatus(self._location_id(resp, repo), 0)

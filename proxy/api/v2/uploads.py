@@ -5,11 +5,14 @@ every step (the remote backend does), so clients always follow the latest Locati
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+from typing import AsyncIterator
 
 from aiohttp import web
 
-from ...backend import BlobInfo, UploadStatus
+from ...backend import Backend, BlobInfo, UploadStatus
 from ...oci.errors import Errors, RegistryError
 from ...oci.reference import validate_name
 from ...service.policy import ANONYMOUS, Action, Request as PolicyRequest
@@ -67,9 +70,15 @@ async def start_upload(request: web.Request) -> web.Response:
     if digest_arg is not None:  # monolithic: POST ?digest= with the whole body
         digest = digest_param(digest_arg)
         status = await backend.start_upload(repo)
-        blob = await _finish(request, repo, status.upload_id, digest)
+        try:
+            blob = await backend.finish_upload(repo, status.upload_id, digest, _body(request))
+        except BaseException:
+            # The client never learned this session's id: nobody can resume it, so it
+            # goes at once, whatever failed (a disconnect, a short body, a bad digest).
+            await asyncio.shield(_discard(backend, repo, status.upload_id))
+            raise
         return _blob_created(request, repo, blob)
-    status = await backend.start_upload(repo)
+    status = await backend.start_upload(repo, resumable=True)
     return _session_response(request, repo, status, 202)
 
 
@@ -122,20 +131,25 @@ async def finish_upload(request: web.Request) -> web.Response:
     return _blob_created(request, repo, blob)
 
 
-async def _finish(request: web.Request, repo: str, upload_id: str, digest: str) -> BlobInfo:
-    backend = request.app[REGISTRY].backend
+def _body(request: web.Request) -> AsyncIterator[bytes] | None:
     length = _declared_length(request)
     has_body = bool(length) or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
-    chunks = request_chunks(request, length) if has_body else None
+    return request_chunks(request, length) if has_body else None
+
+
+async def _discard(backend: Backend, repo: str, upload_id: str) -> None:
+    with contextlib.suppress(RegistryError):
+        await backend.cancel_upload(repo, upload_id)
+
+
+async def _finish(request: web.Request, repo: str, upload_id: str, digest: str) -> BlobInfo:
+    backend = request.app[REGISTRY].backend
     try:
-        return await backend.finish_upload(repo, upload_id, digest, chunks)
+        return await backend.finish_upload(repo, upload_id, digest, _body(request))
     except RegistryError as exc:
         if exc.error in (Errors.SIZE_INVALID, Errors.UNAVAILABLE):
             # A failed close must not leave a half-written session behind.
-            try:
-                await backend.cancel_upload(repo, upload_id)
-            except RegistryError:
-                pass
+            await _discard(backend, repo, upload_id)
         raise
 
 
