@@ -97,37 +97,51 @@ async def upload_status(request: web.Request) -> web.Response:
     return _session_response(request, repo, status, 204)
 
 
+async def _chunk_range(request: web.Request, repo: str, upload_id: str) -> tuple[int | None, int | None]:
+    """``(start, length)`` of a chunk from ``Content-Range``/``Content-Length``.
+
+    A malformed range is ``BLOB_UPLOAD_INVALID`` (400); one that does not start at the
+    session's offset is 416 with the session's ``Location`` and ``Range``, so the client
+    can resume (spec §Pushing a blob in chunks)."""
+    limit = _declared_length(request)
+    content_range = request.headers.get("Content-Range")
+    if content_range is None:
+        return None, limit
+    match = _CONTENT_RANGE_RE.match(content_range.strip())
+    if not match:
+        raise RegistryError(Errors.BLOB_UPLOAD_INVALID, {"Content-Range": content_range[:100]},
+                            message="Content-Range must be <first>-<last>")
+    start, end = int(match.group(1)), int(match.group(2))
+    if end >= start and limit is not None and limit != end - start + 1:
+        raise RegistryError(Errors.SIZE_INVALID, {"Content-Range": content_range, "Content-Length": limit})
+    current = await request.app[REGISTRY].backend.upload_status(repo, upload_id)
+    if end < start or start != current.offset:
+        raise RegistryError(
+            Errors.RANGE_INVALID,
+            {"expected_start": current.offset, "Content-Range": content_range[:100]},
+            headers={"Location": location(request, f"/v2/{repo}/blobs/uploads/{current.upload_id}"),
+                     "Range": f"0-{max(current.offset - 1, 0)}",
+                     "Docker-Upload-UUID": current.upload_id},
+        )
+    return start, end - start + 1
+
+
 async def patch_upload(request: web.Request) -> web.Response:
     repo = repo_name(request)
     upload_id = request.match_info["upload_id"]
     backend = request.app[REGISTRY].backend
-    start: int | None = None
-    limit = _declared_length(request)
-    content_range = request.headers.get("Content-Range")
-    if content_range is not None:
-        match = _CONTENT_RANGE_RE.match(content_range.strip())
-        if not match or int(match.group(2)) < int(match.group(1)):
-            raise RegistryError(Errors.RANGE_INVALID, {"Content-Range": content_range[:100]})
-        start, end = int(match.group(1)), int(match.group(2))
-        if limit is not None and limit != end - start + 1:
-            raise RegistryError(Errors.SIZE_INVALID, {"Content-Range": content_range, "Content-Length": limit})
-        limit = end - start + 1
-        current = await backend.upload_status(repo, upload_id)
-        if start != current.offset:
-            raise RegistryError(
-                Errors.RANGE_INVALID,
-                {"expected_start": current.offset, "Content-Range": content_range},
-                headers={"Location": location(request, f"/v2/{repo}/blobs/uploads/{current.upload_id}"),
-                         "Range": f"0-{max(current.offset - 1, 0)}"},
-            )
+    start, limit = await _chunk_range(request, repo, upload_id)
     status = await backend.write_upload(repo, upload_id, request_chunks(request, limit), start)
     return _session_response(request, repo, status, 202)
 
 
 async def finish_upload(request: web.Request) -> web.Response:
     repo = repo_name(request)
+    upload_id = request.match_info["upload_id"]
     digest = digest_param(request.query.get("digest"))
-    blob = await _finish(request, repo, request.match_info["upload_id"], digest)
+    # The closing PUT may carry the last chunk with its Content-Range: same rules as PATCH.
+    await _chunk_range(request, repo, upload_id)
+    blob = await _finish(request, repo, upload_id, digest)
     return _blob_created(request, repo, blob)
 
 
