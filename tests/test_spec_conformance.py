@@ -481,3 +481,41 @@ async def test_sha512_digest_grammar(client, repo):
     digest = "sha512:" + hashlib.sha512(b"absent").hexdigest()
     await assert_error(await client.get(f"/v2/{repo}/blobs/{digest}"), 404, "BLOB_UNKNOWN")
     await assert_error(await client.get(f"/v2/{repo}/blobs/sha512:abc"), 400, "DIGEST_INVALID")
+
+
+async def test_finished_session_is_gone(client, repo):
+    data = b"finished"
+    resp = await client.post(f"/v2/{repo}/blobs/uploads/")
+    location = resp.headers["Location"]
+    resp = await client.put(location, params={"digest": digest_of(data)}, data=data)
+    assert resp.status == 201
+    await assert_error(await client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+    await assert_error(await client.patch(location, data=b"more"), 404, "BLOB_UPLOAD_UNKNOWN")
+    resp = await client.put(location, params={"digest": digest_of(data)}, data=data)
+    await assert_error(resp, 404, "BLOB_UPLOAD_UNKNOWN")
+
+
+async def test_chunked_digest_mismatch_discards_the_session(client, repo):
+    resp = await client.post(f"/v2/{repo}/blobs/uploads/")
+    resp = await client.patch(resp.headers["Location"], data=b"abc", headers={"Content-Range": "0-2"})
+    location = resp.headers["Location"]
+    await assert_error(await client.put(location, params={"digest": digest_of(b"xyz")}), 400, "DIGEST_INVALID")
+    for digest in (digest_of(b"abc"), digest_of(b"xyz")):
+        assert (await client.head(f"/v2/{repo}/blobs/{digest}")).status == 404
+
+
+async def test_tags_n_past_the_end_has_no_link(client, repo):
+    for tag in ("a", "b"):
+        await push_image(client, repo, tag, [b"layer"])
+    resp = await client.get(f"/v2/{repo}/tags/list", params={"n": "5"})
+    assert (await resp.json())["tags"] == ["a", "b"] and "Link" not in resp.headers
+    resp = await client.get(f"/v2/{repo}/tags/list", params={"n": "1"})
+    assert (await resp.json())["tags"] == ["a"] and 'rel="next"' in resp.headers["Link"]
+
+
+async def test_index_with_unknown_child_is_manifest_blob_unknown(client, repo):
+    index = json.dumps({
+        "schemaVersion": 2, "mediaType": mt.OCI_INDEX,
+        "manifests": [{"mediaType": mt.OCI_MANIFEST, "digest": digest_of(b"no such manifest"), "size": 16}],
+    }).encode()
+    await assert_error(await put_manifest(client, repo, "v1", index, mt.OCI_INDEX), 400, "MANIFEST_BLOB_UNKNOWN")
