@@ -219,3 +219,47 @@ async def test_quota_over_http(aiohttp_client, tmp_path, repo):
     resp = await client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest_of(b"c" * 800)}, data=b"c" * 800)
     assert resp.status == 403 and await error_code(resp) == "DENIED"
     assert len(sessions(tmp_path / "storage")) == 1
+
+
+async def test_killed_server_leaves_no_monolithic_session_after_restart(tmp_path):
+    """End to end: ``algomint serve`` killed mid-way through a single-POST upload; the
+    restarted server removes the session nobody can finish, and keeps the client's."""
+    import signal
+    import urllib.request
+
+    from tests.support.server import start_server
+
+    workdir = tmp_path / "srv"
+    server = start_server(workdir)
+    storage = workdir / "storage"
+    try:
+        request = urllib.request.Request(f"{server.url}/v2/test/killed/blobs/uploads/", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status == 202
+            resumable = resp.headers["Location"].rstrip("/").rsplit("/", 1)[1]
+        host, port = server.host.split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        digest = digest_of(b"never sent whole")
+        writer.write(
+            f"POST /v2/test/killed/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: {server.host}\r\n"
+            f"Content-Length: {8 * 1024 * 1024}\r\n\r\n".encode() + os.urandom(2 * 1024 * 1024)
+        )
+        await writer.drain()
+
+        def written() -> bool:
+            return any((s / "data").exists() and (s / "data").stat().st_size > 0 for s in sessions(storage))
+
+        assert await _until(written), server.logs()
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(10)
+        writer.close()
+        assert len(sessions(storage)) == 2  # the kill left the half upload behind
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    restarted = start_server(workdir)
+    try:
+        assert [s.name for s in sessions(storage)] == [resumable]
+    finally:
+        restarted.process.terminate()
+        restarted.process.wait(10)
