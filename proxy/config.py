@@ -78,6 +78,10 @@ class StorageConfig(_Section):
     def _registry_needs_url(self) -> "StorageConfig":
         if self.backend == "registry" and not self.url:
             raise ValueError("storage.url is required when storage.backend = 'registry'")
+        if self.backend == "registry" and self.upload_quota is not None:
+            # Silently unenforced would be worse than refused: the backing registry holds
+            # the sessions and enforces its own limits.
+            raise ValueError("storage.upload_quota applies to the filesystem backend only")
         return self
 
 

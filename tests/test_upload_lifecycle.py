@@ -263,3 +263,14 @@ async def test_killed_server_leaves_no_monolithic_session_after_restart(tmp_path
     finally:
         restarted.process.terminate()
         restarted.process.wait(10)
+
+
+def test_quota_is_refused_for_the_registry_backend(tmp_path):
+    import pytest
+
+    from proxy.config import ConfigError, load_config
+
+    env = {"ALGOMINT_STORAGE__BACKEND": "registry", "ALGOMINT_STORAGE__URL": "http://127.0.0.1:1",
+           "ALGOMINT_STORAGE__UPLOAD_QUOTA": "1000"}
+    with pytest.raises(ConfigError, match="upload_quota"):
+        load_config(None, environ=env)
