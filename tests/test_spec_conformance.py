@@ -384,8 +384,14 @@ async def test_error_blob_upload_unknown_and_invalid(client, repo):
     await assert_error(resp, 404, "BLOB_UPLOAD_UNKNOWN")
     resp = await client.post(f"/v2/{repo}/blobs/uploads/")
     location = resp.headers["Location"]
-    resp = await client.patch(location, data=b"abc", headers={"Content-Range": "bytes=0-2"})
-    await assert_error(resp, 400, "BLOB_UPLOAD_INVALID")
+    for malformed in ("abc", "0-", "-2", "0-2,3-4"):
+        resp = await client.patch(location, data=b"abc", headers={"Content-Range": malformed})
+        await assert_error(resp, 400, "BLOB_UPLOAD_INVALID")
+    # The HTTP spellings of the same range are accepted.
+    resp = await client.patch(location, data=b"abc", headers={"Content-Range": "bytes 0-2/3"})
+    assert resp.status == 202 and resp.headers["Range"] == "0-2"
+    resp = await client.patch(resp.headers["Location"], data=b"def", headers={"Content-Range": "bytes=3-5"})
+    assert resp.status == 202 and resp.headers["Range"] == "0-5"
 
 
 async def test_error_digest_invalid(client, repo):

@@ -20,7 +20,9 @@ from ..state import POLICY, PRINCIPAL, REGISTRY
 from ..streaming import request_chunks
 from .common import digest_param, location, repo_name
 
-_CONTENT_RANGE_RE = re.compile(r"^(?:bytes )?(\d+)-(\d+)$")
+# The spec's ``<first>-<last>``; the HTTP forms some clients send (``bytes 0-9/10``,
+# ``bytes=0-9``) mean the same and are accepted too.
+_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
 
 
 def _session_response(request: web.Request, repo: str, status: UploadStatus, code: int) -> web.Response:
