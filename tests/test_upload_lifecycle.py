@@ -274,3 +274,21 @@ def test_quota_is_refused_for_the_registry_backend(tmp_path):
            "ALGOMINT_STORAGE__UPLOAD_QUOTA": "1000"}
     with pytest.raises(ConfigError, match="upload_quota"):
         load_config(None, environ=env)
+
+
+async def test_quota_holds_for_concurrent_writers(tmp_path):
+    fs = FilesystemBackend(tmp_path, upload_quota=10 * 4096, chunk_size=4096)
+    await fs.start()
+    ids = [(await fs.start_upload(REPO, resumable=True)).upload_id for _ in range(4)]
+
+    async def slow(n: int):
+        for _ in range(n):
+            yield b"z" * 4096
+            await asyncio.sleep(0)
+
+    results = await asyncio.gather(*(fs.write_upload(REPO, i, slow(8)) for i in ids), return_exceptions=True)
+    refused = [r for r in results if isinstance(r, RegistryError)]
+    assert refused and all(r.error is Errors.DENIED for r in refused)
+    held = sum([(await fs.upload_status(REPO, i)).offset for i in ids])
+    assert held <= 10 * 4096 + 4 * 4096  # at most one chunk over per concurrent writer
+    await fs.close()

@@ -502,12 +502,6 @@ class FilesystemBackend(Backend):
         data_path = session / "data"
         buffer = bytearray()
         wrote = False
-        # What every open session of the repository holds (this one included) may grow by
-        # ``room`` bytes in this request; concurrent writers may overshoot by one chunk each.
-        room = None
-        if self.upload_quota is not None:
-            used = await self._run(self._uploads_bytes_sync, repo, action="read upload sessions")
-            room = self.upload_quota - used
         first = offset
         try:
             # Coalesce small network chunks into bounded writes: one thread hop per chunk_size.
@@ -515,20 +509,16 @@ class FilesystemBackend(Backend):
                 if not chunk:
                     continue
                 buffer += chunk
-                if room is not None and offset - first + len(buffer) > room:
-                    raise RegistryError(
-                        Errors.DENIED,
-                        {"name": repo, "quota": self.upload_quota},
-                        message="the repository's upload quota is exhausted: finish or cancel open uploads",
-                    )
                 if len(buffer) >= self.chunk_size:
                     piece = bytes(buffer)
                     buffer.clear()
+                    await self._within_quota(repo, len(piece))
                     wrote = True
                     await self._run(self._append_sync, data_path, piece, state, action="write an upload")
                     offset += len(piece)
             if buffer:
                 piece = bytes(buffer)
+                await self._within_quota(repo, len(piece))
                 wrote = True
                 await self._run(self._append_sync, data_path, piece, state, action="write an upload")
                 offset += len(piece)
@@ -552,6 +542,21 @@ class FilesystemBackend(Backend):
             # The offset we report must survive a crash: the client resumes from it.
             await self._run(self._fsync_file, data_path, action="write an upload")
         return offset
+
+    async def _within_quota(self, repo: str, adding: int) -> None:
+        """``DENIED`` unless the repository's open sessions can grow by ``adding`` bytes.
+
+        Measured on disk right before each write, so concurrent writers overshoot by at
+        most one chunk each."""
+        if self.upload_quota is None:
+            return
+        used = await self._run(self._uploads_bytes_sync, repo, action="read upload sessions")
+        if used + adding > self.upload_quota:
+            raise RegistryError(
+                Errors.DENIED,
+                {"name": repo, "quota": self.upload_quota},
+                message="the repository's upload quota is exhausted: finish or cancel open uploads",
+            )
 
     async def write_upload(
         self, repo: str, upload_id: str, chunks: AsyncIterable[bytes], start: int | None = None
