@@ -795,7 +795,7 @@ class RegistryBackend(Backend):
             actual = hashlib.new(algorithm, data).hexdigest()
         except (ValueError, TypeError):
             raise invalid_response(f"manifest digest algorithm {algorithm!r} unknown") from None
-        if actual != encoded or (reported is not None and reported != expected):
+        if actual != encoded or not _same_digest(reported, expected):
             raise invalid_response("manifest bytes do not match their digest")
         return ManifestData(expected, media_type, data)
 
@@ -806,6 +806,8 @@ class RegistryBackend(Backend):
         ) as resp:
             await self._expect(resp, (200,), Errors.MANIFEST_UNKNOWN)
             digest = resp.headers.get("Docker-Content-Digest") or (reference if is_digest(reference) else None)
+            if is_digest(reference) and digest is not None and digest.partition(":")[0] != reference.partition(":")[0]:
+                digest = reference  # the backend's canonical name, of another algorithm
             length = resp.headers.get("Content-Length", "")
             media_type = resp.headers.get("Content-Type", "").split(";", 1)[0].strip()
         if digest is None or not length.isdigit() or not media_type:
