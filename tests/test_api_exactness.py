@@ -250,3 +250,29 @@ async def test_sha512_in_front_of_docker_registry(aiohttp_client, tmp_path, dist
     assert body["errors"][0]["code"] == "DIGEST_INVALID"
     assert "sha512" in body["errors"][0]["message"]
     assert (await client.get(f"/v2/{repo}/manifests/{ref}")).status == 404
+
+
+@pytest.mark.parametrize(
+    "layer,code",
+    [
+        # Non-distributable without urls: nowhere else to get it, so it must be here.
+        ({"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"}, "MANIFEST_BLOB_UNKNOWN"),
+        ({"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+          "urls": ["ftp://example.invalid/layer"]}, "MANIFEST_INVALID"),
+        ({"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+          "urls": "https://example.invalid/layer"}, "MANIFEST_INVALID"),
+        ({"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+          "urls": ["https://example.invalid/layer#frag"]}, "MANIFEST_INVALID"),
+    ],
+)
+async def test_non_distributable_layer_rules(client, repo, layer, code):
+    config = b'{"architecture":"amd64","os":"linux"}'
+    await push_blob(client, repo, config)
+    absent = os.urandom(32)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
+        "config": descriptor(config, mt.OCI_CONFIG),
+        "layers": [{**descriptor(absent, layer["mediaType"]), **layer}],
+    }).encode()
+    resp = await client.put(f"/v2/{repo}/manifests/v1", data=manifest, headers={"Content-Type": mt.OCI_MANIFEST})
+    assert resp.status == 400 and await error_code(resp) == code
