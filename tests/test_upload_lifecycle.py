@@ -292,3 +292,23 @@ async def test_quota_holds_for_concurrent_writers(tmp_path):
     held = sum([(await fs.upload_status(REPO, i)).offset for i in ids])
     assert held <= 10 * 4096 + 4 * 4096  # at most one chunk over per concurrent writer
     await fs.close()
+
+
+async def test_concurrent_private_sessions_share_one_owner(tmp_path, monkeypatch):
+    import fcntl
+
+    from proxy.backend import filesystem
+
+    real_flock = fcntl.flock
+
+    def slow_flock(fd, op):  # widen the window in which a second thread could claim too
+        time.sleep(0.05)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(filesystem.fcntl, "flock", slow_flock)
+    fs = FilesystemBackend(tmp_path)
+    await fs.start()
+    started = await asyncio.gather(*(fs.start_upload(REPO) for _ in range(16)))
+    assert len({s.upload_id for s in started}) == 16
+    assert len(list((tmp_path / "_owners").iterdir())) == 1
+    await fs.close()

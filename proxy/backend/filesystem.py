@@ -54,6 +54,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import weakref
@@ -213,6 +214,7 @@ class FilesystemBackend(Backend):
         self._owners = self.root / "_owners"
         self._token = uuid.uuid4().hex  # names this instance in its private sessions
         self._owner_fd: int | None = None
+        self._owner_lock = threading.Lock()  # claims run in worker threads
         # Keyed by upload id; the repo is checked too so an id never crosses repositories.
         self._hashes: dict[str, _HashState] = {}
         # One lock per live session serialises writes/finish/cancel/purge; weak values so
@@ -308,7 +310,8 @@ class FilesystemBackend(Backend):
         await self._purge_sessions(orphans_only=True)
 
     async def close(self) -> None:
-        fd, self._owner_fd = self._owner_fd, None
+        with self._owner_lock:
+            fd, self._owner_fd = self._owner_fd, None
         if fd is not None:
             # Sessions still naming us are orphans from now on; the next sweep removes them.
             with contextlib.suppress(OSError):
@@ -318,16 +321,17 @@ class FilesystemBackend(Backend):
     # -- session ownership ---------------------------------------------------------
     def _claim_owner_sync(self) -> None:
         """Hold this instance's ``_owners`` lock (once); private sessions name it."""
-        if self._owner_fd is not None:
-            return
-        self._owners.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._owners / self._token, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise
-        self._owner_fd = fd
+        with self._owner_lock:
+            if self._owner_fd is not None:
+                return
+            self._owners.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._owners / self._token, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise
+            self._owner_fd = fd
 
     def _owner_alive_sync(self, token: str) -> bool:
         """Whether the instance ``token`` still runs: its lock file is locked. A dead
