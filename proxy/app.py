@@ -100,7 +100,9 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await db.open()
     await db.migrate(referrers.SCHEMA + journal.SCHEMA)
     await backend.start()
-    sweeper = asyncio.create_task(_sweep_uploads(backend))
+    # Sweep often enough that a short expiry is honoured roughly on time.
+    interval = min(_SWEEP_INTERVAL, app[CONFIG].storage.upload_expiry / 2)
+    sweeper = asyncio.create_task(_sweep_uploads(backend, interval))
     yield
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -136,7 +138,7 @@ async def _full_builds(app: web.Application) -> AsyncIterator[None]:
     await app[fullbuilds.FULL_BUILDS].close()
 
 
-async def _sweep_uploads(backend: Backend) -> None:
+async def _sweep_uploads(backend: Backend, interval: float) -> None:
     while True:
         try:
             removed = await backend.purge_expired_uploads()
@@ -144,4 +146,4 @@ async def _sweep_uploads(backend: Backend) -> None:
                 log.info("expired upload sessions removed", extra={"count": removed})
         except Exception:  # noqa: BLE001 - the sweeper must outlive a bad pass
             log.exception("upload sweep failed")
-        await asyncio.sleep(_SWEEP_INTERVAL)
+        await asyncio.sleep(interval)

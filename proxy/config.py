@@ -70,11 +70,18 @@ class StorageConfig(_Section):
     verify_reads: Literal["once", "always"] = "once"
     # Upload sessions idle longer than this are removed (filesystem backend).
     upload_expiry: float = Field(24 * 3600.0, gt=0)
+    # Most bytes the open upload sessions of one repository may hold (filesystem
+    # backend); None: no limit.
+    upload_quota: int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _registry_needs_url(self) -> "StorageConfig":
         if self.backend == "registry" and not self.url:
             raise ValueError("storage.url is required when storage.backend = 'registry'")
+        if self.backend == "registry" and self.upload_quota is not None:
+            # Silently unenforced would be worse than refused: the backing registry holds
+            # the sessions and enforces its own limits.
+            raise ValueError("storage.upload_quota applies to the filesystem backend only")
         return self
 
 

@@ -102,8 +102,8 @@ async def test_cancel_and_unknown_upload(client, repo):
         ("bytes=990-5000", 206, slice(990, None)),
         ("bytes=1000-", 416, None),
         ("bytes=5-2", 416, None),
-        ("bytes=0-1,5-6", 416, None),
-        ("items=0-1", 416, None),
+        ("bytes=0-1,5-6", 200, slice(None)),
+        ("items=0-1", 200, slice(None)),
     ],
 )
 async def test_range_requests(client, repo, header, status, expected):
@@ -111,7 +111,9 @@ async def test_range_requests(client, repo, header, status, expected):
     digest = await push_blob(client, repo, data)
     resp = await client.get(f"/v2/{repo}/blobs/{digest}", headers={"Range": header})
     assert resp.status == status
-    if expected is not None:
+    if status == 200:  # ignored (unknown unit) or answered whole (multi-range)
+        assert await resp.read() == data and "Content-Range" not in resp.headers
+    elif expected is not None:
         assert await resp.read() == data[expected]
         start = range(len(data))[expected][0]
         assert resp.headers["Content-Range"].startswith(f"bytes {start}-")

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -201,7 +202,7 @@ async def test_malformed_digest_keeps_session(backend: FilesystemBackend, digest
 async def test_upload_session_survives_restart(root: Path) -> None:
     first = FilesystemBackend(root, chunk_size=CHUNK)
     await first.start()
-    upload_id = (await first.start_upload(REPO)).upload_id
+    upload_id = (await first.start_upload(REPO, resumable=True)).upload_id
     await first.write_upload(REPO, upload_id, chunks(b"before restart, "), start=0)
     await first.close()
 
@@ -396,7 +397,10 @@ async def test_purge_expired_uploads(root: Path) -> None:
     await fs.write_upload(REPO, old, chunks(b"old"))
     fresh = (await fs.start_upload(OTHER)).upload_id
     stamp = (datetime.now(timezone.utc) - timedelta(hours=2)).isoformat()
-    (root / "repositories" / "generic" / "face-recog" / "_uploads" / old / "startedat").write_text(stamp)
+    old_dir = root / "repositories" / "generic" / "face-recog" / "_uploads" / old
+    (old_dir / "startedat").write_text(stamp)
+    two_hours_ago = time.time() - 7200
+    os.utime(old_dir / "data", (two_hours_ago, two_hours_ago))  # idle since then
     stale_tmp = root / "_tmp" / "w-crashed.tmp"
     stale_tmp.write_bytes(b"leftover")
     os.utime(stale_tmp, (0, 0))
@@ -633,10 +637,12 @@ async def test_list_repositories(backend: FilesystemBackend) -> None:
     assert await backend.list_repositories() == sorted(
         ["generic/face-recog", "generic/face", "business/door/face-recog", "business/door/face-recog/nested", "toplevel"]
     )
-    # Deleting a repository's last manifest drops it from the catalog.
+    # Deleting a repository's last manifest keeps it known, as distribution does: it
+    # stays in the catalog and its tag list is empty.
     digest = (await backend.stat_manifest("toplevel", "v1")).digest
     await backend.delete_manifest("toplevel", digest)
-    assert "toplevel" not in await backend.list_repositories()
+    assert "toplevel" in await backend.list_repositories()
+    assert await backend.list_tags("toplevel") == []
 
 
 async def test_list_repositories_on_fresh_root(tmp_path: Path) -> None:

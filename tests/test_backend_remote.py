@@ -699,3 +699,23 @@ async def test_failing_body_source_keeps_its_error(backend: RegistryBackend) -> 
         await backend.finish_upload(repo, status.upload_id, sha256(b"x"), broken())
     expect(Errors.SIZE_INVALID, exc_info)
     await backend.ping()  # the pool survived
+
+
+async def test_canonical_digest_of_another_algorithm(fake: tuple[FakeRegistry, RegistryBackend]) -> None:
+    """A backend may name content by its own (sha256) digest when asked by sha512: that is
+    no mismatch, but a sha256 header that disagrees with a sha256 reference still is."""
+    import hashlib
+
+    registry, b = fake
+    body = b'{"schemaVersion":2}'
+    by512 = "sha512:" + hashlib.sha512(body).hexdigest()
+    registry.manifest_body = body
+    registry.manifest_headers = {"Content-Type": mt.OCI_MANIFEST, "Docker-Content-Digest": sha256(body),
+                                 "Content-Length": str(len(body))}
+    got = await b.get_manifest("a/b", by512)
+    assert got.digest == by512 and got.data == body
+    assert (await b.stat_manifest("a/b", by512)).digest == by512
+    registry.manifest_headers["Docker-Content-Digest"] = sha256(b"other")
+    with pytest.raises(RegistryError) as exc_info:
+        await b.get_manifest("a/b", sha256(body))
+    expect(Errors.UNAVAILABLE, exc_info)

@@ -157,8 +157,14 @@ class Backend(ABC):
 
     # -- uploads -------------------------------------------------------------
     @abstractmethod
-    async def start_upload(self, repo: str) -> UploadStatus:
-        """Open an upload session."""
+    async def start_upload(self, repo: str, *, resumable: bool = False) -> UploadStatus:
+        """Open an upload session.
+
+        ``resumable``: its id goes to a client, who may resume it later, even after a
+        restart; it lives until finished, cancelled or idle past its expiry. Otherwise
+        the session belongs to this process (an in-process producer, a monolithic
+        upload): if the process dies before finishing it, nobody can, and a storage
+        that keeps sessions removes it at its next start."""
 
     @abstractmethod
     async def upload_status(self, repo: str, upload_id: str) -> UploadStatus:

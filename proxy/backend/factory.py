@@ -22,4 +22,9 @@ def create_backend(config: StorageConfig) -> Backend:
         )
     from .filesystem import FilesystemBackend
 
-    return FilesystemBackend(config.path, upload_expiry=config.upload_expiry, verify_reads=config.verify_reads)
+    return FilesystemBackend(
+        config.path,
+        upload_expiry=config.upload_expiry,
+        verify_reads=config.verify_reads,
+        upload_quota=config.upload_quota,
+    )

@@ -11,7 +11,10 @@ On-disk layout under ``root`` (modelled on distribution's ``storage/paths.go``):
                                                  file is its sidecar: {"mediaType": "..."}
         _manifests/tags/<tag>                    the digest the tag points at (text)
         _uploads/<uuid>/startedat                ISO-8601 UTC start time of the session
+        _uploads/<uuid>/owner                    only for a session no client knows: the
+                                                 token of the process that holds it
         _uploads/<uuid>/data                     bytes received so far
+    _owners/<token>                              flock()ed by a live backend instance
 
 Repository name components never start with ``_`` (``proxy.oci.reference.NAME_RE``), so the
 ``_layers``/``_manifests``/``_uploads`` directories cannot collide with nested repositories.
@@ -20,7 +23,17 @@ Every file that readers may see is published atomically: written to a temp file 
 ``_tmp`` (or, for uploads, the session's own ``data`` file), fsynced, then ``os.replace``d
 into place. Publishing the same content twice is harmless (same bytes, same name).
 
-Upload sessions live on disk and survive a restart. A running sha256 is kept in memory per
+Upload sessions a client holds (``resumable``) live on disk and survive a restart; they
+are removed once idle (no byte written) for ``upload_expiry``. A session no client knows
+(an in-process producer's, a monolithic upload's) belongs to the backend instance that
+opened it: when that instance is gone (killed, crashed, closed), nobody can finish it, so
+the next start or sweep removes it at once. An instance's liveness is the ``flock`` on its
+``_owners`` file, which the kernel drops with the process.
+
+An optional ``upload_quota`` caps the bytes all open sessions of one repository hold; a
+write past it is refused with ``DENIED`` and leaves the session as it was.
+
+A running sha256 is kept in memory per
 session so finishing an upload needs no re-read in the common case; after a restart (or
 if the in-memory state does not match the file) the data is re-hashed from disk in chunks.
 A session whose file an in-process producer took (``upload_path``) keeps no running hash:
@@ -35,11 +48,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import weakref
@@ -180,11 +195,15 @@ class FilesystemBackend(Backend):
         upload_expiry: float = 24 * 3600,
         chunk_size: int = 1024 * 1024,
         verify_reads: Literal["once", "always"] = "once",
+        upload_quota: int | None = None,
     ) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
+        if upload_quota is not None and upload_quota <= 0:
+            raise ValueError("upload_quota must be positive")
         self.root = Path(root)
         self.upload_expiry = upload_expiry
+        self.upload_quota = upload_quota
         self.chunk_size = chunk_size
         # "once": blobs verified on upload or on a whole read are trusted after (reads
         # check the length); "always": every whole read is hashed.
@@ -192,6 +211,10 @@ class FilesystemBackend(Backend):
         self._tmp = self.root / "_tmp"
         self._blobs = self.root / "blobs"
         self._repositories = self.root / "repositories"
+        self._owners = self.root / "_owners"
+        self._token = uuid.uuid4().hex  # names this instance in its private sessions
+        self._owner_fd: int | None = None
+        self._owner_lock = threading.Lock()  # claims run in worker threads
         # Keyed by upload id; the repo is checked too so an id never crosses repositories.
         self._hashes: dict[str, _HashState] = {}
         # One lock per live session serialises writes/finish/cancel/purge; weak values so
@@ -282,6 +305,56 @@ class FilesystemBackend(Backend):
                 path.mkdir(parents=True, exist_ok=True)
 
         await self._run(make_dirs, action="create the storage directories")
+        # Sessions of an instance that died (a killed build, a monolithic upload cut by a
+        # crash) can never be finished: remove them before serving.
+        await self._purge_sessions(orphans_only=True)
+
+    async def close(self) -> None:
+        with self._owner_lock:
+            fd, self._owner_fd = self._owner_fd, None
+        if fd is not None:
+            # Sessions still naming us are orphans from now on; the next sweep removes them.
+            with contextlib.suppress(OSError):
+                os.unlink(self._owners / self._token)
+            os.close(fd)
+
+    # -- session ownership ---------------------------------------------------------
+    def _claim_owner_sync(self) -> None:
+        """Hold this instance's ``_owners`` lock (once); private sessions name it."""
+        with self._owner_lock:
+            if self._owner_fd is not None:
+                return
+            self._owners.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._owners / self._token, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise
+            self._owner_fd = fd
+
+    def _owner_alive_sync(self, token: str) -> bool:
+        """Whether the instance ``token`` still runs: its lock file is locked. A dead
+        owner's file is removed (we hold its lock while unlinking)."""
+        if token == self._token:
+            return True
+        if not token.isalnum() or len(token) != 32:
+            return False
+        path = self._owners / token
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return False
+        finally:
+            os.close(fd)
 
     async def ping(self) -> None:
         def check() -> str | None:
@@ -361,14 +434,18 @@ class FilesystemBackend(Backend):
         return await self._run(mount, action="mount a blob")
 
     # -- uploads -------------------------------------------------------------
-    async def start_upload(self, repo: str) -> UploadStatus:
+    async def start_upload(self, repo: str, *, resumable: bool = False) -> UploadStatus:
         upload_id = str(uuid.uuid4())
         session = self._session_dir(repo, upload_id)
 
         def create() -> None:
+            if not resumable:
+                self._claim_owner_sync()
             session.mkdir(parents=True)
             started = datetime.now(timezone.utc).isoformat()
             (session / "startedat").write_text(started, encoding="ascii")
+            if not resumable:
+                (session / "owner").write_text(self._token, encoding="ascii")
             # ``data`` last: a session exists once its data file does.
             (session / "data").touch(exist_ok=False)
             _fsync_dir(session)
@@ -429,6 +506,7 @@ class FilesystemBackend(Backend):
         data_path = session / "data"
         buffer = bytearray()
         wrote = False
+        first = offset
         try:
             # Coalesce small network chunks into bounded writes: one thread hop per chunk_size.
             async for chunk in chunks:
@@ -438,14 +516,25 @@ class FilesystemBackend(Backend):
                 if len(buffer) >= self.chunk_size:
                     piece = bytes(buffer)
                     buffer.clear()
+                    await self._within_quota(repo, len(piece))
                     wrote = True
                     await self._run(self._append_sync, data_path, piece, state, action="write an upload")
                     offset += len(piece)
             if buffer:
                 piece = bytes(buffer)
+                await self._within_quota(repo, len(piece))
                 wrote = True
                 await self._run(self._append_sync, data_path, piece, state, action="write an upload")
                 offset += len(piece)
+        except RegistryError as exc:
+            if exc.error is Errors.DENIED and wrote:
+                # Over quota: the session stays as it was before this request.
+                await self._run(os.truncate, data_path, first, action="write an upload")
+                self._hashes.pop(upload_id, None)
+            elif wrote:
+                with contextlib.suppress(Exception):
+                    await self._run(self._fsync_file, data_path, action="write an upload")
+            raise
         except BaseException:
             # The body failed (e.g. client disconnect): keep what reached the disk durable,
             # the client resumes from upload_status. Never mask the original error.
@@ -457,6 +546,21 @@ class FilesystemBackend(Backend):
             # The offset we report must survive a crash: the client resumes from it.
             await self._run(self._fsync_file, data_path, action="write an upload")
         return offset
+
+    async def _within_quota(self, repo: str, adding: int) -> None:
+        """``DENIED`` unless the repository's open sessions can grow by ``adding`` bytes.
+
+        Measured on disk right before each write, so concurrent writers overshoot by at
+        most one chunk each."""
+        if self.upload_quota is None:
+            return
+        used = await self._run(self._uploads_bytes_sync, repo, action="read upload sessions")
+        if used + adding > self.upload_quota:
+            raise RegistryError(
+                Errors.DENIED,
+                {"name": repo, "quota": self.upload_quota},
+                message="the repository's upload quota is exhausted: finish or cancel open uploads",
+            )
 
     async def write_upload(
         self, repo: str, upload_id: str, chunks: AsyncIterable[bytes], start: int | None = None
@@ -553,33 +657,64 @@ class FilesystemBackend(Backend):
             await self._run(cancel, action="cancel an upload")
             self._hashes.pop(upload_id, None)
 
-    def _session_age_sync(self, session: Path) -> float:
+    def _session_idle_sync(self, session: Path) -> float:
+        """Seconds since the session last changed: its start or its last write."""
         try:
             started = datetime.fromisoformat((session / "startedat").read_text(encoding="ascii").strip())
             if started.tzinfo is None:
                 started = started.replace(tzinfo=timezone.utc)
-            return time.time() - started.timestamp()
+            last = started.timestamp()
         except (OSError, ValueError):
             # Missing or unreadable start time (e.g. a crash during start_upload).
-            return time.time() - session.stat().st_mtime
+            last = session.stat().st_mtime
+        with contextlib.suppress(FileNotFoundError):
+            last = max(last, (session / "data").stat().st_mtime)
+        return time.time() - last
 
-    def _expired_sessions_sync(self) -> list[tuple[str, Path]]:
-        expired: list[tuple[str, Path]] = []
+    def _sessions_sync(self, uploads: Path) -> list[tuple[str, Path]]:
+        try:
+            entries = list(os.scandir(uploads))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found = []
+        for entry in entries:
+            with contextlib.suppress(ValueError, FileNotFoundError):
+                if str(uuid.UUID(entry.name)) == entry.name and entry.is_dir():
+                    found.append((entry.name, Path(entry.path)))
+        return found
+
+    def _uploads_bytes_sync(self, repo: str) -> int:
+        total = 0
+        for _, session in self._sessions_sync(self._repo_dir(repo) / "_uploads"):
+            with contextlib.suppress(FileNotFoundError):
+                total += (session / "data").stat().st_size
+        return total
+
+    def _orphaned_sync(self, session: Path, alive: dict[str, bool]) -> bool:
+        """A private session whose owning instance is gone."""
+        try:
+            token = (session / "owner").read_text(encoding="ascii").strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return False  # a client's session
+        except (OSError, ValueError):
+            return True
+        if token not in alive:
+            alive[token] = self._owner_alive_sync(token)
+        return not alive[token]
+
+    def _stale_sessions_sync(self, orphans_only: bool) -> list[tuple[str, Path]]:
+        stale: list[tuple[str, Path]] = []
+        alive: dict[str, bool] = {}
         for repo_dir in self._walk_repositories():
-            uploads = repo_dir / "_uploads"
-            try:
-                entries = list(os.scandir(uploads))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for entry in entries:
+            for upload_id, session in self._sessions_sync(repo_dir / "_uploads"):
                 try:
-                    if str(uuid.UUID(entry.name)) != entry.name or not entry.is_dir():
-                        continue
-                    if self._session_age_sync(Path(entry.path)) > self.upload_expiry:
-                        expired.append((entry.name, Path(entry.path)))
-                except (ValueError, FileNotFoundError):
-                    continue  # not ours, or gone meanwhile
-        return expired
+                    if self._orphaned_sync(session, alive) or (
+                        not orphans_only and self._session_idle_sync(session) > self.upload_expiry
+                    ):
+                        stale.append((upload_id, session))
+                except FileNotFoundError:
+                    continue  # gone meanwhile
+        return stale
 
     def _purge_tmp_sync(self) -> None:
         # Leftovers of writes interrupted by a crash; live temp files are seconds old.
@@ -594,8 +729,14 @@ class FilesystemBackend(Backend):
                     os.unlink(entry.path)
 
     async def purge_expired_uploads(self) -> int:
-        """Delete upload sessions older than ``upload_expiry``; returns how many."""
-        expired = await self._run(self._expired_sessions_sync, action="list upload sessions")
+        """Delete sessions idle past ``upload_expiry`` and those whose owning instance is
+        gone; returns how many."""
+        purged = await self._purge_sessions(orphans_only=False)
+        await self._run(self._purge_tmp_sync, action="purge temporary files")
+        return purged
+
+    async def _purge_sessions(self, *, orphans_only: bool) -> int:
+        expired = await self._run(self._stale_sessions_sync, orphans_only, action="list upload sessions")
         purged = 0
         for upload_id, session in expired:
             lock = self._session_lock(upload_id)
@@ -608,7 +749,6 @@ class FilesystemBackend(Backend):
                 await self._run(shutil.rmtree, session, True, action="purge an upload")
                 self._hashes.pop(upload_id, None)
                 purged += 1
-        await self._run(self._purge_tmp_sync, action="purge temporary files")
         return purged
 
     # -- manifests -----------------------------------------------------------
@@ -737,25 +877,16 @@ class FilesystemBackend(Backend):
 
     @staticmethod
     def _has_manifests(repo_dir: Path) -> bool:
-        manifests = repo_dir / "_manifests"
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            with os.scandir(manifests / "tags") as it:
-                if any(entry.is_file() for entry in it):
-                    return True
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            with os.scandir(manifests / "revisions") as algorithms:
-                for algorithm in algorithms:
-                    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                        with os.scandir(algorithm.path) as it:
-                            if any(entry.is_file() for entry in it):
-                                return True
-        return False
+        """A repository is known once a manifest was stored in it, and stays known when
+        its tags or manifests are deleted (as in distribution: ``tags/list`` then
+        answers an empty list, not ``NAME_UNKNOWN``)."""
+        return (repo_dir / "_manifests").is_dir()
 
     async def list_tags(self, repo: str) -> list[str]:
         repo_dir = self._repo_dir(repo)
 
         def list_() -> list[str]:
-            # "Known" means the same as for the catalog: at least one revision or tag.
+            # "Known" means the same as for the catalog.
             if not self._has_manifests(repo_dir):
                 raise RegistryError(Errors.NAME_UNKNOWN, {"name": repo})
             return sorted(tag for tag, _ in self._read_tags(repo_dir / "_manifests" / "tags"))

@@ -154,6 +154,18 @@ def _distribution_state_offset(location: URL) -> int | None:
     return offset if isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0 else None
 
 
+def _same_digest(reported: str | None, digest: str) -> bool:
+    """Whether a backend's ``Docker-Content-Digest`` agrees with ``digest``.
+
+    The header carries the backend's canonical digest, which may be of another
+    algorithm (distribution names a blob pushed as sha512 by its sha256): a digest of
+    another domain says nothing either way, and the caller checks the blob under
+    ``digest`` itself (spec §Pulling manifests, "MAY differ")."""
+    if reported is None or reported.partition(":")[0] != digest.partition(":")[0]:
+        return True
+    return reported == digest
+
+
 # -- request bodies -----------------------------------------------------------
 class _BodySource:
     """A streamed request body that remembers what it sent and how its source failed.
@@ -640,8 +652,7 @@ class RegistryBackend(Backend):
                     upload_id = self._location_id(resp, repo)
                 elif resp.status == 201:
                     upload_id = None
-                    reported = resp.headers.get("Docker-Content-Digest")
-                    if reported is not None and reported != digest:
+                    if not _same_digest(resp.headers.get("Docker-Content-Digest"), digest):
                         raise invalid_response("mount answered a different digest")
                 else:
                     raise await self._error(resp, Errors.BLOB_UNKNOWN)
@@ -655,10 +666,19 @@ class RegistryBackend(Backend):
             except RegistryError:
                 pass  # best effort: the backend expires abandoned sessions itself
             return None
-        return await self.stat_blob(repo, digest)
+        try:
+            return await self.stat_blob(repo, digest)
+        except RegistryError:
+            if digest.startswith("sha256:"):
+                raise
+            # distribution 2.8 mounts a sha512 blob under its sha256 name only, so it is
+            # not readable by the digest asked for: the client uploads it instead.
+            return None
 
     # -- uploads -----------------------------------------------------------------
-    async def start_upload(self, repo: str) -> UploadStatus:
+    async def start_upload(self, repo: str, *, resumable: bool = False) -> UploadStatus:
+        # We keep no session state: the backend expires what it holds (``resumable``
+        # changes nothing here).
         async with self._call("POST", self._api(f"/{repo}/blobs/uploads/"), _repo_scopes(repo, "POST")) as resp:
             await self._expect(resp, (202,), Errors.NAME_UNKNOWN)
             return UploadStatus(self._location_id(resp, repo), 0)
@@ -722,8 +742,7 @@ class RegistryBackend(Backend):
                 headers={"Content-Type": "application/octet-stream"}, body=body,
             ) as resp:
                 await self._expect(resp, (200, 201, 204), Errors.BLOB_UPLOAD_UNKNOWN)
-                reported = resp.headers.get("Docker-Content-Digest")
-                if reported is not None and reported != digest:
+                if not _same_digest(resp.headers.get("Docker-Content-Digest"), digest):
                     raise invalid_response("upload completed under a different digest")
         except RegistryError as exc:
             if exc.error is Errors.DIGEST_INVALID:
@@ -776,7 +795,7 @@ class RegistryBackend(Backend):
             actual = hashlib.new(algorithm, data).hexdigest()
         except (ValueError, TypeError):
             raise invalid_response(f"manifest digest algorithm {algorithm!r} unknown") from None
-        if actual != encoded or (reported is not None and reported != expected):
+        if actual != encoded or not _same_digest(reported, expected):
             raise invalid_response("manifest bytes do not match their digest")
         return ManifestData(expected, media_type, data)
 
@@ -787,6 +806,8 @@ class RegistryBackend(Backend):
         ) as resp:
             await self._expect(resp, (200,), Errors.MANIFEST_UNKNOWN)
             digest = resp.headers.get("Docker-Content-Digest") or (reference if is_digest(reference) else None)
+            if is_digest(reference) and digest is not None and digest.partition(":")[0] != reference.partition(":")[0]:
+                digest = reference  # the backend's canonical name, of another algorithm
             length = resp.headers.get("Content-Length", "")
             media_type = resp.headers.get("Content-Type", "").split(";", 1)[0].strip()
         if digest is None or not length.isdigit() or not media_type:
@@ -797,12 +818,24 @@ class RegistryBackend(Backend):
         return ManifestInfo(digest, media_type, int(length))
 
     async def put_manifest(self, repo: str, reference: str, data: bytes, media_type: str, digest: str) -> None:
-        async with self._call(
-            "PUT", self._api(f"/{repo}/manifests/{reference}"), _repo_scopes(repo, "PUT"),
-            headers={"Content-Type": media_type}, body=data,
-        ) as resp:
-            await self._expect(resp, (200, 201, 202, 204), Errors.NAME_UNKNOWN)
-            reported = resp.headers.get("Docker-Content-Digest")
+        algorithm = digest.partition(":")[0]
+        try:
+            async with self._call(
+                "PUT", self._api(f"/{repo}/manifests/{reference}"), _repo_scopes(repo, "PUT"),
+                headers={"Content-Type": media_type}, body=data,
+            ) as resp:
+                await self._expect(resp, (200, 201, 202, 204), Errors.NAME_UNKNOWN)
+                reported = resp.headers.get("Docker-Content-Digest")
+        except RegistryError as exc:
+            # The caller verified the digest, so a backend that calls it wrong only knows
+            # its own algorithm (distribution 2.8 addresses manifests by sha256 alone).
+            if exc.error is Errors.DIGEST_INVALID and is_digest(reference) and algorithm != "sha256":
+                raise RegistryError(
+                    Errors.DIGEST_INVALID,
+                    {"digest": digest, "algorithm": algorithm, "supported": ["sha256"]},
+                    message=f"the backend registry does not accept {algorithm} manifest digests; push by tag or by sha256 digest",
+                ) from None
+            raise
         if reported is not None and reported != digest:
             raise invalid_response(f"backend registry stored the manifest as {reported}, not {digest}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
+from urllib.parse import urlsplit
 
 from . import mediatypes as mt
 from .errors import Errors, RegistryError
@@ -21,6 +22,12 @@ class Descriptor:
     artifact_type: str | None = None
     annotations: dict[str, str] | None = None
     platform: dict[str, Any] | None = None
+    urls: tuple[str, ...] = ()
+
+    @property
+    def external(self) -> bool:
+        """A non-distributable layer with ``urls``: its blob is never pushed here."""
+        return self.media_type in mt.NON_DISTRIBUTABLE_LAYERS and bool(self.urls)
 
     @classmethod
     def from_json(cls, value: Any, where: str) -> "Descriptor":
@@ -41,7 +48,7 @@ class Descriptor:
             raise RegistryError(Errors.MANIFEST_INVALID, {"field": f"{where}.annotations", "reason": "string map"})
         artifact_type = value.get("artifactType")
         return cls(media_type, digest, size, artifact_type if isinstance(artifact_type, str) else None,
-                   annotations, value.get("platform"))
+                   annotations, value.get("platform"), _urls(value.get("urls"), where))
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
@@ -51,7 +58,23 @@ class Descriptor:
             out["annotations"] = self.annotations
         if self.platform:
             out["platform"] = self.platform
+        if self.urls:
+            out["urls"] = list(self.urls)
         return out
+
+
+def _urls(value: Any, where: str) -> tuple[str, ...]:
+    """``urls`` (image-spec §Descriptor): absolute http(s) URLs without fragment, as
+    distribution checks them before it skips a foreign layer's presence check."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(u, str) for u in value):
+        raise RegistryError(Errors.MANIFEST_INVALID, {"field": f"{where}.urls", "reason": "list of strings"})
+    for url in value:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+            raise RegistryError(Errors.MANIFEST_INVALID, {"field": f"{where}.urls", "reason": "http(s) URL without fragment", "url": url[:200]})
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -80,8 +103,9 @@ class ParsedManifest:
 
     @property
     def blobs(self) -> tuple[Descriptor, ...]:
-        """Blobs this manifest needs present in its repository."""
-        return ((self.config,) if self.config else ()) + self.layers
+        """Blobs this manifest needs present in its repository (non-distributable
+        layers with ``urls`` live elsewhere)."""
+        return ((self.config,) if self.config else ()) + tuple(d for d in self.layers if not d.external)
 
 
 def parse_manifest(data: bytes, content_type: str | None) -> ParsedManifest:

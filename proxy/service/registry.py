@@ -19,7 +19,7 @@ from typing import Sequence
 from ..backend import Backend, ManifestData, ManifestInfo
 from ..oci.errors import Errors, RegistryError
 from ..oci.manifest import Descriptor, ParsedManifest, accepts, parse_manifest
-from ..oci.reference import is_digest, parse_digest, sha256_digest, validate_tag
+from ..oci.reference import TAG_RE, is_digest, parse_digest, sha256_digest, validate_tag
 from .events import EventBus, ManifestDeleted, ManifestStored
 from .flights import Flights
 from .journal import Change, ChangeJournal
@@ -82,6 +82,14 @@ def paginate(items: Sequence[str], n: int | None, last: str | None) -> tuple[lis
     return page, (page[-1] if more and page else None)
 
 
+def _known_tag(repo: str, reference: str) -> None:
+    """A reference that is no valid tag names no manifest: 404 ``MANIFEST_UNKNOWN``
+    on reads and deletes, as reference registries answer (only a PUT to such a name is
+    ``TAG_INVALID``)."""
+    if not TAG_RE.match(reference):
+        raise RegistryError(Errors.MANIFEST_UNKNOWN, {"name": repo, "reference": reference[:200]})
+
+
 class RegistryService:
     def __init__(
         self,
@@ -114,7 +122,7 @@ class RegistryService:
                     raise RegistryError(Errors.UNAVAILABLE, message="backend returned a manifest with another digest")
                 self._cache.put(repo, item)
         else:
-            validate_tag(reference)
+            _known_tag(repo, reference)
             item = await self._read_manifest(repo, reference)
             self._cache.put(repo, item)
         self._negotiate(item.media_type, accept, reference)
@@ -128,7 +136,7 @@ class RegistryService:
                 self._negotiate(item.media_type, accept, reference)
                 return item.info
         else:
-            validate_tag(reference)
+            _known_tag(repo, reference)
         info = await self._manifest_stats.run(
             (repo, reference), lambda: self.backend.stat_manifest(repo, reference)
         )
@@ -221,7 +229,7 @@ class RegistryService:
         if is_digest(reference):
             parse_digest(reference)
         else:
-            validate_tag(reference)
+            _known_tag(repo, reference)
         await asyncio.shield(self._delete(repo, reference, actor))
 
     async def _delete(self, repo: str, reference: str, actor: str | None) -> None:

@@ -47,6 +47,8 @@ def _config(root: Path, port: int, htpasswd: Path | None, token_bundle: Path | N
         "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n"
         "  cache:\n    blobdescriptor: inmemory\n"
+        # Distribution refuses non-distributable layers' URLs unless an allow list names them.
+        "validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n"
         f"http:\n  addr: 127.0.0.1:{port}\n  secret: algomint-test-secret\n"
         + auth
     )

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from ..state import REGISTRY
 from ..streaming import parse_range, send_blob
-from .common import digest_param, repo_name
+from .common import digest_param, repo_name, usable_range
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
@@ -21,7 +21,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         "ETag": f'"{digest}"',
         "Cache-Control": "max-age=31536000",
     }
-    byte_range = parse_range(request.headers.get("Range"), info.size)
+    byte_range = parse_range(usable_range(request.headers.get("Range")), info.size)
     if request.method == "HEAD":
         return web.Response(status=200, headers={**headers, "Content-Length": str(info.size)})
     if byte_range is None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from ...oci.errors import Errors, RegistryError
 from ...oci.reference import parse_digest, validate_name
 from ..state import CONFIG, PRINCIPAL
 
-__all__ = ["repo_name", "digest_param", "location", "actor", "page_size"]
+__all__ = ["repo_name", "digest_param", "location", "actor", "page_size", "usable_range"]
 
 MAX_PAGE = 10_000
+# One ``bytes=`` range-spec (RFC 9110 §14.1.1): ``first-last``, ``first-`` or ``-suffix``.
+_SINGLE_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(?:\d+-\d*|-\d+)\s*$")
 
 
 def repo_name(request: web.Request) -> str:
@@ -41,3 +45,14 @@ def page_size(request: web.Request) -> int | None:
     if not raw.isdigit() or int(raw) > MAX_PAGE:
         raise RegistryError(Errors.PAGINATION_INVALID, {"n": raw[:20], "max": MAX_PAGE})
     return int(raw)
+
+
+def usable_range(header: str | None) -> str | None:
+    """The ``Range`` header if it is one well-formed byte range, else ``None``.
+
+    RFC 9110 §14.2: a server ignores a Range it cannot parse or whose unit it does not
+    know, and may ignore any other; a multi-range request is answered with the whole
+    blob (200) rather than a multipart body no registry client reads."""
+    if header is None or not _SINGLE_RANGE_RE.match(header):
+        return None
+    return header.replace(" ", "").replace("\t", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -36,5 +37,8 @@ async def referrers(request: web.Request) -> web.Response:
     digest = digest_param(request.match_info["digest"])
     artifact_type = request.query.get("artifactType")
     found = await request.app[REGISTRY].list_referrers(repo, digest, artifact_type)
-    headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type is not None else {}
-    return web.json_response(referrers_document(found), headers=headers, content_type=mt.OCI_INDEX)
+    # Exactly the index media type: clients compare it whole, so no charset parameter.
+    headers = {"Content-Type": mt.OCI_INDEX}
+    if artifact_type is not None:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    return web.Response(body=json.dumps(referrers_document(found)).encode(), headers=headers)

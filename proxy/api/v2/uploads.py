@@ -5,11 +5,14 @@ every step (the remote backend does), so clients always follow the latest Locati
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+from typing import AsyncIterator
 
 from aiohttp import web
 
-from ...backend import BlobInfo, UploadStatus
+from ...backend import Backend, BlobInfo, UploadStatus
 from ...oci.errors import Errors, RegistryError
 from ...oci.reference import validate_name
 from ...service.policy import ANONYMOUS, Action, Request as PolicyRequest
@@ -17,7 +20,9 @@ from ..state import POLICY, PRINCIPAL, REGISTRY
 from ..streaming import request_chunks
 from .common import digest_param, location, repo_name
 
-_CONTENT_RANGE_RE = re.compile(r"^(?:bytes )?(\d+)-(\d+)$")
+# The spec's ``<first>-<last>``; the HTTP forms some clients send (``bytes 0-9/10``,
+# ``bytes=0-9``) mean the same and are accepted too.
+_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
 
 
 def _session_response(request: web.Request, repo: str, status: UploadStatus, code: int) -> web.Response:
@@ -67,9 +72,15 @@ async def start_upload(request: web.Request) -> web.Response:
     if digest_arg is not None:  # monolithic: POST ?digest= with the whole body
         digest = digest_param(digest_arg)
         status = await backend.start_upload(repo)
-        blob = await _finish(request, repo, status.upload_id, digest)
+        try:
+            blob = await backend.finish_upload(repo, status.upload_id, digest, _body(request))
+        except BaseException:
+            # The client never learned this session's id: nobody can resume it, so it
+            # goes at once, whatever failed (a disconnect, a short body, a bad digest).
+            await asyncio.shield(_discard(backend, repo, status.upload_id))
+            raise
         return _blob_created(request, repo, blob)
-    status = await backend.start_upload(repo)
+    status = await backend.start_upload(repo, resumable=True)
     return _session_response(request, repo, status, 202)
 
 
@@ -88,54 +99,73 @@ async def upload_status(request: web.Request) -> web.Response:
     return _session_response(request, repo, status, 204)
 
 
+async def _chunk_range(request: web.Request, repo: str, upload_id: str) -> tuple[int | None, int | None]:
+    """``(start, length)`` of a chunk from ``Content-Range``/``Content-Length``.
+
+    A malformed range is ``BLOB_UPLOAD_INVALID`` (400); one that does not start at the
+    session's offset is 416 with the session's ``Location`` and ``Range``, so the client
+    can resume (spec §Pushing a blob in chunks)."""
+    limit = _declared_length(request)
+    content_range = request.headers.get("Content-Range")
+    if content_range is None:
+        return None, limit
+    match = _CONTENT_RANGE_RE.match(content_range.strip())
+    if not match:
+        raise RegistryError(Errors.BLOB_UPLOAD_INVALID, {"Content-Range": content_range[:100]},
+                            message="Content-Range must be <first>-<last>")
+    start, end = int(match.group(1)), int(match.group(2))
+    if end >= start and limit is not None and limit != end - start + 1:
+        raise RegistryError(Errors.SIZE_INVALID, {"Content-Range": content_range, "Content-Length": limit})
+    current = await request.app[REGISTRY].backend.upload_status(repo, upload_id)
+    if end < start or start != current.offset:
+        raise RegistryError(
+            Errors.RANGE_INVALID,
+            {"expected_start": current.offset, "Content-Range": content_range[:100]},
+            headers={"Location": location(request, f"/v2/{repo}/blobs/uploads/{current.upload_id}"),
+                     "Range": f"0-{max(current.offset - 1, 0)}",
+                     "Docker-Upload-UUID": current.upload_id},
+        )
+    return start, end - start + 1
+
+
 async def patch_upload(request: web.Request) -> web.Response:
     repo = repo_name(request)
     upload_id = request.match_info["upload_id"]
     backend = request.app[REGISTRY].backend
-    start: int | None = None
-    limit = _declared_length(request)
-    content_range = request.headers.get("Content-Range")
-    if content_range is not None:
-        match = _CONTENT_RANGE_RE.match(content_range.strip())
-        if not match or int(match.group(2)) < int(match.group(1)):
-            raise RegistryError(Errors.RANGE_INVALID, {"Content-Range": content_range[:100]})
-        start, end = int(match.group(1)), int(match.group(2))
-        if limit is not None and limit != end - start + 1:
-            raise RegistryError(Errors.SIZE_INVALID, {"Content-Range": content_range, "Content-Length": limit})
-        limit = end - start + 1
-        current = await backend.upload_status(repo, upload_id)
-        if start != current.offset:
-            raise RegistryError(
-                Errors.RANGE_INVALID,
-                {"expected_start": current.offset, "Content-Range": content_range},
-                headers={"Location": location(request, f"/v2/{repo}/blobs/uploads/{current.upload_id}"),
-                         "Range": f"0-{max(current.offset - 1, 0)}"},
-            )
+    start, limit = await _chunk_range(request, repo, upload_id)
     status = await backend.write_upload(repo, upload_id, request_chunks(request, limit), start)
     return _session_response(request, repo, status, 202)
 
 
 async def finish_upload(request: web.Request) -> web.Response:
     repo = repo_name(request)
+    upload_id = request.match_info["upload_id"]
     digest = digest_param(request.query.get("digest"))
-    blob = await _finish(request, repo, request.match_info["upload_id"], digest)
+    # The closing PUT may carry the last chunk with its Content-Range: same rules as PATCH.
+    await _chunk_range(request, repo, upload_id)
+    blob = await _finish(request, repo, upload_id, digest)
     return _blob_created(request, repo, blob)
+
+
+def _body(request: web.Request) -> AsyncIterator[bytes] | None:
+    length = _declared_length(request)
+    has_body = bool(length) or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
+    return request_chunks(request, length) if has_body else None
+
+
+async def _discard(backend: Backend, repo: str, upload_id: str) -> None:
+    with contextlib.suppress(RegistryError):
+        await backend.cancel_upload(repo, upload_id)
 
 
 async def _finish(request: web.Request, repo: str, upload_id: str, digest: str) -> BlobInfo:
     backend = request.app[REGISTRY].backend
-    length = _declared_length(request)
-    has_body = bool(length) or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
-    chunks = request_chunks(request, length) if has_body else None
     try:
-        return await backend.finish_upload(repo, upload_id, digest, chunks)
+        return await backend.finish_upload(repo, upload_id, digest, _body(request))
     except RegistryError as exc:
         if exc.error in (Errors.SIZE_INVALID, Errors.UNAVAILABLE):
             # A failed close must not leave a half-written session behind.
-            try:
-                await backend.cancel_upload(repo, upload_id)
-            except RegistryError:
-                pass
+            await _discard(backend, repo, upload_id)
         raise
 
 
