@@ -81,6 +81,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app.cleanup_ctx.append(_packer)  # after storage: needs the database and backend open
     app.cleanup_ctx.append(_replay_changes)  # last: every event listener is subscribed
     app.on_response_prepare.append(middleware.add_api_version)
+    app.on_response_prepare.append(middleware.note_headers_sent)
     add_routes(app, V2_ROUTES, HANDLERS)
     add_ops_routes(app)
     routers = [openapi_router]

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from ..meta import MetadataError
 from ..oci.errors import RegistryError
 from .state import DATABASE, METRICS, REGISTRY
+
+# Longest a readiness check waits for the backend: probes have short timeouts of their
+# own, and a backend that takes longer than this is not ready to serve pulls either.
+READY_TIMEOUT = 5.0
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -16,10 +22,13 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
     try:
-        await request.app[REGISTRY].backend.ping()
+        async with asyncio.timeout(READY_TIMEOUT):
+            await request.app[REGISTRY].backend.ping()
         checks["backend"] = "ok"
     except RegistryError as exc:
         checks["backend"] = exc.message
+    except TimeoutError:
+        checks["backend"] = f"backend did not answer within {READY_TIMEOUT:g} s"
     try:
         await request.app[DATABASE].ping()
         checks["metadata"] = "ok"

@@ -145,6 +145,9 @@ async def _in_thread(work: Callable[[], None], sockets: tuple[socket.socket, ...
 
 
 def _send_file(path: Path, start: int, length: int, sink: socket.socket, timeout: float) -> None:
+    if length == 0:
+        sink.close()  # sendfile(2) refuses a count of 0; there is nothing to send
+        return
     with sink, open(path, "rb") as source:
         sink.settimeout(timeout)  # a client that stops reading must not pin the thread forever
         try:
@@ -265,6 +268,8 @@ def _send_pieces(pieces: Iterator[memoryview], length: int, sink: socket.socket,
     """Send ``pieces``, hashing them; the last goes only once the digest matches."""
     algorithm, _, expected = digest.partition(":")
     hasher = hashlib.new(algorithm)
+    if length == 0 and hasher.hexdigest() != expected:
+        raise RegistryError(Errors.UNAVAILABLE, {"digest": digest}, message="blob failed digest verification")
     hashed = 0
     for piece in pieces:
         hasher.update(piece)  # in this thread, while the bytes are still in cache
