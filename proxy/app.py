@@ -23,6 +23,7 @@ from .api.manage import assemblies, chains, fullbuilds, grants, plugins, subscri
 from .api.manage import audit as audit_api
 from .api.manage.openapi import OPENAPI, build_document, openapi_router
 from .api.ops import add_ops_routes
+from .api.slowclients import guard_slow_clients
 from .api.routes import V2_ROUTES, add_routes
 from .api.state import CONFIG, DATABASE, EVENTS, IN_FLIGHT, METRICS, PACKER, POLICY, REGISTRY, InFlight
 from .api.v2 import HANDLERS
@@ -50,7 +51,7 @@ _SWEEP_INTERVAL = 600.0
 
 def create_app(config: Config, *, backend: Backend | None = None) -> web.Application:
     app = web.Application(
-        middlewares=[middleware.observe, audit_requests, middleware.render_errors,
+        middlewares=[middleware.observe, guard_slow_clients, audit_requests, middleware.render_errors,
                      *([authenticate] if config.auth.enabled else []), middleware.policy_check],
         client_max_size=1024**4,  # bodies are streamed; limits are enforced per route
     )

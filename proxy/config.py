@@ -61,6 +61,8 @@ class ServerConfig(_Section):
     def _tls_pair(self) -> "ServerConfig":
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("server.tls_cert and server.tls_key go together")
+        if self.tls_cert is not None and self.public_url and not self.public_url.startswith("https://"):
+            raise ValueError("server.public_url must be https:// when algomint serves TLS itself")
         return self
 
     @property

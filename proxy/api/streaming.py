@@ -19,13 +19,11 @@ from aiohttp import web
 from ..backend import BlobReader
 from ..oci.errors import Errors, RegistryError
 from . import relay
-from .state import METRICS
+from .state import CONFIG, METRICS
 
 __all__ = ["ByteRange", "StreamPart", "parse_range", "request_chunks", "read_body", "send_blob", "send_direct", "send_stream", "CHUNK"]
 
 CHUNK = 1024 * 1024
-# Longest a file send waits for a client that stopped reading.
-_SEND_TIMEOUT = 300.0
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -156,7 +154,9 @@ async def send_direct(request: web.Request, reader: BlobReader, digest: str | No
     if sink is None:
         return False
     if reader.path is not None:
-        await relay.send_file(reader.path, reader.start, reader.length, sink, _SEND_TIMEOUT, digest)
+        # A client that stops reading is given up after ``server.body_timeout``.
+        timeout = request.app[CONFIG].server.body_timeout
+        await relay.send_file(reader.path, reader.start, reader.length, sink, timeout, digest)
         return True
     source = reader.detach()
     if source is None:
