@@ -38,6 +38,7 @@ class Tamper:
     def __init__(self, target: str) -> None:
         self.target = target.rstrip("/")
         self.mode: str | None = None
+        self.only: set[str] | None = None  # spoil these digests only (default: every blob)
         self.served: Counter[str] = Counter()
         self.session: aiohttp.ClientSession | None = None
 
@@ -59,7 +60,8 @@ class Tamper:
             blob = _BLOB_GET.match(request.path)
             if request.method == "GET" and blob and upstream.status in (200, 206):
                 self.served[blob.group(1)] += 1
-                if self.served[blob.group(1)] > 1 and self.mode is not None:
+                spoiled = self.only is None or blob.group(1) in self.only
+                if self.served[blob.group(1)] > 1 and self.mode is not None and spoiled:
                     return await self.spoil(request, upstream.status, out, data)
             if request.method == "HEAD":
                 out["Content-Length"] = upstream.headers.get("Content-Length", "0")
@@ -67,9 +69,10 @@ class Tamper:
             return web.Response(status=upstream.status, headers=out, body=data)
 
     async def spoil(self, request: web.Request, status: int, headers: dict, data: bytes) -> web.StreamResponse:
-        if self.mode == "flip":
+        if self.mode in ("flip", "flip mtime"):
             body = bytearray(data)
-            body[len(body) // 2] ^= 0x01
+            # "flip mtime": a byte of a gzip header's MTIME, which decompression never checks.
+            body[5 if self.mode == "flip mtime" else len(body) // 2] ^= 0x01
             return web.Response(status=status, headers=headers, body=bytes(body))
         if self.mode == "truncate":  # a clean, honest-looking shorter answer
             return web.Response(status=status, headers=headers, body=data[:-1])
@@ -166,6 +169,34 @@ async def test_the_trusting_mode_stays_an_explicit_choice(aiohttp_client, aiohtt
     tamper.mode = "flip"
     status, body = await _outcome(await client.get(f"/v2/{repo}/blobs/{LAYER_DIGEST}"))
     assert status == 200 and body is not None and body != LAYER
+    await tamper.close()
+
+
+async def test_a_full_build_never_uses_a_source_layer_changed_by_the_backend(aiohttp_client, aiohttp_server,
+                                                                            distribution, tmp_path, repo):
+    from proxy.cli import main as cli_main
+    from tests.test_fullbuild_e2e import make_package, run_build
+
+    prefix = tmp_path / "keys" / "soft"
+    assert cli_main(["keygen", "--out", str(prefix)]) == 0
+    tamper = Tamper(distribution.url)
+    server = await aiohttp_server(tamper.app())
+    fake = SimpleNamespace(url=str(server.make_url("/")).rstrip("/"))
+    config = make_config(tmp_path, "registry", fake,  # type: ignore[arg-type]
+                         licenses__soft={"scheme": "x25519", "public_key": str(prefix.with_suffix(".pub"))})
+    client = await aiohttp_client(create_app(config))
+    pkg = await make_package(client, tmp_path)
+    tamper.only = set()
+    for layer in pkg.image.layers:  # each layer served right once, through algomint
+        digest = "sha256:" + hashlib.sha256(layer.blob).hexdigest()
+        assert await (await client.get(f"/v2/{pkg.image_repo}/blobs/{digest}")).read() == layer.blob
+        if layer.blob[:2] == b"\x1f\x8b":
+            tamper.only.add(digest)
+    # Changed bytes that still decompress: only the digest can tell.
+    tamper.mode = "flip mtime"
+    build = await run_build(client, pkg.name, expect="failed")
+    assert "failed digest verification" in build["error"], build["error"]
+    assert (await client.get(f"/v2/{pkg.business}/manifests/1.0-soft")).status == 404
     await tamper.close()
 
 

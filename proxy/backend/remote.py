@@ -439,7 +439,8 @@ class RegistryBackend(Backend):
         read timeout bounds those requests."""
         if streamed:
             return await request
-        limit = self._connect_timeout + self._first_byte_timeout
+        # aiohttp's idle read timeout also runs while the headers are awaited.
+        limit = self._connect_timeout + min(self._first_byte_timeout, self._timeout)
         try:
             async with asyncio.timeout(limit):
                 return await request
