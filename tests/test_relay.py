@@ -244,6 +244,32 @@ async def test_relay_gives_up_on_a_client_that_stops_reading(company) -> None:
     client.close()
 
 
+@pytest.mark.parametrize("digest", [None, DIGEST])
+async def test_the_client_has_its_own_timeout(company, digest) -> None:
+    # The backend may be given a minute between reads while a client that stops reading
+    # is cut off after the server's body timeout, and the other way round.
+    up_ours, up_theirs = pair()
+    sink, client = pair()  # the client never reads
+    data = b"x" * (32 * 1024 * 1024)
+
+    def send() -> None:
+        with up_theirs, contextlib.suppress(OSError):
+            up_theirs.sendall(data)
+
+    feeder = threading.Thread(target=send)
+    feeder.start()
+    with pytest.raises(ConnectionResetError, match="read nothing"):
+        await relay.relay(SocketSource(up_ours, b"", len(data), timeout=60), sink, digest, 0.3)
+    feeder.join()
+    client.close()
+    up_ours, up_theirs = pair()  # a silent upstream is still judged by its own timeout
+    sink, client = pair()
+    with pytest.raises(RegistryError, match="sent nothing"):
+        await relay.relay(SocketSource(up_ours, b"", 1000, timeout=0.3), sink, digest, 60)
+    up_theirs.close()
+    client.close()
+
+
 async def test_cancelling_a_relay_stops_its_thread(company) -> None:
     up_ours, up_theirs = pair()  # the upstream never sends: the thread waits in recv
     sink, client = pair()
@@ -319,9 +345,9 @@ def relayed(monkeypatch) -> list[str | None]:
     seen: list[str | None] = []
     real_relay = relay.relay
 
-    async def spy(source: SocketSource, sink: socket.socket, digest: str | None) -> None:
+    async def spy(source: SocketSource, sink: socket.socket, digest: str | None, *rest: float | None) -> None:
         seen.append(digest)
-        await real_relay(source, sink, digest)
+        await real_relay(source, sink, digest, *rest)
 
     monkeypatch.setattr(relay, "relay", spy)
     return seen

@@ -153,16 +153,16 @@ async def send_direct(request: web.Request, reader: BlobReader, digest: str | No
     sink = relay.client_socket(request)  # None for TLS, or while earlier bytes are queued
     if sink is None:
         return False
+    # A client that stops reading is given up after ``server.body_timeout``.
+    timeout = request.app[CONFIG].server.body_timeout
     if reader.path is not None:
-        # A client that stops reading is given up after ``server.body_timeout``.
-        timeout = request.app[CONFIG].server.body_timeout
         await relay.send_file(reader.path, reader.start, reader.length, sink, timeout, digest)
         return True
     source = reader.detach()
     if source is None:
         sink.close()
         return False
-    await relay.relay(source, sink, digest)
+    await relay.relay(source, sink, digest, timeout)
     return True
 
 
