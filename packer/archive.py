@@ -262,14 +262,15 @@ async def stream_archive(backend: Backend, plan: ArchivePlan, start: int = 0, en
 async def read_part(reader: BlobReader, part: BlobPart) -> AsyncIterator[bytes]:
     """The part's bytes from an open reader (closed at the end), re-cut into ``BATCH``
     pieces: fewer, larger writes, and each piece of a whole blob is hashed in a thread
-    while the next one streams."""
+    while the next one streams. The last piece of a hashed blob is yielded only once the
+    digest matches, so a wrong blob never reaches the consumer complete."""
     hasher = hashlib.new(part.digest.split(":", 1)[0]) if part.whole and not reader.verified else None
     hashing: asyncio.Future[None] | None = None
     sent = 0
     parts: list[bytes] = []
     held = 0
 
-    async def flush() -> bytes:
+    async def flush(last: bool) -> bytes:
         nonlocal hashing, parts, held
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         parts, held = [], 0
@@ -277,6 +278,9 @@ async def read_part(reader: BlobReader, part: BlobPart) -> AsyncIterator[bytes]:
             if hashing is not None:
                 await hashing  # one piece in flight: memory stays bounded
             hashing = asyncio.ensure_future(asyncio.to_thread(hasher.update, data))
+            if last:
+                await hashing
+                _check(hasher, part)
         return data
 
     try:
@@ -286,10 +290,10 @@ async def read_part(reader: BlobReader, part: BlobPart) -> AsyncIterator[bytes]:
                 raise ArchiveError(f"blob {part.digest} is larger than its descriptor says")
             parts.append(chunk)
             held += len(chunk)
-            if held >= BATCH:
-                yield await flush()
+            if held >= BATCH or sent == part.length:
+                yield await flush(sent == part.length)
         if parts:
-            yield await flush()
+            yield await flush(False)
         if hashing is not None:
             await hashing
     except RegistryError as exc:
@@ -301,6 +305,10 @@ async def read_part(reader: BlobReader, part: BlobPart) -> AsyncIterator[bytes]:
     if sent != part.length:
         raise ArchiveError(f"blob {part.digest} ended after {sent} of {part.length} bytes")
     if hasher is not None:
-        if f"{part.digest.split(':', 1)[0]}:{hasher.hexdigest()}" != part.digest:
-            raise ArchiveError(f"blob {part.digest} failed digest verification")
+        _check(hasher, part)
         reader.confirm()
+
+
+def _check(hasher: "hashlib._Hash", part: BlobPart) -> None:
+    if f"{part.digest.split(':', 1)[0]}:{hasher.hexdigest()}" != part.digest:
+        raise ArchiveError(f"blob {part.digest} failed digest verification")

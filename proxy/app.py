@@ -24,6 +24,7 @@ from .api.manage import audit as audit_api
 from .api.manage.cursors import setup_cursors
 from .api.manage.openapi import OPENAPI, build_document, openapi_router
 from .api.ops import add_ops_routes, add_ready_check
+from .api.slowclients import guard_slow_clients
 from .api.routes import V2_ROUTES, add_routes
 from .api.state import CONFIG, DATABASE, EVENTS, IN_FLIGHT, METRICS, PACKER, POLICY, REGISTRY, InFlight
 from .api.v2 import HANDLERS
@@ -51,7 +52,7 @@ _SWEEP_INTERVAL = 600.0
 
 def create_app(config: Config, *, backend: Backend | None = None) -> web.Application:
     app = web.Application(
-        middlewares=[middleware.observe, audit_requests, middleware.render_errors,
+        middlewares=[middleware.observe, guard_slow_clients, audit_requests, middleware.render_errors,
                      *([authenticate] if config.auth.enabled else []), middleware.policy_check],
         client_max_size=1024**4,  # bodies are streamed; limits are enforced per route
     )
@@ -84,6 +85,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     add_ready_check(app, "sandbox", app[PACKER].sandbox_status)  # function and job plugins' sandbox
     app.cleanup_ctx.append(_replay_changes)  # last: every event listener is subscribed
     app.on_response_prepare.append(middleware.add_api_version)
+    app.on_response_prepare.append(middleware.note_headers_sent)
     add_routes(app, V2_ROUTES, HANDLERS)
     add_ops_routes(app)
     routers = [openapi_router]

@@ -40,6 +40,14 @@ class ServerConfig(_Section):
     max_manifest_bytes: int = Field(4 * 1024 * 1024, gt=0, le=64 * 1024 * 1024)
     # How long SIGTERM waits for in-flight requests before closing them.
     shutdown_grace: float = Field(30.0, ge=0)
+    # Slow clients: the longest wait for a request's headers (from the connection's
+    # first byte, or its previous request), and for the next byte of a request body or
+    # for a client to take the next bytes of a response.
+    header_timeout: float = Field(30.0, gt=0)
+    body_timeout: float = Field(300.0, gt=0)
+    # TLS: PEM certificate (chain) and private key; both or neither. Re-read on SIGHUP.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @field_validator("listen")
     @classmethod
@@ -48,6 +56,18 @@ class ServerConfig(_Section):
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be HOST:PORT")
         return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "ServerConfig":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("server.tls_cert and server.tls_key go together")
+        if self.tls_cert is not None and self.public_url and not self.public_url.startswith("https://"):
+            raise ValueError("server.public_url must be https:// when algomint serves TLS itself")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @property
     def host(self) -> str:
@@ -66,8 +86,15 @@ class StorageConfig(_Section):
     password: SecretStr | None = None
     insecure: bool = False
     # Hash a blob when it is uploaded or first read whole ("once": later reads check the
-    # length and rely on content addressing), or on every whole read ("always").
-    verify_reads: Literal["once", "always"] = "once"
+    # length and rely on content addressing), or on every whole read ("always"). Unset:
+    # "once" for the embedded storage (algomint wrote every byte of it), "always" for a
+    # registry backend (a store algomint does not control may change under a digest).
+    verify_reads: Literal["once", "always"] | None = None
+    # registry: the longest wait to connect, for an answer's first byte, and between
+    # two reads of a body; a backend that exceeds one is reported UNAVAILABLE.
+    connect_timeout: float = Field(10.0, gt=0)
+    first_byte_timeout: float = Field(60.0, gt=0)
+    read_timeout: float = Field(60.0, gt=0)
     # Upload sessions idle longer than this are removed (filesystem backend).
     upload_expiry: float = Field(24 * 3600.0, gt=0)
     # Most bytes the open upload sessions of one repository may hold (filesystem
@@ -83,6 +110,13 @@ class StorageConfig(_Section):
             # the sessions and enforces its own limits.
             raise ValueError("storage.upload_quota applies to the filesystem backend only")
         return self
+
+    @property
+    def reads_verified(self) -> Literal["once", "always"]:
+        """``verify_reads`` as it applies to the configured backend."""
+        if self.verify_reads is not None:
+            return self.verify_reads
+        return "always" if self.backend == "registry" else "once"
 
 
 class MetadataConfig(_Section):

@@ -1,4 +1,5 @@
-"""Run the app: listen, serve, drain in-flight requests on SIGTERM/SIGINT."""
+"""Run the app: listen (TLS when configured), serve, drain in-flight requests on
+SIGTERM/SIGINT, re-read the TLS certificate on SIGHUP."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from aiohttp import web
 from .api.state import IN_FLIGHT
 from .app import create_app
 from .config import Config
+from .tls import ServerTLS
 
 __all__ = ["serve"]
 
@@ -18,16 +20,27 @@ log = logging.getLogger(__name__)
 
 
 async def _run(config: Config) -> None:
+    server = config.server
+    tls = ServerTLS(server.tls_cert, server.tls_key) if server.tls_cert and server.tls_key else None
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=config.server.shutdown_grace)
+    # aiohttp's keep-alive timer closes a connection that has not sent a complete
+    # request head this long after it opened or after its last response, however
+    # slowly bytes trickle in: the header timeout (bodies: ``api/slowclients.py``).
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=server.shutdown_grace,
+        keepalive_timeout=server.header_timeout,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
+    site = web.TCPSite(runner, server.host, server.port, reuse_address=True,
+                       ssl_context=tls.context if tls else None)
     await site.start()
-    log.info("listening", extra={"listen": config.server.listen, "backend": config.storage.backend})
+    log.info("listening", extra={"listen": server.listen, "tls": tls is not None, "backend": config.storage.backend})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, tls.reload)
     await stop.wait()
     grace = config.server.shutdown_grace
     log.info("shutting down: draining in-flight requests", extra={"in_flight": app[IN_FLIGHT].count})

@@ -126,7 +126,20 @@ def feed(sock: socket.socket, data: bytes) -> threading.Thread:
     return thread
 
 
-async def test_relay_copies_and_hashes() -> None:
+@pytest.fixture(params=["alone", "in company", "switching"])
+def company(request, monkeypatch) -> str:
+    """Trusted bodies are copied while alone and spliced in company: run both, and a
+    stream whose company changes before every piece (the pipe drains before a copy).
+    Verified bodies take one path whatever the company: they run under it too."""
+    if request.param == "in company":
+        monkeypatch.setattr(relay._streams, "crowded", lambda: True)
+    elif request.param == "switching":
+        turns = itertools.cycle([True, False, True, True, False])
+        monkeypatch.setattr(relay._streams, "crowded", lambda: next(turns))
+    return request.param
+
+
+async def test_relay_copies_and_hashes(company) -> None:
     up_ours, up_theirs = pair()
     sink, client = pair()
     source = SocketSource(up_ours, BLOB[:1000], len(BLOB), timeout=10)
@@ -137,7 +150,7 @@ async def test_relay_copies_and_hashes() -> None:
     feeder.join()
 
 
-async def test_relay_withholds_the_last_piece_of_a_mismatch() -> None:
+async def test_relay_withholds_the_last_piece_of_a_mismatch(company) -> None:
     up_ours, up_theirs = pair()
     sink, client = pair()
     feeder = feed(up_theirs, BLOB[:-1] + b"?")
@@ -147,18 +160,6 @@ async def test_relay_withholds_the_last_piece_of_a_mismatch() -> None:
     assert exc_info.value.error is Errors.UNAVAILABLE
     assert len(await reading) < len(BLOB)
     feeder.join()
-
-
-@pytest.fixture(params=["alone", "in company", "switching"])
-def company(request, monkeypatch) -> str:
-    """Trusted bodies are copied while alone and spliced in company: run both, and a
-    stream whose company changes before every piece (the pipe drains before a copy)."""
-    if request.param == "in company":
-        monkeypatch.setattr(relay._streams, "crowded", lambda: True)
-    elif request.param == "switching":
-        turns = itertools.cycle([True, False, True, True, False])
-        monkeypatch.setattr(relay._streams, "crowded", lambda: next(turns))
-    return request.param
 
 
 async def test_relay_without_digest_moves_the_body_exactly(company) -> None:
@@ -243,6 +244,32 @@ async def test_relay_gives_up_on_a_client_that_stops_reading(company) -> None:
     client.close()
 
 
+@pytest.mark.parametrize("digest", [None, DIGEST])
+async def test_the_client_has_its_own_timeout(company, digest) -> None:
+    # The backend may be given a minute between reads while a client that stops reading
+    # is cut off after the server's body timeout, and the other way round.
+    up_ours, up_theirs = pair()
+    sink, client = pair()  # the client never reads
+    data = b"x" * (32 * 1024 * 1024)
+
+    def send() -> None:
+        with up_theirs, contextlib.suppress(OSError):
+            up_theirs.sendall(data)
+
+    feeder = threading.Thread(target=send)
+    feeder.start()
+    with pytest.raises(ConnectionResetError, match="read nothing"):
+        await relay.relay(SocketSource(up_ours, b"", len(data), timeout=60), sink, digest, 0.3)
+    feeder.join()
+    client.close()
+    up_ours, up_theirs = pair()  # a silent upstream is still judged by its own timeout
+    sink, client = pair()
+    with pytest.raises(RegistryError, match="sent nothing"):
+        await relay.relay(SocketSource(up_ours, b"", 1000, timeout=0.3), sink, digest, 60)
+    up_theirs.close()
+    client.close()
+
+
 async def test_cancelling_a_relay_stops_its_thread(company) -> None:
     up_ours, up_theirs = pair()  # the upstream never sends: the thread waits in recv
     sink, client = pair()
@@ -318,9 +345,9 @@ def relayed(monkeypatch) -> list[str | None]:
     seen: list[str | None] = []
     real_relay = relay.relay
 
-    async def spy(source: SocketSource, sink: socket.socket, digest: str | None) -> None:
+    async def spy(source: SocketSource, sink: socket.socket, digest: str | None, *rest: float | None) -> None:
         seen.append(digest)
-        await real_relay(source, sink, digest)
+        await real_relay(source, sink, digest, *rest)
 
     monkeypatch.setattr(relay, "relay", spy)
     return seen
@@ -335,19 +362,21 @@ async def test_whole_blob_through_the_app(proxied, relayed) -> None:
         assert await resp.read() == BLOB
     ranged = await client.get(f"/v2/a/b/blobs/{DIGEST}", headers={"Range": "bytes=5-"})
     assert ranged.status == 206 and await ranged.read() == BLOB[5:]
-    # The first whole read is verified; the match is recorded, so the second is trusted.
-    assert relayed[:2] == [DIGEST, None]
+    # A registry backend is not our store: every whole read is verified by default.
+    assert relayed[:2] == [DIGEST, DIGEST]
     assert await no_relay_threads_left()
 
 
-async def test_verify_reads_always_hashes_every_read(aiohttp_client, upstream, tmp_path: Path, relayed) -> None:
-    backend = RegistryBackend(str(upstream[1]._origin), verify_reads="always")
+async def test_verify_reads_once_trusts_a_verified_blob(aiohttp_client, upstream, tmp_path: Path, relayed) -> None:
+    # The operator's opt-in: the first whole read is verified; the match is recorded,
+    # so the second is trusted (its length still checked).
+    backend = RegistryBackend(str(upstream[1]._origin), verify_reads="once")
     await backend.start()
     client = await aiohttp_client(create_app(make_config(tmp_path, "filesystem"), backend=backend))
     for _ in range(2):
         resp = await client.get(f"/v2/a/b/blobs/{DIGEST}")
         assert await resp.read() == BLOB
-    assert relayed == [DIGEST, DIGEST]
+    assert relayed == [DIGEST, None]
     await backend.close()
 
 

@@ -17,12 +17,14 @@ from ..service.policy import ANONYMOUS, Request as PolicyRequest
 from .routes import route_action
 from .state import IN_FLIGHT, METRICS, POLICY, PRINCIPAL, REQUEST_ID
 
-__all__ = ["add_api_version", "observe", "render_errors", "policy_check", "json_error"]
+__all__ = ["add_api_version", "note_headers_sent", "observe", "render_errors", "policy_check", "json_error"]
 
 log = logging.getLogger("algomint.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+# The response whose headers went out for this request (``note_headers_sent``).
+_HEADERS_SENT = "algomint.headers_sent"
 
 
 @web.middleware
@@ -84,31 +86,50 @@ async def render_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
     try:
         return await handler(request)
-    except ApiError as exc:
+    except Exception as exc:
+        started = request.get(_HEADERS_SENT)
+        if started is None:
+            return _render_failure(request, exc, render)
+        # The status line and headers are out: a second response on this connection
+        # would be read as the answer to the client's next request. A broken
+        # connection is the only honest signal left (the client sees a short body).
+        level = logging.INFO if isinstance(exc, ConnectionError) else logging.WARNING
+        log.log(level, "response aborted after its headers", extra={
+            "request_id": request_id, "path": request.path, "error": f"{type(exc).__name__}: {exc}",
+        })
+        if request.transport is not None:
+            request.transport.abort()
+        return started
+
+
+def _render_failure(
+    request: web.Request, exc: Exception, render: Callable[[RegistryError], web.Response]
+) -> web.StreamResponse:
+    """The error response for a failure before any of the response was sent."""
+    request_id = request.get(REQUEST_ID)
+    management = request.path.startswith("/api/")
+    if isinstance(exc, ApiError):
         return exc.response(request_id)
-    except RegistryError as exc:
+    if isinstance(exc, RegistryError):
         if exc.error is Errors.UNAVAILABLE:
             request.app[METRICS].backend_errors.labels(exc.code).inc()
             log.warning("backend unavailable", extra={"request_id": request_id, "error": str(exc)})
         return render(exc)
-    except MetadataError as exc:
+    if isinstance(exc, MetadataError):
         log.error("metadata store failed", extra={"request_id": request_id, "error": str(exc)})
         return render(RegistryError(Errors.UNAVAILABLE, message="metadata store unavailable"))
-    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+    if isinstance(exc, (web.HTTPNotFound, web.HTTPMethodNotAllowed)):
         not_found = isinstance(exc, web.HTTPNotFound)
         if management:
             return ApiError(exc.status, "no such route" if not_found else "method not allowed").response(request_id)
         if request.path.startswith("/v2/"):
             error = Errors.NAME_UNKNOWN if not_found else Errors.UNSUPPORTED
             return json_error(RegistryError(error, {"path": request.path[:200], "method": request.method}), request_id)
-        raise
-    except web.HTTPException:
-        raise
-    except ConnectionError:
-        raise  # the client went away: nothing to answer
-    except Exception:
-        log.exception("unhandled error", extra={"request_id": request_id})
-        return render(RegistryError(Errors.UNKNOWN, message="internal error"))
+        raise exc
+    if isinstance(exc, (web.HTTPException, ConnectionError)):
+        raise exc  # HTTP exceptions render themselves; a client that went away needs no answer
+    log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
+    return render(RegistryError(Errors.UNKNOWN, message="internal error"))
 
 
 @web.middleware
@@ -132,6 +153,11 @@ async def policy_check(request: web.Request, handler: Handler) -> web.StreamResp
             )
         )
     return await handler(request)
+
+
+async def note_headers_sent(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` hook: from here on a failure must abort, not answer."""
+    request[_HEADERS_SENT] = response
 
 
 async def add_api_version(request: web.Request, response: web.StreamResponse) -> None:

@@ -5,6 +5,7 @@ root (``add_ready_check``), so this module knows nothing of the parts that repor
 
 from __future__ import annotations
 
+import asyncio
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -12,6 +13,10 @@ from aiohttp import web
 from ..meta import MetadataError
 from ..oci.errors import RegistryError
 from .state import DATABASE, METRICS, REGISTRY
+
+# Longest a readiness check waits for the backend: probes have short timeouts of their
+# own, and a backend that takes longer than this is not ready to serve pulls either.
+READY_TIMEOUT = 5.0
 
 
 # A check answers (status text, whether the service is ready as far as it is concerned);
@@ -31,10 +36,13 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
     try:
-        await request.app[REGISTRY].backend.ping()
+        async with asyncio.timeout(READY_TIMEOUT):
+            await request.app[REGISTRY].backend.ping()
         checks["backend"] = "ok"
     except RegistryError as exc:
         checks["backend"] = exc.message
+    except TimeoutError:
+        checks["backend"] = f"backend did not answer within {READY_TIMEOUT:g} s"
     try:
         await request.app[DATABASE].ping()
         checks["metadata"] = "ok"

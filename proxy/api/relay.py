@@ -4,8 +4,11 @@ When a backend hands over its plain-TCP upstream connection (``BlobReader.detach
 the client's connection is plain TCP too, the body skips aiohttp's client stream reader
 and the server transport: one thread per stream moves it between duplicates of the two
 sockets, ``recv_into`` one reused 1 MiB buffer and ``send``, releasing the GIL in each
-call. A body that must be verified (a blob not yet in the storage's ledger of verified
-blobs) is hashed in the same thread while the bytes are still in cache.
+call. A body that must be verified (every whole read from a registry backend, or a blob
+not yet in the storage's ledger of verified blobs) is hashed in the same thread while the
+bytes are still in cache, its last piece sent only once the digest matches. (Splicing it
+into a pipe, ``tee(2)``-ing that into a second pipe read for the hash and splicing on to
+the client measured no cheaper: 0.92-1.00 against 0.88-0.93 CPU-s per GB.)
 
 How a trusted body moves depends on company. A stream alone in the process is copied
 through user space: ``splice(2)`` would spend less of our CPU, but it hands the client
@@ -82,13 +85,16 @@ def client_socket(request: web.Request) -> socket.socket | None:
     return socket.socket(fileno=os.dup(raw.fileno()))
 
 
-async def relay(source: SocketSource, sink: socket.socket, digest: str | None) -> None:
+async def relay(
+    source: SocketSource, sink: socket.socket, digest: str | None, client_timeout: float | None = None
+) -> None:
     """Copy ``source`` to ``sink`` and close both. With ``digest``, the bytes are hashed
     and the last piece is sent only once they match: a mismatch never reaches the client
     as a complete body. Without, they are copied or spliced (see the module's note). A
     bad or short upstream body raises ``UNAVAILABLE``, a client that went away (or read
-    nothing for the source's timeout) ``ConnectionResetError``."""
-    work = partial(_copy, source, sink, digest) if digest is not None else partial(_move, source, sink)
+    nothing for ``client_timeout``, by default the source's) ``ConnectionResetError``."""
+    waits = client_timeout or source.timeout
+    work = partial(_copy, source, sink, digest, waits) if digest is not None else partial(_move, source, sink, waits)
     await _in_thread(work, (source.sock, sink))
 
 
@@ -145,6 +151,9 @@ async def _in_thread(work: Callable[[], None], sockets: tuple[socket.socket, ...
 
 
 def _send_file(path: Path, start: int, length: int, sink: socket.socket, timeout: float) -> None:
+    if length == 0:
+        sink.close()  # sendfile(2) refuses a count of 0; there is nothing to send
+        return
     with sink, open(path, "rb") as source:
         sink.settimeout(timeout)  # a client that stops reading must not pin the thread forever
         try:
@@ -173,31 +182,31 @@ def _file_pieces(source: Any, length: int) -> Iterator[memoryview]:
         yield buffer[:received]
 
 
-def _copy(source: SocketSource, sink: socket.socket, digest: str) -> None:
+def _copy(source: SocketSource, sink: socket.socket, digest: str, client_timeout: float) -> None:
     with source.sock, sink:
         source.sock.setblocking(False)
         sink.setblocking(False)
-        _send_pieces(_pieces(source), source.length, sink, source.timeout, digest)
+        _send_pieces(_pieces(source), source.length, sink, client_timeout, digest)
 
 
-def _move(source: SocketSource, sink: socket.socket) -> None:
+def _move(source: SocketSource, sink: socket.socket, client_timeout: float) -> None:
     """A trusted body: each piece copied while this is the process's only stream, spliced
     while others run. Sockets stay non-blocking; ``poll`` waits only when a call would block."""
     with source.sock, sink, _Pipe() as pipe:
         source.sock.setblocking(False)
         sink.setblocking(False)
         if source.head:
-            _send_all(sink, source.head, source.timeout)
+            _send_all(sink, source.head, client_timeout)
         remaining = source.length - len(source.head)
         buffer: memoryview | None = None
         while remaining or pipe.buffered:
             if pipe.buffered or _streams.crowded():
-                remaining -= pipe.turn(source.sock, sink, remaining, source.timeout)
+                remaining -= pipe.turn(source.sock, sink, remaining, source.timeout, client_timeout)
                 continue
             if buffer is None:  # a stream that is never alone never needs one
                 buffer = memoryview(bytearray(min(_CHUNK, remaining)))
             received = _receive(source, buffer[: min(len(buffer), remaining)], remaining)
-            _send_all(sink, buffer[:received], source.timeout)
+            _send_all(sink, buffer[:received], client_timeout)
             remaining -= received
 
 
@@ -217,7 +226,9 @@ class _Pipe:
             for end in self._ends:
                 os.close(end)
 
-    def turn(self, upstream: socket.socket, client: socket.socket, remaining: int, timeout: float) -> int:
+    def turn(
+        self, upstream: socket.socket, client: socket.socket, remaining: int, timeout: float, client_timeout: float
+    ) -> int:
         """Take what ``upstream`` has (up to ``remaining``) into the pipe and give
         ``client`` what it accepts, each tried first; sleep in ``poll`` only when neither
         side moved. Returns how many bytes came from ``upstream``."""
@@ -257,7 +268,7 @@ class _Pipe:
                 waits[upstream] = select.POLLIN
             if self.buffered:
                 waits[client] = select.POLLOUT
-            _wait_for(waits, timeout)
+            _wait_for(waits, client_timeout if upstream not in waits else timeout, client_timeout)
         return received
 
 
@@ -265,6 +276,8 @@ def _send_pieces(pieces: Iterator[memoryview], length: int, sink: socket.socket,
     """Send ``pieces``, hashing them; the last goes only once the digest matches."""
     algorithm, _, expected = digest.partition(":")
     hasher = hashlib.new(algorithm)
+    if length == 0 and hasher.hexdigest() != expected:
+        raise RegistryError(Errors.UNAVAILABLE, {"digest": digest}, message="blob failed digest verification")
     hashed = 0
     for piece in pieces:
         hasher.update(piece)  # in this thread, while the bytes are still in cache
@@ -316,15 +329,22 @@ def _send_all(sink: socket.socket, data: bytes | memoryview, timeout: float) -> 
         view = view[sent:]
 
 
-def _wait_for(waits: dict[socket.socket, int], timeout: float) -> None:
+def _wait_for(waits: dict[socket.socket, int], timeout: float, client_timeout: float | None = None) -> None:
     """Sleep until a socket in ``waits`` is ready for its event (or hung up). Only the
-    client is waited on to send and only the upstream to receive, so a timeout blames
-    the client when we were waiting to send to it, else the backend."""
+    client is waited on to send and only the upstream to receive. Waiting on both, each
+    has its own limit (``client_timeout`` for the client), and the first to run out is
+    blamed; waiting on one, ``timeout`` is its limit."""
     poller = select.poll()
     for sock, event in waits.items():
         poller.register(sock, event)
-    if poller.poll(timeout * 1000):
+    sending = select.POLLOUT in waits.values()
+    receiving = select.POLLIN in waits.values()
+    limit = timeout
+    if sending and receiving and client_timeout is not None:
+        limit = min(timeout, client_timeout)
+        sending = client_timeout <= timeout  # whose limit runs out first
+    if poller.poll(limit * 1000):
         return
-    if select.POLLOUT in waits.values():
-        raise ConnectionResetError(f"client read nothing for {timeout:.0f} s")
-    raise RegistryError(Errors.UNAVAILABLE, message=f"backend sent nothing for {timeout:.0f} s")
+    if sending:
+        raise ConnectionResetError(f"client read nothing for {limit:.0f} s")
+    raise RegistryError(Errors.UNAVAILABLE, message=f"backend sent nothing for {limit:.0f} s")

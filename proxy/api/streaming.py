@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
 import re
 from typing import AsyncGenerator, AsyncIterator, Mapping, Protocol
 
@@ -20,15 +19,11 @@ from aiohttp import web
 from ..backend import BlobReader
 from ..oci.errors import Errors, RegistryError
 from . import relay
-from .state import METRICS
+from .state import CONFIG, METRICS
 
 __all__ = ["ByteRange", "StreamPart", "parse_range", "request_chunks", "read_body", "send_blob", "send_direct", "send_stream", "CHUNK"]
 
-log = logging.getLogger(__name__)
-
 CHUNK = 1024 * 1024
-# Longest a file send waits for a client that stopped reading.
-_SEND_TIMEOUT = 300.0
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -121,12 +116,9 @@ async def send_blob(
         await response.write_eof()
         metrics.bytes_out.inc(reader.length)
         return response
-    except RegistryError as exc:
-        # Headers are out: the only honest signal left is a broken connection.
-        log.warning("blob stream aborted", extra={"digest": reader.digest, "error": str(exc)})
-        _abort(request)
-        return response
     finally:
+        # A failure once the headers are out propagates to ``render_errors``, which
+        # aborts the connection: the one place that decides what a failure looks like.
         metrics.in_flight_streams.dec()
         await reader.close()
 
@@ -146,6 +138,8 @@ async def _copy(request: web.Request, response: web.StreamResponse, reader: Blob
             if sent == reader.length:
                 _check_digest(reader, hasher.hexdigest())  # before the last bytes leave
             await response.write(chunk)
+    if verify and reader.length == 0:
+        _check_digest(reader, hasher.hexdigest())  # type: ignore[union-attr]
     if sent != reader.length:
         raise RegistryError(Errors.UNAVAILABLE, {"expected": reader.length, "received": sent},
                             message="backend stream ended early")
@@ -159,14 +153,16 @@ async def send_direct(request: web.Request, reader: BlobReader, digest: str | No
     sink = relay.client_socket(request)  # None for TLS, or while earlier bytes are queued
     if sink is None:
         return False
+    # A client that stops reading is given up after ``server.body_timeout``.
+    timeout = request.app[CONFIG].server.body_timeout
     if reader.path is not None:
-        await relay.send_file(reader.path, reader.start, reader.length, sink, _SEND_TIMEOUT, digest)
+        await relay.send_file(reader.path, reader.start, reader.length, sink, timeout, digest)
         return True
     source = reader.detach()
     if source is None:
         sink.close()
         return False
-    await relay.relay(source, sink, digest)
+    await relay.relay(source, sink, digest, timeout)
     return True
 
 
@@ -211,7 +207,8 @@ async def send_stream(
 
     The generator is closed whatever happens (so its backend streams are released when
     the client goes away); if it fails once the headers are out, or yields a different
-    number of bytes than ``length``, the connection is aborted, never ended cleanly."""
+    number of bytes than ``length``, the error propagates and the connection is aborted
+    (``middleware.render_errors``), never ended cleanly."""
     metrics = request.app[METRICS]
     response = web.StreamResponse(status=status, headers=headers)
     if length is not None:
@@ -231,17 +228,8 @@ async def send_stream(
             raise RuntimeError(f"generated {sent} bytes, promised {length}")
         await response.write_eof()
         return response
-    except ConnectionError:
-        return response  # the client went away; the generator is closed
-    except Exception as exc:  # noqa: BLE001 - after the headers, aborting is the only signal left
-        log.warning("stream aborted", extra={"path": request.path, "error": str(exc), "sent": sent})
-        _abort(request)
-        return response
     finally:
+        # As in ``send_blob``: a failure after the headers aborts the connection
+        # (``render_errors``); the generator is closed above whatever happened.
         metrics.bytes_out.inc(sent)
         metrics.in_flight_streams.dec()
-
-
-def _abort(request: web.Request) -> None:
-    if request.transport is not None:
-        request.transport.abort()

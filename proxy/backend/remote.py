@@ -28,6 +28,7 @@ repository nor another host.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -37,7 +38,7 @@ import re
 import socket
 from contextlib import asynccontextmanager
 from types import MappingProxyType
-from typing import Any, AsyncIterable, AsyncIterator, Literal, Mapping, Sequence
+from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Literal, Mapping, Sequence
 from urllib.parse import quote, unquote
 
 import aiohttp
@@ -59,7 +60,6 @@ _MAX_PAGES = 100_000
 _MAX_REDIRECTS = 5
 _MAX_UPLOAD_ID = 8192
 _POOL_LIMIT = 256  # concurrent backend connections; blob streams hold one each
-_CONNECT_TIMEOUT = 30.0
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _ACCEPT_MANIFESTS = ", ".join(sorted(MANIFEST_TYPES))
 _UPLOAD_ID_RE = re.compile(r"[A-Za-z0-9_-]+")
@@ -208,7 +208,7 @@ class _RemoteBlobReader(BlobReader):
         *,
         skip: int = 0,
         chunk_size: int,
-        timeout: float = 300.0,
+        timeout: float = 60.0,
         ledger: VerifiedBlobs | None = None,
     ) -> None:
         self.digest = digest
@@ -298,23 +298,29 @@ class RegistryBackend(Backend):
         password: str | None = None,
         insecure: bool = False,
         read_chunk: int = 1024 * 1024,
-        timeout: float = 300,
-        verify_reads: Literal["once", "always"] = "once",
+        timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        first_byte_timeout: float = 60.0,
+        verify_reads: Literal["once", "always"] = "always",
     ) -> None:
         base = URL(url.rstrip("/"))
         if not base.is_absolute() or base.scheme not in ("http", "https") or not base.host:
             raise ValueError(f"backend registry URL must be http(s)://host[:port][/path], got {url!r}")
-        if read_chunk <= 0 or timeout <= 0:
-            raise ValueError("read_chunk and timeout must be positive")
+        if read_chunk <= 0 or min(timeout, connect_timeout, first_byte_timeout) <= 0:
+            raise ValueError("read_chunk and the timeouts must be positive")
         self._origin = base.origin()
         self._base_path = base.raw_path.rstrip("/")  # "" or a path prefix such as "/registry"
         self._username = username
         self._password = password
         self._insecure = insecure
         self._read_chunk = read_chunk
-        self._timeout = timeout
-        # "once": a blob hashed in full by a reader is trusted on later reads (length
-        # still checked); "always": every whole read is hashed again.
+        self._timeout = timeout  # idle: the longest wait between two reads of a body
+        self._connect_timeout = connect_timeout
+        self._first_byte_timeout = first_byte_timeout
+        # "always" (the default): every whole read is hashed, since the backend is a
+        # store we do not control and may serve other bytes under a digest it served
+        # right before. "once" (an operator's opt-in): a blob hashed in full by a reader
+        # is trusted on later reads (length still checked).
         self._verified = VerifiedBlobs() if verify_reads == "once" else None
         self._session: aiohttp.ClientSession | None = None
         self._auth: Authenticator | None = None
@@ -326,7 +332,7 @@ class RegistryBackend(Backend):
         connector = aiohttp.TCPConnector(limit=_POOL_LIMIT, ssl=False if self._insecure else True)
         # No total timeout: a multi-GB blob stream may take long; a stalled socket may not.
         timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=min(self._timeout, _CONNECT_TIMEOUT), sock_read=self._timeout
+            total=None, connect=self._connect_timeout, sock_connect=self._connect_timeout, sock_read=self._timeout
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -413,8 +419,11 @@ class RegistryBackend(Backend):
             for attempt in range(2):
                 auth_headers = auth.headers(scopes)
                 data: Any = body.iterate() if isinstance(body, _BodySource) else body
-                resp = await session.request(
-                    method, url, headers={**(headers or {}), **auth_headers}, data=data, allow_redirects=False
+                resp = await self._answer(
+                    session.request(
+                        method, url, headers={**(headers or {}), **auth_headers}, data=data, allow_redirects=False
+                    ),
+                    streamed,
                 )
                 if resp.status != 401:
                     break
@@ -435,6 +444,26 @@ class RegistryBackend(Backend):
             if isinstance(body, _BodySource) and body.error is not None:
                 raise body.error from None
             raise unreachable(exc) from None
+
+    async def _answer(self, request: Awaitable[aiohttp.ClientResponse], streamed: bool = False) -> aiohttp.ClientResponse:
+        """Await a response's headers: a backend that accepts a request and never answers
+        must not hold our client. A streamed body is the client's pace, so only the idle
+        read timeout bounds those requests."""
+        if streamed:
+            return await request
+        # aiohttp's idle read timeout also runs while the headers are awaited.
+        limit = self._connect_timeout + min(self._first_byte_timeout, self._timeout)
+        try:
+            async with asyncio.timeout(limit):
+                return await request
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                raise RegistryError(
+                    Errors.UNAVAILABLE, message=f"backend registry: no connection within {self._connect_timeout:g} s"
+                ) from None
+            raise RegistryError(
+                Errors.UNAVAILABLE, message=f"backend registry did not answer within {limit:g} s"
+            ) from None
 
     def _refused(self, challenge: str) -> RegistryError:
         bearer = next((c for c in parse_challenges(challenge) if c.scheme == "bearer"), None)
@@ -472,7 +501,7 @@ class RegistryBackend(Backend):
                 sent.update(auth_headers)  # never hand our credentials to another host
             if resp.status == 303:
                 method = "GET"
-            resp = await session.request(method, target, headers=sent, allow_redirects=False)
+            resp = await self._answer(session.request(method, target, headers=sent, allow_redirects=False))
             if resp.status not in _REDIRECT_STATUSES:
                 return resp
         resp.release()

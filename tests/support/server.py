@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -31,7 +32,11 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(workdir: Path, config_text: str = "", env: dict[str, str] | None = None, timeout: float = 20) -> Server:
+def start_server(
+    workdir: Path, config_text: str = "", env: dict[str, str] | None = None, timeout: float = 20,
+    ca: Path | None = None,
+) -> Server:
+    """``ca``: the server speaks https with a certificate this CA file vouches for."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = workdir / "algomint.toml"
@@ -49,11 +54,12 @@ def start_server(workdir: Path, config_text: str = "", env: dict[str, str] | Non
         cwd=workdir,
     )
     log.close()
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if ca else 'http'}://127.0.0.1:{port}"
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
     deadline = time.monotonic() + timeout
     while True:
         try:
-            urllib.request.urlopen(url + "/healthz", timeout=1)
+            urllib.request.urlopen(url + "/healthz", timeout=1, context=context)
             return Server(url, proc, log_path)
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -63,8 +69,10 @@ def start_server(workdir: Path, config_text: str = "", env: dict[str, str] | Non
 
 
 @contextlib.contextmanager
-def run_server(workdir: Path, config_text: str = "", env: dict[str, str] | None = None) -> Iterator[Server]:
-    server = start_server(workdir, config_text, env)
+def run_server(
+    workdir: Path, config_text: str = "", env: dict[str, str] | None = None, ca: Path | None = None
+) -> Iterator[Server]:
+    server = start_server(workdir, config_text, env, ca=ca)
     try:
         yield server
     finally:
