@@ -61,7 +61,7 @@ from .names import (
     PackageName,
     RuntimeImageRef,
 )
-from .package_files import model_layers, seal_files
+from .package_files import check_no_clear_copies, model_layers, seal_files
 from .rights import IMAGE_CONFIGS, BuildRights, refused
 from .settings import FullBuildConfig
 from .store import BuildRecord, BuildStore, Frozen, LayerProgress
@@ -227,6 +227,8 @@ class FullBuilder:
         package, descriptor, refs = inputs.package, inputs.descriptor, inputs.refs
         files = list(package.document.get("layers") or [])
         positions = model_layers(files, compile_globs(inputs.models)) if inputs.models else []
+        if licenser.encrypts:
+            check_no_clear_copies(files, positions)
         if licenser.encrypts and inputs.models and not positions and (inputs.models_declared or not refs):
             raise BuildError(
                 f"no file of {name} matches the package models {list(inputs.models)}: a {record.license} package "

@@ -25,7 +25,7 @@ from ..licensing.envelope import Encryptor
 from ..package import DEFAULT_FILE_MEDIA_TYPE, PackageError, validate_path
 from .names import ANNOTATION_ENCRYPTED, ENVELOPE_FORMAT, BuildError
 
-__all__ = ["SealedFiles", "UNPACK_ANNOTATION", "model_layers", "seal_files"]
+__all__ = ["SealedFiles", "UNPACK_ANNOTATION", "check_no_clear_copies", "model_layers", "seal_blob", "seal_files"]
 
 # oras marks a layer that is a directory packed as tar+gzip; its title is the directory.
 UNPACK_ANNOTATION = "io.deis.oras.content.unpack"
@@ -59,6 +59,17 @@ def model_layers(layers: list[dict[str, Any]], select: Callable[[str], bool]) ->
                              "push model files one by one so each can be encrypted")
         out.append(position)
     return out
+
+
+def check_no_clear_copies(layers: list[dict[str, Any]], positions: list[int]) -> None:
+    """A model file must not also ride along in the clear under another name (a plugin
+    that copied it): the same blob in a file the build does not seal fails the build."""
+    models = {layers[p]["digest"]: _title(layers[p]) for p in positions}
+    for position, layer in enumerate(layers):
+        if position not in positions and layer.get("digest") in models:
+            raise BuildError(f"package file {_title(layer)!r} is a copy of the model file "
+                             f"{models[layer['digest']]!r} that the models globs do not cover; it would be "
+                             "delivered in the clear (remove it, or name it in models)")
 
 
 async def seal_files(backend: Backend, repo: str, layers: list[dict[str, Any]], positions: list[int],
