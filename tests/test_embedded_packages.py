@@ -58,20 +58,11 @@ async def assemble_edge(fb, tmp_path: Path) -> tuple[str, str, str]:
 
 
 def unpack_package(archive: bytes, out: Path) -> dict:
-    """What a device does with the deliverable: find the licensed package's manifest in
-    the OCI layout and write each file at its title. Returns the descriptor."""
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tf:
-        read = lambda digest: tf.extractfile("blobs/sha256/" + digest.split(":", 1)[1]).read()  # noqa: E731
-        layout = json.loads(tf.extractfile("index.json").read())
-        root = json.loads(read(layout["manifests"][0]["digest"]))
-        assert root["artifactType"] == mt.FULL
-        thin_entry = next(m for m in root["manifests"] if m.get("artifactType") == mt.BUSINESS)
-        thin = json.loads(read(thin_entry["digest"]))
-        for layer in thin["layers"]:
-            target = out / layer["annotations"][mt.ANNOTATION_TITLE]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(read(layer["digest"]))
-        return json.loads(read(thin["config"]["digest"]))
+    """What a device installer does with the deliverable: ``algomint unpack``."""
+    path, desc = out.with_suffix(".tar"), out.with_suffix(".json")
+    path.write_bytes(archive)
+    assert cli_main(["unpack", str(path), "--output", str(out), "--descriptor", str(desc)]) == 0
+    return json.loads(desc.read_text())
 
 
 async def licensed_blobs(fb, repo: str, index_digest: str) -> list[bytes]:
@@ -133,6 +124,12 @@ async def test_embedded_package_licensed_frozen_and_delivered(fb, tmp_path, keys
         assert (device / "bin/edge-det").read_bytes() == BINARY
         sealed = (device / "model/edge.rknn").read_bytes()
         assert sealed[:8] == b"ALGOMENC" and SAMPLE not in sealed
+        # An archive changed on the way is refused: the damaged file is not written.
+        at = archive.index(sealed[:4096]) + 1000
+        broken = archive[:at] + bytes([archive[at] ^ 1]) + archive[at + 1:]
+        (tmp_path / "broken.tar").write_bytes(broken)
+        assert cli_main(["unpack", str(tmp_path / "broken.tar"), "--output", str(tmp_path / "broken")]) == 1
+        assert not (tmp_path / "broken/model/edge.rknn").exists()
 
         # Refused: a wrong key, a wrong (or missing) dongle id, a tampered chunk.
         other = tmp_path / f"other-{license}"
