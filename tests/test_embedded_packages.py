@@ -5,15 +5,17 @@ delivered as an archive that ``algomint decrypt`` opens."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 import uuid
 from pathlib import Path
 
+import pytest
+
+from proxy.app import create_app
 from proxy.cli import main as cli_main
 from proxy.oci import mediatypes as mt
+from tests.conftest import make_config
 from tests.support.oci import digest_of, error_code, push_blob
 from tests.support.packer import create_chain, push_generic, push_plugin, wait_jobs_done
 from tests.support.tarlayers import MODELS, build_image
@@ -245,3 +247,33 @@ async def test_package_models_follow_the_generic_source(fb, tmp_path):
     await generic_and_business("4.0", bad, bad)
     resp = await fb.post("/api/v1/full-builds", json={"package": f"{business}:4.0", "license": "soft"})
     assert resp.status == 422 and (await resp.json())["error"]["detail"]["field"].startswith("models")
+
+
+@pytest.fixture
+async def floor_client(aiohttp_client, tmp_path, backend_kind, request, keys):
+    dist = request.getfixturevalue("distribution") if backend_kind == "registry" else None
+    config = make_config(
+        tmp_path, backend_kind, dist,
+        licenses__soft={"scheme": "x25519", "public_key": str(keys["public"]), "chunk_size": 4096},
+        full_builds__models={"generic/floor*": ["weights/**"]},
+    )
+    return await aiohttp_client(create_app(config))
+
+
+async def test_operator_floor_covers_package_files(floor_client, tmp_path, keys):
+    """``[full_builds.models]`` matching the generic repository seals package files the
+    descriptor does not name (the owner's floor)."""
+    uid = uuid.uuid4().hex[:8]
+    business = f"business/door/floor{uid}"
+    doc = edge_descriptor("f", "1.0", models=())
+    files = {"bin/edge-det": BINARY, "weights/deep/edge.bin": MODEL}
+    await write_business(floor_client, business, "1.0", json.dumps(doc).encode(), files)
+    build = await run_build(floor_client, f"{business}:1.0", "soft")
+    assert build["result"]["package"] == {"models": ["weights/**"], "encrypted_files": ["weights/deep/edge.bin"],
+                                          "key_id": build["result"]["package"]["key_id"]}
+    archive = await (await floor_client.get(f"/api/v1/archive/{business}:1.0-soft")).read()
+    assert SAMPLE not in archive
+    device = tmp_path / "floor"
+    unpack_package(archive, device)
+    assert cli_main(["decrypt", "--license-key", str(keys["private"]), str(device)]) == 0
+    assert (device / "weights/deep/edge.bin").read_bytes() == MODEL
