@@ -62,7 +62,7 @@ from .names import (
     RuntimeImageRef,
 )
 from .package_files import check_no_clear_copies, model_layers, seal_files
-from .rights import IMAGE_CONFIGS, BuildRights, refused
+from .rights import IMAGE_CONFIGS, BuildInputs, BuildRights, refused
 from .settings import FullBuildConfig
 from .store import BuildRecord, BuildStore, Frozen, LayerProgress
 
@@ -226,16 +226,7 @@ class FullBuilder:
             raise BuildError(exc.message) from None
         package, descriptor, refs = inputs.package, inputs.descriptor, inputs.refs
         files = list(package.document.get("layers") or [])
-        positions = model_layers(files, compile_globs(inputs.models)) if inputs.models else []
-        if licenser.encrypts:
-            check_no_clear_copies(files, positions)
-        if licenser.encrypts and inputs.models and not positions and (inputs.models_declared or not refs):
-            raise BuildError(
-                f"no file of {name} matches the package models {list(inputs.models)}: a {record.license} package "
-                "with nothing encrypted would deliver its models in the clear; fix the generic package's "
-                "models (or [full_builds.models]), or build full")
-        file_progress = {p: tracker.add(f"{name} (package)", p, files[p]["digest"], int(files[p]["size"]))
-                         for p in positions}
+        file_progress = self._plan_files(name, inputs, files, licenser, tracker)
 
         runtimes: dict[str, _Runtime] = {}
         for ref in refs:
@@ -266,25 +257,8 @@ class FullBuilder:
                     f"{record.license} image with nothing encrypted would deliver its models in the clear; "
                     "fix the generic package's runtime.images models (or [full_builds.models]), or build full")
 
-        # The package's own model files, under their own data key and license file.
-        sealed_paths: list[str] = []
-        package_key_id = b""
-        if positions and licenser.encrypts:
-            key, package_key_id = os.urandom(32), os.urandom(KEY_ID_SIZE)
-            license_file = licenser.wrap(key, package_key_id)
-            license_digest = await self._put_blob(name.repository, license_file)
-            for p in positions:
-                tracker.set(file_progress[p], "rewriting", 0)
-            sealed = await seal_files(self.backend, name.repository, files, positions, key, package_key_id,
-                                      settings.chunk_size, settings.license_path, (license_digest, len(license_file)),
-                                      lambda p, n: tracker.advance(file_progress[p])(n))
-            files, sealed_paths = sealed.layers, sealed.encrypted
-            for p in positions:
-                file_progress[p].encrypted = 1
-                tracker.set(file_progress[p], "rewritten", file_progress[p].size)
-        else:
-            for p in positions:
-                tracker.set(file_progress[p], "reused", file_progress[p].size)
+        files, sealed_paths, package_key_id = await self._license_files(name, files, file_progress, licenser,
+                                                                        settings, tracker)
 
         # The license-specific descriptor and the full index, in the business repository.
         descriptor = copy.deepcopy(descriptor)
@@ -381,6 +355,41 @@ class FullBuilder:
             result["package"] = {"models": list(inputs.models), "encrypted_files": sealed_paths,
                                  "key_id": package_key_id.hex() if package_key_id else None}
         return result, freezes, content
+
+    def _plan_files(self, name: PackageName, inputs: BuildInputs, files: list[dict[str, Any]], licenser: Licenser,
+                    tracker: Tracker) -> dict[int, LayerProgress]:
+        """The package's own model files (by layer position), each tracked like a layer."""
+        positions = model_layers(files, compile_globs(inputs.models)) if inputs.models else []
+        if licenser.encrypts:
+            check_no_clear_copies(files, positions)
+            if inputs.models and not positions and (inputs.models_declared or not inputs.refs):
+                raise BuildError(
+                    f"no file of {name} matches the package models {list(inputs.models)}: a {licenser.kind} "
+                    "package with nothing encrypted would deliver its models in the clear; fix the generic "
+                    "package's models (or [full_builds.models]), or build full")
+        return {p: tracker.add(f"{name} (package)", p, files[p]["digest"], int(files[p]["size"])) for p in positions}
+
+    async def _license_files(self, name: PackageName, files: list[dict[str, Any]],
+                             progress: dict[int, LayerProgress], licenser: Licenser, settings: LicenseConfig,
+                             tracker: Tracker) -> tuple[list[dict[str, Any]], list[str], bytes]:
+        """Seal the package's model files under their own data key and add the license
+        file; returns the licensed package's layers, the sealed paths and the key id."""
+        if not progress or not licenser.encrypts:
+            for layer in progress.values():
+                tracker.set(layer, "reused", layer.size)
+            return files, [], b""
+        key, key_id = os.urandom(32), os.urandom(KEY_ID_SIZE)
+        license_file = licenser.wrap(key, key_id)
+        license_digest = await self._put_blob(name.repository, license_file)
+        for layer in progress.values():
+            tracker.set(layer, "rewriting", 0)
+        sealed = await seal_files(self.backend, name.repository, files, sorted(progress), key, key_id,
+                                  settings.chunk_size, settings.license_path, (license_digest, len(license_file)),
+                                  lambda p, n: tracker.advance(progress[p])(n))
+        for layer in progress.values():
+            layer.encrypted = 1
+            tracker.set(layer, "rewritten", layer.size)
+        return sealed.layers, sealed.encrypted, key_id
 
     async def _reuse(self, runtime: _Runtime, tracker: Tracker) -> None:
         """Point the package at the licensed image an earlier build made from the same inputs."""
