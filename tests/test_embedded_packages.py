@@ -90,6 +90,8 @@ async def test_embedded_package_licensed_frozen_and_delivered(fb, tmp_path, keys
         assert result["tag"] == f"{business}:{version}-{license}" and result["images"] == []
         assert result["package"]["encrypted_files"] == ["model/edge.rknn"]
         assert build["bytes_done"] == build["bytes_total"] == len(MODEL)
+        [progress] = build["layers"]
+        assert progress["state"] == "rewritten" and progress["encrypted_files"] == 1
 
         # The full package: the licensed package's manifest, provenance to the thin package.
         index, index_digest = await manifest(fb, business, f"{version}-{license}")
@@ -104,6 +106,7 @@ async def test_embedded_package_licensed_frozen_and_delivered(fb, tmp_path, keys
         assert sorted(titles) == ["bin/edge-det", "conf/door.json", "etc/algomint/license.json", "model/edge.rknn"]
         assert titles["bin/edge-det"]["digest"] == digest_of(BINARY)  # binaries unchanged, same blob
         assert titles["model/edge.rknn"]["annotations"]["org.algomint.encrypted"] == "algomint-envelope/1"
+        assert titles["model/edge.rknn"]["digest"] == progress["result_digest"]
         for data in await licensed_blobs(fb, business, index_digest):
             assert SAMPLE not in data
 

@@ -386,8 +386,8 @@ class FullBuilder:
         sealed = await seal_files(self.backend, name.repository, files, sorted(progress), key, key_id,
                                   settings.chunk_size, settings.license_path, (license_digest, len(license_file)),
                                   lambda p, n: tracker.advance(progress[p])(n))
-        for layer in progress.values():
-            layer.encrypted = 1
+        for position, layer in progress.items():
+            layer.encrypted, layer.result_digest = 1, sealed.digests[position]
             tracker.set(layer, "rewritten", layer.size)
         return sealed.layers, sealed.encrypted, key_id
 

@@ -35,6 +35,7 @@ UNPACK_ANNOTATION = "io.deis.oras.content.unpack"
 class SealedFiles:
     layers: list[dict[str, Any]]  # the licensed package's layers, in the source order
     encrypted: list[str] = field(default_factory=list)  # file paths now in envelopes
+    digests: dict[int, str] = field(default_factory=dict)  # source position -> sealed blob
 
 
 def _title(layer: dict[str, Any]) -> str | None:
@@ -95,6 +96,7 @@ async def seal_files(backend: Backend, repo: str, layers: list[dict[str, Any]], 
                      annotations={**(layer.get("annotations") or {}), ANNOTATION_ENCRYPTED: ENVELOPE_FORMAT})
         out.append(entry)
         sealed.encrypted.append(title or "")
+        sealed.digests[position] = digest
     if license_blob is not None and license_path is not None:
         out.append({"mediaType": DEFAULT_FILE_MEDIA_TYPE, "digest": license_blob[0], "size": license_blob[1],
                     "annotations": {mt.ANNOTATION_TITLE: license_path}})
