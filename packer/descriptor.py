@@ -3,7 +3,9 @@
 Contract (DESIGN §3): an object with at least ``name``, ``version``, ``platform``,
 ``inputs``/``outputs`` (lists of ``{name, type, description}``), ``parameters`` (object)
 and ``runtime.images`` (list of ``{ref, models}``: an image reference in this registry and
-glob patterns of model files inside that image's root filesystem). Every model here keeps
+glob patterns of model files inside that image's root filesystem). An embedded (device)
+algorithm carries its model files in the package itself: the package-level ``models``
+globs name them by file path (``model/*.rknn``). Every model here keeps
 unknown fields (``extra="allow"``), so reading and writing a descriptor never drops what
 another tool put there.
 
@@ -13,7 +15,8 @@ Stable API for other packer modules (assembly, full builds):
   ``DescriptorError`` whose ``field`` names the offending path (``runtime.images.0.ref``);
 - ``descriptor.to_dict()`` returns the JSON object, unknown fields included, without
   adding defaults the original did not have;
-- ``RuntimeImage.ref`` / ``.models`` are the fields a full build rewrites.
+- ``RuntimeImage.ref`` / ``.models`` are the fields a full build rewrites;
+  ``AlgorithmDescriptor.models`` are the package's own model files a full build seals.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = ["AlgorithmDescriptor", "DescriptorError", "IOField", "Runtime", "RuntimeImage"]
 
@@ -66,6 +69,16 @@ class AlgorithmDescriptor(_Open):
     outputs: list[IOField] = []
     parameters: dict[str, Any] = {}
     runtime: Runtime = Runtime()
+    # Globs of model files inside the package (file paths, ``model/*.rknn``).
+    models: list[str] = []
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[str]) -> list[str]:
+        for glob in value:
+            if not glob.strip() or glob.startswith("/"):
+                raise ValueError(f"{glob!r} is not a relative file glob (model/*.rknn)")
+        return value
 
     @classmethod
     def parse(cls, data: bytes | str | dict[str, Any]) -> "AlgorithmDescriptor":

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     from packer.licensing.cli import register as add_license_commands
 
     add_license_commands(commands)
+    from packer.unpack import register as add_unpack_command
+
+    add_unpack_command(commands)
     from .admin import add_admin_parser
 
     add_admin_parser(commands)

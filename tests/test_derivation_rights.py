@@ -68,9 +68,12 @@ class Env:
         return image
 
     async def generic(self, repo: str, tag: str, user: str, images: list[dict] | None = None,
-                      files: dict[str, bytes] | None = None, expect: int = 201) -> str | None:
+                      files: dict[str, bytes] | None = None, expect: int = 201,
+                      models: list[str] | None = None) -> str | None:
         doc = {"name": repo.rsplit("/", 1)[-1], "version": tag, "platform": "linux/amd64",
                "runtime": {"images": images or []}, "marker": uuid.uuid4().hex}
+        if models is not None:
+            doc["models"] = models  # an embedded package: model files in the package itself
         config = json.dumps(doc).encode()
         files = files if files is not None else {"model.onnx": f"weights of {repo}".encode()}
         for blob in [config, *files.values()]:
@@ -391,3 +394,44 @@ async def test_the_operators_model_floor_cannot_be_lowered_by_a_package(env: Env
     build = await env.finished(await env.build(ADMIN, package, "soft"))
     assert build["result"]["images"][0]["encrypted_files"] == len(image.models)
     assert build["result"]["images"][0]["models"] == [MODELS]
+
+
+async def test_embedded_builds_follow_derivation_rights(env: Env):
+    """An embedded package (models in the package, no runtime image) is built with the
+    requester's rights on its sources and its business repository, and freezes its source."""
+    U = env.u
+    client = env.client
+    await env.plugin("door-form", "door", {"form.json": b"{}"})
+    await env.chain("door", "door", ["generic/team-a/**"], ["plugins/door-form:1.0"])
+    repo = f"generic/team-a/edge{U}"
+    model = b"weights " * 4000
+    await env.generic(repo, "1.0", "teama", files={"bin/edge": b"\x7fELF", "model/edge.rknn": model},
+                      models=["model/*.rknn"])
+    job = await env.job("door", repo, "1.0")
+    assert job["status"] == "succeeded", job
+    package = f"business/door/team-a/edge{U}:1.0"
+
+    # Neither another system's developer nor the algorithm's own developer may build it.
+    for user in ("fugitive", "teama"):
+        resp = await client.post("/api/v1/full-builds", json={"package": package, "license": "soft"},
+                                 headers=basic(user))
+        assert resp.status == 403, (user, await resp.text())
+    assert await env.manifest_status(f"business/door/team-a/edge{U}", "1.0-soft") == 404
+
+    build = await env.finished(await env.build("door", package, "soft"))
+    assert build["result"]["package"]["encrypted_files"] == ["model/edge.rknn"]
+    index, _ = await env.manifest(f"business/door/team-a/edge{U}", "1.0-soft")
+    licensed, _ = await env.manifest(f"business/door/team-a/edge{U}", index["manifests"][0]["digest"])
+    sealed = next(l for l in licensed["layers"] if l["annotations"][mt.ANNOTATION_TITLE] == "model/edge.rknn")
+    resp = await client.get(f"/v2/business/door/team-a/edge{U}/blobs/{sealed['digest']}", headers=basic("door"))
+    assert resp.status == 200 and model[:64] not in await resp.read()
+
+    # The generic version is frozen for its own developer too.
+    await env.generic(repo, "1.0", "teama", files={"bin/edge": b"other"}, models=["model/*.rknn"], expect=403)
+
+    # Without pull on the generic source any more, the requester can't build from it.
+    await env.revoke("door", "generic/team-a/**")
+    resp = await client.post("/api/v1/full-builds", json={"package": package, "license": "hard"},
+                             headers=basic("door"))
+    assert resp.status == 403, await resp.text()
+    assert repo in json.dumps(await resp.json()), await resp.text()

@@ -1,5 +1,11 @@
 """One full build: licensed runtime images, the license-specific descriptor, the full index.
 
+An embedded package carries its model files itself (the descriptor's package-level
+``models``): those files are sealed with their own data key into new blobs of the
+business repository (``package_files``) and the license file is added beside them, so
+the license-specific descriptor's manifest is itself the licensed package. A package may
+have both kinds of models; one build licenses both.
+
 For each runtime image in the business package's descriptor, every layer holding a
 file that matches the image's model globs is rewritten with those files sealed under a
 fresh data key (``packer.layers``); other layers are reused by digest. A license layer
@@ -55,7 +61,8 @@ from .names import (
     PackageName,
     RuntimeImageRef,
 )
-from .rights import IMAGE_CONFIGS, BuildRights, refused
+from .package_files import check_no_clear_copies, model_layers, seal_files
+from .rights import IMAGE_CONFIGS, BuildInputs, BuildRights, refused
 from .settings import FullBuildConfig
 from .store import BuildRecord, BuildStore, Frozen, LayerProgress
 
@@ -218,6 +225,8 @@ class FullBuilder:
         except BuildInputError as exc:
             raise BuildError(exc.message) from None
         package, descriptor, refs = inputs.package, inputs.descriptor, inputs.refs
+        files = list(package.document.get("layers") or [])
+        file_progress = self._plan_files(name, inputs, files, licenser, tracker)
 
         runtimes: dict[str, _Runtime] = {}
         for ref in refs:
@@ -248,6 +257,9 @@ class FullBuilder:
                     f"{record.license} image with nothing encrypted would deliver its models in the clear; "
                     "fix the generic package's runtime.images models (or [full_builds.models]), or build full")
 
+        files, sealed_paths, package_key_id = await self._license_files(name, files, file_progress, licenser,
+                                                                        settings, tracker)
+
         # The license-specific descriptor and the full index, in the business repository.
         descriptor = copy.deepcopy(descriptor)
         for ref in refs:
@@ -261,14 +273,16 @@ class FullBuilder:
             **licenser.describe(),
             **({"licensePath": settings.license_path} if licenser.encrypts else {}),
             "package": f"{name.repository}@{record.source_digest}",
+            **({"encryptedFiles": sealed_paths} if sealed_paths else {}),
         }
         config = _json(descriptor)
         config_digest = await self._put_blob(name.repository, config)
         thin = copy.deepcopy(package.document)
         thin["config"] = {**thin["config"], "digest": config_digest, "size": len(config)}
+        thin["layers"] = files
         thin.pop("subject", None)
         thin["annotations"] = {**(thin.get("annotations") or {}), ANNOTATION_LICENSE: record.license,
-                               ANNOTATION_SOURCE: record.source_digest}
+                               ANNOTATION_SOURCE: record.source_digest, ANNOTATION_PACKAGE: str(name)}
         thin_data = _json(thin)
         thin_digest = await self._put_manifest(name.repository, sha256_digest(thin_data), thin_data, package.media_type)
 
@@ -337,7 +351,45 @@ class FullBuilder:
         await hold(name.repository, full_tag, ManifestData(index_digest, mt.OCI_INDEX, index_data))
         result = {"tag": f"{name.repository}:{full_tag}", "digest": index_digest, "descriptor": thin_digest,
                   "images": images_out}
+        if inputs.models:
+            result["package"] = {"models": list(inputs.models), "encrypted_files": sealed_paths,
+                                 "key_id": package_key_id.hex() if package_key_id else None}
         return result, freezes, content
+
+    def _plan_files(self, name: PackageName, inputs: BuildInputs, files: list[dict[str, Any]], licenser: Licenser,
+                    tracker: Tracker) -> dict[int, LayerProgress]:
+        """The package's own model files (by layer position), each tracked like a layer."""
+        positions = model_layers(files, compile_globs(inputs.models)) if inputs.models else []
+        if licenser.encrypts:
+            check_no_clear_copies(files, positions)
+            if inputs.models and not positions and (inputs.models_declared or not inputs.refs):
+                raise BuildError(
+                    f"no file of {name} matches the package models {list(inputs.models)}: a {licenser.kind} "
+                    "package with nothing encrypted would deliver its models in the clear; fix the generic "
+                    "package's models (or [full_builds.models]), or build full")
+        return {p: tracker.add(f"{name} (package)", p, files[p]["digest"], int(files[p]["size"])) for p in positions}
+
+    async def _license_files(self, name: PackageName, files: list[dict[str, Any]],
+                             progress: dict[int, LayerProgress], licenser: Licenser, settings: LicenseConfig,
+                             tracker: Tracker) -> tuple[list[dict[str, Any]], list[str], bytes]:
+        """Seal the package's model files under their own data key and add the license
+        file; returns the licensed package's layers, the sealed paths and the key id."""
+        if not progress or not licenser.encrypts:
+            for layer in progress.values():
+                tracker.set(layer, "reused", layer.size)
+            return files, [], b""
+        key, key_id = os.urandom(32), os.urandom(KEY_ID_SIZE)
+        license_file = licenser.wrap(key, key_id)
+        license_digest = await self._put_blob(name.repository, license_file)
+        for layer in progress.values():
+            tracker.set(layer, "rewriting", 0)
+        sealed = await seal_files(self.backend, name.repository, files, sorted(progress), key, key_id,
+                                  settings.chunk_size, settings.license_path, (license_digest, len(license_file)),
+                                  lambda p, n: tracker.advance(progress[p])(n))
+        for position, layer in progress.items():
+            layer.encrypted, layer.result_digest = 1, sealed.digests[position]
+            tracker.set(layer, "rewritten", layer.size)
+        return sealed.layers, sealed.encrypted, key_id
 
     async def _reuse(self, runtime: _Runtime, tracker: Tracker) -> None:
         """Point the package at the licensed image an earlier build made from the same inputs."""

@@ -1,7 +1,8 @@
 """Where a full build reads and writes: package, generic and licensed-image names.
 
 The descriptor is validated by ``packer.descriptor``; a full build reads
-``runtime.images[].ref``/``models`` and keeps every other field as it is."""
+``runtime.images[].ref``/``models`` and the package-level ``models`` and keeps every
+other field as it is."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from proxy.oci.reference import Reference, parse_reference
 from ..descriptor import AlgorithmDescriptor, DescriptorError
 
 __all__ = [
+    "ANNOTATION_ENCRYPTED",
     "ANNOTATION_IMAGE_REF",
     "ANNOTATION_IMAGE_SOURCE",
     "ANNOTATION_LICENSE",
@@ -22,7 +24,8 @@ __all__ = [
     "LABEL_BUILD",
     "LABEL_LICENSE",
     "LABEL_SOURCE",
-    "BuildError", "BuildInputError", "Namespaces", "PackageName", "RuntimeImageRef", "runtime_images", "load_descriptor"]
+    "BuildError", "BuildInputError", "Namespaces", "PackageName", "RuntimeImageRef", "runtime_images", "load_descriptor",
+    "package_models"]
 
 # Annotations on what a full build writes, and labels on licensed image configs.
 ANNOTATION_LICENSE = "org.algomint.license.kind"
@@ -32,6 +35,9 @@ ANNOTATION_PACKAGE = "org.algomint.package"
 ANNOTATION_IMAGE_REF = "org.algomint.image.ref"
 ANNOTATION_IMAGE_SOURCE = "org.algomint.image.source"
 LABEL_LICENSE = "org.algomint.license.kind"
+# On a licensed package's sealed files (layers): the envelope format they are in.
+ANNOTATION_ENCRYPTED = "org.algomint.encrypted"
+ENVELOPE_FORMAT = "algomint-envelope/1"
 LABEL_SOURCE = "org.algomint.source.image"
 LABEL_BUILD = "org.algomint.full-build"
 
@@ -117,11 +123,9 @@ def load_descriptor(data: bytes) -> dict[str, Any]:
 
 
 def runtime_images(descriptor: dict[str, Any], ns: Namespaces) -> list[RuntimeImageRef]:
-    """``runtime.images`` as references into ``images/``; a precise 422 for anything else."""
+    """``runtime.images`` as references into ``images/`` (possibly none: an embedded
+    package); a precise 422 for anything else."""
     images = AlgorithmDescriptor.parse(descriptor).runtime.images
-    if not images:
-        raise BuildInputError(422, "the package's descriptor has no runtime images (runtime.images is empty)",
-                              {"field": "runtime.images"})
     out = []
     for i, image in enumerate(images):
         where = f"runtime.images.{i}"
@@ -134,3 +138,8 @@ def runtime_images(descriptor: dict[str, Any], ns: Namespaces) -> list[RuntimeIm
             raise BuildInputError(422, f"{where}.ref {image.ref!r} is not in {ns.images}", {"field": f"{where}.ref"})
         out.append(RuntimeImageRef(i, image.ref, reference, tuple(image.models)))
     return out
+
+
+def package_models(descriptor: dict[str, Any]) -> tuple[str, ...]:
+    """The package-level ``models`` globs: model files carried in the package itself."""
+    return tuple(AlgorithmDescriptor.parse(descriptor).models)

@@ -28,7 +28,7 @@ from ..package import ANNOTATION_PLUGINS as PKG_PLUGINS
 from ..package import ANNOTATION_SOURCE as PKG_SOURCE
 from ..package import ANNOTATION_SOURCE_REPOSITORY as PKG_SOURCE_REPOSITORY
 from .names import (LABEL_BUILD, BuildError, BuildInputError, Namespaces, PackageName, RuntimeImageRef, load_descriptor,
-                    runtime_images)
+                    package_models, runtime_images)
 from .settings import FullBuildConfig
 from .store import BuildStore
 
@@ -48,6 +48,10 @@ class BuildInputs:
     source_digest: str
     plugins: list[str]  # plugin repositories
     refs: list[RuntimeImageRef]  # models: the generic descriptor's plus the configured minimum
+    # The package's own model files (embedded algorithms): the generic descriptor's
+    # package-level ``models`` plus the configured minimum for the generic repository.
+    models: tuple[str, ...] = ()
+    models_declared: bool = False  # the generic descriptor names package models itself
 
 
 def refused(exc: RegistryError) -> BuildInputError:
@@ -93,9 +97,19 @@ class BuildRights:
             raise BuildInputError(422, f"{name}'s runtime.images (refs or models) differ from its generic source "
                                   f"{source_repo}@{source_digest}; only the generic package decides them",
                                   {"field": "runtime.images"})
+        declared = package_models(generic)
+        if declared != package_models(descriptor):
+            raise BuildInputError(422, f"{name}'s package models differ from its generic source "
+                                  f"{source_repo}@{source_digest}; only the generic package decides them",
+                                  {"field": "models"})
+        models = tuple(dict.fromkeys([*declared, *self.floor(source_repo)]))
+        if not owned and not models:
+            raise BuildInputError(422, "the package's descriptor has no runtime images (runtime.images is empty) "
+                                  "and names no model files in the package (models is empty)",
+                                  {"field": "runtime.images"})
         refs = [RuntimeImageRef(r.index, r.ref, r.reference, self.models(r)) for r in owned]
         plugins = [ref.split("@", 1)[0] for ref in (notes.get(PKG_PLUGINS) or "").split(",") if ref]
-        return BuildInputs(parsed, descriptor, source_repo, source_digest, plugins, refs)
+        return BuildInputs(parsed, descriptor, source_repo, source_digest, plugins, refs, models, bool(declared))
 
     async def claim(self, repo: str, tag: str, build_id: str) -> None:
         """Make ``build_id`` the only build creating the licensed tag ``repo:tag``."""
@@ -124,9 +138,12 @@ class BuildRights:
 
     def models(self, ref: RuntimeImageRef) -> tuple[str, ...]:
         """The descriptor's model globs plus the configured minimum for this image."""
-        extra = [g for pattern, globs in self.settings.models.items() if glob_match(pattern, ref.repository)
-                 for g in globs]
-        return tuple(dict.fromkeys([*ref.models, *extra]))
+        return tuple(dict.fromkeys([*ref.models, *self.floor(ref.repository)]))
+
+    def floor(self, repository: str) -> list[str]:
+        """``[full_builds.models]`` globs whose repository glob matches ``repository`` (an
+        image repository, or a generic one for the package's own files)."""
+        return [g for pattern, globs in self.settings.models.items() if glob_match(pattern, repository) for g in globs]
 
     async def authorize(self, principal: Principal, name: PackageName, inputs: BuildInputs, license: str,
                          reused: set[str]) -> None:

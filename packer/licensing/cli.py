@@ -1,6 +1,7 @@
 """``algomint keygen`` and ``algomint decrypt``: make license keys and prove the round trip.
 
-``decrypt`` finds the license file in the image's root filesystem (or takes
+``decrypt`` finds the license file in the image's root filesystem or the unpacked
+package (or takes
 ``--license``), unwraps the data key with the license private key (and, for hard
 licenses, the dongle id), and opens every encrypted model file under the given path,
 in place (atomically) or into ``--output``."""
@@ -32,8 +33,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     keygen.add_argument("--force", action="store_true", help="overwrite existing files")
     keygen.set_defaults(func=_keygen)
 
-    decrypt = commands.add_parser("decrypt", help="decrypt the model files of a licensed image")
-    decrypt.add_argument("path", type=Path, help="an encrypted file, or a directory (an unpacked image rootfs)")
+    decrypt = commands.add_parser("decrypt", help="decrypt the model files of a licensed image or package")
+    decrypt.add_argument("path", type=Path, help="an encrypted file, or a directory (an unpacked image rootfs or package)")
     decrypt.add_argument("--license-key", required=True, help="license private key: a PEM file, PEM text or base64")
     decrypt.add_argument("--license", type=Path, help=f"license file (default: <rootfs>/{DEFAULT_LICENSE_PATH})")
     decrypt.add_argument("--dongle-id", default=os.environ.get("ALGOMINT_DONGLE_ID"),
