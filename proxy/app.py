@@ -14,6 +14,7 @@ from aiohttp import web
 from packer.fullbuild.freeze import FreezePolicy
 from packer.fullbuild.names import Namespaces
 from packer.fullbuild.service import FullBuildService
+from packer.chains import ChainError
 from packer.metrics import StateGauges
 from packer.runtime import Packer
 
@@ -32,12 +33,14 @@ from .auth.setup import setup_auth
 from .backend import Backend
 from .backend.factory import create_backend
 from .config import Config
-from .meta import Database
+from .meta import Database, MetadataError
 from .metrics import Metrics
 from .service import journal, referrers
 from .service.events import EventBus
 from .service.policy import AllowAll, PolicyChain
 from .service.registry import RegistryService
+from .oci.errors import RegistryError
+from .startup import StartupError, one_line
 
 __all__ = ["create_app", "BACKEND"]
 
@@ -93,10 +96,18 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
-    db, backend = app[DATABASE], app[BACKEND]
-    await db.open()
-    await db.migrate(referrers.SCHEMA + journal.SCHEMA)
-    await backend.start()
+    db, backend, config = app[DATABASE], app[BACKEND], app[CONFIG]
+    try:
+        await db.open()
+        await db.migrate(referrers.SCHEMA + journal.SCHEMA)
+    except (OSError, MetadataError) as exc:
+        raise StartupError(f"metadata.path {config.metadata.path}: {_reason(exc)}") from exc
+    try:
+        await backend.start()
+    except (OSError, RegistryError) as exc:
+        await db.close()  # a start-up that fails here leaves nothing open behind it
+        where = f"storage.url {config.storage.url}" if config.storage.backend == "registry" else f"storage.path {config.storage.path}"
+        raise StartupError(f"{where}: {_reason(exc)}") from exc
     sweeper = asyncio.create_task(_sweep_uploads(backend))
     yield
     sweeper.cancel()
@@ -114,9 +125,25 @@ async def _replay_changes(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _packer(app: web.Application) -> AsyncIterator[None]:
-    await app[PACKER].start()
+    try:
+        await app[PACKER].start()
+    except BaseException as exc:
+        await app[PACKER].close()  # stop whatever part of it did start
+        if isinstance(exc, ChainError):  # the chains file does not parse
+            raise StartupError(f"chains.file: {exc}") from exc
+        raise
     yield
     await app[PACKER].close()
+
+
+def _reason(exc: Exception) -> str:
+    """Why a store could not be opened, in a few words (an OS error's text, a registry error's detail)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}" + (f" ({exc.filename})" if exc.filename else "")
+    detail = getattr(exc, "detail", None)
+    if isinstance(detail, dict) and detail.get("error"):
+        return f"cannot {detail.get('action', 'open it')}: {detail['error']}"
+    return one_line(exc)
 
 
 def _namespaces(config: Config) -> Namespaces:

@@ -36,12 +36,19 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     setup_logging(config.log.level)
     from .server import serve
+    from .startup import StartupError, one_line
 
     try:
         serve(config)
     except ConfigError as exc:  # found while wiring (e.g. an unreadable secret file)
         print(f"algomint: {exc}", file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"algomint: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - wiring failed in a way not foreseen: still one line
+        print(f"algomint: cannot start: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 from aiohttp import web
@@ -11,6 +12,7 @@ from aiohttp import web
 from .api.state import IN_FLIGHT
 from .app import create_app
 from .config import Config
+from .startup import StartupError, one_line
 
 __all__ = ["serve"]
 
@@ -20,9 +22,19 @@ log = logging.getLogger(__name__)
 async def _run(config: Config) -> None:
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=config.server.shutdown_grace)
-    await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
-    await site.start()
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
+        await site.start()
+    except Exception as exc:
+        # Close what did start (database, workers), so the process ends instead of idling.
+        await runner.cleanup()
+        if isinstance(exc, StartupError):
+            raise
+        if isinstance(exc, OSError) and exc.filename is None:  # the listening socket
+            reason = os.strerror(exc.errno).lower() if exc.errno else one_line(exc)
+            raise StartupError(f"server.listen {config.server.listen}: {reason}") from exc
+        raise StartupError(f"{type(exc).__name__}: {one_line(exc)}") from exc
     log.info("listening", extra={"listen": config.server.listen, "backend": config.storage.backend})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
