@@ -17,7 +17,7 @@ from ...service.policy import Action
 from ..state import PACKER
 from .access import may
 from .errors import ApiError
-from .router import ApiRouter, authorize, parse_body
+from .router import ApiRouter, authorize, parse_body, validate
 
 __all__ = ["router"]
 
@@ -128,7 +128,7 @@ async def update_chain(request: web.Request) -> web.Response:
     await authorize(request, Action.MANAGE, _repository(request, name))
     body = await parse_body(request, ChainUpdate)
     try:
-        chain = await request.app[PACKER].chains.update(ChainSpec(name=name, **body.model_dump()))
+        chain = await request.app[PACKER].chains.update(validate(ChainSpec, {"name": name, **body.model_dump()}))
     except KeyError:
         raise ApiError(404, f"no chain {name!r}") from None
     except ChainError as exc:

@@ -14,12 +14,13 @@ from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ... import safejson
 from ...service.policy import ANONYMOUS, Action, Request as PolicyRequest
 from ..routes import ROUTE_ACTIONS
 from ..state import POLICY, PRINCIPAL
 from .errors import ApiError
 
-__all__ = ["ApiRoute", "ApiRouter", "Page", "authorize", "mount", "page_params", "parse_body", "encode_cursor", "decode_cursor", "PREFIX"]
+__all__ = ["ApiRoute", "ApiRouter", "Page", "authorize", "mount", "page_params", "parse_body", "validate", "encode_cursor", "decode_cursor", "PREFIX"]
 
 PREFIX = "/api/v1"
 MAX_BODY = 1024 * 1024
@@ -102,16 +103,22 @@ async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
     if len(raw) > MAX_BODY:
         raise ApiError(413, f"request body exceeds {MAX_BODY} bytes")
     try:
-        data = json.loads(raw or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, "request body is not valid JSON", {"reason": str(exc)}) from None
+        data = safejson.loads(raw or b"null")
+    except safejson.JsonError as exc:
+        raise ApiError(400, "request body is not acceptable JSON", {"reason": str(exc)}) from None
+    return validate(model, data)
+
+
+def validate(model: type[ModelT], data: Any) -> ModelT:
+    """``model`` from request data (a body, or a body combined with the path): 422 naming
+    each invalid field, so no validation error escapes as a 500."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         fields = [
             {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"]} for err in exc.errors()
         ]
-        raise ApiError(422, "request body failed validation", {"fields": fields}) from None
+        raise ApiError(422, "request failed validation", {"fields": fields}) from None
 
 
 def encode_cursor(value: Any) -> str:
@@ -120,8 +127,8 @@ def encode_cursor(value: Any) -> str:
 
 def decode_cursor(cursor: str) -> Any:
     try:
-        return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, UnicodeDecodeError):
+        return safejson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except ValueError:  # bad base64 or bad JSON (JsonError is a ValueError)
         raise ApiError(400, "invalid cursor", {"cursor": cursor[:100]}) from None
 
 
