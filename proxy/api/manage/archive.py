@@ -32,7 +32,7 @@ from proxy.service.policy import Action
 from ..state import CONFIG, REGISTRY
 from ..streaming import parse_range, send_direct, send_stream
 from .errors import ApiError
-from .router import ApiRouter, authorize
+from .router import ApiRouter, authorize, enum_query
 
 __all__ = ["router"]
 
@@ -99,7 +99,7 @@ async def _zstd(chunks: AsyncGenerator[bytes, None], threads: int) -> AsyncGener
 
 @router.route("GET", "/archive/{target:.+}", action=None,
               summary="Stream an artifact (generic, business thin or full package) as an OCI image-layout tar",
-              query={"compress": "zstd: a zstd-compressed stream (no Range)"})
+              query={"compress": enum_query("zstd: a zstd-compressed stream", ["zstd"])})
 async def get_archive(request: web.Request) -> web.StreamResponse:
     repo, reference = _target(request)
     await authorize(request, Action.PULL, repo, reference)

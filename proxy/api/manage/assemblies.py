@@ -15,7 +15,7 @@ from ...service.policy import Action
 from ..state import PACKER
 from .access import may
 from .errors import ApiError
-from .router import ApiRouter, Page, authorize, encode_cursor, page_params
+from .router import ApiRouter, Page, authorize, encode_cursor, enum_query, page_params
 
 __all__ = ["router"]
 
@@ -57,7 +57,7 @@ class AssemblyOut(BaseModel):
 
 
 @router.route("GET", "/assemblies", summary="List assembly jobs, newest first", response=Page[AssemblyOut],
-              query={"status": "queued|running|succeeded|failed", "chain": "chain name",
+              query={"status": enum_query("only jobs in this state", STATUSES), "chain": "chain name",
                      "repository": "source or target repository", "limit": "page size (1-500)",
                      "cursor": "from the previous page's next"}, action=None)
 async def list_assemblies(request: web.Request) -> web.Response:

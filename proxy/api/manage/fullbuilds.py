@@ -12,7 +12,7 @@ from packer.fullbuild.service import FullBuildService
 from packer.fullbuild.store import STATES
 
 from .errors import ApiError
-from .router import ApiRouter, Page, encode_cursor, page_params, parse_body
+from .router import ApiRouter, Page, encode_cursor, enum_query, page_params, parse_body
 
 __all__ = ["router", "FULL_BUILDS"]
 
@@ -88,7 +88,7 @@ async def get_full_build(request: web.Request) -> web.Response:
 
 
 @router.route("GET", "/full-builds", summary="Full builds, newest first", response=Page[FullBuildView],
-              query={"package": "only builds of this package", "state": "queued|running|succeeded|failed",
+              query={"package": "only builds of this package", "state": enum_query("only builds in this state", STATES),
                      "limit": "page size (1-500)", "cursor": "from the previous page's next"})
 async def list_full_builds(request: web.Request) -> web.Response:
     limit, cursor = page_params(request, cursor=_is_build_cursor)

@@ -20,7 +20,7 @@ from ..routes import ROUTE_ACTIONS
 from ..state import POLICY, PRINCIPAL
 from .errors import ApiError
 
-__all__ = ["ApiRoute", "ApiRouter", "Page", "authorize", "mount", "page_params", "parse_body", "validate", "encode_cursor", "decode_cursor", "PREFIX"]
+__all__ = ["ApiRoute", "ApiRouter", "Page", "Query", "LIMIT", "CURSOR", "PAGING", "enum_query", "authorize", "mount", "page_params", "parse_body", "validate", "encode_cursor", "decode_cursor", "PREFIX"]
 
 PREFIX = "/api/v1"
 MAX_BODY = 1024 * 1024
@@ -39,6 +39,25 @@ class Page(BaseModel, Generic[ItemT]):
 
 
 @dataclass(frozen=True)
+class Query:
+    """A query parameter with the JSON schema of the values the handler accepts."""
+
+    description: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+
+
+# The paging parameters ``page_params`` reads, as the OpenAPI document states them.
+LIMIT = Query(f"page size (1-{MAX_PAGE})", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100})
+CURSOR = Query("from the previous page's `next` (opaque)",
+               {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "minLength": 1, "maxLength": 1024})
+PAGING = {"limit": LIMIT, "cursor": CURSOR}
+
+
+def enum_query(description: str, values: Sequence[str]) -> Query:
+    return Query(description, {"type": "string", "enum": list(values)})
+
+
+@dataclass(frozen=True)
 class ApiRoute:
     method: str
     path: str  # relative to /api/v1, e.g. "/users/{name}"
@@ -49,7 +68,8 @@ class ApiRoute:
     body: type[BaseModel] | None = None
     response: Any = None  # a pydantic model (or generic alias) describing the 2xx body
     status: int = 200
-    query: dict[str, str] = field(default_factory=dict)  # name -> description
+    # name -> description (any string) or a Query; ``limit`` and ``cursor`` are always PAGING's.
+    query: dict[str, str | Query] = field(default_factory=dict)
     tag: str = ""
     public: bool = False  # no authentication (health of the API itself, openapi.json)
 
@@ -71,7 +91,7 @@ class ApiRouter:
         body: type[BaseModel] | None = None,
         response: Any = None,
         status: int = 200,
-        query: dict[str, str] | None = None,
+        query: dict[str, str | Query] | None = None,
         public: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
@@ -138,9 +158,11 @@ def page_params(
     """``limit`` (1..500) and the decoded cursor (None on the first page). ``cursor`` is
     the type a listing's cursor has (or a check of it): anything else is refused."""
     raw = request.query.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not raw.isdigit() or len(raw) > 6 or not 1 <= int(raw) <= MAX_PAGE:
         raise ApiError(400, f"limit must be an integer from 1 to {MAX_PAGE}", {"limit": raw[:20]})
     text = request.query.get("cursor")
+    if text is not None and len(text) > CURSOR.schema["maxLength"]:
+        raise ApiError(400, "invalid cursor")
     value = decode_cursor(text) if text else None
     if value is not None and cursor is not None:
         valid = isinstance(value, cursor) if isinstance(cursor, type) else cursor(value)

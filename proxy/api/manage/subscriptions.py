@@ -11,7 +11,7 @@ from packer.webhooks import DELIVERY_STATUSES, SubscriptionPatch, SubscriptionSp
 
 from ..state import PACKER
 from .errors import ApiError
-from .router import ApiRouter, Page, encode_cursor, page_params, parse_body
+from .router import ApiRouter, Page, encode_cursor, enum_query, page_params, parse_body
 
 __all__ = ["router"]
 
@@ -104,7 +104,7 @@ async def delete_subscription(request: web.Request) -> web.Response:
 
 @router.route("GET", "/subscriptions/{id}/deliveries", summary="Deliveries and every attempt, newest first",
               response=Page[DeliveryOut],
-              query={"status": "pending|delivered|dead", "limit": "page size (1-500)",
+              query={"status": enum_query("only deliveries in this state", DELIVERY_STATUSES), "limit": "page size (1-500)",
                      "cursor": "from the previous page's next"})
 async def list_deliveries(request: web.Request) -> web.Response:
     await _existing(request)
