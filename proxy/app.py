@@ -80,6 +80,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app[POLICY].add(FreezePolicy(builds.store, lambda: builds.license_suffixes, builds.namespaces))
     app.cleanup_ctx.append(_full_builds)  # after storage: needs the database and backend open
     app[PACKER] = Packer(config, app[DATABASE], app[REGISTRY], app[EVENTS], policy=app[POLICY])
+    builds.on_emit = app[PACKER].webhooks.notify  # full.built is sent at once, like assembly events
     app[METRICS].on_scrape(StateGauges(app[DATABASE], app[METRICS].registry).refresh)
     app.cleanup_ctx.append(_packer)  # after storage: needs the database and backend open
     app.cleanup_ctx.append(_replay_changes)  # last: every event listener is subscribed

@@ -6,9 +6,10 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 from proxy.meta import Database
+from proxy.meta.db import Transaction
 
 __all__ = ["SCHEMA", "BuildRecord", "BuildStore", "Frozen", "LayerProgress", "STATES", "ACTIVE"]
 
@@ -230,8 +231,10 @@ class BuildStore:
                  for l in layers],
             )
 
-    async def succeed(self, build_id: str, result: dict[str, Any], warnings: list[str], freezes: Iterable[Frozen]) -> None:
-        """Record success and freeze the package's tags in one transaction."""
+    async def succeed(self, build_id: str, result: dict[str, Any], warnings: list[str], freezes: Iterable[Frozen],
+                      also: Callable[[Transaction], Awaitable[Any]] | None = None) -> None:
+        """Record success and freeze the package's tags in one transaction; ``also`` writes
+        more in it (the ``full.built`` event), so the event exists exactly when the success does."""
         async with self.db.transaction() as tx:
             await tx.execute(
                 "UPDATE full_builds SET state = 'succeeded', finished_at = ?, result = ?, warnings = ?, "
@@ -242,6 +245,8 @@ class BuildStore:
                 "INSERT OR REPLACE INTO frozen_tags (repository, tag, digest, build_id, package) VALUES (?, ?, ?, ?, ?)",
                 [(f.repository, f.tag, f.digest, f.build_id, f.package) for f in freezes],
             )
+            if also is not None:
+                await also(tx)
 
     async def fail(self, build_id: str, error: str, warnings: list[str]) -> None:
         await self.db.execute(
