@@ -199,9 +199,10 @@ class ChainRegistry:
     """The chains in force: file chains (in file order) then API chains (in creation order)."""
 
     def __init__(self, db: Database, file: Path | None, check_plugin: PluginCheck,
-                 excluded: tuple[str, ...] = ("business/", "plugins/")) -> None:
+                 excluded: tuple[str, ...] = ("business/", "plugins/"), *, optional: bool = False) -> None:
         self.db = db
         self.file = file
+        self.optional = optional  # the default file: absent means no file chains, not an error
         self.check_plugin = check_plugin
         self.excluded = excluded  # namespaces no chain ever matches (its own output, plugins)
         self._file_chains: list[Chain] = []
@@ -217,7 +218,7 @@ class ChainRegistry:
         await self._load_api()
         if self.file is None:
             return
-        specs = load_chains_file(self.file)
+        specs = self._read_file()
         try:
             await self._activate(specs)
         except ChainError as exc:
@@ -253,8 +254,14 @@ class ChainRegistry:
         """Re-read the chains file; on any error the chains in force are kept."""
         if self.file is None:
             raise ChainError("no chains file is configured ([chains] file)")
-        await self._activate(load_chains_file(self.file))
+        await self._activate(self._read_file())
         return list(self._file_chains)
+
+    def _read_file(self) -> list[tuple[ChainSpec, int | None]]:
+        assert self.file is not None
+        if self.optional and not self.file.exists():
+            return []
+        return load_chains_file(self.file)
 
     def file_status(self) -> dict[str, Any]:
         return {

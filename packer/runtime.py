@@ -50,7 +50,8 @@ class Packer:
         self.env = PluginEnv(config.plugins, self.workdir, cache=LruCache(config.plugins.service.cache_bytes))
         self.plugins = PluginStore(registry, settings.plugins_prefix, settings.package_cap)
         self.chains = ChainRegistry(db, config.chains.file, self._check_plugin,
-                                    (settings.business_prefix, settings.plugins_prefix))
+                                    (settings.business_prefix, settings.plugins_prefix),
+                                    optional=config.chains.optional)
         self.subscriptions = SubscriptionStore(db)
         self.webhooks = WebhookDelivery(db, config.webhooks)
         self.assembly = assembly.AssemblyService(db, registry, self.chains, self.plugins, self.env, settings,
