@@ -54,3 +54,27 @@ async def test_failed_build_emits_nothing(fb, aiohttp_server, tmp_path):
     sub = await _subscribe(fb, receiver.url, ["full.built"], ["**"])
     await run_build(fb, pkg.name, expect="failed")
     assert await _deliveries(fb, sub["id"]) == []
+
+
+async def test_cli_wait_prints_progress_lines_off_a_terminal(fb, tmp_path, capsys):
+    import asyncio
+    import re
+
+    from proxy.cli import main as cli_main
+
+    pkg = await make_package(fb, tmp_path)
+    url = f"http://127.0.0.1:{fb.server.port}"
+    code = await asyncio.to_thread(cli_main, ["admin", "--url", url, "full-build", "create", pkg.name,
+                                              "--license", "soft", "--wait", "--timeout", "60"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.err.splitlines()
+    assert lines and "\r" not in captured.err
+    assert all(re.fullmatch(r"full build \S+: (queued|running|succeeded) (-|\d+%) \(\d+/\d+ bytes\)", line)
+               for line in lines), lines
+    assert lines[-1].split(": ")[1].startswith("succeeded 100%")
+    # Times in the API answer and in the listing are ISO 8601.
+    build = (await (await fb.get("/api/v1/full-builds", params={"package": pkg.name})).json())["items"][0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", build["created_at"])
+    assert await asyncio.to_thread(cli_main, ["admin", "--url", url, "full-build", "list", "--package", pkg.name]) == 0
+    assert build["created_at"] in capsys.readouterr().out

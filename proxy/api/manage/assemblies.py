@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from packer.assembly import STATUSES
 
@@ -15,11 +15,13 @@ from ...service.policy import Action
 from ..state import PACKER
 from .access import may
 from .errors import ApiError
+from .times import iso_times
 from .router import ApiRouter, Page, authorize, encode_cursor, enum_query, page_params
 
 __all__ = ["router"]
 
 router = ApiRouter("assemblies")
+_TIMES = ("created", "started", "finished")
 
 
 class PackageRef(BaseModel):
@@ -49,9 +51,9 @@ class AssemblyOut(BaseModel):
     tag_written: bool | None
     plugins: list[PluginRun]
     error: dict[str, Any] | None
-    created: float
-    started: float | None
-    finished: float | None
+    created: str = Field(description="ISO 8601, UTC")
+    started: str | None
+    finished: str | None
     duration_ms: float | None
     logs: str | None = None
 
@@ -70,7 +72,7 @@ async def list_assemblies(request: web.Request) -> web.Response:
     )
     next_cursor = encode_cursor(items[-1]["id"]) if len(items) == limit else None
     visible = [job for job in items if await may(request, Action.PULL, job["target"]["repository"])]
-    return web.json_response({"items": visible, "next": next_cursor})
+    return web.json_response({"items": iso_times(visible, *_TIMES), "next": next_cursor})
 
 
 @router.route("GET", "/assemblies/{id}", summary="One assembly job, with its log", response=AssemblyOut, action=None)
@@ -82,4 +84,4 @@ async def get_assembly(request: web.Request) -> web.Response:
     if job is None:
         raise ApiError(404, f"no assembly job {raw}")
     await authorize(request, Action.PULL, job["target"]["repository"])
-    return web.json_response(job)
+    return web.json_response(iso_times(job, *_TIMES))

@@ -17,6 +17,7 @@ from ...service.policy import Action
 from ..state import PACKER
 from .access import may
 from .errors import ApiError
+from .times import iso_times
 from .router import ApiRouter, authorize, parse_body, validate
 
 __all__ = ["router"]
@@ -30,13 +31,13 @@ class ChainOut(BaseModel):
     plugins: list[str]
     params: dict[str, Any]
     source: Literal["file", "api"]
-    created: float | None = None
-    updated: float | None = None
+    created: str | None = Field(None, description="ISO 8601, UTC")
+    updated: str | None = None
 
 
 class ChainsFile(BaseModel):
     file: str | None
-    loaded_at: float | None
+    loaded_at: str | None
     chains: int
     error: dict[str, Any] | None
 
@@ -73,6 +74,10 @@ def _chain_error(exc: ChainError) -> ApiError:
                                             **({"file": exc.file, "line": exc.line} if exc.file else {})})
 
 
+def _out(value: Any) -> Any:
+    return iso_times(value, "created", "updated", "loaded_at")
+
+
 def _repository(request: web.Request, name: str) -> str:
     """The business namespace a chain writes to: permissions on it cover the chain."""
     return f"{request.app[PACKER].assembly.settings.business_prefix}{name}"
@@ -81,7 +86,7 @@ def _repository(request: web.Request, name: str) -> str:
 async def _listing(request: web.Request) -> dict[str, Any]:
     chains = request.app[PACKER].chains
     visible = [c.to_json() for c in chains.all() if await may(request, Action.PULL, _repository(request, c.name))]
-    return {"items": visible, "file": chains.file_status()}
+    return _out({"items": visible, "file": chains.file_status()})
 
 
 @router.route("GET", "/chains", summary="List chains (file chains first, in order, then API chains)", response=ChainList,
@@ -99,7 +104,7 @@ async def create_chain(request: web.Request) -> web.Response:
         chain = await request.app[PACKER].chains.create(spec)
     except ChainError as exc:
         raise _chain_error(exc) from None
-    return web.json_response(chain.to_json(), status=201)
+    return web.json_response(_out(chain.to_json()), status=201)
 
 
 @router.route("POST", "/chains/reload", summary="Reload the chains file (all or nothing)", response=ChainList)
@@ -118,7 +123,7 @@ async def get_chain(request: web.Request) -> web.Response:
     chain = request.app[PACKER].chains.get(name)
     if chain is None:
         raise ApiError(404, f"no chain {name!r}")
-    return web.json_response(chain.to_json())
+    return web.json_response(_out(chain.to_json()))
 
 
 @router.route("PUT", "/chains/{name}", summary="Replace an API chain's match, plugins and params", body=ChainUpdate,
@@ -133,7 +138,7 @@ async def update_chain(request: web.Request) -> web.Response:
         raise ApiError(404, f"no chain {name!r}") from None
     except ChainError as exc:
         raise _chain_error(exc) from None
-    return web.json_response(chain.to_json())
+    return web.json_response(_out(chain.to_json()))
 
 
 @router.route("DELETE", "/chains/{name}", summary="Delete an API chain (its jobs and packages stay)", status=204,

@@ -12,6 +12,7 @@ from packer.fullbuild.service import FullBuildService
 from packer.fullbuild.store import STATES
 
 from .errors import ApiError
+from .times import iso_times
 from .router import ApiRouter, Page, encode_cursor, enum_query, page_params, parse_body
 
 __all__ = ["router", "FULL_BUILDS"]
@@ -47,9 +48,9 @@ class FullBuildView(BaseModel):
     license: str
     source_digest: str
     state: Literal["queued", "running", "succeeded", "failed"]
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
+    created_at: str = Field(description="ISO 8601, UTC")
+    started_at: str | None = None
+    finished_at: str | None = None
     attempts: int
     bytes_total: int
     bytes_done: int
@@ -57,6 +58,10 @@ class FullBuildView(BaseModel):
     error: str | None = None
     warnings: list[str] = []
     layers: list[LayerView] = []
+
+
+def _out(build: dict[str, Any]) -> dict[str, Any]:
+    return iso_times(build, "created_at", "started_at", "finished_at")
 
 
 def _input_error(exc: BuildInputError) -> ApiError:
@@ -74,7 +79,7 @@ async def create_full_build(request: web.Request) -> web.Response:
     location = f"/api/v1/full-builds/{record.id}"
     # 202 for a queued (or already running) build; 200 when this content is already built.
     status = 200 if not created and record.state == "succeeded" else 202
-    return web.json_response(record.to_json(layers=False), status=status, headers={"Location": location})
+    return web.json_response(_out(record.to_json(layers=False)), status=status, headers={"Location": location})
 
 
 @router.route("GET", "/full-builds/{id}", summary="A full build: state, bytes processed/total, per-layer progress",
@@ -84,7 +89,7 @@ async def get_full_build(request: web.Request) -> web.Response:
     record = await request.app[FULL_BUILDS].get(build_id) if len(build_id) <= 64 else None
     if record is None:
         raise ApiError(404, f"no full build {build_id[:64]}")
-    return web.json_response(record.to_json())
+    return web.json_response(_out(record.to_json()))
 
 
 @router.route("GET", "/full-builds", summary="Full builds, newest first", response=Page[FullBuildView],
@@ -99,4 +104,4 @@ async def list_full_builds(request: web.Request) -> web.Response:
     more = len(records) > limit
     records = records[:limit]
     next_cursor = encode_cursor([records[-1].created_at, records[-1].id]) if more and records else None
-    return web.json_response({"items": [r.to_json(layers=False) for r in records], "next": next_cursor})
+    return web.json_response({"items": [_out(r.to_json(layers=False)) for r in records], "next": next_cursor})

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from packer.webhooks import DELIVERY_STATUSES, SubscriptionPatch, SubscriptionSpec
 
 from ..state import PACKER
 from .errors import ApiError
+from .times import iso_times
 from .router import ApiRouter, Page, encode_cursor, enum_query, page_params, parse_body
 
 __all__ = ["router"]
@@ -25,8 +26,8 @@ class SubscriptionOut(BaseModel):
     repositories: list[str]
     description: str
     active: bool
-    created: float
-    updated: float
+    created: str = Field(description="ISO 8601, UTC")
+    updated: str
 
 
 class SubscriptionCreated(SubscriptionOut):
@@ -36,7 +37,7 @@ class SubscriptionCreated(SubscriptionOut):
 
 class Attempt(BaseModel):
     attempt: int
-    at: float
+    at: str
     duration_ms: float
     status: int | None
     error: str | None
@@ -49,12 +50,16 @@ class DeliveryOut(BaseModel):
     repository: str
     status: Literal["pending", "delivered", "dead"]
     attempts: int
-    next_attempt: float | None
+    next_attempt: str | None
     last_status: int | None
     last_error: str | None
-    created: float
-    delivered: float | None
+    created: str
+    delivered: str | None
     history: list[Attempt]
+
+
+def _out(value: Any) -> Any:
+    return iso_times(value, "created", "updated", "at", "next_attempt", "delivered")
 
 
 async def _existing(request: web.Request) -> dict[str, Any]:
@@ -69,7 +74,7 @@ async def _existing(request: web.Request) -> dict[str, Any]:
 async def list_subscriptions(request: web.Request) -> web.Response:
     limit, cursor = page_params(request, cursor=str)
     items = await request.app[PACKER].subscriptions.list(limit, cursor)
-    return web.json_response({"items": items, "next": encode_cursor(items[-1]["id"]) if len(items) == limit else None})
+    return web.json_response({"items": _out(items), "next": encode_cursor(items[-1]["id"]) if len(items) == limit else None})
 
 
 @router.route("POST", "/subscriptions", summary="Subscribe a URL to events (the secret is shown once)",
@@ -77,12 +82,12 @@ async def list_subscriptions(request: web.Request) -> web.Response:
 async def create_subscription(request: web.Request) -> web.Response:
     spec = await parse_body(request, SubscriptionSpec)
     sub, secret = await request.app[PACKER].subscriptions.create(spec)
-    return web.json_response({**sub, "secret": secret}, status=201)
+    return web.json_response({**_out(sub), "secret": secret}, status=201)
 
 
 @router.route("GET", "/subscriptions/{id}", summary="One subscription", response=SubscriptionOut)
 async def get_subscription(request: web.Request) -> web.Response:
-    return web.json_response(await _existing(request))
+    return web.json_response(_out(await _existing(request)))
 
 
 @router.route("PATCH", "/subscriptions/{id}", summary="Change a subscription", body=SubscriptionPatch,
@@ -92,7 +97,7 @@ async def update_subscription(request: web.Request) -> web.Response:
     sub = await request.app[PACKER].subscriptions.update(request.match_info["id"], patch)
     if sub is None:
         raise ApiError(404, f"no subscription {request.match_info['id'][:64]!r}")
-    return web.json_response(sub)
+    return web.json_response(_out(sub))
 
 
 @router.route("DELETE", "/subscriptions/{id}", summary="Delete a subscription and its pending deliveries", status=204)
@@ -113,7 +118,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     if status is not None and status not in DELIVERY_STATUSES:
         raise ApiError(400, "status must be pending, delivered or dead", {"status": status[:50]})
     items = await request.app[PACKER].subscriptions.deliveries(request.match_info["id"], limit, cursor, status)
-    return web.json_response({"items": items, "next": encode_cursor(items[-1]["id"]) if len(items) == limit else None})
+    return web.json_response({"items": _out(items), "next": encode_cursor(items[-1]["id"]) if len(items) == limit else None})
 
 
 @router.route("POST", "/subscriptions/{id}/deliveries/{delivery}/retry",
