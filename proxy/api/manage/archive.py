@@ -2,7 +2,8 @@
 
 Answers ``HEAD``, ``Range`` (one range; malformed, multi-range or past-the-end: 416),
 ``If-Range`` and ``If-None-Match`` against the ``ETag`` (the root digest), and
-``?compress=zstd`` (a zstd stream: no length known up front, so no ranges)."""
+``?compress=zstd`` (a zstd stream compressed per request: no length known up front and
+``Accept-Ranges: none``, a ``Range`` is ignored and the whole stream sent)."""
 
 from __future__ import annotations
 
@@ -50,10 +51,12 @@ def _target(request: web.Request) -> tuple[str, str]:
     return ref.name, ref.digest or ref.tag  # type: ignore[return-value]
 
 
-def _filename(plan: ArchivePlan, reference: str) -> str:
+def _filename(plan: ArchivePlan, reference: str, extension: str = ".tar") -> str:
+    """``face-recog_1.0-soft.tar``: the last path segment, ``_``, the tag (a digest's ``:``
+    becomes ``-``). Both come from the reference grammar ([a-z0-9._-], [\\w.-]), so the name
+    needs no quoting and is safe for ``curl -OJ`` to write in the current directory."""
     base = posixpath.basename(plan.repository)
-    suffix = reference.replace(":", "-") if ":" in reference else reference
-    return f"{base}-{suffix}.tar"
+    return f"{base}_{reference.replace(':', '-')}{extension}"
 
 
 class _Blob:
@@ -119,7 +122,11 @@ async def get_archive(request: web.Request) -> web.StreamResponse:
         "X-Algomint-Root-Digest": plan.root.digest,
     }
     if compress == "zstd":
-        headers.update({"Content-Type": "application/zstd", "ETag": f'"{plan.root.digest}+zstd"'})
+        # Compressed per request: no length is known up front and no byte can be found
+        # again without compressing from the start, so Range is ignored and said to be.
+        headers.update({"Content-Type": "application/zstd", "ETag": f'"{plan.root.digest}+zstd"',
+                        "Accept-Ranges": "none",
+                        "Content-Disposition": f'attachment; filename="{_filename(plan, reference, ".tar.zst")}"'})
         if request.method == "HEAD":
             return web.Response(headers=headers)
         threads = request.app[CONFIG].full_builds.threads
