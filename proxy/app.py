@@ -14,6 +14,7 @@ from aiohttp import web
 from packer.fullbuild.freeze import FreezePolicy
 from packer.fullbuild.names import Namespaces
 from packer.fullbuild.service import FullBuildService
+from packer.catalog import Catalog
 from packer.chains import ChainError
 from packer.metrics import StateGauges
 from packer.runtime import Packer
@@ -22,6 +23,7 @@ from .api import manage, middleware
 from .api.manage import archive as archive_api
 from .api.manage import assemblies, chains, fullbuilds, grants, plugins, subscriptions, tokens, users, whoami
 from .api.manage import audit as audit_api
+from .api.manage import catalog as catalog_api
 from .api.manage.openapi import OPENAPI, build_document, openapi_router
 from .api.ops import add_ops_routes
 from .api.routes import V2_ROUTES, add_routes
@@ -81,6 +83,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app.cleanup_ctx.append(_full_builds)  # after storage: needs the database and backend open
     app[PACKER] = Packer(config, app[DATABASE], app[REGISTRY], app[EVENTS], policy=app[POLICY])
     builds.on_emit = app[PACKER].webhooks.notify  # full.built is sent at once, like assembly events
+    app[catalog_api.CATALOG] = Catalog(app[DATABASE], app[REGISTRY], config.assembly.generic_prefix)
     app[METRICS].on_scrape(StateGauges(app[DATABASE], app[METRICS].registry).refresh)
     app.cleanup_ctx.append(_packer)  # after storage: needs the database and backend open
     app.cleanup_ctx.append(_replay_changes)  # last: every event listener is subscribed
@@ -91,6 +94,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     routers += [users.router, tokens.router, grants.router, audit_api.router, whoami.router]
     routers += [fullbuilds.router, archive_api.router]
     routers += [chains.router, plugins.router, assemblies.router, subscriptions.router]
+    routers += [catalog_api.router]
     manage.mount(app, routers)
     app[OPENAPI] = build_document(routers)
     return app
