@@ -98,6 +98,21 @@ async def test_deep_cursor_is_400(client):
     assert resp.status == 400
 
 
+@pytest.mark.parametrize("path,value", [
+    ("/api/v1/full-builds", b"[{}, []]"),
+    ("/api/v1/full-builds", b'["x", 1]'),
+    ("/api/v1/assemblies", b'"text"'),
+    ("/api/v1/subscriptions", b"17"),
+    ("/api/v1/catalog", b"[]"),
+])
+async def test_cursor_of_the_wrong_shape_is_400(client, path, value):
+    import base64
+
+    cursor = base64.urlsafe_b64encode(value).decode().rstrip("=")
+    resp = await client.get(path, params={"cursor": cursor})
+    assert resp.status == 400, await resp.text()
+
+
 async def test_deep_manifest_is_manifest_invalid(client, repo):
     deep = b'{"schemaVersion": 2, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     resp = await client.put(f"/v2/{repo}/manifests/v1", data=deep,

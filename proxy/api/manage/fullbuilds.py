@@ -22,7 +22,9 @@ router = ApiRouter("full-builds")
 
 
 def _is_build_cursor(value: object) -> bool:
-    return isinstance(value, list) and len(value) == 2  # [created_at, id] of the last item
+    # [created_at, id] of the last item; anything else would reach the store's comparison.
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], (int, float))
+            and not isinstance(value[0], bool) and isinstance(value[1], str))
 
 
 class FullBuildRequest(BaseModel):
