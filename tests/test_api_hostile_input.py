@@ -113,6 +113,13 @@ async def test_cursor_of_the_wrong_shape_is_400(client, path, value):
     assert resp.status == 400, await resp.text()
 
 
+@pytest.mark.parametrize("path", ["/api/v1/assemblies/%C2%B2", "/api/v1/subscriptions?limit=%C2%B2",
+                                  "/v2/_catalog?n=%C2%B2", "/api/v1/catalog?limit=%D9%A3"])
+async def test_non_ascii_digits_are_refused(client, path):
+    resp = await client.get(path)
+    assert 400 <= resp.status < 500, await resp.text()
+
+
 async def test_deep_manifest_is_manifest_invalid(client, repo):
     deep = b'{"schemaVersion": 2, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     resp = await client.put(f"/v2/{repo}/manifests/v1", data=deep,

@@ -539,7 +539,7 @@ class RegistryBackend(Backend):
     @staticmethod
     def _content_length(resp: aiohttp.ClientResponse, what: str) -> int:
         length = resp.headers.get("Content-Length", "")
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise invalid_response(f"{what} without a valid Content-Length")
         return int(length)
 
@@ -789,7 +789,7 @@ class RegistryBackend(Backend):
             digest = resp.headers.get("Docker-Content-Digest") or (reference if is_digest(reference) else None)
             length = resp.headers.get("Content-Length", "")
             media_type = resp.headers.get("Content-Type", "").split(";", 1)[0].strip()
-        if digest is None or not length.isdigit() or not media_type:
+        if digest is None or not (length.isascii() and length.isdigit()) or not media_type:
             # An incomplete HEAD answer: the body tells us all of it (≤ 4 MiB).
             return (await self.get_manifest(repo, reference)).info
         if is_digest(reference) and digest != reference:

@@ -78,7 +78,7 @@ async def list_assemblies(request: web.Request) -> web.Response:
 @router.route("GET", "/assemblies/{id}", summary="One assembly job, with its log", response=AssemblyOut, action=None)
 async def get_assembly(request: web.Request) -> web.Response:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(404, f"no assembly job {raw[:30]!r}")
     job = await request.app[PACKER].assembly.get(int(raw))
     if job is None:

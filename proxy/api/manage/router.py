@@ -158,7 +158,7 @@ def page_params(
     """``limit`` (1..500) and the decoded cursor (None on the first page). ``cursor`` is
     the type a listing's cursor has (or a check of it): anything else is refused."""
     raw = request.query.get("limit", str(default))
-    if not raw.isdigit() or len(raw) > 6 or not 1 <= int(raw) <= MAX_PAGE:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or not 1 <= int(raw) <= MAX_PAGE:
         raise ApiError(400, f"limit must be an integer from 1 to {MAX_PAGE}", {"limit": raw[:20]})
     text = request.query.get("cursor")
     if text is not None and len(text) > CURSOR.schema["maxLength"]:

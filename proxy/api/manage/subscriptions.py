@@ -127,7 +127,7 @@ async def retry_delivery(request: web.Request) -> web.Response:
     await _existing(request)
     raw = request.match_info["delivery"]
     packer = request.app[PACKER]
-    if not raw.isdigit() or len(raw) > 18 or not await packer.subscriptions.redeliver(request.match_info["id"], int(raw)):
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or not await packer.subscriptions.redeliver(request.match_info["id"], int(raw)):
         raise ApiError(404, f"no delivery {raw[:30]!r} for this subscription")
     packer.webhooks.notify()
     return web.json_response({"delivery": int(raw), "status": "pending"}, status=202)
