@@ -27,17 +27,24 @@ from packer.archive import (
 )
 from proxy.backend import Backend
 from proxy.oci.errors import RegistryError
-from proxy.oci.reference import parse_reference
+from proxy.oci.reference import DIGEST_RE, MAX_NAME_LENGTH, NAME_RE, TAG_RE, parse_reference
 from proxy.service.policy import Action
 
 from ..state import CONFIG, REGISTRY
 from ..streaming import parse_range, send_direct, send_stream
 from .errors import ApiError
-from .router import ApiRouter, authorize, enum_query
+from .router import ApiRouter, Query, authorize, enum_query
 
 __all__ = ["router"]
 
 router = ApiRouter("archive")
+
+
+# What ``_target`` accepts, as the OpenAPI document states it (the reference grammar).
+_TARGET_SCHEMA = {
+    "type": "string", "maxLength": MAX_NAME_LENGTH + 200,
+    "pattern": rf"^{NAME_RE.pattern[1:-1]}(?::{TAG_RE.pattern[1:-1]}|@{DIGEST_RE.pattern[1:-1]})$",
+}
 
 
 def _target(request: web.Request) -> tuple[str, str]:
@@ -102,7 +109,8 @@ async def _zstd(chunks: AsyncGenerator[bytes, None], threads: int) -> AsyncGener
 
 @router.route("GET", "/archive/{target:.+}", action=None,
               summary="Stream an artifact (generic, business thin or full package) as an OCI image-layout tar",
-              query={"compress": enum_query("zstd: a zstd-compressed stream", ["zstd"])})
+              query={"compress": enum_query("zstd: a zstd-compressed stream", ["zstd"])},
+              path_params={"target": Query("<repository>:<tag> or <repository>@<digest>", _TARGET_SCHEMA)})
 async def get_archive(request: web.Request) -> web.StreamResponse:
     repo, reference = _target(request)
     await authorize(request, Action.PULL, repo, reference)

@@ -41,9 +41,13 @@ def _schema(model: Any, defs: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _path_schema(pattern: str) -> dict[str, Any]:
+def _path_parameter(name: str, pattern: str, declared: Query | None) -> dict[str, Any]:
+    if declared is not None:
+        return {"name": name, "in": "path", "required": True, "description": declared.description,
+                "schema": declared.schema}
     # The route's own regex is the constraint; without one aiohttp takes one segment.
-    return {"type": "string", "pattern": f"^(?:{pattern or '[^/]+'})$", "minLength": 1}
+    schema = {"type": "string", "pattern": f"^(?:{pattern or '[^/]+'})$", "minLength": 1}
+    return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
 def _query_parameter(name: str, declared: str | Query) -> dict[str, Any]:
@@ -58,8 +62,7 @@ def build_document(routers: Sequence[ApiRouter]) -> dict[str, Any]:
         for route in router.routes:
             path = _PARAM_RE.sub(r"{\1}", PREFIX + route.path)
             parameters = [
-                {"name": p, "in": "path", "required": True, "schema": _path_schema(pattern)}
-                for p, pattern in _PARAM_RE.findall(route.path)
+                _path_parameter(p, pattern, route.path_params.get(p)) for p, pattern in _PARAM_RE.findall(route.path)
             ] + [_query_parameter(q, d) for q, d in route.query.items()]
             operation: dict[str, Any] = {
                 "operationId": route.name,

@@ -72,6 +72,8 @@ class ApiRoute:
     query: dict[str, str | Query] = field(default_factory=dict)
     tag: str = ""
     public: bool = False  # no authentication (health of the API itself, openapi.json)
+    # A path parameter's schema when it is narrower than the route's regex (name -> Query).
+    path_params: dict[str, Query] = field(default_factory=dict)
 
 
 class ApiRouter:
@@ -93,11 +95,12 @@ class ApiRouter:
         status: int = 200,
         query: dict[str, str | Query] | None = None,
         public: bool = False,
+        path_params: dict[str, Query] | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.routes.append(
                 ApiRoute(method, path, handler, f"api.{self.tag}.{handler.__name__}", summary, action, body,
-                         response, status, query or {}, self.tag, public)
+                         response, status, query or {}, self.tag, public, path_params or {})
             )
             return handler
 
