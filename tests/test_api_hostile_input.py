@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tests.support.auth import auth_env  # noqa: F401 - fixture
 from tests.support.oci import digest_of
 
 DEEP = b"[" * 50_000 + b"]" * 50_000
@@ -138,3 +139,11 @@ async def test_undeclared_method_is_405_with_allow(client):
     resp = await client.request("TRACE", "/v2/")
     assert resp.status == 405 and "GET" in resp.headers["Allow"]
     assert (await resp.json())["errors"][0]["code"] == "UNSUPPORTED"
+
+
+async def test_deep_json_in_a_bearer_token_is_401(auth_env):
+    import base64
+
+    header = base64.urlsafe_b64encode(b"[" * 1500 + b"]" * 1500).decode().rstrip("=")  # 4000 chars: under the cap
+    resp = await auth_env.client.get("/v2/", headers={"Authorization": f"Bearer {header}.e30.c2ln"})
+    assert resp.status == 401, await resp.text()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from .. import safejson
 from ..oci.errors import RegistryError
 from ..oci.reference import validate_name
 
@@ -184,7 +185,7 @@ class TokenSigner:
             raise TokenError("not a compact JWS")
         header_b64, payload_b64, signature_b64 = parts
         try:
-            header = json.loads(_unb64(header_b64))
+            header = safejson.loads(_unb64(header_b64))  # before the signature is checked: untrusted
             signature = _unb64(signature_b64)
         except (ValueError, UnicodeDecodeError):
             raise TokenError("undecodable token") from None
