@@ -6,21 +6,26 @@ packages the caller may pull, without the generic digests)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Awaitable, Callable, Literal, Protocol
 
 from aiohttp import web
 from pydantic import BaseModel, Field
-
-from packer.catalog import Catalog
 
 from ...service.policy import Action
 from .access import may
 from .router import ApiRouter, Page, encode_cursor, page_params
 from .times import iso_times
 
-__all__ = ["router", "CATALOG"]
+__all__ = ["router", "CATALOG", "CatalogSource"]
 
-CATALOG = web.AppKey("catalog", Catalog)
+class CatalogSource(Protocol):
+    """What the overview is read from (``packer.catalog.Catalog``, wired in ``proxy/app.py``)."""
+
+    async def algorithms(self, limit: int, after: str | None, visible: Callable[[str], Awaitable[bool]]
+                         ) -> tuple[list[dict[str, Any]], str | None]: ...
+
+
+CATALOG = web.AppKey("catalog", CatalogSource)
 router = ApiRouter("catalog")
 
 
