@@ -34,7 +34,7 @@ from .auth.middleware import authenticate
 from .auth.setup import setup_auth
 from .backend import Backend
 from .backend.factory import create_backend
-from .config import Config
+from .config import Config, ConfigError
 from .meta import Database, MetadataError
 from .metrics import Metrics
 from .service import journal, referrers
@@ -65,7 +65,10 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app[EVENTS] = EventBus()
     app[POLICY] = PolicyChain([AllowAll()])
     app[DATABASE] = Database(config.metadata.path)
-    app[BACKEND] = backend = backend or create_backend(config.storage)
+    try:
+        app[BACKEND] = backend = backend or create_backend(config.storage)
+    except ValueError as exc:  # a URL the config model could not judge on its own
+        raise ConfigError(f"storage.url: {exc}") from None
     app[REGISTRY] = RegistryService(
         backend,
         referrers.ReferrersIndex(app[DATABASE], backend),

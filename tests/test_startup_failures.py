@@ -96,3 +96,13 @@ def test_unusable_metadata_path(tmp_path):
     code, stderr = _serve(tmp_path, config)
     assert code != 0
     assert "metadata.path" in _one_line(stderr)
+
+
+@pytest.mark.parametrize("extra,key", [
+    ('[storage]\nbackend = "registry"\nurl = "not-a-url"\n', "storage.url"),
+    ('[licenses.soft]\nscheme = "x25519"\npublic_key = "/nonexistent/soft.pub"\n', "licenses.soft"),
+])
+def test_unusable_settings_found_while_wiring(tmp_path, extra, key):
+    code, stderr = _serve(tmp_path, f'[metadata]\npath = "{tmp_path / "metadata.db"}"\n' + extra)
+    assert code != 0
+    assert key in _one_line(stderr)
