@@ -38,6 +38,8 @@ def test_cli_as_scripts_use_it(tmp_path):
     config = tmp_path / "algomint.toml"
     config.write_text(_config(tmp_path))
     token = _cli("admin", "bootstrap", "--config", str(config), env={}).stdout.strip()
+    forced = _cli("admin", "--json", "bootstrap", "--config", str(config), "--force", env={})
+    assert ISO.fullmatch(json.loads(forced.stdout)["expires_at"]), forced.stdout
     with run_server(tmp_path, config.read_text()) as server:
         env = {"ALGOMINT_URL": server.url, "ALGOMINT_TOKEN": token}
 
