@@ -11,11 +11,11 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+from packer.catalog import Catalog
+from packer.chains import ChainError
 from packer.fullbuild.freeze import FreezePolicy
 from packer.fullbuild.names import Namespaces
 from packer.fullbuild.service import FullBuildService
-from packer.catalog import Catalog
-from packer.chains import ChainError
 from packer.metrics import StateGauges
 from packer.runtime import Packer
 
@@ -37,11 +37,11 @@ from .backend.factory import create_backend
 from .config import Config, ConfigError
 from .meta import Database, MetadataError
 from .metrics import Metrics
+from .oci.errors import RegistryError
 from .service import journal, referrers
 from .service.events import EventBus
 from .service.policy import AllowAll, PolicyChain
 from .service.registry import RegistryService
-from .oci.errors import RegistryError
 from .startup import StartupError, one_line
 
 __all__ = ["create_app", "BACKEND"]
@@ -114,7 +114,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         await backend.start()
     except (OSError, RegistryError) as exc:
         await db.close()  # a start-up that fails here leaves nothing open behind it
-        where = f"storage.url {config.storage.url}" if config.storage.backend == "registry" else f"storage.path {config.storage.path}"
+        remote = config.storage.backend == "registry"
+        where = f"storage.url {config.storage.url}" if remote else f"storage.path {config.storage.path}"
         raise StartupError(f"{where}: {_reason(exc)}") from exc
     sweeper = asyncio.create_task(_sweep_uploads(backend))
     yield

@@ -25,15 +25,16 @@ async def _run(config: Config) -> None:
     try:
         await runner.setup()
         site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # taken, or not an address of this host
+            reason = os.strerror(exc.errno).lower() if exc.errno else one_line(exc)
+            raise StartupError(f"server.listen {config.server.listen}: {reason}") from exc
     except Exception as exc:
         # Close what did start (database, workers), so the process ends instead of idling.
         await runner.cleanup()
         if isinstance(exc, StartupError):
             raise
-        if isinstance(exc, OSError) and exc.filename is None:  # the listening socket
-            reason = os.strerror(exc.errno).lower() if exc.errno else one_line(exc)
-            raise StartupError(f"server.listen {config.server.listen}: {reason}") from exc
         raise StartupError(f"{type(exc).__name__}: {one_line(exc)}") from exc
     log.info("listening", extra={"listen": config.server.listen, "backend": config.storage.backend})
     stop = asyncio.Event()
