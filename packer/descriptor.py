@@ -75,7 +75,7 @@ class AlgorithmDescriptor(_Open):
             try:
                 data = safejson.loads(data)
             except safejson.JsonError as exc:
-                raise DescriptorError(f"not acceptable JSON: {exc}") from None
+                raise DescriptorError(f"not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise DescriptorError("must be a JSON object")
         try:

@@ -276,7 +276,7 @@ async def read_package(service: RegistryService, repo: str, reference: str, cap:
     try:
         descriptor = safejson.loads(blobs[0])
     except safejson.JsonError as exc:
-        raise PackageError(f"config blob is not acceptable JSON: {exc}") from None
+        raise PackageError(f"config blob is not valid JSON: {exc}") from None
     if not isinstance(descriptor, dict):
         raise PackageError("config blob must be a JSON object")
     files = {

@@ -65,7 +65,7 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     except JsonError:
         raise
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise JsonError(f"malformed JSON: {exc}") from None
+        raise JsonError(str(exc)) from None
     if _depth(document) > max_depth:
         raise JsonError(f"nested deeper than {max_depth} levels")
     return document

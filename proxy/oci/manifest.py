@@ -89,7 +89,7 @@ def parse_manifest(data: bytes, content_type: str | None) -> ParsedManifest:
     try:
         document = safejson.loads(data)
     except safejson.JsonError as exc:
-        raise RegistryError(Errors.MANIFEST_INVALID, {"reason": str(exc)}) from None
+        raise RegistryError(Errors.MANIFEST_INVALID, {"reason": f"malformed JSON: {exc}"}) from None
     if not isinstance(document, dict):
         raise RegistryError(Errors.MANIFEST_INVALID, {"reason": "manifest must be a JSON object"})
     if document.get("schemaVersion") != 2:

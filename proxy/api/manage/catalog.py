@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from ...service.policy import Action
 from .access import may
-from .router import ApiRouter, Page, encode_cursor, page_params
+from .router import CURSOR, LIMIT, ApiRouter, Page, Query, encode_cursor, page_params
 from .times import iso_times
 
 __all__ = ["router", "CATALOG", "CatalogSource"]
@@ -27,6 +27,7 @@ class CatalogSource(Protocol):
 
 CATALOG = web.AppKey("catalog", CatalogSource)
 router = ApiRouter("catalog")
+_PAGE = 20  # algorithms per page by default: each carries its versions, packages and builds
 
 
 class PluginUsed(BaseModel):
@@ -85,9 +86,9 @@ class AlgorithmEntry(BaseModel):
 
 @router.route("GET", "/catalog", summary="Algorithms, versions, frozen state, business packages and full builds",
               response=Page[AlgorithmEntry], action=None,
-              query={"limit": "algorithms per page (1-500)", "cursor": "from the previous page's `next`"})
+              query={"limit": Query("algorithms per page", {**LIMIT.schema, "default": _PAGE}), "cursor": CURSOR})
 async def catalog(request: web.Request) -> web.Response:
-    limit, cursor = page_params(request, default=20, cursor=str)
+    limit, cursor = page_params(request, default=_PAGE, cursor=str)
 
     async def visible(repository: str) -> bool:
         return await may(request, Action.PULL, repository)

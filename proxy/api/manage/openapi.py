@@ -51,7 +51,7 @@ def _path_parameter(name: str, pattern: str, declared: Query | None) -> dict[str
 
 
 def _query_parameter(name: str, declared: str | Query) -> dict[str, Any]:
-    query = PAGING.get(name) or (declared if isinstance(declared, Query) else Query(declared))
+    query = declared if isinstance(declared, Query) else PAGING.get(name) or Query(declared)
     return {"name": name, "in": "query", "required": False, "description": query.description, "schema": query.schema}
 
 

@@ -20,7 +20,10 @@ from ..routes import ROUTE_ACTIONS
 from ..state import POLICY, PRINCIPAL
 from .errors import ApiError
 
-__all__ = ["ApiRoute", "ApiRouter", "Page", "Query", "LIMIT", "CURSOR", "PAGING", "enum_query", "authorize", "mount", "page_params", "parse_body", "validate", "encode_cursor", "decode_cursor", "PREFIX"]
+__all__ = [
+    "ApiRoute", "ApiRouter", "Page", "Query", "LIMIT", "CURSOR", "PAGING", "enum_query", "authorize", "mount",
+    "page_params", "parse_body", "validate", "encode_cursor", "decode_cursor", "PREFIX",
+]
 
 PREFIX = "/api/v1"
 MAX_BODY = 1024 * 1024
@@ -68,7 +71,7 @@ class ApiRoute:
     body: type[BaseModel] | None = None
     response: Any = None  # a pydantic model (or generic alias) describing the 2xx body
     status: int = 200
-    # name -> description (any string) or a Query; ``limit`` and ``cursor`` are always PAGING's.
+    # name -> a Query, or a description: a string, or PAGING's schema for ``limit`` and ``cursor``.
     query: dict[str, str | Query] = field(default_factory=dict)
     tag: str = ""
     public: bool = False  # no authentication (health of the API itself, openapi.json)
@@ -128,7 +131,7 @@ async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
     try:
         data = safejson.loads(raw or b"null")
     except safejson.JsonError as exc:
-        raise ApiError(400, "request body is not acceptable JSON", {"reason": str(exc)}) from None
+        raise ApiError(400, "request body is not valid JSON", {"reason": str(exc)}) from None
     return validate(model, data)
 
 
