@@ -214,9 +214,11 @@ def load_chains_file(path: Path) -> list[tuple[ChainSpec, int | None]]:
 class ChainRegistry:
     """The chains in force: file chains (in file order) then API chains (in creation order)."""
 
-    def __init__(self, db: Database, file: Path | None, check_plugin: PluginCheck, sources: str = "generic/") -> None:
+    def __init__(self, db: Database, file: Path | None, check_plugin: PluginCheck, sources: str = "generic/", *,
+                 optional: bool = False) -> None:
         self.db = db
         self.file = file
+        self.optional = optional  # the default file: absent means no file chains, not an error
         self.check_plugin = check_plugin
         self.sources = sources  # the namespace chains read from; nothing else ever matches
         self._file_chains: list[Chain] = []
@@ -232,7 +234,7 @@ class ChainRegistry:
         await self._load_api()
         if self.file is None:
             return
-        specs = load_chains_file(self.file)
+        specs = self._read_file()
         try:
             await self._activate(specs)
         except ChainError as exc:
@@ -271,8 +273,14 @@ class ChainRegistry:
         """Re-read the chains file; on any error the chains in force are kept."""
         if self.file is None:
             raise ChainError("no chains file is configured ([chains] file)")
-        await self._activate(load_chains_file(self.file))
+        await self._activate(self._read_file())
         return list(self._file_chains)
+
+    def _read_file(self) -> list[tuple[ChainSpec, int | None]]:
+        assert self.file is not None
+        if self.optional and not self.file.exists():
+            return []
+        return load_chains_file(self.file)
 
     def file_status(self) -> dict[str, Any]:
         return {

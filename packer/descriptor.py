@@ -21,10 +21,11 @@ Stable API for other packer modules (assembly, full builds):
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from proxy import safejson
 
 __all__ = ["AlgorithmDescriptor", "DescriptorError", "IOField", "Runtime", "RuntimeImage"]
 
@@ -85,8 +86,8 @@ class AlgorithmDescriptor(_Open):
         """Validate raw JSON (or an already decoded object)."""
         if isinstance(data, (bytes, str)):
             try:
-                data = json.loads(data)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                data = safejson.loads(data)
+            except safejson.JsonError as exc:
                 raise DescriptorError(f"not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise DescriptorError("must be a JSON object")

@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+from proxy import safejson
 from proxy.oci import mediatypes as mt
 from proxy.oci.errors import Errors, RegistryError
 from proxy.oci.manifest import Descriptor, ParsedManifest, parse_manifest
@@ -273,8 +274,8 @@ async def read_package(service: RegistryService, repo: str, reference: str, cap:
 
     blobs = await asyncio.gather(fetch(manifest.config), *(fetch(layer) for layer in manifest.layers))
     try:
-        descriptor = json.loads(blobs[0])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        descriptor = safejson.loads(blobs[0])
+    except safejson.JsonError as exc:
         raise PackageError(f"config blob is not valid JSON: {exc}") from None
     if not isinstance(descriptor, dict):
         raise PackageError("config blob must be a JSON object")

@@ -53,7 +53,8 @@ class Packer:
         self.env = PluginEnv(config.plugins, self.workdir, self.sandbox,
                              cache=LruCache(config.plugins.service.cache_bytes), deny=deny)
         self.plugins = PluginStore(registry, settings.plugins_prefix, settings.package_cap)
-        self.chains = ChainRegistry(db, config.chains.file, self._check_plugin, settings.generic_prefix)
+        self.chains = ChainRegistry(db, config.chains.file, self._check_plugin, settings.generic_prefix,
+                                    optional=config.chains.optional)
         self.subscriptions = SubscriptionStore(db, config.webhooks, deny)
         self.webhooks = WebhookDelivery(db, config.webhooks, deny)
         self.assembly = assembly.AssemblyService(db, registry, self.chains, self.plugins, self.env, settings,

@@ -17,6 +17,7 @@ from .outbound import DEFAULT_DENY_HOSTS, DEFAULT_DENY_NETWORKS, parse_rules
 __all__ = [
     "AssemblyConfig",
     "ChainsConfig",
+    "DEFAULT_CHAINS_FILE",
     "FunctionPluginConfig",
     "JobPluginConfig",
     "OutboundConfig",
@@ -66,10 +67,25 @@ class AssemblyConfig(_Section):
         return _prefix(value)
 
 
+DEFAULT_CHAINS_FILE = Path("config/chains.toml")
+
+
 class ChainsConfig(_Section):
     """``[chains]``: the human-edited chains file (reloaded on SIGHUP and by API)."""
 
-    file: Path | None = None
+    # Unset: config/chains.toml (from the working directory, like config/algomint.toml),
+    # read when it exists. A file named here must exist; "" means no chains file.
+    file: Path | None = DEFAULT_CHAINS_FILE
+
+    @field_validator("file", mode="before")
+    @classmethod
+    def _none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def optional(self) -> bool:
+        """The default file, which may be absent (then there are no file chains)."""
+        return "file" not in self.model_fields_set
 
 
 def _allow_rules(value: list[str]) -> list[str]:

@@ -11,6 +11,8 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+from packer.catalog import Catalog
+from packer.chains import ChainError
 from packer.fullbuild.freeze import FreezePolicy
 from packer.fullbuild.names import Namespaces
 from packer.fullbuild.service import FullBuildService
@@ -22,6 +24,7 @@ from .api.manage import archive as archive_api
 from .api.manage import assemblies, chains, fullbuilds, grants, plugins, subscriptions, tokens, users, whoami
 from .api.manage import audit as audit_api
 from .api.manage.cursors import setup_cursors
+from .api.manage import catalog as catalog_api
 from .api.manage.openapi import OPENAPI, build_document, openapi_router
 from .api.ops import add_ops_routes, add_ready_check
 from .api.slowclients import guard_slow_clients
@@ -33,13 +36,15 @@ from .auth.middleware import authenticate
 from .auth.setup import setup_auth
 from .backend import Backend
 from .backend.factory import create_backend
-from .config import Config
-from .meta import Database
+from .config import Config, ConfigError
+from .meta import Database, MetadataError
 from .metrics import Metrics
+from .oci.errors import RegistryError
 from .service import journal, referrers
 from .service.events import EventBus
 from .service.policy import AllowAll, PolicyChain
 from .service.registry import RegistryService
+from .startup import StartupError, one_line
 
 __all__ = ["create_app", "BACKEND"]
 
@@ -62,7 +67,10 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app[EVENTS] = EventBus()
     app[POLICY] = PolicyChain([AllowAll()])
     app[DATABASE] = Database(config.metadata.path)
-    app[BACKEND] = backend = backend or create_backend(config.storage)
+    try:
+        app[BACKEND] = backend = backend or create_backend(config.storage)
+    except ValueError as exc:  # a URL the config model could not judge on its own
+        raise ConfigError(f"storage.url: {exc}") from None
     app[REGISTRY] = RegistryService(
         backend,
         referrers.ReferrersIndex(app[DATABASE], backend),
@@ -80,6 +88,8 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app[POLICY].add(FreezePolicy(builds.store, lambda: builds.license_suffixes, builds.namespaces))
     app.cleanup_ctx.append(_full_builds)  # after storage: needs the database and backend open
     app[PACKER] = Packer(config, app[DATABASE], app[REGISTRY], app[EVENTS], policy=app[POLICY])
+    builds.on_emit = app[PACKER].webhooks.notify  # full.built is sent at once, like assembly events
+    app[catalog_api.CATALOG] = Catalog(app[DATABASE], app[REGISTRY], config.assembly.generic_prefix)
     app[METRICS].on_scrape(StateGauges(app[DATABASE], app[METRICS].registry).refresh)
     app.cleanup_ctx.append(_packer)  # after storage: needs the database and backend open
     add_ready_check(app, "sandbox", app[PACKER].sandbox_status)  # function and job plugins' sandbox
@@ -92,18 +102,28 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     routers += [users.router, tokens.router, grants.router, audit_api.router, whoami.router]
     routers += [fullbuilds.router, archive_api.router]
     routers += [chains.router, plugins.router, assemblies.router, subscriptions.router]
+    routers += [catalog_api.router]
     manage.mount(app, routers)
     app[OPENAPI] = build_document(routers)
     return app
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
-    db, backend = app[DATABASE], app[BACKEND]
-    await db.open()
-    await db.migrate(referrers.SCHEMA + journal.SCHEMA)
-    await backend.start()
+    db, backend, config = app[DATABASE], app[BACKEND], app[CONFIG]
+    try:
+        await db.open()
+        await db.migrate(referrers.SCHEMA + journal.SCHEMA)
+    except (OSError, MetadataError) as exc:
+        raise StartupError(f"metadata.path {config.metadata.path}: {_reason(exc)}") from exc
+    try:
+        await backend.start()
+    except (OSError, RegistryError) as exc:
+        await db.close()  # a start-up that fails here leaves nothing open behind it
+        remote = config.storage.backend == "registry"
+        where = f"storage.url {config.storage.url}" if remote else f"storage.path {config.storage.path}"
+        raise StartupError(f"{where}: {_reason(exc)}") from exc
     # Sweep often enough that a short expiry is honoured roughly on time.
-    interval = min(_SWEEP_INTERVAL, app[CONFIG].storage.upload_expiry / 2)
+    interval = min(_SWEEP_INTERVAL, config.storage.upload_expiry / 2)
     sweeper = asyncio.create_task(_sweep_uploads(backend, interval))
     yield
     sweeper.cancel()
@@ -121,9 +141,25 @@ async def _replay_changes(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _packer(app: web.Application) -> AsyncIterator[None]:
-    await app[PACKER].start()
+    try:
+        await app[PACKER].start()
+    except BaseException as exc:
+        await app[PACKER].close()  # stop whatever part of it did start
+        if isinstance(exc, ChainError):  # the chains file does not parse
+            raise StartupError(f"chains.file: {exc}") from exc
+        raise
     yield
     await app[PACKER].close()
+
+
+def _reason(exc: Exception) -> str:
+    """Why a store could not be opened, in a few words (an OS error's text, a registry error's detail)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}" + (f" ({exc.filename})" if exc.filename else "")
+    detail = getattr(exc, "detail", None)
+    if isinstance(detail, dict) and detail.get("error"):
+        return f"cannot {detail.get('action', 'open it')}: {detail['error']}"
+    return one_line(exc)
 
 
 def _namespaces(config: Config) -> Namespaces:

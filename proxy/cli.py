@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -36,12 +39,19 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     setup_logging(config.log.level)
     from .server import serve
+    from .startup import StartupError, one_line
 
     try:
         serve(config)
     except ConfigError as exc:  # found while wiring (e.g. an unreadable secret file)
         print(f"algomint: {exc}", file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"algomint: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - wiring failed in a way not foreseen: still one line
+        print(f"algomint: cannot start: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -68,8 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        args = build_parser().parse_args(argv)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`algomint admin … | head`): its choice, not a failure. Point
+        # stdout at /dev/null so the interpreter's final flush does not complain either.
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

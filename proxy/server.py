@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 from aiohttp import web
@@ -12,6 +13,7 @@ from aiohttp import web
 from .api.state import IN_FLIGHT
 from .app import create_app
 from .config import Config
+from .startup import StartupError, one_line
 from .tls import ServerTLS
 
 __all__ = ["serve"]
@@ -30,10 +32,21 @@ async def _run(config: Config) -> None:
         app, handle_signals=False, access_log=None, shutdown_timeout=server.shutdown_grace,
         keepalive_timeout=server.header_timeout,
     )
-    await runner.setup()
-    site = web.TCPSite(runner, server.host, server.port, reuse_address=True,
-                       ssl_context=tls.context if tls else None)
-    await site.start()
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, server.host, server.port, reuse_address=True,
+                           ssl_context=tls.context if tls else None)
+        try:
+            await site.start()
+        except OSError as exc:  # taken, or not an address of this host
+            reason = os.strerror(exc.errno).lower() if exc.errno else one_line(exc)
+            raise StartupError(f"server.listen {server.listen}: {reason}") from exc
+    except Exception as exc:
+        # Close what did start (database, workers), so the process ends instead of idling.
+        await runner.cleanup()
+        if isinstance(exc, StartupError):
+            raise
+        raise StartupError(f"{type(exc).__name__}: {one_line(exc)}") from exc
     log.info("listening", extra={"listen": server.listen, "tls": tls is not None, "backend": config.storage.backend})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

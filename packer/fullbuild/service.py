@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from proxy.meta import Database, MetadataError
+from proxy.meta.db import Transaction
 from proxy.oci.errors import RegistryError
 from proxy.service.policy import SYSTEM, PolicyChain, Principal
 from proxy.service.registry import RegistryService
 
+from ..webhooks.outbox import emit
 from ..licensing.licenser import Licenser, build_licensers
 from ..licensing.settings import LicenseConfig
 from .builder import BuildError, FullBuilder, Tracker
@@ -39,6 +41,8 @@ class FullBuildService:
         self.builder = FullBuilder(service, self.licensers, licenses, settings, namespaces, self.store, policy)
         self._wake = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
+        # Called after an event is committed to the outbox (wakes the webhook sender).
+        self.on_emit: Callable[[], None] = lambda: None
 
     @property
     def license_suffixes(self) -> tuple[str, ...]:
@@ -114,12 +118,22 @@ class FullBuildService:
             await self._fail(record, tracker, f"internal error: {type(exc).__name__}: {exc}", warnings)
         else:
             await self.store.save_progress(record.id, tracker.bytes_total, tracker.layers.values())
-            await self.store.succeed(record.id, result, warnings, freezes, content)
+            await self.store.succeed(record.id, result, warnings, freezes, content,
+                                     also=self._built_event(record, result))
+            self.on_emit()
             log.info("full build succeeded", extra={"build": record.id, "tag": result["tag"]})
         finally:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+
+    @staticmethod
+    def _built_event(record: BuildRecord, result: dict[str, Any]) -> Callable[[Transaction], Awaitable[str]]:
+        payload = {"build": record.id, "package": record.package, "license": record.license,
+                   "source_digest": record.source_digest, "tag": result["tag"], "digest": result["digest"],
+                   "images": [{"ref": i["ref"], "licensed": i["licensed"], "digest": i["digest"]}
+                              for i in result.get("images", [])]}
+        return lambda tx: emit(tx, "full.built", record.repository, payload)
 
     async def _fail(self, record: BuildRecord, tracker: Tracker, error: str, warnings: list[str]) -> None:
         log.warning("full build failed", extra={"build": record.id, "error": error})

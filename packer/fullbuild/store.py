@@ -7,9 +7,10 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 from proxy.meta import Database
+from proxy.meta.db import Transaction
 from proxy.service.policy import SYSTEM, Principal
 
 __all__ = ["SCHEMA", "BuildRecord", "BuildStore", "Frozen", "LayerProgress", "STATES", "ACTIVE"]
@@ -281,9 +282,10 @@ class BuildStore:
             )
 
     async def succeed(self, build_id: str, result: dict[str, Any], warnings: list[str], freezes: Iterable[Frozen],
-                      content: Iterable[Frozen] = ()) -> None:
+                      content: Iterable[Frozen] = (), also: Callable[[Transaction], Awaitable[Any]] | None = None) -> None:
         """Record success and freeze the package's tags and the content they reference
-        (``Frozen.digest`` of each ``content`` item) in one transaction."""
+        (``Frozen.digest`` of each ``content`` item) in one transaction; ``also`` writes more
+        in it (the ``full.built`` event), so the event exists exactly when the success does."""
         async with self.db.transaction() as tx:
             await tx.execute(
                 "UPDATE full_builds SET state = 'succeeded', finished_at = ?, result = ?, warnings = ?, "
@@ -298,6 +300,8 @@ class BuildStore:
                 "INSERT OR IGNORE INTO frozen_blobs (repository, digest, tag, build_id, package) VALUES (?, ?, ?, ?, ?)",
                 [(f.repository, f.digest, f.tag, f.build_id, f.package) for f in content],
             )
+            if also is not None:
+                await also(tx)
 
     async def fail(self, build_id: str, error: str, warnings: list[str]) -> None:
         await self.db.execute(

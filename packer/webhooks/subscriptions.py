@@ -97,6 +97,14 @@ class SubscriptionPatch(BaseModel):
     def _check_globs(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else validate_globs(value)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Omit a field to keep it; an explicit null would otherwise reach the store.
+        if value is None:
+            raise ValueError("must not be null (omit the field to keep its value)")
+        return value
+
 
 def _public(row: Any) -> dict[str, Any]:
     return {

@@ -19,6 +19,7 @@ __all__ = ["AdminClient", "AdminError", "Output", "add_admin_parser", "AREAS"]
 AREAS: tuple[str, ...] = ("fullbuilds",)
 AREAS += ("users", "tokens", "grants", "audit", "bootstrap", "signing_keys")
 AREAS += ("chains", "plugins", "assemblies", "subscriptions")
+AREAS += ("catalog",)
 
 
 def add_admin_parser(commands: argparse._SubParsersAction) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 from .client import AdminClient
@@ -56,9 +55,8 @@ def _show(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
         out.json(job)
         return 0
     row = _row(job)
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["created"]))
     out.item({k: row[k] for k in ("id", "chain", "status", "trigger", "runs", "source", "target")}
-             | {"digest": job["target"]["digest"], "created": when, "duration_ms": job["duration_ms"], "error": row["error"]})
+             | {"digest": job["target"]["digest"], "created": job["created"], "duration_ms": job["duration_ms"], "error": row["error"]})
     out.message("\nplugins:")
     out.table(job["plugins"], ["ref", "kind", "digest", "ms"])
     out.message("\nlog:\n" + (job.get("logs") or ""))

@@ -85,7 +85,7 @@ def _verify_offline(args: argparse.Namespace) -> int:
     anchor = None
     if args.anchor:
         seq, _, digest = args.anchor.partition(":")
-        if not seq.isdigit() or len(digest) != 64:
+        if not (seq.isascii() and seq.isdigit()) or len(digest) != 64:
             print("algomint: --anchor must be SEQ:HASH as printed by verify", file=sys.stderr)
             return 2
         anchor = (int(seq), digest)

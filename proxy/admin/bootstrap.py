@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..api.manage.times import iso
 from .client import AdminClient, AdminError
 from .output import Output
 
@@ -62,7 +63,7 @@ def _bootstrap(args: argparse.Namespace, client: AdminClient, out: Output) -> in
                 raise AdminError(0, "no-admin", f"user {ADMIN!r} does not exist or is not an admin on '**'")
             record, token = await store.create_token(ADMIN, "bootstrap", time.time() + config.auth.api_token_ttl,
                                                      created_by="bootstrap")
-            return {"user": ADMIN, "token": token, "id": record.id, "expires_at": record.expires_at}
+            return {"user": ADMIN, "token": token, "id": record.id, "expires_at": iso(record.expires_at)}
         finally:
             await db.close()
 

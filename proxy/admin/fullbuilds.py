@@ -41,8 +41,7 @@ def register(areas: argparse._SubParsersAction) -> None:
 def _row(build: dict[str, Any]) -> dict[str, Any]:
     total = build.get("bytes_total") or 0
     progress = f"{100 * build['bytes_done'] // total}%" if total else "-"
-    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(build["created_at"]))
-    return {**build, "progress": progress, "created": created}
+    return {**build, "progress": progress, "created": build["created_at"]}
 
 
 def _bar(build: dict[str, Any], width: int = 30) -> str:
@@ -53,20 +52,41 @@ def _bar(build: dict[str, Any], width: int = 30) -> str:
             f"{done / 2**20:8.1f}/{total / 2**20:.1f} MiB  {build['state']:<9}")
 
 
+def _line(build: dict[str, Any]) -> str:
+    """One progress line, for logs and pipes (no carriage returns)."""
+    total, done = build.get("bytes_total") or 0, build.get("bytes_done") or 0
+    percent = f"{100 * done // total}%" if total else "-"
+    return f"full build {build['id']}: {build['state']} {percent} ({done}/{total} bytes)"
+
+
+class _Progress:
+    """A redrawn bar on a terminal; elsewhere a line whenever state or whole percent changes."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = ""
+
+    def show(self, build: dict[str, Any], final: bool = False) -> None:
+        if self.tty:
+            print(_bar(build), end="\n" if final else "", file=sys.stderr, flush=True)
+            return
+        line = _line(build)
+        if line != self.last:
+            print(line, file=sys.stderr, flush=True)
+            self.last = line
+
+
 def _follow(client: AdminClient, out: Output, build: dict[str, Any], timeout: float) -> int:
     deadline = time.monotonic() + timeout if timeout else None
-    tty = sys.stderr.isatty() and not out.json_mode
+    progress = _Progress()
     while build["state"] in ("queued", "running"):
-        if tty:
-            print(_bar(build), end="", file=sys.stderr, flush=True)
+        progress.show(build)
         if deadline is not None and time.monotonic() > deadline:
-            if tty:
-                print(file=sys.stderr)
+            progress.show(build, final=True)
             raise AdminError(0, "timeout", f"full build {build['id']} still {build['state']} after {timeout:g}s")
         time.sleep(0.5)
         build = client.get(f"/full-builds/{build['id']}")
-    if tty:
-        print(_bar(build), file=sys.stderr)
+    progress.show(build, final=True)
     _print(out, build)
     return 0 if build["state"] == "succeeded" else 1
 

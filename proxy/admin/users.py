@@ -1,7 +1,8 @@
 """``algomint admin users …`` and ``algomint admin whoami``: accounts from the shell.
 
 Passwords are never taken as arguments (they would show in ``ps`` and shell history):
-they are prompted for, or read from standard input with ``--password-stdin``."""
+they are prompted for on a terminal, and read as one line from standard input when it is
+not a terminal (``echo pw | algomint admin users create alice``) or with ``--password-stdin``."""
 
 from __future__ import annotations
 
@@ -18,9 +19,21 @@ __all__ = ["register", "read_password"]
 _COLUMNS = ["name", "kind", "disabled", "roles", "created_at", "description"]
 
 
+def _stdin_line(what: str) -> str:
+    line = sys.stdin.readline()
+    if not line:
+        raise AdminError(0, "no-password", f"no {what} on standard input")
+    return line.rstrip("\r\n")
+
+
+def _piped(args: argparse.Namespace) -> bool:
+    """Read passwords from stdin: asked to, or stdin is not a terminal (``echo pw | …``)."""
+    return bool(args.password_stdin) or not sys.stdin.isatty()
+
+
 def read_password(args: argparse.Namespace, prompt: str = "Password: ") -> str:
-    if args.password_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
+    if _piped(args):
+        return _stdin_line("password")
     first = getpass.getpass(prompt)
     if getpass.getpass("Again: ") != first:
         raise AdminError(0, "mismatch", "the two passwords differ")
@@ -44,7 +57,7 @@ def register(areas: argparse._SubParsersAction) -> None:
     create.add_argument("--role", action="append", default=[], dest="roles",
                         help="grant a role on its default patterns (repeatable; see `grants roles`)")
     create.add_argument("--description", default="")
-    create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    create.add_argument("--password-stdin", action="store_true", help="read the password from standard input (the default when it is not a terminal)")
     create.set_defaults(admin_func=_create)
 
     for verb, disabled in (("disable", True), ("enable", False)):
@@ -103,7 +116,7 @@ def _passwd(args: argparse.Namespace, client: AdminClient, out: Output) -> None:
     me = client.get("/whoami")["name"]
     body: dict[str, Any] = {}
     if me == args.name:
-        body["current_password"] = (sys.stdin.readline().rstrip("\r\n") if args.password_stdin
+        body["current_password"] = (_stdin_line("current password") if _piped(args)
                                     else getpass.getpass("Current password: "))
     body["password"] = read_password(args, "New password: ")
     client.put(f"/users/{args.name}/password", body)

@@ -120,11 +120,15 @@ def _render_failure(
         return render(RegistryError(Errors.UNAVAILABLE, message="metadata store unavailable"))
     if isinstance(exc, (web.HTTPNotFound, web.HTTPMethodNotAllowed)):
         not_found = isinstance(exc, web.HTTPNotFound)
+        # A 405 names the methods the resource does take (RFC 9110 §15.5.6).
+        allow = {} if not_found else {"Allow": ", ".join(sorted(exc.allowed_methods))}  # type: ignore[attr-defined]
         if management:
-            return ApiError(exc.status, "no such route" if not_found else "method not allowed").response(request_id)
+            return ApiError(exc.status, "no such route" if not_found else "method not allowed",
+                            headers=allow).response(request_id)
         if request.path.startswith("/v2/"):
             error = Errors.NAME_UNKNOWN if not_found else Errors.UNSUPPORTED
-            return json_error(RegistryError(error, {"path": request.path[:200], "method": request.method}), request_id)
+            return json_error(RegistryError(error, {"path": request.path[:200], "method": request.method},
+                                            headers=allow), request_id)
         raise exc
     if isinstance(exc, (web.HTTPException, ConnectionError)):
         raise exc  # HTTP exceptions render themselves; a client that went away needs no answer

@@ -32,7 +32,6 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import json
 import os
 import re
 import socket
@@ -44,6 +43,7 @@ from urllib.parse import quote, unquote
 import aiohttp
 from yarl import URL
 
+from .. import safejson
 from ..oci.errors import ErrorCode, Errors, RegistryError
 from ..oci.mediatypes import MANIFEST_TYPES
 from ..oci.reference import is_digest
@@ -147,7 +147,7 @@ def _distribution_state_offset(location: URL) -> int | None:
         return None
     try:
         raw = base64.urlsafe_b64decode(state + "=" * (-len(state) % 4))
-        doc = json.loads(raw[32:])
+        doc = safejson.loads(raw[32:])
     except (binascii.Error, ValueError):
         return None
     offset = doc.get("Offset") if isinstance(doc, dict) else None
@@ -538,7 +538,7 @@ class RegistryBackend(Backend):
         if resp.method != "HEAD" and "json" in resp.headers.get("Content-Type", ""):
             try:
                 raw = await resp.content.read(_ERROR_BODY_LIMIT)
-                doc = json.loads(raw)
+                doc = safejson.loads(raw)
                 errors = doc.get("errors") if isinstance(doc, dict) else None
                 if isinstance(errors, list) and errors and isinstance(errors[0], dict):
                     first = errors[0]
@@ -580,7 +580,7 @@ class RegistryBackend(Backend):
     @staticmethod
     def _content_length(resp: aiohttp.ClientResponse, what: str) -> int:
         length = resp.headers.get("Content-Length", "")
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise invalid_response(f"{what} without a valid Content-Length")
         return int(length)
 
@@ -798,7 +798,7 @@ class RegistryBackend(Backend):
             return media_type
         if data is not None:
             try:
-                doc = json.loads(data)
+                doc = safejson.loads(data)
             except ValueError:
                 doc = None
             if isinstance(doc, dict) and isinstance(doc.get("mediaType"), str):
@@ -839,7 +839,7 @@ class RegistryBackend(Backend):
                 digest = reference  # the backend's canonical name, of another algorithm
             length = resp.headers.get("Content-Length", "")
             media_type = resp.headers.get("Content-Type", "").split(";", 1)[0].strip()
-        if digest is None or not length.isdigit() or not media_type:
+        if digest is None or not (length.isascii() and length.isdigit()) or not media_type:
             # An incomplete HEAD answer: the body tells us all of it (≤ 4 MiB).
             return (await self.get_manifest(repo, reference)).info
         if is_digest(reference) and digest != reference:
@@ -899,7 +899,7 @@ class RegistryBackend(Backend):
                 raw = await self._read_capped(resp, _LIST_BODY_LIMIT, "listing")
                 link = resp.links.get("next")
             try:
-                doc = json.loads(raw)
+                doc = safejson.loads(raw)
             except ValueError:
                 raise invalid_response("listing is not JSON") from None
             values = doc.get(key) if isinstance(doc, dict) else None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import os
 import re
@@ -27,6 +26,7 @@ from typing import Callable, Mapping, Sequence
 import aiohttp
 from yarl import URL
 
+from .. import safejson
 from ..oci.errors import Errors, RegistryError
 
 __all__ = ["Authenticator", "Challenge", "invalid_response", "parse_challenges", "unreachable"]
@@ -271,7 +271,7 @@ class Authenticator:
 
 def _parse_token(body: bytes) -> tuple[str, float]:
     try:
-        doc = json.loads(body)
+        doc = safejson.loads(body)
     except ValueError:
         raise invalid_response("token response is not JSON") from None
     if not isinstance(doc, Mapping):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
+from .. import safejson
 from . import mediatypes as mt
 from .errors import Errors, RegistryError
 from .reference import parse_digest
@@ -111,8 +111,8 @@ class ParsedManifest:
 def parse_manifest(data: bytes, content_type: str | None) -> ParsedManifest:
     """Parse manifest bytes; ``MANIFEST_INVALID`` for anything malformed or inconsistent."""
     try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        document = safejson.loads(data)
+    except safejson.JsonError as exc:
         raise RegistryError(Errors.MANIFEST_INVALID, {"reason": f"malformed JSON: {exc}"}) from None
     if not isinstance(document, dict):
         raise RegistryError(Errors.MANIFEST_INVALID, {"reason": "manifest must be a JSON object"})

@@ -33,21 +33,25 @@ class Server:
 
 
 def start_server(
-    workdir: Path, config_text: str = "", env: dict[str, str] | None = None, timeout: float = 20,
+    workdir: Path, config_text: str | None = "", env: dict[str, str] | None = None, timeout: float = 20,
     ca: Path | None = None,
 ) -> Server:
-    """``ca``: the server speaks https with a certificate this CA file vouches for."""
+    """``config_text`` None: no config file at all (defaults, relative to ``workdir``).
+    ``ca``: the server speaks https with a certificate this CA file vouches for."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    config = workdir / "algomint.toml"
-    config.write_text(
-        config_text
-        or f'[storage]\npath = "{workdir / "storage"}"\n[metadata]\npath = "{workdir / "metadata.db"}"\n'
-    )
+    config_args: list[str] = []
+    if config_text is not None:
+        config = workdir / "algomint.toml"
+        config.write_text(
+            config_text
+            or f'[storage]\npath = "{workdir / "storage"}"\n[metadata]\npath = "{workdir / "metadata.db"}"\n'
+        )
+        config_args = ["--config", str(config)]
     log_path = workdir / "server.log"
     log = open(log_path, "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "proxy.cli", "serve", *config_args, "--listen", f"127.0.0.1:{port}"],
         stdout=log,
         stderr=log,
         env={**os.environ, **(env or {})},
@@ -70,7 +74,7 @@ def start_server(
 
 @contextlib.contextmanager
 def run_server(
-    workdir: Path, config_text: str = "", env: dict[str, str] | None = None, ca: Path | None = None
+    workdir: Path, config_text: str | None = "", env: dict[str, str] | None = None, ca: Path | None = None
 ) -> Iterator[Server]:
     server = start_server(workdir, config_text, env, ca=ca)
     try:

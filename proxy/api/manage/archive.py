@@ -2,7 +2,8 @@
 
 Answers ``HEAD``, ``Range`` (one range; malformed, multi-range or past-the-end: 416),
 ``If-Range`` and ``If-None-Match`` against the ``ETag`` (the root digest), and
-``?compress=zstd`` (a zstd stream: no length known up front, so no ranges)."""
+``?compress=zstd`` (a zstd stream compressed per request: no length known up front and
+``Accept-Ranges: none``, a ``Range`` is ignored and the whole stream sent)."""
 
 from __future__ import annotations
 
@@ -26,17 +27,24 @@ from packer.archive import (
 )
 from proxy.backend import Backend
 from proxy.oci.errors import RegistryError
-from proxy.oci.reference import parse_reference
+from proxy.oci.reference import DIGEST_RE, MAX_NAME_LENGTH, NAME_RE, TAG_RE, parse_reference
 from proxy.service.policy import Action
 
 from ..state import CONFIG, REGISTRY
 from ..streaming import parse_range, send_direct, send_stream
 from .errors import ApiError
-from .router import Access, ApiRouter, authorize
+from .router import Access, ApiRouter, Query, authorize, enum_query
 
 __all__ = ["router"]
 
 router = ApiRouter("archive")
+
+
+# What ``_target`` accepts, as the OpenAPI document states it (the reference grammar).
+_TARGET_SCHEMA = {
+    "type": "string", "maxLength": MAX_NAME_LENGTH + 200,
+    "pattern": rf"^{NAME_RE.pattern[1:-1]}(?::{TAG_RE.pattern[1:-1]}|@{DIGEST_RE.pattern[1:-1]})$",
+}
 
 
 def _target(request: web.Request) -> tuple[str, str]:
@@ -50,10 +58,12 @@ def _target(request: web.Request) -> tuple[str, str]:
     return ref.name, ref.digest or ref.tag  # type: ignore[return-value]
 
 
-def _filename(plan: ArchivePlan, reference: str) -> str:
+def _filename(plan: ArchivePlan, reference: str, extension: str = ".tar") -> str:
+    """``face-recog_1.0-soft.tar``: the last path segment, ``_``, the tag (a digest's ``:``
+    becomes ``-``). Both come from the reference grammar ([a-z0-9._-], [\\w.-]), so the name
+    needs no quoting and is safe for ``curl -OJ`` to write in the current directory."""
     base = posixpath.basename(plan.repository)
-    suffix = reference.replace(":", "-") if ":" in reference else reference
-    return f"{base}-{suffix}.tar"
+    return f"{base}_{reference.replace(':', '-')}{extension}"
 
 
 class _Blob:
@@ -99,7 +109,8 @@ async def _zstd(chunks: AsyncGenerator[bytes, None], threads: int) -> AsyncGener
 
 @router.route("GET", "/archive/{target:.+}", action=Access.REPOSITORY,
               summary="Stream an artifact (generic, business thin or full package) as an OCI image-layout tar",
-              query={"compress": "zstd: a zstd-compressed stream (no Range)"})
+              query={"compress": enum_query("zstd: a zstd-compressed stream", ["zstd"])},
+              path_params={"target": Query("<repository>:<tag> or <repository>@<digest>", _TARGET_SCHEMA)})
 async def get_archive(request: web.Request) -> web.StreamResponse:
     repo, reference = _target(request)
     await authorize(request, Action.PULL, repo, reference)
@@ -119,7 +130,11 @@ async def get_archive(request: web.Request) -> web.StreamResponse:
         "X-Algomint-Root-Digest": plan.root.digest,
     }
     if compress == "zstd":
-        headers.update({"Content-Type": "application/zstd", "ETag": f'"{plan.root.digest}+zstd"'})
+        # Compressed per request: no length is known up front and no byte can be found
+        # again without compressing from the start, so Range is ignored and said to be.
+        headers.update({"Content-Type": "application/zstd", "ETag": f'"{plan.root.digest}+zstd"',
+                        "Accept-Ranges": "none",
+                        "Content-Disposition": f'attachment; filename="{_filename(plan, reference, ".tar.zst")}"'})
         if request.method == "HEAD":
             return web.Response(headers=headers)
         threads = request.app[CONFIG].full_builds.threads

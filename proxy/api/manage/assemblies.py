@@ -16,11 +16,13 @@ from ...service.policy import Action
 from ..state import PACKER
 from .access import may
 from .errors import ApiError
-from .router import Access, ApiRouter, Page, authorize, page_params, next_cursor
+from .times import iso_times
+from .router import Access, ApiRouter, Page, authorize, enum_query, next_cursor, page_params
 
 __all__ = ["router"]
 
 router = ApiRouter("assemblies")
+_TIMES = ("created", "started", "finished")
 
 _BATCH = 200
 _MAX_BATCHES = 20
@@ -53,15 +55,15 @@ class AssemblyOut(BaseModel):
     tag_written: bool | None
     plugins: list[PluginRun]
     error: dict[str, Any] | None
-    created: float
-    started: float | None
-    finished: float | None
+    created: str = Field(description="ISO 8601, UTC")
+    started: str | None
+    finished: str | None
     duration_ms: float | None
     logs: str | None = None
 
 
 @router.route("GET", "/assemblies", summary="List assembly jobs, newest first", response=Page[AssemblyOut],
-              query={"status": "queued|running|succeeded|failed", "chain": "chain name",
+              query={"status": enum_query("only jobs in this state", STATUSES), "chain": "chain name",
                      "repository": "source or target repository", "limit": "page size (1-500)",
                      "cursor": "from the previous page's next"}, action=Access.SIGNED_IN)
 async def list_assemblies(request: web.Request) -> web.Response:
@@ -91,20 +93,20 @@ async def list_assemblies(request: web.Request) -> web.Response:
             break
     else:
         more = True
-    return web.json_response({"items": items, "next": next_cursor(request, before) if more and before else None})
+    return web.json_response({"items": iso_times(items, *_TIMES), "next": next_cursor(request, before) if more and before else None})
 
 
 @router.route("GET", "/assemblies/{id}", summary="One assembly job, with its log", response=AssemblyOut,
               action=Access.REPOSITORY)
 async def get_assembly(request: web.Request) -> web.Response:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(404, f"no assembly job {raw[:30]!r}")
     job = await request.app[PACKER].assembly.get(int(raw))
     if job is None:
         raise ApiError(404, f"no assembly job {raw}")
     await authorize(request, Action.PULL, job["target"]["repository"])
-    return web.json_response(await _redacted(request, job))
+    return web.json_response(iso_times(await _redacted(request, job), *_TIMES))
 
 
 async def _redacted(request: web.Request, job: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from ...audit.middleware import AUDIT
 from ...audit.records import iso_time
 from ...auth.patterns import validate_pattern
 from .errors import ApiError
-from .router import Access, ApiRouter, Page, page_params, next_cursor
+from .router import Access, ApiRouter, Page, enum_query, next_cursor, page_params
 
 __all__ = ["router"]
 
@@ -54,7 +54,7 @@ def _query(request: web.Request) -> AuditQuery:
                   "actor": "who acted (user, robot, or the name a failed login claimed)",
                   "action": "an action (`manifest.push`), or a prefix ending in `*` (`users.*`)",
                   "repository": "a repository pattern (`business/**`)",
-                  "outcome": "success, failure or denied",
+                  "outcome": enum_query("success, failure or denied", _OUTCOMES),
                   "since": "ISO 8601 time, inclusive",
                   "until": "ISO 8601 time, exclusive",
                   "limit": "page size (1-500)",

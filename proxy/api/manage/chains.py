@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from packer.assembly import RequestError
 from packer.chains import ChainError, ChainSpec
@@ -24,7 +24,8 @@ from ..state import PACKER
 from .access import caller, may, require_pull_all
 from .principals import can_manage
 from .errors import ApiError
-from .router import Access, ApiRouter, authorize, parse_body
+from .times import iso_times
+from .router import Access, ApiRouter, authorize, parse_body, validate
 
 __all__ = ["router"]
 
@@ -43,13 +44,13 @@ class ChainOut(BaseModel):
     params: dict[str, Any]
     source: Literal["file", "api"]
     owner: ChainOwner | None = None  # whose rights it runs with; "system" for the chains file
-    created: float | None = None
-    updated: float | None = None
+    created: str | None = Field(None, description="ISO 8601, UTC")
+    updated: str | None = None
 
 
 class ChainsFile(BaseModel):
     file: str | None
-    loaded_at: float | None
+    loaded_at: str | None
     chains: int
     error: dict[str, Any] | None
 
@@ -86,6 +87,10 @@ def _chain_error(exc: ChainError) -> ApiError:
                                             **({"file": exc.file, "line": exc.line} if exc.file else {})})
 
 
+def _out(value: Any) -> Any:
+    return iso_times(value, "created", "updated", "loaded_at")
+
+
 def _repository(request: web.Request, name: str) -> str:
     """The business namespace a chain writes to: permissions on it cover the chain."""
     return f"{request.app[PACKER].assembly.settings.business_prefix}{name}"
@@ -109,7 +114,7 @@ async def _listing(request: web.Request) -> dict[str, Any]:
     error, which name other chains) only for admins."""
     chains = request.app[PACKER].chains
     visible = [c.to_json() for c in chains.all() if await may(request, Action.PULL, _repository(request, c.name))]
-    return {"items": visible, "file": chains.file_status() if await can_manage(request) else None}
+    return _out({"items": visible, "file": chains.file_status() if await can_manage(request) else None})
 
 
 @router.route("GET", "/chains", summary="List chains (file chains first, in order, then API chains)", response=ChainList,
@@ -128,7 +133,7 @@ async def create_chain(request: web.Request) -> web.Response:
         chain = await request.app[PACKER].chains.create(spec, caller(request))
     except ChainError as exc:
         raise _chain_error(exc) from None
-    return web.json_response(chain.to_json(), status=201)
+    return web.json_response(_out(chain.to_json()), status=201)
 
 
 @router.route("POST", "/chains/reload", summary="Reload the chains file (all or nothing)", response=ChainList, action=Access.MANAGE)
@@ -147,7 +152,7 @@ async def get_chain(request: web.Request) -> web.Response:
     chain = request.app[PACKER].chains.get(name)
     if chain is None:
         raise ApiError(404, f"no chain {name!r}")
-    return web.json_response(chain.to_json())
+    return web.json_response(_out(chain.to_json()))
 
 
 @router.route("PUT", "/chains/{name}", summary="Replace an API chain's match, plugins and params", body=ChainUpdate,
@@ -156,12 +161,7 @@ async def update_chain(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     await authorize(request, Action.MANAGE, _repository(request, name))
     body = await parse_body(request, ChainUpdate)
-    try:
-        spec = ChainSpec(name=name, **body.model_dump())
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ApiError(422, "chain rejected", {"fields": [
-            {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"]}]}) from None
+    spec = validate(ChainSpec, {"name": name, **body.model_dump()})
     await _check_reads(request, spec)
     try:
         chain = await request.app[PACKER].chains.update(spec, caller(request))
@@ -169,7 +169,7 @@ async def update_chain(request: web.Request) -> web.Response:
         raise ApiError(404, f"no chain {name!r}") from None
     except ChainError as exc:
         raise _chain_error(exc) from None
-    return web.json_response(chain.to_json())
+    return web.json_response(_out(chain.to_json()))
 
 
 @router.route("DELETE", "/chains/{name}", summary="Delete an API chain (its jobs and packages stay)", status=204,

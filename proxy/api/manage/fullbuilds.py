@@ -19,7 +19,8 @@ from packer.fullbuild.store import STATES
 from ...service.policy import Action
 from .access import caller
 from .errors import ApiError
-from .router import Access, ApiRouter, Page, authorize, next_cursor, page_params, parse_body
+from .times import iso_times
+from .router import Access, ApiRouter, Page, authorize, enum_query, next_cursor, page_params, parse_body
 
 __all__ = ["router", "FULL_BUILDS"]
 
@@ -28,7 +29,9 @@ router = ApiRouter("full-builds")
 
 
 def _is_build_cursor(value: object) -> bool:
-    return isinstance(value, list) and len(value) == 2  # [created_at, id] of the last item
+    # [created_at, id] of the last item; anything else would reach the store's comparison.
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], (int, float))
+            and not isinstance(value[0], bool) and isinstance(value[1], str))
 
 
 class FullBuildRequest(BaseModel):
@@ -54,9 +57,9 @@ class FullBuildView(BaseModel):
     license: str
     source_digest: str
     state: Literal["queued", "running", "succeeded", "failed"]
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
+    created_at: str = Field(description="ISO 8601, UTC")
+    started_at: str | None = None
+    finished_at: str | None = None
     attempts: int
     bytes_total: int
     bytes_done: int
@@ -64,6 +67,10 @@ class FullBuildView(BaseModel):
     error: str | None = None
     warnings: list[str] = []
     layers: list[LayerView] = []
+
+
+def _out(build: dict[str, Any]) -> dict[str, Any]:
+    return iso_times(build, "created_at", "started_at", "finished_at")
 
 
 def _input_error(exc: BuildInputError) -> ApiError:
@@ -81,7 +88,7 @@ async def create_full_build(request: web.Request) -> web.Response:
     location = f"/api/v1/full-builds/{record.id}"
     # 202 for a queued (or already running) build; 200 when this content is already built.
     status = 200 if not created and record.state == "succeeded" else 202
-    return web.json_response(record.to_json(layers=False), status=status, headers={"Location": location})
+    return web.json_response(_out(record.to_json(layers=False)), status=status, headers={"Location": location})
 
 
 @router.route("GET", "/full-builds/{id}", summary="A full build: state, bytes processed/total, per-layer progress",
@@ -92,11 +99,11 @@ async def get_full_build(request: web.Request) -> web.Response:
     if record is None:
         raise ApiError(404, f"no full build {build_id[:64]}")
     await authorize(request, Action.PULL, record.repository)
-    return web.json_response(record.to_json())
+    return web.json_response(_out(record.to_json()))
 
 
 @router.route("GET", "/full-builds", summary="Full builds, newest first", response=Page[FullBuildView],
-              query={"package": "only builds of this package", "state": "queued|running|succeeded|failed",
+              query={"package": "only builds of this package", "state": enum_query("only builds in this state", STATES),
                      "limit": "page size (1-500)", "cursor": "from the previous page's next"}, action=Access.MANAGE)
 async def list_full_builds(request: web.Request) -> web.Response:
     limit, cursor = page_params(request, cursor=_is_build_cursor)
@@ -107,4 +114,4 @@ async def list_full_builds(request: web.Request) -> web.Response:
     more = len(records) > limit
     records = records[:limit]
     following = next_cursor(request, [records[-1].created_at, records[-1].id]) if more and records else None
-    return web.json_response({"items": [r.to_json(layers=False) for r in records], "next": following})
+    return web.json_response({"items": [_out(r.to_json(layers=False)) for r in records], "next": following})

@@ -77,14 +77,14 @@ async def create(request: web.Request) -> web.Response:
     return web.json_response(grant_out(grant).model_dump(mode="json"), status=201)
 
 
-@router.route("GET", "/grants/{id:\\d+}", summary="Show one grant", response=GrantOut, action=Access.MANAGE)
+@router.route("GET", "/grants/{id:\\d{1,18}}", summary="Show one grant", response=GrantOut, action=Access.MANAGE)
 async def show(request: web.Request) -> web.Response:
     with store_errors():
         grant = await request.app[AUTH_STORE].get_grant(int(request.match_info["id"]))
     return web.json_response(grant_out(grant).model_dump(mode="json"))
 
 
-@router.route("DELETE", "/grants/{id:\\d+}", summary="Remove a grant (the last admin's is kept)", status=204, action=Access.MANAGE)
+@router.route("DELETE", "/grants/{id:\\d{1,18}}", summary="Remove a grant (the last admin's is kept)", status=204, action=Access.MANAGE)
 async def delete(request: web.Request) -> web.Response:
     with store_errors():
         await request.app[AUTH_STORE].remove_grant(int(request.match_info["id"]))

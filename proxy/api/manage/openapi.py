@@ -10,12 +10,13 @@ from pydantic import TypeAdapter
 
 from ... import __version__
 from .errors import STATUS_CODES
-from .router import Access, PREFIX, ApiRouter
+from .router import PAGING, PREFIX, Access, ApiRouter, Query
 
 __all__ = ["build_document", "openapi_router", "OPENAPI"]
 
 OPENAPI = web.AppKey("openapi", dict)
-_PARAM_RE = re.compile(r"\{(\w+)(?::[^}]*)?\}")
+# ``{name}`` or ``{name:regex}``; the regex may hold one level of braces (``\d{1,18}``), as in aiohttp.
+_PARAM_RE = re.compile(r"\{(\w+)(?::((?:[^{}]|\{[^{}]*\})*))?\}")
 
 _ERROR_SCHEMA = {
     "type": "object",
@@ -40,6 +41,20 @@ def _schema(model: Any, defs: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def _path_parameter(name: str, pattern: str, declared: Query | None) -> dict[str, Any]:
+    if declared is not None:
+        return {"name": name, "in": "path", "required": True, "description": declared.description,
+                "schema": declared.schema}
+    # The route's own regex is the constraint; without one aiohttp takes one segment.
+    schema = {"type": "string", "pattern": f"^(?:{pattern or '[^/]+'})$", "minLength": 1}
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _query_parameter(name: str, declared: str | Query) -> dict[str, Any]:
+    query = declared if isinstance(declared, Query) else PAGING.get(name) or Query(declared)
+    return {"name": name, "in": "query", "required": False, "description": query.description, "schema": query.schema}
+
+
 def build_document(routers: Sequence[ApiRouter]) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     defs: dict[str, Any] = {}
@@ -47,12 +62,8 @@ def build_document(routers: Sequence[ApiRouter]) -> dict[str, Any]:
         for route in router.routes:
             path = _PARAM_RE.sub(r"{\1}", PREFIX + route.path)
             parameters = [
-                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                for p in _PARAM_RE.findall(route.path)
-            ] + [
-                {"name": q, "in": "query", "required": False, "description": d, "schema": {"type": "string"}}
-                for q, d in route.query.items()
-            ]
+                _path_parameter(p, pattern, route.path_params.get(p)) for p, pattern in _PARAM_RE.findall(route.path)
+            ] + [_query_parameter(q, d) for q, d in route.query.items()]
             operation: dict[str, Any] = {
                 "operationId": route.name,
                 "summary": route.summary,

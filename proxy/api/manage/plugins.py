@@ -20,7 +20,7 @@ from ...service.policy import Action
 from ..state import PACKER
 from .access import may
 from .errors import ApiError
-from .router import Access, ApiRouter, Page, authorize, page_params, parse_body, next_cursor
+from .router import Access, ApiRouter, Page, authorize, next_cursor, page_params, parse_body, validate
 
 __all__ = ["router"]
 
@@ -146,7 +146,7 @@ async def push_plugin(request: web.Request) -> web.Response:
         except (binascii.Error, ValueError):
             raise ApiError(422, "invalid plugin", {"fields": [{"field": f"files.{i}.data", "message": "not base64"}]}) from None
         files[path] = PackageFile(path, data, item.media_type or "application/vnd.oci.image.layer.v1.tar")
-    config = PluginConfig.model_validate({**body.options, "name": body.name, "version": body.version, "kind": body.kind})
+    config = validate(PluginConfig, {**body.options, "name": body.name, "version": body.version, "kind": body.kind})
     try:
         result = await packer.plugins.push(body.name, config, files, packer.env)
     except PluginError as exc:

@@ -9,20 +9,23 @@ Listings page with ``page_params`` and ``next_cursor``: cursors are sealed (``cu
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ... import safejson
 from ...oci.errors import Errors, RegistryError
 from ...service.policy import ANONYMOUS, Action, Request as PolicyRequest
 from ..state import CONFIG, POLICY, PRINCIPAL
 from .cursors import CURSORS
 from .errors import ApiError
 
-__all__ = ["Access", "ApiRoute", "ApiRouter", "Page", "authorize", "mount", "page_params", "parse_body", "next_cursor", "PREFIX"]
+__all__ = [
+    "Access", "ApiRoute", "ApiRouter", "Page", "Query", "LIMIT", "CURSOR", "PAGING", "enum_query", "authorize",
+    "mount", "page_params", "parse_body", "validate", "next_cursor", "PREFIX",
+]
 
 PREFIX = "/api/v1"
 MAX_BODY = 1024 * 1024
@@ -50,6 +53,25 @@ class Page(BaseModel, Generic[ItemT]):
 
 
 @dataclass(frozen=True)
+class Query:
+    """A query parameter with the JSON schema of the values the handler accepts."""
+
+    description: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+
+
+# The paging parameters ``page_params`` reads, as the OpenAPI document states them.
+LIMIT = Query(f"page size (1-{MAX_PAGE})", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100})
+CURSOR = Query("from the previous page's `next` (opaque)",
+               {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "minLength": 1, "maxLength": 1024})
+PAGING = {"limit": LIMIT, "cursor": CURSOR}
+
+
+def enum_query(description: str, values: Sequence[str]) -> Query:
+    return Query(description, {"type": "string", "enum": list(values)})
+
+
+@dataclass(frozen=True)
 class ApiRoute:
     method: str
     path: str  # relative to /api/v1, e.g. "/users/{name}"
@@ -60,12 +82,15 @@ class ApiRoute:
     body: type[BaseModel] | None = None
     response: Any = None  # a pydantic model (or generic alias) describing the 2xx body
     status: int = 200
-    query: dict[str, str] = field(default_factory=dict)  # name -> description
+    # name -> a Query, or a description: a string, or PAGING's schema for ``limit`` and ``cursor``.
+    query: dict[str, str | Query] = field(default_factory=dict)
     tag: str = ""
 
     @property
     def public(self) -> bool:
         return self.action is Access.PUBLIC
+    # A path parameter's schema when it is narrower than the route's regex (name -> Query).
+    path_params: dict[str, Query] = field(default_factory=dict)
 
 
 class ApiRouter:
@@ -85,12 +110,13 @@ class ApiRouter:
         body: type[BaseModel] | None = None,
         response: Any = None,
         status: int = 200,
-        query: dict[str, str] | None = None,
+        query: dict[str, str | Query] | None = None,
+        path_params: dict[str, Query] | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.routes.append(
                 ApiRoute(method, path, handler, f"api.{self.tag}.{handler.__name__}", summary, action, body,
-                         response, status, query or {}, self.tag)
+                         response, status, query or {}, self.tag, path_params or {})
             )
             return handler
 
@@ -142,16 +168,22 @@ async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
     if len(raw) > MAX_BODY:
         raise ApiError(413, f"request body exceeds {MAX_BODY} bytes")
     try:
-        data = json.loads(raw or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = safejson.loads(raw or b"null")
+    except safejson.JsonError as exc:
         raise ApiError(400, "request body is not valid JSON", {"reason": str(exc)}) from None
+    return validate(model, data)
+
+
+def validate(model: type[ModelT], data: Any) -> ModelT:
+    """``model`` from request data (a body, or a body combined with the path): 422 naming
+    each invalid field, so no validation error escapes as a 500."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         fields = [
             {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"]} for err in exc.errors()
         ]
-        raise ApiError(422, "request body failed validation", {"fields": fields}) from None
+        raise ApiError(422, "request failed validation", {"fields": fields}) from None
 
 
 def next_cursor(request: web.Request, value: Any) -> str:
@@ -165,11 +197,13 @@ def page_params(
     """``limit`` (1..500) and the decoded cursor (None on the first page). ``cursor`` is
     the type a listing's cursor has (or a check of it): anything else is refused."""
     raw = request.query.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or not 1 <= int(raw) <= MAX_PAGE:
         raise ApiError(400, f"limit must be an integer from 1 to {MAX_PAGE}", {"limit": raw[:20]})
     text = request.query.get("cursor")
     value = None
     if text:
+        if len(text) > CURSOR.schema["maxLength"]:
+            raise ApiError(400, "invalid cursor")
         try:
             value = request.app[CURSORS].decode(request.match_info.route.name or "", text)
         except ValueError:

@@ -9,14 +9,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from packer.outbound import OutboundRefused
 from packer.webhooks import DELIVERY_STATUSES, SubscriptionPatch, SubscriptionSpec
 
 from ..state import PACKER
 from .errors import ApiError
-from .router import Access, ApiRouter, Page, page_params, parse_body, next_cursor
+from .times import iso_times
+from .router import Access, ApiRouter, Page, enum_query, next_cursor, page_params, parse_body
 
 __all__ = ["router"]
 
@@ -30,8 +31,8 @@ class SubscriptionOut(BaseModel):
     repositories: list[str]
     description: str
     active: bool
-    created: float
-    updated: float
+    created: str = Field(description="ISO 8601, UTC")
+    updated: str
 
 
 class SubscriptionCreated(SubscriptionOut):
@@ -41,7 +42,7 @@ class SubscriptionCreated(SubscriptionOut):
 
 class Attempt(BaseModel):
     attempt: int
-    at: float
+    at: str
     duration_ms: float
     status: int | None
     error: str | None
@@ -54,16 +55,20 @@ class DeliveryOut(BaseModel):
     repository: str
     status: Literal["pending", "delivered", "dead"]
     attempts: int
-    next_attempt: float | None
+    next_attempt: str | None
     last_status: int | None
     last_error: str | None
-    created: float
-    delivered: float | None
+    created: str
+    delivered: str | None
     history: list[Attempt]
 
 
 def _refused(exc: OutboundRefused) -> ApiError:
     return ApiError(422, "subscription URL refused", {"fields": [{"field": "url", "message": exc.reason}]})
+
+
+def _out(value: Any) -> Any:
+    return iso_times(value, "created", "updated", "at", "next_attempt", "delivered")
 
 
 async def _existing(request: web.Request) -> dict[str, Any]:
@@ -78,7 +83,7 @@ async def _existing(request: web.Request) -> dict[str, Any]:
 async def list_subscriptions(request: web.Request) -> web.Response:
     limit, cursor = page_params(request, cursor=str)
     items = await request.app[PACKER].subscriptions.list(limit, cursor)
-    return web.json_response({"items": items, "next": next_cursor(request, items[-1]["id"]) if len(items) == limit else None})
+    return web.json_response({"items": _out(items), "next": next_cursor(request, items[-1]["id"]) if len(items) == limit else None})
 
 
 @router.route("POST", "/subscriptions", summary="Subscribe a URL to events (the secret is shown once)",
@@ -89,12 +94,12 @@ async def create_subscription(request: web.Request) -> web.Response:
         sub, secret = await request.app[PACKER].subscriptions.create(spec)
     except OutboundRefused as exc:
         raise _refused(exc) from None
-    return web.json_response({**sub, "secret": secret}, status=201)
+    return web.json_response({**_out(sub), "secret": secret}, status=201)
 
 
 @router.route("GET", "/subscriptions/{id}", summary="One subscription", response=SubscriptionOut, action=Access.MANAGE)
 async def get_subscription(request: web.Request) -> web.Response:
-    return web.json_response(await _existing(request))
+    return web.json_response(_out(await _existing(request)))
 
 
 @router.route("PATCH", "/subscriptions/{id}", summary="Change a subscription", body=SubscriptionPatch,
@@ -107,7 +112,7 @@ async def update_subscription(request: web.Request) -> web.Response:
         raise _refused(exc) from None
     if sub is None:
         raise ApiError(404, f"no subscription {request.match_info['id'][:64]!r}")
-    return web.json_response(sub)
+    return web.json_response(_out(sub))
 
 
 @router.route("DELETE", "/subscriptions/{id}", summary="Delete a subscription and its pending deliveries", status=204, action=Access.MANAGE)
@@ -119,7 +124,7 @@ async def delete_subscription(request: web.Request) -> web.Response:
 
 @router.route("GET", "/subscriptions/{id}/deliveries", summary="Deliveries and every attempt, newest first",
               response=Page[DeliveryOut],
-              query={"status": "pending|delivered|dead", "limit": "page size (1-500)",
+              query={"status": enum_query("only deliveries in this state", DELIVERY_STATUSES), "limit": "page size (1-500)",
                      "cursor": "from the previous page's next"}, action=Access.MANAGE)
 async def list_deliveries(request: web.Request) -> web.Response:
     await _existing(request)
@@ -128,7 +133,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     if status is not None and status not in DELIVERY_STATUSES:
         raise ApiError(400, "status must be pending, delivered or dead", {"status": status[:50]})
     items = await request.app[PACKER].subscriptions.deliveries(request.match_info["id"], limit, cursor, status)
-    return web.json_response({"items": items, "next": next_cursor(request, items[-1]["id"]) if len(items) == limit else None})
+    return web.json_response({"items": _out(items), "next": next_cursor(request, items[-1]["id"]) if len(items) == limit else None})
 
 
 @router.route("POST", "/subscriptions/{id}/deliveries/{delivery}/retry",
@@ -137,7 +142,7 @@ async def retry_delivery(request: web.Request) -> web.Response:
     await _existing(request)
     raw = request.match_info["delivery"]
     packer = request.app[PACKER]
-    if not raw.isdigit() or len(raw) > 18 or not await packer.subscriptions.redeliver(request.match_info["id"], int(raw)):
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or not await packer.subscriptions.redeliver(request.match_info["id"], int(raw)):
         raise ApiError(404, f"no delivery {raw[:30]!r} for this subscription")
     packer.webhooks.notify()
     return web.json_response({"delivery": int(raw), "status": "pending"}, status=202)

@@ -42,7 +42,7 @@ def page_size(request: web.Request) -> int | None:
     raw = request.query.get("n")
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or int(raw) > MAX_PAGE:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_PAGE:
         raise RegistryError(Errors.PAGINATION_INVALID, {"n": raw[:20], "max": MAX_PAGE})
     return int(raw)
 

@@ -1,0 +1,72 @@
+"""The command line as a script uses it: a piped password, a closed output pipe, and one
+ISO 8601 time format in the API and in tables (against a real ``algomint serve``)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from tests.support.server import run_server
+
+ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+EPOCH = re.compile(r"\b1\d{9}(\.\d+)?\b")
+
+
+def _config(tmp_path: Path) -> str:
+    return (f'[storage]\npath = "{tmp_path / "storage"}"\n[metadata]\npath = "{tmp_path / "metadata.db"}"\n'
+            f'[auth]\nenabled = true\n')
+
+
+def _cli(*argv: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "proxy.cli", *argv], input=stdin, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **env})
+
+
+def _whoami(url: str, user: str, password: str) -> dict:
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request = urllib.request.Request(url + "/api/v1/whoami", headers={"Authorization": f"Basic {auth}"})
+    return json.loads(urllib.request.urlopen(request).read())
+
+
+def test_cli_as_scripts_use_it(tmp_path):
+    config = tmp_path / "algomint.toml"
+    config.write_text(_config(tmp_path))
+    token = _cli("admin", "bootstrap", "--config", str(config), env={}).stdout.strip()
+    forced = _cli("admin", "--json", "bootstrap", "--config", str(config), "--force", env={})
+    assert ISO.fullmatch(json.loads(forced.stdout)["expires_at"]), forced.stdout
+    with run_server(tmp_path, config.read_text()) as server:
+        env = {"ALGOMINT_URL": server.url, "ALGOMINT_TOKEN": token}
+
+        # `echo pw | algomint admin users create alice`: stdin is not a terminal, so it is read.
+        created = _cli("admin", "users", "create", "alice", "--role", "consumer", stdin="alice-piped-password\n", env=env)
+        assert created.returncode == 0, created.stderr
+        assert _whoami(server.url, "alice", "alice-piped-password")["name"] == "alice"
+        empty = _cli("admin", "users", "create", "bob", stdin="", env=env)
+        assert empty.returncode == 1 and "no password on standard input" in empty.stderr
+        assert "Traceback" not in empty.stderr
+
+        # Times: ISO 8601 in answers and in tables, never epoch seconds.
+        made = _cli("admin", "--json", "subscriptions", "create", "http://127.0.0.1:9/hook", "--event", "*", env=env)
+        assert made.returncode == 0, made.stderr
+        sub = json.loads(made.stdout)
+        assert ISO.fullmatch(sub["created"]) and ISO.fullmatch(sub["updated"])
+        table = _cli("admin", "subscriptions", "show", sub["id"], env=env)
+        assert ISO.search(table.stdout) and not EPOCH.search(table.stdout), table.stdout
+        chains = _cli("admin", "--json", "chains", "reload", env=env)
+        assert chains.returncode == 0, chains.stderr
+        loaded = json.loads(chains.stdout)["file"]["loaded_at"]
+        assert loaded is None or ISO.fullmatch(loaded)
+
+        # `algomint admin … | head`: the reader closes the pipe before anything is written.
+        proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "admin", "--json", "users", "list"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(30) == 0, stderr
+        assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
