@@ -3,6 +3,7 @@ then the policy check every routed request passes before its handler."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -23,6 +24,14 @@ log = logging.getLogger("algomint.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+# Status recorded for a request whose client went away before the answer (nginx's 499).
+CLIENT_CLOSED = 499
+
+
+def client_gone(request: web.Request) -> bool:
+    """Whether the client's connection is closed (so no answer can reach it)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 @web.middleware
@@ -44,6 +53,13 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         status = exc.status
         raise
+    except (asyncio.CancelledError, ConnectionError):
+        status = CLIENT_CLOSED  # a disconnect (or a stop), not a server error
+        raise
+    except Exception:
+        if client_gone(request):
+            status = CLIENT_CLOSED
+        raise
     finally:
         elapsed = time.perf_counter() - started
         metrics.in_flight_requests.dec()
@@ -51,7 +67,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         metrics.request_done(route, request.method, status, elapsed)
         principal = request.get(PRINCIPAL)
         log.info(
-            "request",
+            "client disconnected" if status == CLIENT_CLOSED else "request",
             extra={
                 "request_id": request_id,
                 "method": request.method,
@@ -87,6 +103,9 @@ async def render_errors(request: web.Request, handler: Handler) -> web.StreamRes
     except ApiError as exc:
         return exc.response(request_id)
     except RegistryError as exc:
+        if exc.error is Errors.UNAVAILABLE and client_gone(request):
+            # Most likely the body stopped because the client left: nothing to answer.
+            raise ConnectionResetError("client disconnected") from exc
         if exc.error is Errors.UNAVAILABLE:
             request.app[METRICS].backend_errors.labels(exc.code).inc()
             log.warning("backend unavailable", extra={"request_id": request_id, "error": str(exc)})
@@ -106,7 +125,10 @@ async def render_errors(request: web.Request, handler: Handler) -> web.StreamRes
         raise
     except ConnectionError:
         raise  # the client went away: nothing to answer
-    except Exception:
+    except Exception as exc:
+        if client_gone(request):
+            # aiohttp ignores a ConnectionError quietly; anything else it logs as a crash.
+            raise ConnectionResetError("client disconnected") from exc
         log.exception("unhandled error", extra={"request_id": request_id})
         return render(RegistryError(Errors.UNKNOWN, message="internal error"))
 
