@@ -143,7 +143,7 @@ def _gc_runs(app: web.Application, backend: Backend) -> GcRuns:
             metrics.gc_reclaimed_bytes.inc(counts.bytes_reclaimed)
         app[AUDIT].record(AuditEvent(
             action="gc.run", outcome="success" if run.status == "succeeded" else "failure",
-            actor=run.actor, actor_kind="system" if run.trigger == "schedule" else "user",
+            actor=run.actor, actor_kind=run.actor_kind,
             reference=run.id, detail={"dry_run": run.dry_run, "trigger": run.trigger, "error": run.error,
                                       **counts.to_json()},
         ))

@@ -216,6 +216,8 @@ async def test_manifest_put_between_mark_and_sweep_keeps_its_blobs(fs_client, st
     resp = await client.post("/api/v1/gc", json={"dry_run": False})
     run_id = (await resp.json())["id"]
     await asyncio.wait_for(marked.wait(), 30)
+    busy = await client.post("/api/v1/gc", json={"dry_run": True})
+    assert busy.status == 409 and (await busy.json())["error"]["detail"]["run"]["id"] == run_id
     resp = await client.put(f"/v2/{repo}/manifests/late", data=image_manifest(config, [layer]),
                             headers={"Content-Type": mt.OCI_MANIFEST})
     assert resp.status == 201
@@ -306,6 +308,22 @@ async def test_untagged_collection_keeps_what_frozen_indexes_and_live_subjects_r
     assert (await client.get(f"/v2/{repo}/manifests/{digest_of(signature)}")).status == 200
     referrers = await (await client.get(f"/v2/{repo}/referrers/{children[0][0]}")).json()
     assert [m["digest"] for m in referrers["manifests"]] == [digest_of(signature)]
+
+
+async def test_scheduled_runs_reclaim_without_being_asked(aiohttp_client, tmp_path, repo):
+    app = create_app(make_config(tmp_path, "filesystem", gc__grace_period=GRACE, gc__interval=0.2))
+    client = await aiohttp_client(app)
+    digest = await push_blob(client, repo, os.urandom(2500))
+    await client.delete(f"/v2/{repo}/blobs/{digest}")
+    _age(tmp_path / "storage")
+    for _ in range(200):
+        runs = (await (await client.get("/api/v1/gc")).json())["items"]
+        if digest not in _content_files(tmp_path / "storage") and runs and runs[0]["status"] != "running":
+            break
+        await asyncio.sleep(0.05)
+    assert digest not in _content_files(tmp_path / "storage")
+    assert {(r["trigger"], r["actor"], r["actor_kind"]) for r in runs} == {("schedule", "algomint", "system")}
+    assert sum(r["counts"]["bytes_reclaimed"] for r in runs) == 2500
 
 
 async def test_cli_runs_and_dry_runs(fs_client, storage, repo):

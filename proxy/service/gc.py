@@ -48,8 +48,8 @@ log = logging.getLogger(__name__)
 # Extra roots per repository (e.g. digests frozen by full builds), asked at each run.
 Roots = Callable[[], Awaitable[dict[str, set[str]]]]
 
-# Content files quarantined and re-checked together: one repository walk per batch.
-_BATCH = 256
+# Content files quarantined and re-checked together: one walk of every link per batch.
+_BATCH = 4096
 
 
 @dataclass
@@ -164,18 +164,12 @@ class Collector:
                                                   st.st_mtime))
         return found
 
-    def _linked_anywhere_sync(self, digests: Iterable[str]) -> set[str]:
-        """Which of ``digests`` some repository links now (layer or revision)."""
-        wanted = [(d, *d.split(":", 1)) for d in digests]
+    def _linked_sync(self) -> set[str]:
+        """Every digest some repository links now (layer or revision)."""
         linked: set[str] = set()
         for path in self.backend._walk_repositories():
-            for digest, algorithm, encoded in wanted:
-                if digest in linked:
-                    continue
-                if (path / "_layers" / algorithm / encoded).exists() or (
-                    path / "_manifests" / "revisions" / algorithm / encoded
-                ).exists():
-                    linked.add(digest)
+            linked.update(_links(path / "_layers"))
+            linked.update(_links(path / "_manifests" / "revisions"))
         return linked
 
     def _restore_quarantine_sync(self) -> int:
@@ -232,7 +226,7 @@ class Collector:
                 linked = {d for r in repos for d in r.layers if (r.name, "l", d) not in removed}
                 linked |= {d for r in repos for d in r.revisions if (r.name, "r", d) not in removed}
             else:
-                linked = {d for r in await self._thread(self._scan_sync) for d in (*r.layers, *r.revisions)}
+                linked = await self._thread(self._linked_sync)
             contents = await self._thread(self._contents_sync)
             counts.blobs_scanned = len(contents)
             candidates = [(d, p, size) for d, p, size, mtime in contents
@@ -286,9 +280,8 @@ class Collector:
         return True
 
     async def _forget(self, repo: str, digest: str) -> None:
-        self.service._cache.drop(repo, digest)
-        with contextlib.suppress(Exception):  # the index follows; a stale row only lists a gone referrer
-            await self.service.referrers.forget(repo, digest)
+        with contextlib.suppress(Exception):  # a stale referrers row only lists a gone manifest
+            await self.service.forget_manifest(repo, digest)
 
     async def _reclaim(self, batch: list[tuple[str, Path, int]], pinned: set[str], counts: GcCounts) -> None:
         self._quarantine.mkdir(exist_ok=True)
@@ -301,7 +294,7 @@ class Collector:
                 os.rename(path, hold)
                 held.append((digest, path, hold, size))
         try:
-            linked = await self._thread(self._linked_anywhere_sync, [d for d, *_ in held])
+            linked = await self._thread(self._linked_sync)
         except BaseException:
             for _, path, hold, _ in held:  # stopped mid-way: put everything back
                 with contextlib.suppress(OSError):

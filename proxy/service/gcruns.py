@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable
 
 from ..meta import Database
 from .gc import Collector, GcCounts
+from .policy import SYSTEM
 
 __all__ = ["GcRun", "GcRuns", "GcBusy", "SCHEMA"]
 
@@ -33,6 +34,7 @@ SCHEMA = [
         dry_run INTEGER NOT NULL,
         trigger TEXT NOT NULL,
         actor TEXT NOT NULL,
+        actor_kind TEXT NOT NULL,
         counts TEXT NOT NULL,
         error TEXT
     )""",
@@ -58,6 +60,7 @@ class GcRun:
     dry_run: bool
     trigger: str  # "api" | "schedule"
     actor: str
+    actor_kind: str  # the principal's kind ("system" for the schedule)
     counts: GcCounts
     finished_at: float | None = None
     error: str | None = None
@@ -65,14 +68,14 @@ class GcRun:
     def to_json(self) -> dict[str, Any]:
         counts = self.counts.to_json()
         return {"id": self.id, "status": self.status, "dry_run": self.dry_run, "trigger": self.trigger,
-                "actor": self.actor, "started_at": self.started_at, "finished_at": self.finished_at,
+                "actor": self.actor, "actor_kind": self.actor_kind, "started_at": self.started_at, "finished_at": self.finished_at,
                 "phase": counts.pop("phase"), "counts": counts, "error": self.error}
 
 
 def _run_of(row: Any) -> GcRun:
     counts = GcCounts(**json.loads(row["counts"]))
     return GcRun(row["id"], row["started_at"], row["status"], bool(row["dry_run"]), row["trigger"], row["actor"],
-                 counts, row["finished_at"], row["error"])
+                 row["actor_kind"], counts, row["finished_at"], row["error"])
 
 
 class GcRuns:
@@ -101,13 +104,13 @@ class GcRuns:
     def current(self) -> GcRun | None:
         return self._current
 
-    async def begin(self, *, dry_run: bool, trigger: str, actor: str) -> GcRun:
+    async def begin(self, *, dry_run: bool, trigger: str, actor: str, actor_kind: str) -> GcRun:
         """Start a run in the background; ``GcBusy`` if one is running."""
         if self.collector is None:
             raise RuntimeError("this backend has no embedded garbage collector")
         if self._current is not None:
             raise GcBusy(self._current)
-        run = GcRun(uuid.uuid4().hex, time.time(), "running", dry_run, trigger, actor, GcCounts())
+        run = GcRun(uuid.uuid4().hex, time.time(), "running", dry_run, trigger, actor, actor_kind, GcCounts())
         self._current = run
         try:
             await self._insert(run)
@@ -157,8 +160,9 @@ class GcRuns:
 
     async def _insert(self, run: GcRun) -> None:
         await self.db.execute(
-            "INSERT INTO gc_runs (id, started_at, status, dry_run, trigger, actor, counts) VALUES (?,?,?,?,?,?,?)",
-            (run.id, run.started_at, run.status, int(run.dry_run), run.trigger, run.actor,
+            "INSERT INTO gc_runs (id, started_at, status, dry_run, trigger, actor, actor_kind, counts) "
+            "VALUES (?,?,?,?,?,?,?,?)",
+            (run.id, run.started_at, run.status, int(run.dry_run), run.trigger, run.actor, run.actor_kind,
              json.dumps(run.counts.to_json())))
 
     async def _update(self, run: GcRun) -> None:
@@ -188,7 +192,7 @@ class GcRuns:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.begin(dry_run=False, trigger="schedule", actor="algomint")
+                await self.begin(dry_run=False, trigger="schedule", actor=SYSTEM.name, actor_kind=SYSTEM.kind)
                 await self.wait()
             except GcBusy:
                 continue

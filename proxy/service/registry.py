@@ -276,6 +276,12 @@ class RegistryService:
             await self.referrers.forget(repo, reference)
         await self.events.publish(ManifestDeleted(repo, reference, actor))
 
+    async def forget_manifest(self, repo: str, digest: str) -> None:
+        """A manifest the garbage collector removed: no longer served from the cache or
+        listed as a referrer (no event: nobody deleted it, it was unreachable)."""
+        self._cache.drop(repo, digest)
+        await self.referrers.forget(repo, digest)
+
     # -- crash recovery ------------------------------------------------------------
     async def replay_changes(self) -> int:
         """Finish the manifest changes a crash interrupted (``journal.py``); returns how

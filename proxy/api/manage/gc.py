@@ -48,6 +48,7 @@ class GcRunView(BaseModel):
     dry_run: bool
     trigger: Literal["api", "schedule"]
     actor: str
+    actor_kind: str
     started_at: float
     finished_at: float | None = None
     phase: Literal["mark", "unlink", "reclaim", "done"]
@@ -68,8 +69,8 @@ async def start_gc(request: web.Request) -> web.Response:
     if runs.collector is None:
         raise ApiError(409, _REGISTRY_GC, {"backend": "registry"})
     try:
-        run = await runs.begin(dry_run=body.dry_run, trigger="api",
-                               actor=request.get(PRINCIPAL, ANONYMOUS).name)
+        principal = request.get(PRINCIPAL, ANONYMOUS)
+        run = await runs.begin(dry_run=body.dry_run, trigger="api", actor=principal.name, actor_kind=principal.kind)
     except GcBusy as exc:
         raise ApiError(409, str(exc), {"run": exc.run.to_json()}) from None
     return web.json_response(run.to_json(), status=202, headers={"Location": f"/api/v1/gc/{run.id}"})
