@@ -50,6 +50,8 @@ Roots = Callable[[], Awaitable[dict[str, set[str]]]]
 
 # Content files quarantined and re-checked together: one walk of every link per batch.
 _BATCH = 4096
+# Removals between two turns of the event loop: each one is atomic on its own.
+_YIELD_EVERY = 32
 
 
 @dataclass
@@ -209,11 +211,15 @@ class Collector:
                                          if d not in live and d not in pinned and now - mtime > self.grace_period]
             counts.phase = "unlink"
             removed = set()
-            for repo, digest in doomed_layers:
+            for n, (repo, digest) in enumerate(doomed_layers):
+                if n % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # let requests run between (atomic) removals
                 if dry_run or self._unlink_link(repo.path / "_layers", digest, pinned):
                     counts.layer_links_removed += 1
                     removed.add((repo.name, "l", digest))
-            for repo, digest in doomed_revisions:
+            for n, (repo, digest) in enumerate(doomed_revisions):
+                if n % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
                 if dry_run or self._unlink_link(repo.path / "_manifests" / "revisions", digest, pinned):
                     counts.manifests_removed += 1
                     removed.add((repo.name, "r", digest))
@@ -284,27 +290,34 @@ class Collector:
             await self.service.forget_manifest(repo, digest)
 
     async def _reclaim(self, batch: list[tuple[str, Path, int]], pinned: set[str], counts: GcCounts) -> None:
+        """Quarantine, re-check, delete. A link made after a file's quarantine finds no
+        content and brings its own (uploads and mounts link first, then look), so only
+        links made before it matter, and the walk after the quarantine sees them all."""
         self._quarantine.mkdir(exist_ok=True)
         held: list[tuple[str, Path, Path, int]] = []
-        for digest, path, size in batch:
-            if digest in pinned:
-                continue
-            hold = self._quarantine / digest.replace(":", "-", 1)
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(path, hold)
-                held.append((digest, path, hold, size))
         try:
+            for n, (digest, path, size) in enumerate(batch):
+                if n % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                if digest in pinned:
+                    continue
+                hold = self._quarantine / digest.replace(":", "-", 1)
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(path, hold)
+                    held.append((digest, path, hold, size))
             linked = await self._thread(self._linked_sync)
+            for n, (digest, path, hold, size) in enumerate(held):
+                if n % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                # No await from here to the unlink: a write pinning now is seen.
+                if digest in linked or digest in pinned:
+                    os.replace(hold, path)  # identical bytes if the content was stored again meanwhile
+                    continue
+                os.unlink(hold)
+                counts.blobs_removed += 1
+                counts.bytes_reclaimed += size
         except BaseException:
-            for _, path, hold, _ in held:  # stopped mid-way: put everything back
+            for _, path, hold, _ in held:  # stopped mid-way: put back what is still held
                 with contextlib.suppress(OSError):
                     os.replace(hold, path)
             raise
-        for digest, path, hold, size in held:
-            # No await from here to the unlink: a write pinning now is seen.
-            if digest in linked or digest in pinned:
-                os.replace(hold, path)  # identical bytes if the content was stored again meanwhile
-                continue
-            os.unlink(hold)
-            counts.blobs_removed += 1
-            counts.bytes_reclaimed += size
