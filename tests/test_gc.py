@@ -369,3 +369,49 @@ async def test_gc_is_admin_only_and_registry_backend_refuses(auth_env, backend_k
 
 
 
+
+
+async def test_a_stop_mid_sweep_puts_quarantined_content_back(aiohttp_client, tmp_path, repo):
+    """Stopped while files sit in quarantine (waiting for the link walk): they go back,
+    and the run is recorded as interrupted."""
+    import threading
+
+    config = make_config(tmp_path, "filesystem", gc__grace_period=GRACE)
+    app = create_app(config)
+    client = await aiohttp_client(app)
+    storage = tmp_path / "storage"
+    digest = await push_blob(client, repo, os.urandom(3333))
+    await client.delete(f"/v2/{repo}/blobs/{digest}")
+    _age(storage)
+    collector = app[GC_RUNS].collector
+    walking, release = asyncio.Event(), threading.Event()
+    loop = asyncio.get_running_loop()
+    linked = collector._linked_sync
+
+    calls = []
+
+    def blocked_walk():
+        calls.append(1)
+        if len(calls) == 2:  # the first walk finds candidates, the second re-checks them
+            loop.call_soon_threadsafe(walking.set)
+            release.wait(30)
+        return linked()
+
+    collector._linked_sync = blocked_walk
+    resp = await client.post("/api/v1/gc", json={"dry_run": False})
+    run_id = (await resp.json())["id"]
+    await asyncio.wait_for(walking.wait(), 30)
+    assert digest not in _content_files(storage)  # quarantined
+    await client.close()
+    release.set()
+    assert digest in _content_files(storage)
+    assert list((storage / "_gc").iterdir()) == []
+    from proxy.meta import Database
+
+    db = Database(config.metadata.path)
+    await db.open()
+    try:
+        row = await db.fetchone("SELECT status, error FROM gc_runs WHERE id = ?", (run_id,))
+    finally:
+        await db.close()
+    assert (row["status"], row["error"]) == ("failed", "interrupted by a stop")
