@@ -34,7 +34,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable
 
 from ..backend.filesystem import FilesystemBackend
 from ..oci.errors import RegistryError
@@ -185,19 +185,16 @@ class Collector:
                 restored += 1
         return restored
 
-    async def _thread(self, fn, *args):  # type: ignore[no-untyped-def]
-        return await asyncio.to_thread(fn, *args)
-
     # -- the collection --------------------------------------------------------------
     async def run(self, *, dry_run: bool, counts: GcCounts | None = None) -> GcCounts:
         counts = counts or GcCounts()
         with self.service.fence.collecting() as pinned:
-            restored = await self._thread(self._restore_quarantine_sync)
+            restored = await asyncio.to_thread(self._restore_quarantine_sync)
             if restored:
                 log.warning("garbage collection put back quarantined content", extra={"count": restored})
             now = time.time()
             extra = await self.roots() if self.roots is not None else {}
-            repos = await self._thread(self._scan_sync)
+            repos = await asyncio.to_thread(self._scan_sync)
             counts.repositories = len(repos)
             doomed_layers: list[tuple[_Repo, str]] = []
             doomed_revisions: list[tuple[_Repo, str]] = []
@@ -232,8 +229,8 @@ class Collector:
                 linked = {d for r in repos for d in r.layers if (r.name, "l", d) not in removed}
                 linked |= {d for r in repos for d in r.revisions if (r.name, "r", d) not in removed}
             else:
-                linked = await self._thread(self._linked_sync)
-            contents = await self._thread(self._contents_sync)
+                linked = await asyncio.to_thread(self._linked_sync)
+            contents = await asyncio.to_thread(self._contents_sync)
             counts.blobs_scanned = len(contents)
             candidates = [(d, p, size) for d, p, size, mtime in contents
                           if d not in linked and d not in pinned and now - mtime > self.grace_period]
@@ -248,7 +245,7 @@ class Collector:
 
     async def _mark(self, repo: _Repo, frozen: set[str], pinned: set[str], now: float) -> tuple[set[str], set[str]]:
         """The live manifests and blobs of one repository."""
-        parsed = await self._thread(self._parse_sync, repo)
+        parsed = await asyncio.to_thread(self._parse_sync, repo)
         referrers: dict[str, list[str]] = {}
         for digest, entry in parsed.items():
             if entry is not None and entry.subject is not None:
@@ -305,7 +302,7 @@ class Collector:
                 with contextlib.suppress(FileNotFoundError):
                     os.rename(path, hold)
                     held.append((digest, path, hold, size))
-            linked = await self._thread(self._linked_sync)
+            linked = await asyncio.to_thread(self._linked_sync)
             for n, (digest, path, hold, size) in enumerate(held):
                 if n % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)
