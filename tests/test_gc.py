@@ -415,3 +415,44 @@ async def test_a_stop_mid_sweep_puts_quarantined_content_back(aiohttp_client, tm
     finally:
         await db.close()
     assert (row["status"], row["error"]) == ("failed", "interrupted by a stop")
+
+
+async def test_a_real_full_build_survives_untagged_collection(aiohttp_client, tmp_path):
+    """A frozen full package: its index is tagged, the licensed image manifests it names
+    are linked into the business repository by digest only. With ``delete_untagged`` and
+    everything aged, the whole package still pulls."""
+    from tests.test_fullbuild_e2e import make_package, run_build
+
+    app = create_app(make_config(tmp_path, "filesystem", gc__grace_period=GRACE, gc__delete_untagged=True))
+    client = await aiohttp_client(app)
+    pkg = await make_package(client, tmp_path)
+    build = await run_build(client, pkg.name, "full")
+    # Something that should go, to show the run did collect.
+    orphan, _ = await push_image(client, "test/orphans", "x", [os.urandom(800)])
+    await client.delete("/v2/test/orphans/manifests/x")
+    _age(tmp_path / "storage")
+    run = await _gc(client)
+    assert run["counts"]["manifests_removed"] >= 1
+    assert (await client.get(f"/v2/test/orphans/manifests/{orphan}")).status == 404
+
+    index_accept = {"Accept": ", ".join([mt.OCI_INDEX, mt.OCI_MANIFEST])}
+    resp = await client.get(f"/v2/{pkg.business}/manifests/1.0-full", headers=index_accept)
+    assert resp.status == 200
+    index = json.loads(await resp.read())
+    children = [m["digest"] for m in index.get("manifests", [])] or [resp.headers["Docker-Content-Digest"]]
+    pulled = 0
+    for digest in children:
+        resp = await client.get(f"/v2/{pkg.business}/manifests/{digest}", headers=index_accept)
+        assert resp.status == 200, digest
+        document = json.loads(await resp.read())
+        for d in [document.get("config"), *document.get("layers", [])]:
+            if d is None:
+                continue
+            blob = await client.get(f"/v2/{pkg.business}/blobs/{d['digest']}")
+            assert blob.status == 200, d
+            assert digest_of(await blob.read()) == d["digest"]
+            pulled += 1
+    assert pulled > 0
+    for image in build["result"]["images"]:
+        await _pull_all(client, pkg.image_repo, image["digest"])
+    await _pull_all(client, pkg.image_repo, "v1")
