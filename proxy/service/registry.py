@@ -193,8 +193,8 @@ class RegistryService:
             self._writes.discard(task)
             if done is not None:
                 done()
-            if not task.cancelled() and task.exception() is not None:
-                task.exception()  # retrieved: the caller (if still there) re-raises it
+            if not task.cancelled():
+                task.exception()  # mark it retrieved: a caller still waiting re-raises it anyway
 
         task.add_done_callback(finished)
         await asyncio.shield(task)
