@@ -25,23 +25,28 @@ from .api.manage import assemblies, chains, fullbuilds, grants, plugins, subscri
 from .api.manage import audit as audit_api
 from .api.manage.cursors import setup_cursors
 from .api.manage import catalog as catalog_api
+from .api.manage import gc as gc_api
 from .api.manage.openapi import OPENAPI, build_document, openapi_router
 from .api.ops import add_ops_routes, add_ready_check
 from .api.slowclients import guard_slow_clients
 from .api.routes import V2_ROUTES, add_routes
 from .api.state import CONFIG, DATABASE, EVENTS, IN_FLIGHT, METRICS, PACKER, POLICY, REGISTRY, InFlight
 from .api.v2 import HANDLERS
-from .audit.middleware import audit_requests, setup_audit
+from .audit.middleware import AUDIT, audit_requests, setup_audit
+from .audit.records import AuditEvent
 from .auth.middleware import authenticate
 from .auth.setup import setup_auth
 from .backend import Backend
 from .backend.factory import create_backend
+from .backend.filesystem import FilesystemBackend
 from .config import Config, ConfigError
 from .meta import Database, MetadataError
 from .metrics import Metrics
 from .oci.errors import RegistryError
 from .service import journal, referrers
 from .service.events import EventBus
+from .service.gc import Collector
+from .service.gcruns import GcRun, GcRuns
 from .service.policy import AllowAll, PolicyChain
 from .service.registry import RegistryService
 from .startup import StartupError, one_line
@@ -93,14 +98,17 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app[METRICS].on_scrape(StateGauges(app[DATABASE], app[METRICS].registry).refresh)
     app.cleanup_ctx.append(_packer)  # after storage: needs the database and backend open
     add_ready_check(app, "sandbox", app[PACKER].sandbox_status)  # function and job plugins' sandbox
-    app.cleanup_ctx.append(_replay_changes)  # last: every event listener is subscribed
+    app[gc_api.GC_RUNS] = _gc_runs(app, backend)
+    app.cleanup_ctx.append(_gc)  # after storage and full builds: needs the database and frozen tags
+    app.cleanup_ctx.append(_replay_changes)  # every event listener is subscribed
+    app.cleanup_ctx.append(_drain_writes)  # last, so first to close: writes end while all is open
     app.on_response_prepare.append(middleware.add_api_version)
     app.on_response_prepare.append(middleware.note_headers_sent)
     add_routes(app, V2_ROUTES, HANDLERS)
     add_ops_routes(app)
     routers = [openapi_router]
     routers += [users.router, tokens.router, grants.router, audit_api.router, whoami.router]
-    routers += [fullbuilds.router, archive_api.router]
+    routers += [fullbuilds.router, archive_api.router, gc_api.router]
     routers += [chains.router, plugins.router, assemblies.router, subscriptions.router]
     routers += [catalog_api.router]
     manage.mount(app, routers)
@@ -129,8 +137,66 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper
+    # Writes started by a late cleanup step: the metadata store outlives every one.
+    await app[REGISTRY].drain()
     await backend.close()
     await db.close()
+
+
+async def _drain_writes(app: web.Application) -> AsyncIterator[None]:
+    yield
+    # Manifest writes whose clients left run on, shielded; they need the store open.
+    await app[REGISTRY].drain()
+
+
+def _gc_runs(app: web.Application, backend: Backend) -> GcRuns:
+    """Garbage collection runs; the embedded storage only (a registry collects its own)."""
+    config = app[CONFIG].gc
+    collector = None
+    if isinstance(backend, FilesystemBackend):
+        collector = Collector(backend, app[REGISTRY], grace_period=config.grace_period,
+                              delete_untagged=config.delete_untagged, roots=lambda: _frozen_roots(app))
+    metrics = app[METRICS]
+
+    def finished(run: GcRun) -> None:
+        metrics.gc_runs.labels(run.status, str(run.dry_run).lower()).inc()
+        metrics.gc_last_run.labels(run.status).set(run.finished_at or 0)
+        metrics.gc_duration.observe((run.finished_at or run.started_at) - run.started_at)
+        counts = run.counts
+        if not run.dry_run:
+            metrics.gc_removed.labels("layer_link").inc(counts.layer_links_removed)
+            metrics.gc_removed.labels("manifest").inc(counts.manifests_removed)
+            metrics.gc_removed.labels("blob").inc(counts.blobs_removed)
+            metrics.gc_reclaimed_bytes.inc(counts.bytes_reclaimed)
+        app[AUDIT].record(AuditEvent(
+            action="gc.run", outcome="success" if run.status == "succeeded" else "failure",
+            actor=run.actor, actor_kind=run.actor_kind,
+            reference=run.id, detail={"dry_run": run.dry_run, "trigger": run.trigger, "error": run.error,
+                                      **counts.to_json()},
+        ))
+
+    return GcRuns(app[DATABASE], collector, on_finish=finished)
+
+
+async def _frozen_roots(app: web.Application) -> dict[str, set[str]]:
+    """Digests full builds froze, per repository: collection roots even when untagged."""
+    roots: dict[str, set[str]] = {}
+    for row in await app[DATABASE].fetchall("SELECT DISTINCT repository, digest FROM frozen_tags"):
+        roots.setdefault(row["repository"], set()).add(row["digest"])
+    return roots
+
+
+async def _gc(app: web.Application) -> AsyncIterator[None]:
+    runs, interval = app[gc_api.GC_RUNS], app[CONFIG].gc.interval
+    await runs.start()
+    schedule = (asyncio.create_task(runs.schedule(interval))
+                if interval > 0 and runs.collector is not None else None)
+    yield
+    if schedule is not None:
+        schedule.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await schedule
+    await runs.close()
 
 
 async def _replay_changes(app: web.Application) -> AsyncIterator[None]:

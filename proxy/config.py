@@ -176,6 +176,19 @@ class AuditConfig(_Section):
     pull_patterns: PatternList = ["business/**"]
 
 
+class GcConfig(_Section):
+    """Garbage collection of the embedded storage (``proxy/backend/gc.py``)."""
+
+    # Seconds between scheduled runs; 0 runs only on demand (POST /api/v1/gc).
+    interval: float = Field(0.0, ge=0)
+    # Links and content younger than this are never collected: a blob uploaded for a
+    # manifest not pushed yet, a manifest pushed by digest before its index.
+    grace_period: float = Field(3600.0, ge=0)
+    # Also reclaim manifests that no tag, index, frozen build or live subject reaches
+    # (distribution's --delete-untagged); off keeps every manifest still linked.
+    delete_untagged: bool = False
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -188,6 +201,7 @@ class Config(_Section):
     metadata: MetadataConfig = MetadataConfig()
     auth: AuthConfig = AuthConfig()
     audit: AuditConfig = AuditConfig()
+    gc: GcConfig = GcConfig()
     log: LogConfig = LogConfig()
     # License kinds, [licenses.<kind>]; "full" (no encryption) always exists.
     licenses: Licenses = Field(default_factory=default_licenses)

@@ -39,6 +39,24 @@ class Metrics:
             "algomint_backend_errors", "Backend failures seen by requests", ["code"], registry=self.registry
         )
 
+        self.gc_runs = Counter(
+            "algomint_gc_runs", "Garbage collection runs by outcome", ["status", "dry_run"], registry=self.registry
+        )
+        self.gc_removed = Counter(
+            "algomint_gc_removed", "Items garbage collection removed", ["kind"], registry=self.registry
+        )
+        self.gc_reclaimed_bytes = Counter(
+            "algomint_gc_reclaimed_bytes", "Content bytes garbage collection deleted", registry=self.registry
+        )
+        self.gc_last_run = Gauge(
+            "algomint_gc_last_run_timestamp_seconds", "When the last garbage collection run ended",
+            ["status"], registry=self.registry,
+        )
+        self.gc_duration = Histogram(
+            "algomint_gc_duration_seconds", "Garbage collection run time",
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600), registry=self.registry,
+        )
+
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one finished request; ``labels()`` costs more than the count, so the
         labelled children are kept (as many as the registry keeps anyway)."""

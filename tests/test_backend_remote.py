@@ -252,6 +252,17 @@ async def test_ranged_reads(distribution: Distribution) -> None:
         await b.close()
 
 
+async def test_no_mount_attempt_for_a_blob_the_source_lacks(backend: RegistryBackend, distribution: Distribution) -> None:
+    """Distribution answers such a mount by opening an upload, and leaks the session's
+    directory even when it is cancelled: never ask."""
+    source, target = unique_repo(), unique_repo()
+    await push_blob(backend, source, b"something else")
+    await push_blob(backend, target, b"target exists")
+    assert await backend.mount_blob(target, sha256(b"not in the source"), source) is None
+    uploads = distribution.root.rglob(f"repositories/{target}/_uploads/*")
+    assert [p for p in uploads] == []
+
+
 async def test_mount_and_delete_blob(backend: RegistryBackend) -> None:
     source, target = unique_repo(), unique_repo()
     data = b"mount me"

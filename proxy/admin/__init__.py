@@ -18,7 +18,7 @@ __all__ = ["AdminClient", "AdminError", "Output", "add_admin_parser", "AREAS"]
 # Area modules, imported lazily so a broken area can't break `algomint serve`.
 AREAS: tuple[str, ...] = ("fullbuilds",)
 AREAS += ("users", "tokens", "grants", "audit", "bootstrap", "signing_keys")
-AREAS += ("chains", "plugins", "assemblies", "subscriptions")
+AREAS += ("chains", "plugins", "assemblies", "subscriptions", "gc")
 AREAS += ("catalog",)
 
 

@@ -3,6 +3,7 @@ then the policy check every routed request passes before its handler."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -25,6 +26,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 # The response whose headers went out for this request (``note_headers_sent``).
 _HEADERS_SENT = "algomint.headers_sent"
+# Status recorded for a request whose client went away before the answer (nginx's 499).
+CLIENT_CLOSED = 499
+
+
+def client_gone(request: web.Request) -> bool:
+    """Whether the client's connection is closed (so no answer can reach it)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 @web.middleware
@@ -46,6 +55,13 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         status = exc.status
         raise
+    except (asyncio.CancelledError, ConnectionError):
+        status = CLIENT_CLOSED  # a disconnect (or a stop), not a server error
+        raise
+    except Exception:
+        if client_gone(request):
+            status = CLIENT_CLOSED
+        raise
     finally:
         elapsed = time.perf_counter() - started
         metrics.in_flight_requests.dec()
@@ -53,7 +69,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         metrics.request_done(route, request.method, status, elapsed)
         principal = request.get(PRINCIPAL)
         log.info(
-            "request",
+            "client disconnected" if status == CLIENT_CLOSED else "request",
             extra={
                 "request_id": request_id,
                 "method": request.method,
@@ -111,6 +127,9 @@ def _render_failure(
     if isinstance(exc, ApiError):
         return exc.response(request_id)
     if isinstance(exc, RegistryError):
+        if exc.error is Errors.UNAVAILABLE and client_gone(request):
+            # Most likely the body stopped because the client left: nothing to answer.
+            raise ConnectionResetError("client disconnected") from exc
         if exc.error is Errors.UNAVAILABLE:
             request.app[METRICS].backend_errors.labels(exc.code).inc()
             log.warning("backend unavailable", extra={"request_id": request_id, "error": str(exc)})
@@ -132,6 +151,9 @@ def _render_failure(
         raise exc
     if isinstance(exc, (web.HTTPException, ConnectionError)):
         raise exc  # HTTP exceptions render themselves; a client that went away needs no answer
+    if client_gone(request):
+        # aiohttp ignores a ConnectionError quietly; anything else it logs as a crash.
+        raise ConnectionResetError("client disconnected") from exc
     log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
     return render(RegistryError(Errors.UNKNOWN, message="internal error"))
 

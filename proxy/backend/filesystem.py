@@ -182,8 +182,8 @@ class FilesystemBackend(Backend):
 
     ``upload_expiry`` (seconds) is the age after which ``purge_expired_uploads`` removes a
     session; ``chunk_size`` bounds every read and write. Deleting a blob or a manifest only
-    unlinks it from the repository: content files stay until a garbage collector (out of
-    scope here) removes unreferenced ones.
+    unlinks it from the repository: content files stay until the garbage collector
+    (``proxy/service/gc.py``) removes unreferenced ones.
     """
 
     name = "filesystem"
@@ -596,7 +596,8 @@ class FilesystemBackend(Backend):
         whether the stored file is the one just verified."""
         blob = self._blob_path(digest)
         # Link first: a link without content reads as BLOB_UNKNOWN, and if moving the
-        # content fails the session keeps its data so the client can retry the PUT.
+        # content fails the session keeps its data so the client can retry the PUT. The
+        # garbage collector relies on this order (it re-checks links after quarantining).
         self._write_atomic(self._layer_link(repo, digest), b"")
         moved = not self._has_blob(blob, size)
         if moved:

@@ -672,6 +672,14 @@ class RegistryBackend(Backend):
             await self._expect(resp, (200, 202, 204), Errors.BLOB_UNKNOWN)
 
     async def mount_blob(self, repo: str, digest: str, from_repo: str) -> BlobInfo | None:
+        # Ask only when the source holds the blob: distribution answers any other mount
+        # by opening an upload, whose directory it leaks even after we cancel it.
+        try:
+            await self.stat_blob(from_repo, digest)
+        except RegistryError as exc:
+            if exc.error in (Errors.BLOB_UNKNOWN, Errors.NAME_UNKNOWN, Errors.NAME_INVALID, Errors.DENIED):
+                return None
+            raise
         url = self._api(f"/{repo}/blobs/uploads/?mount={quote(digest, safe=':')}&from={quote(from_repo, safe='/')}")
         scopes = (*_repo_scopes(repo, "POST"), f"repository:{from_repo}:pull")
         try:

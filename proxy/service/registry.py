@@ -14,13 +14,14 @@ import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Coroutine, Sequence
 
 from ..backend import Backend, ManifestData, ManifestInfo
 from ..oci.errors import Errors, RegistryError
 from ..oci.manifest import Descriptor, ParsedManifest, accepts, parse_manifest
 from ..oci.reference import TAG_RE, is_digest, parse_digest, sha256_digest, validate_tag
 from .events import EventBus, ManifestDeleted, ManifestStored
+from .fence import WriteFence
 from .flights import Flights
 from .journal import Change, ChangeJournal
 from .referrers import ReferrersIndex
@@ -110,6 +111,10 @@ class RegistryService:
         # Concurrent pulls of one manifest share a backend read (never an older one).
         self._manifest_reads: Flights[tuple[str, str], ManifestData] = Flights()
         self._manifest_stats: Flights[tuple[str, str], ManifestInfo] = Flights()
+        # Digests in-flight manifest writes rely on, for the garbage collector.
+        self.fence = WriteFence()
+        # Shielded writes still running (their client may be gone): shutdown waits for them.
+        self._writes: set[asyncio.Task[None]] = set()
 
     # -- manifests -------------------------------------------------------------
     async def get_manifest(self, repo: str, reference: str, accept: Sequence[str] = ()) -> ManifestData:
@@ -170,11 +175,42 @@ class RegistryService:
         else:
             tag = validate_tag(reference)
         manifest = parse_manifest(data, content_type)
-        await self._check_references(repo, manifest)
+        named = [digest, *(d.digest for d in (*manifest.blobs, *manifest.manifests))]
+        if manifest.subject is not None:
+            named.append(manifest.subject.digest)
+        # Pinned from before the existence checks until stored: a concurrent garbage
+        # collection spares what this write relies on.
+        pin = self.fence.pin(named)
+        try:
+            await self._check_references(repo, manifest)
+        except BaseException:
+            self.fence.release(pin)
+            raise
         # Shielded: a client that goes away must not cut a stored manifest off from its
         # referrers entry and event.
-        await asyncio.shield(self._store(repo, reference, tag, data, manifest, digest, actor))
+        await self._shielded(self._store(repo, reference, tag, data, manifest, digest, actor),
+                             lambda: self.fence.release(pin))
         return StoredManifest(digest, manifest)
+
+    async def _shielded(self, write: Coroutine[Any, Any, None], done: Callable[[], None] | None = None) -> None:
+        """Run ``write`` to its end even if the caller is cancelled; ``drain`` waits for it."""
+        task = asyncio.ensure_future(write)
+        self._writes.add(task)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self._writes.discard(task)
+            if done is not None:
+                done()
+            if not task.cancelled():
+                task.exception()  # mark it retrieved: a caller still waiting re-raises it anyway
+
+        task.add_done_callback(finished)
+        await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        """Wait for every shielded write to finish (before the metadata store closes)."""
+        while self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
 
     async def _store(
         self, repo: str, reference: str, tag: str | None, data: bytes, manifest: ParsedManifest,
@@ -230,7 +266,7 @@ class RegistryService:
             parse_digest(reference)
         else:
             _known_tag(repo, reference)
-        await asyncio.shield(self._delete(repo, reference, actor))
+        await self._shielded(self._delete(repo, reference, actor))
 
     async def _delete(self, repo: str, reference: str, actor: str | None) -> None:
         change = await self.journal.begin("delete", repo, reference, None, actor)
@@ -247,6 +283,12 @@ class RegistryService:
             self._cache.drop(repo, reference)
             await self.referrers.forget(repo, reference)
         await self.events.publish(ManifestDeleted(repo, reference, actor))
+
+    async def forget_manifest(self, repo: str, digest: str) -> None:
+        """A manifest the garbage collector removed: no longer served from the cache or
+        listed as a referrer (no event: nobody deleted it, it was unreachable)."""
+        self._cache.drop(repo, digest)
+        await self.referrers.forget(repo, digest)
 
     # -- crash recovery ------------------------------------------------------------
     async def replay_changes(self) -> int:
