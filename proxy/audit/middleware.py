@@ -6,7 +6,13 @@ mutations on ``/v2`` (manifest push/delete, blob push/delete, upload cancel) and
 request under ``/api/v1/archive/``, and every refusal (403) anywhere. Logins are
 recorded where they happen (the authentication middleware and ``/token``), which mark
 the request so it isn't recorded twice. Handlers may add fields with ``annotate``.
-Nothing secret is recorded: no headers besides the user agent, no query, no body."""
+Nothing secret is recorded: no headers besides the user agent, no query, no body.
+
+No answer goes out before the records of its request are durable: the middleware waits
+for them (group commit, see ``AuditLog``) before it hands the response on, so a client
+told that a change happened can rely on its record surviving a crash. If the store
+cannot write within ``[audit] ack_timeout`` the answer is 503 instead: the change may
+have been made, but it is not acknowledged without its record."""
 
 from __future__ import annotations
 
@@ -15,8 +21,11 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from ..api.manage.errors import from_registry_error
 from ..api.state import CONFIG, DATABASE, PRINCIPAL, REQUEST_ID
 from ..auth.patterns import compile_pattern
+from ..api.middleware import json_error
+from ..oci.errors import Errors, RegistryError
 from ..service.policy import ANONYMOUS
 from .log import AuditLog
 from .records import AuditEvent
@@ -26,6 +35,8 @@ __all__ = ["AUDIT", "ARCHIVE_PREFIX", "audit_requests", "annotate", "record_requ
 
 AUDIT = web.AppKey("audit", AuditLog)
 _RECORDED = "algomint.audit.recorded"
+_TICKET = "algomint.audit.ticket"  # the last record this request made
+_ACK_TIMEOUT = web.AppKey("audit_ack_timeout", float)
 _ANNOTATIONS = "algomint.audit.fields"
 _PULL_PATTERNS = web.AppKey("audit_pull_patterns", list)
 ARCHIVE_PREFIX = "/api/v1/archive/"
@@ -82,7 +93,7 @@ def record_request(request: web.Request, action: str, status: int, *, outcome: s
     extra = {**fields, **annotations}  # what the handler said wins over what the URL suggests
     detail = {**(fields.get("detail") or {}), **(annotations.get("detail") or {})} or None
     extra.pop("detail", None)
-    request.app[AUDIT].record(AuditEvent(
+    request[_TICKET] = request.app[AUDIT].record(AuditEvent(
         action=action,
         outcome=outcome or outcome_of(status),
         actor=(actor or principal.name)[:256],
@@ -134,29 +145,54 @@ def _fields(request: web.Request, response: web.StreamResponse | None) -> dict[s
 
 @web.middleware
 async def audit_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    status, response = 500, None
     try:
         response = await handler(request)
-        status = response.status
-        return response
     except web.HTTPException as exc:
-        status = exc.status
-        raise
+        _record(request, exc.status, None)
+        if await _durable(request):
+            raise
+        return _unrecorded(request)
     except asyncio.CancelledError:
-        status = 499  # the client went away mid-request
+        _record(request, 499, None)  # the client went away mid-request: nobody to answer
         raise
-    finally:
-        if not request.get(_RECORDED):
-            route = request.match_info.route.name or ""
-            action: str | None = None
-            if route.startswith("v2."):
-                action = _v2_action(request, route, status)
-            elif request.path.startswith(ARCHIVE_PREFIX) and request.method in ("GET", "HEAD"):
-                action = "archive.download"
-            elif route.startswith("api.") and (request.method not in ("GET", "HEAD") or status == 403):
-                action = route[4:]
-            if action is not None:
-                record_request(request, action, status, **_fields(request, response))
+    except BaseException:
+        _record(request, 500, None)
+        raise
+    _record(request, response.status, response)
+    if response.prepared or await _durable(request):  # a prepared (streamed) answer is already out
+        return response
+    return _unrecorded(request)
+
+
+def _record(request: web.Request, status: int, response: web.StreamResponse | None) -> None:
+    if request.get(_RECORDED):
+        return
+    route = request.match_info.route.name or ""
+    action: str | None = None
+    if route.startswith("v2."):
+        action = _v2_action(request, route, status)
+    elif request.path.startswith(ARCHIVE_PREFIX) and request.method in ("GET", "HEAD"):
+        action = "archive.download"
+    elif route.startswith("api.") and (request.method not in ("GET", "HEAD") or status == 403):
+        action = route[4:]
+    if action is not None:
+        record_request(request, action, status, **_fields(request, response))
+
+
+async def _durable(request: web.Request) -> bool:
+    """Wait until every record this request made is on disk."""
+    ticket = request.get(_TICKET, 0)
+    return ticket == 0 or await request.app[AUDIT].durable(ticket, request.app[_ACK_TIMEOUT])
+
+
+def _unrecorded(request: web.Request) -> web.Response:
+    """The answer when the record could not be written in time, in the API's own shape."""
+    error = RegistryError(Errors.UNAVAILABLE, message="audit log unavailable: the request was not acknowledged "
+                                                      "because its audit record could not be written")
+    request_id = request.get(REQUEST_ID)
+    if request.path.startswith("/api/"):
+        return from_registry_error(error).response(request_id)
+    return json_error(error, request_id)
 
 
 def setup_audit(app: web.Application) -> None:
@@ -166,6 +202,7 @@ def setup_audit(app: web.Application) -> None:
     app[AUDIT] = log = AuditLog(app[DATABASE], enabled=config.enabled, flush_interval=config.flush_interval,
                                 batch_size=config.batch_size)
     app[_PULL_PATTERNS] = [compile_pattern(p) for p in config.pull_patterns]
+    app[_ACK_TIMEOUT] = config.ack_timeout
 
     async def lifetime(app: web.Application):
         await log.start()
