@@ -9,11 +9,13 @@ import json
 import sqlite3
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from proxy.api.state import DATABASE
 from proxy.oci import mediatypes as mt
 from tests.conftest import BACKENDS
 from tests.support.oci import digest_of, image_manifest
@@ -90,3 +92,71 @@ async def test_every_acknowledged_push_has_a_durable_record_after_sigkill(tmp_pa
     assert verify.returncode == 0, verify.stderr
     result = json.loads(verify.stdout)
     assert result["ok"] is True and result["records"] >= len(acked) + 2  # the two blob pushes too
+
+
+# -- when the record cannot be written: no acknowledgement ------------------------------
+
+async def test_a_change_whose_record_cannot_be_written_is_not_acknowledged(aiohttp_client, tmp_path: Path,
+                                                                            backend_kind: str,
+                                                                            request: pytest.FixtureRequest,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    from proxy.app import create_app
+    from proxy.audit.middleware import AUDIT
+    from proxy.meta import MetadataError
+    from tests.conftest import make_config
+    from tests.support.oci import push_blob
+
+    dist = request.getfixturevalue("distribution") if backend_kind == "registry" else None
+    app = create_app(make_config(tmp_path, backend_kind, dist, audit__ack_timeout=0.5))
+    client = await aiohttp_client(app)
+    repo = f"generic/unrecorded-{uuid.uuid4().hex[:8]}"
+    await push_blob(client, repo, CONFIG_BLOB)
+    await push_blob(client, repo, LAYER)
+    log = app[AUDIT]
+    real = log._write
+
+    async def broken(batch):
+        raise MetadataError("metadata store: disk I/O error")
+
+    monkeypatch.setattr(log, "_write", broken)
+    resp = await client.put(f"/v2/{repo}/manifests/v1", data=image_manifest(CONFIG_BLOB, [LAYER]),
+                            headers={"Content-Type": mt.OCI_MANIFEST})
+    assert resp.status == 503
+    assert (await resp.json())["errors"][0]["code"] == "UNAVAILABLE"
+    resp = await client.post("/api/v1/chains", json={"name": "x"})
+    assert resp.status == 503 and "audit" in (await resp.json())["error"]["message"]
+
+    # Once the store writes again, the records held back are written, in order.
+    monkeypatch.setattr(log, "_write", real)
+    await log.flush()
+    rows = await app[DATABASE].fetchall("SELECT action, status FROM audit_log ORDER BY seq")
+    assert [r["action"] for r in rows][-2:] == ["manifest.push", "chains.create_chain"]
+
+
+
+
+async def test_waiters_are_answered_by_one_write_for_many_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Group commit: records awaited together are written together, without the interval."""
+    from proxy.audit import AuditEvent, AuditLog
+    from proxy.meta import Database
+
+    db = Database(tmp_path / "a.db")
+    await db.open()
+    log = AuditLog(db, flush_interval=5)  # the interval would make this test time out
+    await log.start()
+    writes: list[int] = []
+    real = log._write
+
+    async def counted(batch):
+        writes.append(len(batch))
+        await real(batch)
+
+    monkeypatch.setattr(log, "_write", counted)
+    tickets = [log.record(AuditEvent(action="manifest.push", outcome="success", reference=str(i)))
+               for i in range(100)]
+    assert all(await asyncio.gather(*(log.durable(t, timeout=4) for t in tickets)))
+    assert writes == [100]
+    row = await db.fetchone("SELECT COUNT(*) AS n FROM audit_log")
+    assert row["n"] == 100
+    await log.close()
+    await db.close()
