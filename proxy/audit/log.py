@@ -60,6 +60,7 @@ class AuditLog:
         # Records submitted and written, in order: ticket n is durable once _written >= n.
         self._submitted = self._written = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._head: tuple[int, str] | None = None  # (seq, hash) of the last record written
 
     # -- lifetime ---------------------------------------------------------------
     async def start(self) -> None:
@@ -142,20 +143,31 @@ class AuditLog:
             self._wake_waiters()
 
     async def _write(self, batch: list[AuditEvent]) -> None:
-        async with self.db.transaction(durable=True) as tx:
-            head = await tx.fetchone("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            seq, prev = (head["seq"], head["hash"]) if head else (0, GENESIS)
-            rows = []
-            for event in batch:
-                seq += 1
-                row = event.row(seq, prev)
-                prev = row["hash"]
-                rows.append(row)
-            columns = list(rows[0])
-            await tx.executemany(
-                f"INSERT INTO audit_log ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                [[row[c] for c in columns] for row in rows],
-            )
+        # The chain is extended from the head this log wrote last, hashed before the
+        # transaction so the database's one writer is held only for the insert and the
+        # synced commit. Should anything else have appended, the insert collides on
+        # ``seq``, the write fails, and the retry starts again from the stored head.
+        if self._head is None:
+            head = await self.db.fetchone("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            self._head = (head["seq"], head["hash"]) if head else (0, GENESIS)
+        seq, prev = self._head
+        rows = []
+        for event in batch:
+            seq += 1
+            row = event.row(seq, prev)
+            prev = row["hash"]
+            rows.append(row)
+        columns = list(rows[0])
+        try:
+            async with self.db.transaction(durable=True) as tx:
+                await tx.executemany(
+                    f"INSERT INTO audit_log ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                    [[row[c] for c in columns] for row in rows],
+                )
+        except BaseException:
+            self._head = None
+            raise
+        self._head = (seq, prev)
 
     async def _run(self) -> None:
         while not self._closing:
