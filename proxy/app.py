@@ -34,7 +34,7 @@ from .backend.factory import create_backend
 from .config import Config
 from .meta import Database
 from .metrics import Metrics
-from .service import journal, referrers
+from .service import immutable, journal, referrers
 from .service.events import EventBus
 from .service.policy import AllowAll, PolicyChain
 from .service.registry import RegistryService
@@ -60,6 +60,8 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app[EVENTS] = EventBus()
     app[POLICY] = PolicyChain([AllowAll()])
     app[DATABASE] = Database(config.metadata.path)
+    # Plugin versions are named by provenance: their tags never change content (DESIGN §7).
+    immutable_tags = immutable.ImmutableTags(app[DATABASE], (config.assembly.plugins_prefix,))
     app[BACKEND] = backend = backend or create_backend(config.storage)
     app[REGISTRY] = RegistryService(
         backend,
@@ -67,10 +69,12 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         app[EVENTS],
         journal.ChangeJournal(app[DATABASE]),
         max_manifest_bytes=config.server.max_manifest_bytes,
+        immutable=immutable_tags,
     )
     app.cleanup_ctx.append(_storage)
     setup_audit(app)  # after storage: the log is flushed before the database closes
     setup_auth(app)  # users, tokens, grants; with [auth] enabled the permission policy and /token
+    app[POLICY].add(immutable_tags)  # after permissions: who may ask is answered first
     app[fullbuilds.FULL_BUILDS] = builds = FullBuildService(
         app[REGISTRY], app[DATABASE], config.full_builds, config.licenses, _namespaces(config)
     )
@@ -95,7 +99,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     db, backend = app[DATABASE], app[BACKEND]
     await db.open()
-    await db.migrate(referrers.SCHEMA + journal.SCHEMA)
+    await db.migrate(referrers.SCHEMA + journal.SCHEMA + immutable.SCHEMA)
     await backend.start()
     sweeper = asyncio.create_task(_sweep_uploads(backend))
     yield
