@@ -1,19 +1,20 @@
 """What acknowledging a mutation only once its audit record is on disk costs, run by hand
 from the repository root (never in CI).
 
-Starts two ``algomint serve`` processes on free loopback ports, on the embedded storage
+Starts three ``algomint serve`` processes on free loopback ports, on the embedded storage
 (or, with ``--backend registry``, each in front of its own Debian docker-registry):
-``audit off`` (``[audit] enabled = false``, the reference) and ``audit on`` (every
-manifest PUT waits for its ``manifest.push`` record: group commit, synced). Then, for
+``audit off`` (``[audit] enabled = false``, the reference), ``audit on`` (the default:
+every manifest PUT waits for its ``manifest.push`` record, group commit, each write
+fsynced) and ``audit normal`` (``[audit] sync = "normal"``: the same without the fsync,
+so a record survives a killed process but not a power cut). Then, for
 each concurrency in ``--concurrency``, manifest PUTs (distinct tags, one small image)
 from an aiohttp client in this process for ``--seconds``, and prints side by side with
-the ratio to the reference (median of ``--repeat`` rounds, each round taking the two
+the ratio to the reference (median of ``--repeat`` rounds, each round taking the
 servers in turn, starting with a different one):
 
 - manifest PUT requests/s;
 - manifest PUT requests per CPU-second of the server process (user + system from /proc),
   which other load on the machine blurs far less than a rate;
-- for ``audit on``, how many records each synced write carried on average.
 
 Target (issue 10): requests/s with audit on >= 0.9x audit off.
 """
@@ -46,19 +47,20 @@ from tests.support.distribution import run_distribution  # noqa: E402
 from tests.support.oci import digest_of, image_manifest  # noqa: E402
 from tests.support.server import Server, run_server  # noqa: E402
 
-SYSTEMS = ("audit off", "audit on")
+SYSTEMS = ("audit off", "audit on", "audit normal")
+AUDIT = {"audit off": "enabled = false", "audit on": 'sync = "full"', "audit normal": 'sync = "normal"'}
 REPO = "generic/bench-audit"
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_BLOB = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
 LAYER = b"bench layer " * 300
 
 
-def _config(work: Path, audit: bool, registry_url: str | None) -> str:
+def _config(work: Path, audit: str, registry_url: str | None) -> str:
     storage = f'[storage]\npath = "{work / "storage"}"\n'
     if registry_url:
         storage += f'backend = "registry"\nurl = "{registry_url}"\n'
     return (storage + f'[metadata]\npath = "{work / "metadata.db"}"\n[log]\nlevel = "warning"\n'
-            f"[audit]\nenabled = {str(audit).lower()}\n")
+            f"[audit]\n{audit}\n")
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ def main() -> None:
                 url = None
                 if args.backend == "registry":
                     url = stack.enter_context(run_distribution(directory / "registry")).url
-                servers[name] = stack.enter_context(run_server(directory, _config(directory, name == "audit on", url)))
+                servers[name] = stack.enter_context(run_server(directory, _config(directory, AUDIT[name], url)))
             asyncio.run(measure(servers, levels, args))
             db = sqlite3.connect(work / "audit-on" / "metadata.db")
             records = db.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0]
@@ -144,13 +146,13 @@ async def measure(servers: dict[str, Server], levels: list[int], args: argparse.
     for level in levels:
         runs: dict[str, list[Measured]] = {name: [] for name in SYSTEMS}
         for i in range(args.repeat):
-            for name in SYSTEMS[i % 2:] + SYSTEMS[:i % 2]:
+            for name in SYSTEMS[i % len(SYSTEMS):] + SYSTEMS[:i % len(SYSTEMS)]:
                 runs[name].append(await _put_for(servers[name], args.seconds, level, tags))
         rate = Row(f"PUT c={level} req/s", {n: statistics.median(m.rps for m in r) for n, r in runs.items()})
         cost = Row(f"PUT c={level} req/CPU-s", {n: statistics.median(1e6 / m.cpu_us for m in r)
                                                for n, r in runs.items()})
         for row in (rate, cost):
-            row.target, row.met = ">= 0.9x", row.ratio("audit on") >= 0.9
+            row.target, row.met = ">= 0.9x (audit on)", row.ratio("audit on") >= 0.9
         rates.append(rate)
         costs.append(cost)
     print("after:", load_note())

@@ -130,6 +130,9 @@ class AuditConfig(_Section):
     # A mutation is answered only once its record is on disk; if the store cannot write it
     # within this many seconds the answer is 503 instead of an acknowledgement.
     ack_timeout: float = Field(10, gt=0, le=300)
+    # "full": each write is fsynced (a record survives a power cut, as stored manifests do);
+    # "normal": it survives a killed process but a power cut may lose the last writes.
+    sync: Literal["full", "normal"] = "full"
     # Pulls of manifests in these namespaces (and every archive download) are recorded.
     pull_patterns: PatternList = ["business/**"]
 

@@ -1,7 +1,8 @@
 """The audit log: records batched through a queue into the metadata store, and queries.
 
 ``record`` never waits: it appends to an in-memory batch and returns the record's ticket.
-``durable(ticket)`` waits until that record is committed and synced to disk; a response
+``durable(ticket)`` waits until that record is committed (and synced to disk, unless
+``sync`` is off: then it survives a killed process but not a power cut); a response
 that says a change happened is sent only after it (the ``audit_requests`` middleware).
 
 One background task writes the batch, each write one transaction that extends the hash
@@ -46,9 +47,10 @@ class AuditQuery:
 
 class AuditLog:
     def __init__(self, db: Database, *, enabled: bool = True, flush_interval: float = 0.05,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, sync: bool = True) -> None:
         self.db = db
         self.enabled = enabled
+        self.sync = sync  # fsync each write (survives a power cut), else a killed process only
         self.flush_interval = flush_interval
         self.batch_size = batch_size
         self._pending: list[AuditEvent] = []
@@ -159,7 +161,7 @@ class AuditLog:
             rows.append(row)
         columns = list(rows[0])
         try:
-            async with self.db.transaction(durable=True) as tx:
+            async with self.db.transaction(durable=self.sync) as tx:
                 await tx.executemany(
                     f"INSERT INTO audit_log ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                     [[row[c] for c in columns] for row in rows],

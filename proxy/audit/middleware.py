@@ -8,9 +8,11 @@ recorded where they happen (the authentication middleware and ``/token``), which
 the request so it isn't recorded twice. Handlers may add fields with ``annotate``.
 Nothing secret is recorded: no headers besides the user agent, no query, no body.
 
-No answer goes out before the records of its request are durable: the middleware waits
-for them (group commit, see ``AuditLog``) before it hands the response on, so a client
-told that a change happened can rely on its record surviving a crash. If the store
+No answer to a request for a change (any method but GET, HEAD and OPTIONS; refused or
+not) goes out before the records of its request are durable: the middleware waits for
+them (group commit, see ``AuditLog``) before it hands the response on, so a client told
+that a change happened can rely on its record surviving a crash. Reads are answered at
+once; their records (pulls, downloads, logins) follow within ``flush_interval``. If the store
 cannot write within ``[audit] ack_timeout`` the answer is 503 instead: the change may
 have been made, but it is not acknowledged without its record."""
 
@@ -65,6 +67,7 @@ _ALWAYS = frozenset({"v2.manifest.put", "v2.manifest.delete", "v2.blob.delete", 
 # A session opened or a chunk written is part of a push, recorded when it completes.
 _SESSION_STEPS = frozenset({"v2.upload.start", "v2.upload.patch", "v2.upload.status"})
 _REFUSED = frozenset({401, 403, 429})
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def outcome_of(status: int) -> str:
@@ -180,9 +183,12 @@ def _record(request: web.Request, status: int, response: web.StreamResponse | No
 
 
 async def _durable(request: web.Request) -> bool:
-    """Wait until every record this request made is on disk."""
+    """Wait until every record this request made is on disk, when the request asked for a
+    change (reads, and the logins and refusals they record, are answered at once)."""
     ticket = request.get(_TICKET, 0)
-    return ticket == 0 or await request.app[AUDIT].durable(ticket, request.app[_ACK_TIMEOUT])
+    if ticket == 0 or request.method in _READS:
+        return True
+    return await request.app[AUDIT].durable(ticket, request.app[_ACK_TIMEOUT])
 
 
 def _unrecorded(request: web.Request) -> web.Response:
@@ -200,7 +206,7 @@ def setup_audit(app: web.Application) -> None:
     registered, so the log is flushed before the store closes."""
     config = app[CONFIG].audit
     app[AUDIT] = log = AuditLog(app[DATABASE], enabled=config.enabled, flush_interval=config.flush_interval,
-                                batch_size=config.batch_size)
+                                batch_size=config.batch_size, sync=config.sync == "full")
     app[_PULL_PATTERNS] = [compile_pattern(p) for p in config.pull_patterns]
     app[_ACK_TIMEOUT] = config.ack_timeout
 
