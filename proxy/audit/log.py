@@ -31,6 +31,8 @@ __all__ = ["AuditLog", "AuditQuery"]
 log = logging.getLogger(__name__)
 
 _RETRY_DELAY = 1.0
+# Records per write: 16 parameters each stays under SQLite's 32766 bound parameters.
+_MAX_WRITE = 2000
 # A repository-pattern query scans at most this many rows per page (it filters in Python).
 _SCAN_BUDGET = 20_000
 
@@ -132,8 +134,11 @@ class AuditLog:
     async def _write_pending(self) -> None:
         """Write what is pending now as one transaction; what arrives meanwhile waits."""
         async with self._write_lock:
-            batch, self._pending = self._pending, []
+            batch, self._pending = self._pending[:_MAX_WRITE], self._pending[_MAX_WRITE:]
             self._now.clear()
+            if self._pending:  # more than one write's worth: the next write follows at once
+                self._wake.set()
+                self._now.set()
             if not batch:
                 return
             try:
@@ -160,12 +165,12 @@ class AuditLog:
             prev = row["hash"]
             rows.append(row)
         columns = list(rows[0])
+        placeholders = f"({', '.join('?' * len(columns))})"
         try:
-            async with self.db.transaction(durable=self.sync) as tx:
-                await tx.executemany(
-                    f"INSERT INTO audit_log ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                    [[row[c] for c in columns] for row in rows],
-                )
+            # One multi-row INSERT: atomic on its own, one round trip to the database.
+            await self.db.execute_atomic(
+                f"INSERT INTO audit_log ({', '.join(columns)}) VALUES {', '.join([placeholders] * len(rows))}",
+                [row[c] for row in rows for c in columns], durable=self.sync)
         except BaseException:
             self._head = None
             raise

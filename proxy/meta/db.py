@@ -82,6 +82,24 @@ class Database:
             async with self.conn.execute(sql, params) as cursor:
                 return list(await cursor.fetchall())
 
+    async def execute_atomic(self, sql: str, params: Sequence[Any] = (), *, durable: bool = False) -> int:
+        """One write statement as its own transaction, without ``BEGIN``/``COMMIT`` round
+        trips (a single statement is atomic in SQLite); ``durable`` as in ``transaction``."""
+        async with self._write_lock:
+            with _translated():
+                if self.conn.in_transaction:
+                    await self.conn.rollback()  # what a cancelled transaction may have left open
+                if durable:
+                    await self.conn.execute("PRAGMA synchronous=FULL")
+                try:
+                    cursor = await self.conn.execute(sql, params)
+                    count = cursor.rowcount
+                    await cursor.close()
+                    return count
+                finally:
+                    if durable:
+                        await asyncio.shield(self.conn.execute("PRAGMA synchronous=NORMAL"))
+
     @contextlib.asynccontextmanager
     async def transaction(self, *, durable: bool = False) -> AsyncIterator["Transaction"]:
         """An immediate (write) transaction: commits on success, rolls back on error.
