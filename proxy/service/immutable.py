@@ -12,7 +12,9 @@ registry service for every tag push, once it knows the digest. The claim is a ro
 metadata store (primary key: repository and tag) taken before the manifest is written,
 so of two concurrent pushes of different content to a new tag exactly one wins, on one
 server or several sharing the database. A tag that predates the table is claimed for
-the digest the storage already holds."""
+the digest the storage already holds. A claim is given back when the write fails; one
+left by a crash between claim and write keeps the tag for the content first pushed
+(pushing those same bytes again completes it), never for other content."""
 
 from __future__ import annotations
 
