@@ -28,12 +28,12 @@ CONFIG_BLOB = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","
 LAYER = b"durability layer"
 
 
-def _config_text(workdir: Path, backend: str, registry_url: str | None) -> str:
+def _config_text(workdir: Path, backend: str, registry_url: str | None, sync: str) -> str:
     storage = f'[storage]\npath = "{workdir / "storage"}"\n'
     if backend == "registry":
         storage += f'backend = "registry"\nurl = "{registry_url}"\n'
     # A long interval: acknowledgement must not depend on the timer writing the batch.
-    return storage + f'[metadata]\npath = "{workdir / "metadata.db"}"\n[audit]\nflush_interval = 2\n'
+    return storage + f'[metadata]\npath = "{workdir / "metadata.db"}"\n[audit]\nflush_interval = 2\nsync = "{sync}"\n'
 
 
 async def _push_until_killed(server: Server, repo: str) -> list[str]:
@@ -63,12 +63,12 @@ async def _push_until_killed(server: Server, repo: str) -> list[str]:
     return acked
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-async def test_every_acknowledged_push_has_a_durable_record_after_sigkill(tmp_path: Path, backend: str,
+@pytest.mark.parametrize("backend,sync", [(b, "full") for b in BACKENDS] + [("filesystem", "normal")])
+async def test_every_acknowledged_push_has_a_durable_record_after_sigkill(tmp_path: Path, backend: str, sync: str,
                                                                            request: pytest.FixtureRequest):
     registry_url = request.getfixturevalue("distribution").url if backend == "registry" else None
     workdir = tmp_path / "srv"
-    server = await asyncio.to_thread(start_server, workdir, _config_text(workdir, backend, registry_url))
+    server = await asyncio.to_thread(start_server, workdir, _config_text(workdir, backend, registry_url, sync))
     repo = f"generic/durable-{backend}"
     try:
         acked = await _push_until_killed(server, repo)
