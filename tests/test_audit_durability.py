@@ -87,8 +87,9 @@ async def test_every_acknowledged_push_has_a_durable_record_after_sigkill(tmp_pa
     missing = sorted(set(acked) - recorded, key=lambda t: int(t[1:]))
     assert not missing, f"{len(missing)} of {len(acked)} acknowledged pushes have no record: {missing[:10]}"
 
-    verify = subprocess.run([sys.executable, "-m", "proxy.cli", "audit", "verify", "--config",
-                             str(workdir / "algomint.toml"), "--json"], capture_output=True, text=True, timeout=60)
+    verify = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "proxy.cli", "audit", "verify", "--config", str(workdir / "algomint.toml"),
+                         "--json"], check=False, capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0, verify.stderr
     result = json.loads(verify.stdout)
     assert result["ok"] is True and result["records"] >= len(acked) + 2  # the two blob pushes too
