@@ -43,7 +43,7 @@ from .config import Config, ConfigError
 from .meta import Database, MetadataError
 from .metrics import Metrics
 from .oci.errors import RegistryError
-from .service import journal, referrers
+from .service import immutable, journal, referrers
 from .service.events import EventBus
 from .service.gc import Collector
 from .service.gcruns import GcRun, GcRuns
@@ -72,6 +72,8 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app[EVENTS] = EventBus()
     app[POLICY] = PolicyChain([AllowAll()])
     app[DATABASE] = Database(config.metadata.path)
+    # Plugin versions are named by provenance: their tags never change content (DESIGN §7).
+    immutable_tags = immutable.ImmutableTags(app[DATABASE], (config.assembly.plugins_prefix,))
     try:
         app[BACKEND] = backend = backend or create_backend(config.storage)
     except ValueError as exc:  # a URL the config model could not judge on its own
@@ -82,11 +84,13 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         app[EVENTS],
         journal.ChangeJournal(app[DATABASE]),
         max_manifest_bytes=config.server.max_manifest_bytes,
+        immutable=immutable_tags,
     )
     app.cleanup_ctx.append(_storage)
     setup_cursors(app)  # after storage: the key lives in the database
     setup_audit(app)  # after storage: the log is flushed before the database closes
     setup_auth(app)  # users, tokens, grants; with [auth] enabled the permission policy and /token
+    app[POLICY].add(immutable_tags)  # after permissions: who may ask is answered first
     app[fullbuilds.FULL_BUILDS] = builds = FullBuildService(
         app[REGISTRY], app[DATABASE], config.full_builds, config.licenses, _namespaces(config), policy=app[POLICY]
     )
@@ -120,7 +124,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     db, backend, config = app[DATABASE], app[BACKEND], app[CONFIG]
     try:
         await db.open()
-        await db.migrate(referrers.SCHEMA + journal.SCHEMA)
+        await db.migrate(referrers.SCHEMA + journal.SCHEMA + immutable.SCHEMA)
     except (OSError, MetadataError) as exc:
         raise StartupError(f"metadata.path {config.metadata.path}: {_reason(exc)}") from exc
     try:

@@ -169,9 +169,16 @@ class AuthConfig(_Section):
 
 class AuditConfig(_Section):
     enabled: bool = True
-    # Records are written in batches: every flush_interval seconds or batch_size records.
+    # Records are written in batches: every flush_interval seconds or batch_size records;
+    # at once (with whatever else is pending) when a response waits for its record.
     flush_interval: float = Field(0.05, gt=0, le=5)
     batch_size: int = Field(256, ge=1, le=10_000)
+    # A mutation is answered only once its record is on disk; if the store cannot write it
+    # within this many seconds the answer is 503 instead of an acknowledgement.
+    ack_timeout: float = Field(10, gt=0, le=300)
+    # "full": each write is fsynced (a record survives a power cut, as stored manifests do);
+    # "normal": it survives a killed process but a power cut may lose the last writes.
+    sync: Literal["full", "normal"] = "full"
     # Pulls of manifests in these namespaces (and every archive download) are recorded.
     pull_patterns: PatternList = ["business/**"]
 

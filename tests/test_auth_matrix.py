@@ -104,7 +104,8 @@ async def test_permission_matrix(matrix_env: AuthEnv, mode: str):
                     # registry tokens are for /v2 only: refused as credentials on the management API
                     expected = 401
                 elif action in allowed:
-                    expected = ALLOWED_STATUS[action]
+                    # a plugin version is never deleted, whoever may delete there (immutable tags)
+                    expected = 403 if (action, ns) == ("delete", "plugins") else ALLOWED_STATUS[action]
                 else:
                     expected = 401 if who == "anonymous" else 403
                 if resp.status != expected:

@@ -1,10 +1,17 @@
 """The audit log: records batched through a queue into the metadata store, and queries.
 
-``record`` never waits: it appends to an in-memory batch that a background task writes
-every ``flush_interval`` seconds, or sooner once ``batch_size`` records wait, in one
-transaction that extends the hash chain (one transaction per interval however fast
-records come: small batches under load would cost far more per record). ``close`` writes everything still pending, so a
-clean shutdown loses nothing; a failed write keeps the batch and retries."""
+``record`` never waits: it appends to an in-memory batch and returns the record's ticket.
+``durable(ticket)`` waits until that record is committed (and synced to disk, unless
+``sync`` is off: then it survives a killed process but not a power cut); a response
+that says a change happened is sent only after it (the ``audit_requests`` middleware).
+
+One background task writes the batch, each write one transaction that extends the hash
+chain (group commit). A record someone waits for is written at once, together with
+everything that arrived meanwhile; under load, records arriving during one write form
+the next batch, so batches grow with the load and the cost per record falls. Records
+nobody waits for (pulls, downloads) wait up to ``flush_interval``, or ``batch_size``
+records. ``close`` writes everything still pending, so a clean shutdown loses nothing;
+a failed write keeps the batch and retries, and its waiters keep waiting."""
 
 from __future__ import annotations
 
@@ -24,6 +31,8 @@ __all__ = ["AuditLog", "AuditQuery"]
 log = logging.getLogger(__name__)
 
 _RETRY_DELAY = 1.0
+# Records per write: 16 parameters each stays under SQLite's 32766 bound parameters.
+_MAX_WRITE = 2000
 # A repository-pattern query scans at most this many rows per page (it filters in Python).
 _SCAN_BUDGET = 20_000
 
@@ -40,18 +49,22 @@ class AuditQuery:
 
 class AuditLog:
     def __init__(self, db: Database, *, enabled: bool = True, flush_interval: float = 0.05,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, sync: bool = True) -> None:
         self.db = db
         self.enabled = enabled
+        self.sync = sync  # fsync each write (survives a power cut), else a killed process only
         self.flush_interval = flush_interval
         self.batch_size = batch_size
         self._pending: list[AuditEvent] = []
         self._wake = asyncio.Event()
-        self._full = asyncio.Event()
+        self._now = asyncio.Event()  # write without waiting for the interval: full, or awaited
         self._write_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._submitted = self._written = 0  # records, so flush knows when it is done
+        # Records submitted and written, in order: ticket n is durable once _written >= n.
+        self._submitted = self._written = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._head: tuple[int, str] | None = None  # (seq, hash) of the last record written
 
     # -- lifetime ---------------------------------------------------------------
     async def start(self) -> None:
@@ -65,21 +78,51 @@ class AuditLog:
         transaction could leave it open."""
         self._closing = True
         self._wake.set()
-        self._full.set()
+        self._now.set()
         if self._task is not None:
             await self._task
             self._task = None
         await self.flush()
 
     # -- writing ----------------------------------------------------------------
-    def record(self, event: AuditEvent) -> None:
+    def record(self, event: AuditEvent) -> int:
+        """Queue ``event``; returns its ticket for ``durable`` (0 when the log is off)."""
         if not self.enabled:
-            return
+            return 0
         self._pending.append(event)
         self._submitted += 1
         self._wake.set()
         if len(self._pending) >= self.batch_size:
-            self._full.set()
+            self._now.set()
+        return self._submitted
+
+    async def durable(self, ticket: int, timeout: float) -> bool:
+        """Wait until record ``ticket`` (and so every earlier one) is on disk; False if
+        that takes longer than ``timeout`` (the store is failing)."""
+        if ticket <= self._written:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((ticket, waiter))
+        self._now.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+                self._waiters = [w for w in self._waiters if w[1] is not waiter]
+
+    def _wake_waiters(self) -> None:
+        still: list[tuple[int, asyncio.Future[None]]] = []
+        for ticket, waiter in self._waiters:
+            if ticket <= self._written:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still.append((ticket, waiter))
+        self._waiters = still
 
     async def flush(self) -> None:
         """Write every record submitted so far (read-your-writes for queries and tests);
@@ -91,8 +134,11 @@ class AuditLog:
     async def _write_pending(self) -> None:
         """Write what is pending now as one transaction; what arrives meanwhile waits."""
         async with self._write_lock:
-            batch, self._pending = self._pending, []
-            self._full.clear()
+            batch, self._pending = self._pending[:_MAX_WRITE], self._pending[_MAX_WRITE:]
+            self._now.clear()
+            if self._pending:  # more than one write's worth: the next write follows at once
+                self._wake.set()
+                self._now.set()
             if not batch:
                 return
             try:
@@ -101,29 +147,41 @@ class AuditLog:
                 self._pending[:0] = batch  # keep order; nothing is dropped
                 raise
             self._written += len(batch)
+            self._wake_waiters()
 
     async def _write(self, batch: list[AuditEvent]) -> None:
-        async with self.db.transaction() as tx:
-            head = await tx.fetchone("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            seq, prev = (head["seq"], head["hash"]) if head else (0, GENESIS)
-            rows = []
-            for event in batch:
-                seq += 1
-                row = event.row(seq, prev)
-                prev = row["hash"]
-                rows.append(row)
-            columns = list(rows[0])
-            await tx.executemany(
-                f"INSERT INTO audit_log ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                [[row[c] for c in columns] for row in rows],
-            )
+        # The chain is extended from the head this log wrote last, hashed before the
+        # transaction so the database's one writer is held only for the insert and the
+        # synced commit. Should anything else have appended, the insert collides on
+        # ``seq``, the write fails, and the retry starts again from the stored head.
+        if self._head is None:
+            head = await self.db.fetchone("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            self._head = (head["seq"], head["hash"]) if head else (0, GENESIS)
+        seq, prev = self._head
+        rows = []
+        for event in batch:
+            seq += 1
+            row = event.row(seq, prev)
+            prev = row["hash"]
+            rows.append(row)
+        columns = list(rows[0])
+        placeholders = f"({', '.join('?' * len(columns))})"
+        try:
+            # One multi-row INSERT: atomic on its own, one round trip to the database.
+            await self.db.execute_atomic(
+                f"INSERT INTO audit_log ({', '.join(columns)}) VALUES {', '.join([placeholders] * len(rows))}",
+                [row[c] for row in rows for c in columns], durable=self.sync)
+        except BaseException:
+            self._head = None
+            raise
+        self._head = (seq, prev)
 
     async def _run(self) -> None:
         while not self._closing:
             await self._wake.wait()
-            if len(self._pending) < self.batch_size and not self._closing:
+            if not self._now.is_set() and not self._closing:
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self.flush_interval)
+                    await asyncio.wait_for(self._now.wait(), self.flush_interval)
             self._wake.clear()
             try:
                 await self._write_pending()

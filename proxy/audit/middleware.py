@@ -6,7 +6,15 @@ mutations on ``/v2`` (manifest push/delete, blob push/delete, upload cancel) and
 request under ``/api/v1/archive/``, and every refusal (403) anywhere. Logins are
 recorded where they happen (the authentication middleware and ``/token``), which mark
 the request so it isn't recorded twice. Handlers may add fields with ``annotate``.
-Nothing secret is recorded: no headers besides the user agent, no query, no body."""
+Nothing secret is recorded: no headers besides the user agent, no query, no body.
+
+No answer to a request for a change (any method but GET, HEAD and OPTIONS; refused or
+not) goes out before the records of its request are durable: the middleware waits for
+them (group commit, see ``AuditLog``) before it hands the response on, so a client told
+that a change happened can rely on its record surviving a crash. Reads are answered at
+once; their records (pulls, downloads, logins) follow within ``flush_interval``. If the store
+cannot write within ``[audit] ack_timeout`` the answer is 503 instead: the change may
+have been made, but it is not acknowledged without its record."""
 
 from __future__ import annotations
 
@@ -15,8 +23,11 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from ..api.manage.errors import from_registry_error
 from ..api.state import CONFIG, DATABASE, PRINCIPAL, REQUEST_ID
 from ..auth.patterns import compile_pattern
+from ..api.middleware import json_error
+from ..oci.errors import Errors, RegistryError
 from ..service.policy import ANONYMOUS
 from .log import AuditLog
 from .records import AuditEvent
@@ -26,6 +37,8 @@ __all__ = ["AUDIT", "ARCHIVE_PREFIX", "audit_requests", "annotate", "record_requ
 
 AUDIT = web.AppKey("audit", AuditLog)
 _RECORDED = "algomint.audit.recorded"
+_TICKET = "algomint.audit.ticket"  # the last record this request made
+_ACK_TIMEOUT = web.AppKey("audit_ack_timeout", float)
 _ANNOTATIONS = "algomint.audit.fields"
 _PULL_PATTERNS = web.AppKey("audit_pull_patterns", list)
 ARCHIVE_PREFIX = "/api/v1/archive/"
@@ -54,6 +67,7 @@ _ALWAYS = frozenset({"v2.manifest.put", "v2.manifest.delete", "v2.blob.delete", 
 # A session opened or a chunk written is part of a push, recorded when it completes.
 _SESSION_STEPS = frozenset({"v2.upload.start", "v2.upload.patch", "v2.upload.status"})
 _REFUSED = frozenset({401, 403, 429})
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def outcome_of(status: int) -> str:
@@ -82,7 +96,7 @@ def record_request(request: web.Request, action: str, status: int, *, outcome: s
     extra = {**fields, **annotations}  # what the handler said wins over what the URL suggests
     detail = {**(fields.get("detail") or {}), **(annotations.get("detail") or {})} or None
     extra.pop("detail", None)
-    request.app[AUDIT].record(AuditEvent(
+    request[_TICKET] = request.app[AUDIT].record(AuditEvent(
         action=action,
         outcome=outcome or outcome_of(status),
         actor=(actor or principal.name)[:256],
@@ -134,29 +148,57 @@ def _fields(request: web.Request, response: web.StreamResponse | None) -> dict[s
 
 @web.middleware
 async def audit_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    status, response = 500, None
     try:
         response = await handler(request)
-        status = response.status
-        return response
     except web.HTTPException as exc:
-        status = exc.status
-        raise
+        _record(request, exc.status, None)
+        if await _durable(request):
+            raise
+        return _unrecorded(request)
     except asyncio.CancelledError:
-        status = 499  # the client went away mid-request
+        _record(request, 499, None)  # the client went away mid-request: nobody to answer
         raise
-    finally:
-        if not request.get(_RECORDED):
-            route = request.match_info.route.name or ""
-            action: str | None = None
-            if route.startswith("v2."):
-                action = _v2_action(request, route, status)
-            elif request.path.startswith(ARCHIVE_PREFIX) and request.method in ("GET", "HEAD"):
-                action = "archive.download"
-            elif route.startswith("api.") and (request.method not in ("GET", "HEAD") or status == 403):
-                action = route[4:]
-            if action is not None:
-                record_request(request, action, status, **_fields(request, response))
+    except BaseException:
+        _record(request, 500, None)
+        raise
+    _record(request, response.status, response)
+    if response.prepared or await _durable(request):  # a prepared (streamed) answer is already out
+        return response
+    return _unrecorded(request)
+
+
+def _record(request: web.Request, status: int, response: web.StreamResponse | None) -> None:
+    if request.get(_RECORDED):
+        return
+    route = request.match_info.route.name or ""
+    action: str | None = None
+    if route.startswith("v2."):
+        action = _v2_action(request, route, status)
+    elif request.path.startswith(ARCHIVE_PREFIX) and request.method in ("GET", "HEAD"):
+        action = "archive.download"
+    elif route.startswith("api.") and (request.method not in ("GET", "HEAD") or status == 403):
+        action = route[4:]
+    if action is not None:
+        record_request(request, action, status, **_fields(request, response))
+
+
+async def _durable(request: web.Request) -> bool:
+    """Wait until every record this request made is on disk, when the request asked for a
+    change (reads, and the logins and refusals they record, are answered at once)."""
+    ticket = request.get(_TICKET, 0)
+    if ticket == 0 or request.method in _READS:
+        return True
+    return await request.app[AUDIT].durable(ticket, request.app[_ACK_TIMEOUT])
+
+
+def _unrecorded(request: web.Request) -> web.Response:
+    """The answer when the record could not be written in time, in the API's own shape."""
+    error = RegistryError(Errors.UNAVAILABLE, message="audit log unavailable: the request was not acknowledged "
+                                                      "because its audit record could not be written")
+    request_id = request.get(REQUEST_ID)
+    if request.path.startswith("/api/"):
+        return from_registry_error(error).response(request_id)
+    return json_error(error, request_id)
 
 
 def setup_audit(app: web.Application) -> None:
@@ -164,8 +206,9 @@ def setup_audit(app: web.Application) -> None:
     registered, so the log is flushed before the store closes."""
     config = app[CONFIG].audit
     app[AUDIT] = log = AuditLog(app[DATABASE], enabled=config.enabled, flush_interval=config.flush_interval,
-                                batch_size=config.batch_size)
+                                batch_size=config.batch_size, sync=config.sync == "full")
     app[_PULL_PATTERNS] = [compile_pattern(p) for p in config.pull_patterns]
+    app[_ACK_TIMEOUT] = config.ack_timeout
 
     async def lifetime(app: web.Application):
         await log.start()

@@ -82,9 +82,31 @@ class Database:
             async with self.conn.execute(sql, params) as cursor:
                 return list(await cursor.fetchall())
 
+    async def execute_atomic(self, sql: str, params: Sequence[Any] = (), *, durable: bool = False) -> int:
+        """One write statement as its own transaction, without ``BEGIN``/``COMMIT`` round
+        trips (a single statement is atomic in SQLite); ``durable`` as in ``transaction``."""
+        async with self._write_lock:
+            with _translated():
+                if self.conn.in_transaction:
+                    await self.conn.rollback()  # what a cancelled transaction may have left open
+                if durable:
+                    await self.conn.execute("PRAGMA synchronous=FULL")
+                try:
+                    cursor = await self.conn.execute(sql, params)
+                    count = cursor.rowcount
+                    await cursor.close()
+                    return count
+                finally:
+                    if durable:
+                        await asyncio.shield(self.conn.execute("PRAGMA synchronous=NORMAL"))
+
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator["Transaction"]:
+    async def transaction(self, *, durable: bool = False) -> AsyncIterator["Transaction"]:
         """An immediate (write) transaction: commits on success, rolls back on error.
+
+        ``durable`` syncs the commit to disk before returning (``synchronous=FULL`` for
+        this transaction): the default survives a killed process, not a power cut, which
+        is enough for most metadata but not for a record that acknowledges a change.
 
         Cancellation can strike at any await; BEGIN, COMMIT and ROLLBACK still run in
         the connection's thread, so the end of a transaction is shielded and a new one
@@ -94,17 +116,23 @@ class Database:
                 with _translated():
                     if self.conn.in_transaction:
                         await self.conn.rollback()
+                    if durable:
+                        await self.conn.execute("PRAGMA synchronous=FULL")
                     await self.conn.execute("BEGIN IMMEDIATE")
                 yield Transaction(self.conn)
             except BaseException:
-                await asyncio.shield(self._end(commit=False))
+                await asyncio.shield(self._end(commit=False, durable=durable))
                 raise
             else:
-                await asyncio.shield(self._end(commit=True))
+                await asyncio.shield(self._end(commit=True, durable=durable))
 
-    async def _end(self, *, commit: bool) -> None:
+    async def _end(self, *, commit: bool, durable: bool) -> None:
         with _translated():
-            await (self.conn.commit() if commit else self.conn.rollback())
+            try:
+                await (self.conn.commit() if commit else self.conn.rollback())
+            finally:
+                if durable:
+                    await self.conn.execute("PRAGMA synchronous=NORMAL")
 
 
 class Transaction:

@@ -23,6 +23,7 @@ from ..oci.reference import TAG_RE, is_digest, parse_digest, sha256_digest, vali
 from .events import EventBus, ManifestDeleted, ManifestStored
 from .fence import WriteFence
 from .flights import Flights
+from .immutable import ImmutableTags
 from .journal import Change, ChangeJournal
 from .referrers import ReferrersIndex
 
@@ -101,8 +102,10 @@ class RegistryService:
         *,
         max_manifest_bytes: int = 4 * 1024 * 1024,
         manifest_cache_bytes: int = 64 * 1024 * 1024,
+        immutable: ImmutableTags | None = None,
     ) -> None:
         self.backend = backend
+        self.immutable = immutable
         self.referrers = referrers
         self.events = events
         self.journal = journal
@@ -188,7 +191,7 @@ class RegistryService:
             raise
         # Shielded: a client that goes away must not cut a stored manifest off from its
         # referrers entry and event.
-        await self._shielded(self._store(repo, reference, tag, data, manifest, digest, actor),
+        await self._shielded(self._claimed_store(repo, reference, tag, data, manifest, digest, actor),
                              lambda: self.fence.release(pin))
         return StoredManifest(digest, manifest)
 
@@ -211,6 +214,30 @@ class RegistryService:
         """Wait for every shielded write to finish (before the metadata store closes)."""
         while self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
+
+    async def _claimed_store(
+        self, repo: str, reference: str, tag: str | None, data: bytes, manifest: ParsedManifest,
+        digest: str, actor: str | None,
+    ) -> None:
+        """Store, after claiming the tag where tags are immutable (given back on failure)."""
+        if tag is None or self.immutable is None or not self.immutable.applies(repo):
+            return await self._store(repo, reference, tag, data, manifest, digest, actor)
+        claimed = await self.immutable.claim(repo, tag, digest, lambda: self._tag_digest(repo, tag))
+        try:
+            await self._store(repo, reference, tag, data, manifest, digest, actor)
+        except BaseException:
+            if claimed:
+                with contextlib.suppress(Exception):  # never hide the backend's error
+                    await self.immutable.release(repo, tag, digest)
+            raise
+
+    async def _tag_digest(self, repo: str, tag: str) -> str | None:
+        try:
+            return (await self.backend.stat_manifest(repo, tag)).digest
+        except RegistryError as exc:
+            if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
+                return None
+            raise
 
     async def _store(
         self, repo: str, reference: str, tag: str | None, data: bytes, manifest: ParsedManifest,
