@@ -20,7 +20,8 @@ EPOCH = re.compile(r"\b1\d{9}(\.\d+)?\b")
 
 def _config(tmp_path: Path) -> str:
     return (f'[storage]\npath = "{tmp_path / "storage"}"\n[metadata]\npath = "{tmp_path / "metadata.db"}"\n'
-            f'[auth]\nenabled = true\n')
+            f'[auth]\nenabled = true\n'
+            '[webhooks]\nallow = ["http://127.0.0.1:*/"]\n')  # subscriptions point at loopback
 
 
 def _cli(*argv: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess:
