@@ -38,7 +38,7 @@ from proxy.backend import Backend, BlobReader
 from proxy.oci import mediatypes as mt
 from proxy.oci.errors import RegistryError
 
-from .tarstream import RewriteStats, Sealer, TarError, TarLimits, rewrite_tar, scan_tar
+from .tarstream import RewriteStats, Sealer, TarError, TarLimits, measure_tar, rewrite_tar
 
 __all__ = [
     "Codec",
@@ -46,6 +46,8 @@ __all__ = [
     "LayerOutcome",
     "TAR_LAYER_TYPES",
     "scan_layer",
+    "measure_layer",
+    "OUTPUT_MEDIA_TYPES",
     "rewrite_layer",
 ]
 
@@ -72,6 +74,15 @@ TAR_LAYER_TYPES = frozenset({
 })
 
 
+# The media type of a rewritten layer, by output codec, for OCI and Docker manifests.
+# Docker's schema 2 has no zstd type of its own: clients that take zstd take the OCI one.
+OUTPUT_MEDIA_TYPES = {
+    "gzip": (mt.OCI_LAYER_GZIP, mt.DOCKER_LAYER_GZIP),
+    "zstd": (mt.OCI_LAYER_ZSTD, mt.OCI_LAYER_ZSTD),
+    "tar": (mt.OCI_LAYER_TAR, "application/vnd.docker.image.rootfs.diff.tar"),
+}
+
+
 class LayerError(Exception):
     """A layer that cannot be read or rewritten; the message says which and why."""
 
@@ -90,6 +101,7 @@ class LayerOutcome:
     digest: str
     size: int
     diff_id: str
+    codec: str  # of the new blob: "gzip", "zstd" or "tar" (uncompressed)
     encrypted: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -353,10 +365,11 @@ class _OutboxWriter(io.RawIOBase):
     appends it to the session's file, or batches it into ``CHUNK`` pieces for the
     uploader on the event loop."""
 
-    def __init__(self, bridge: _Bridge, sink: _FileSink | None) -> None:
+    def __init__(self, bridge: _Bridge, sink: _FileSink | None, hashed: bool = True) -> None:
         self.bridge = bridge
         self.sink = sink
-        self.hasher = hashlib.sha256()
+        # An uncompressed layer's digest is its diff_id, hashed already: no second pass.
+        self.hasher = hashlib.sha256() if hashed else None
         self.size = 0
         self.discard = False
         self.error: Exception | None = None
@@ -375,7 +388,8 @@ class _OutboxWriter(io.RawIOBase):
             try:
                 if self.bridge.cancelled.is_set():
                     raise _Cancelled()
-                self.hasher.update(data)
+                if self.hasher is not None:
+                    self.hasher.update(data)
                 self.size += n
                 self.sink.write(data)  # the compressor hands over a new bytes object each time
             except _Cancelled:
@@ -395,7 +409,8 @@ class _OutboxWriter(io.RawIOBase):
         if self._pending and not self.discard:
             piece = bytes(self._pending)
             self._pending.clear()
-            self.hasher.update(piece)
+            if self.hasher is not None:
+                self.hasher.update(piece)
             self.size += len(piece)
             self.bridge.put(piece)
 
@@ -797,16 +812,27 @@ async def scan_layer(
 ) -> bool:
     """Whether the layer holds a regular file matching ``select``; reads no further than
     the first match. Checks every header it passes (paths, limits, corruption)."""
+    found, _ = await measure_layer(backend, repo, digest, size, select, limits, 0, progress)
+    return found
 
-    def work(bridge: _Bridge) -> bool:
+
+async def measure_layer(
+    backend: Backend, repo: str, digest: str, size: int, select: Callable[[str], bool], limits: TarLimits,
+    enough: int, progress: Callable[[int], None] | None = None,
+) -> tuple[bool, int]:
+    """Whether the layer holds a regular file matching ``select``, and those files' total
+    size, counted until it reaches ``enough`` bytes (the scan stops there) or the layer
+    ends. Checks every header it passes (paths, limits, corruption)."""
+
+    def work(bridge: _Bridge) -> tuple[bool, int]:
         raw = _InboxReader(bridge, digest.split(":", 1)[0])
         kind = _sniff(raw.peek(4))
         stream = _decompressor(kind, raw, bridge.cancelled)
         try:
-            found = scan_tar(stream, select, limits)
-            if not found:
-                _check_source(raw, digest, size)
-            return found
+            found, matched = measure_tar(stream, select, limits, enough)
+            if not found or matched < enough:
+                _check_source(raw, digest, size)  # read to the end: verify what was read
+            return found, matched
         except BaseException as exc:
             raise _translate(exc) from None
         finally:
@@ -830,9 +856,15 @@ async def rewrite_layer(
     limits: TarLimits,
     codec: Codec,
     progress: Callable[[int], None] | None = None,
+    output: str | None = None,
 ) -> LayerOutcome:
     """Rewrite the layer with every selected file sealed and upload the result to
-    ``dst_repo`` as it is produced; returns the new blob's digest, size and diff_id."""
+    ``dst_repo`` as it is produced; returns the new blob's digest, size and diff_id.
+
+    ``output`` is the new blob's codec ("gzip", "zstd" or "tar", uncompressed); by
+    default the source's own."""
+    if output not in (None, *OUTPUT_MEDIA_TYPES):
+        raise ValueError(f"unknown layer codec {output!r}")
     session = await backend.start_upload(dst_repo)
     upload_id = session.upload_id
     outcome: dict[str, Any] = {}
@@ -849,14 +881,16 @@ async def rewrite_layer(
                     sink = _FileSink(path, bridge.cancelled)
                 except OSError as exc:
                     raise LayerError(f"storage failed: cannot write the new layer: {exc.strerror or exc}") from None
-            out = _OutboxWriter(bridge, sink)
-            compressor = _Compressor(kind, out, codec)
+            into = output or kind
+            out = _OutboxWriter(bridge, sink, hashed=into != "tar")
+            compressor = _Compressor(into, out, codec)
             stats = rewrite_tar(stream, compressor.write, select, seal, limits)
             done, compressor = compressor, None
             done.close()
             _check_source(raw, digest, size)
-            outcome.update(digest="sha256:" + out.hasher.hexdigest(), size=out.size,
-                           diff_id="sha256:" + done.diff_hasher.hexdigest())
+            diff_id = "sha256:" + done.diff_hasher.hexdigest()
+            outcome.update(digest=diff_id if out.hasher is None else "sha256:" + out.hasher.hexdigest(),
+                           size=out.size, diff_id=diff_id, codec=into)
             return stats
         except BaseException as exc:
             raise _translate(exc) from None
@@ -894,4 +928,5 @@ async def rewrite_layer(
         if isinstance(exc, RegistryError):
             raise LayerError(f"layer {digest}: storage failed: {exc.message}") from None
         raise
-    return LayerOutcome(outcome["digest"], outcome["size"], outcome["diff_id"], stats.encrypted, stats.warnings)
+    return LayerOutcome(outcome["digest"], outcome["size"], outcome["diff_id"], outcome["codec"], stats.encrypted,
+                        stats.warnings)

@@ -27,6 +27,7 @@ __all__ = [
     "RewriteStats",
     "compile_globs",
     "scan_tar",
+    "measure_tar",
     "rewrite_tar",
     "encode_number",
     "ustar_header",
@@ -305,6 +306,10 @@ class _Walker:
         self.sink = sink
         self.seal = seal
         self.stats = RewriteStats()
+        # A scan stops once the selected files it passed hold this many bytes (0: at the
+        # first one); ``matched_bytes`` is their total so far.
+        self.enough = 0
+        self.matched_bytes = 0
 
     def emit(self, data: bytes) -> None:
         if self.sink is not None and data:
@@ -377,7 +382,7 @@ class _Walker:
                 continue
             if self._entry(block, typeflag, size, pending, stop_at_match):
                 found = True
-                if stop_at_match:
+                if stop_at_match and self.matched_bytes >= self.enough:
                     return True
             pending = _Pending()
 
@@ -434,7 +439,10 @@ class _Walker:
             self.emit(extension)
             self.copy(data_size + _padding(data_size), name or "an entry")
             return False
-        if stop_at_match or self.sink is None:
+        if self.sink is None:
+            self.matched_bytes += data_size
+            if not (stop_at_match and self.matched_bytes >= self.enough):
+                self.skip(data_size + _padding(data_size), name)
             return True
         assert self.seal is not None
         sealer = self.seal(name, data_size)
@@ -474,6 +482,15 @@ def scan_tar(src: BinaryIO, select: Callable[[str], bool], limits: TarLimits = T
 
     Validates every header passed on the way (checksums, paths, limits)."""
     return _Walker(src, limits, select, None, None).run(stop_at_match=True)
+
+
+def measure_tar(src: BinaryIO, select: Callable[[str], bool], limits: TarLimits, enough: int) -> tuple[bool, int]:
+    """Whether any regular file matches ``select``, and the matching files' total size,
+    counted until it reaches ``enough`` (the walk stops there) or the tar ends."""
+    walker = _Walker(src, limits, select, None, None)
+    walker.enough = enough
+    found = walker.run(stop_at_match=True)
+    return found, walker.matched_bytes
 
 
 def rewrite_tar(

@@ -5,6 +5,7 @@ Imports nothing heavy, so ``proxy.config`` can include it cheaply."""
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -31,6 +32,10 @@ class FullBuildConfig(BaseModel):
     gzip_level: int = Field(1, ge=0, le=3)
     zstd_level: int = Field(3, ge=1, le=19)
     threads: int = Field(2, ge=1, le=64)
+    # The codec of rewritten layers. "auto": uncompressed when the sealed (encrypted,
+    # incompressible) files are at least half of the source layer's compressed size,
+    # else the source's own codec; "none" always uncompressed; "gzip" / "zstd" always that.
+    layer_compression: Literal["auto", "gzip", "zstd", "none"] = "auto"
     poll_interval: float = Field(5.0, gt=0)
     # Model globs always encrypted, by image repository glob ("images/team-b/**"), on top
     # of what the generic package's descriptor names: an owner's floor no package can lower.
