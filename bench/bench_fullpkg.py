@@ -329,7 +329,7 @@ def build_part(args: argparse.Namespace, work: Path) -> None:
             setup_chains(server.url)
             gzip_type = "application/vnd.oci.image.layer.v1.tar+gzip"
             upload = push_image(server.url, f"images/bm-{mode}-0", blob, diff_id, gzip_type)
-            builds, cpus = [], []
+            builds, cpus, waits = [], [], []
             core.reset_peak_rss(pid)
             for i in range(args.repeat):
                 # A fresh image repository each time (the layer mounted, not pushed again):
@@ -343,6 +343,7 @@ def build_part(args: argparse.Namespace, work: Path) -> None:
                 cpus.append(proc_cpu(pid) - before)
                 assert build["result"]["images"][0]["encrypted_files"] == 1
                 builds.append(seconds)
+                waits.append(build["started_at"] - build["created_at"])
                 # The floor right after, under the same load.
                 before = self_cpu()
                 floors.append(floor_seconds(blob, 1, 2))
@@ -353,6 +354,8 @@ def build_part(args: argparse.Namespace, work: Path) -> None:
             # key, so the licensed image is reused.
             reuse, reuse_seconds = full_build(server.url, f"business/other/bm-{mode}-0:1.0", "soft")
             assert {layer["state"] for layer in reuse["layers"]} == {"reused"}
+            print(f"    [{mode}] build seconds {[round(b, 2) for b in builds]}, of which queued "
+                  f"{[round(w, 2) for w in waits]}")
             rows.append((mode, statistics.median(builds), statistics.median(cpus), peak, licensed, reuse_seconds,
                          upload))
     f = layer_mb / statistics.median(floors)

@@ -258,8 +258,9 @@ class _FileSink:
     Otherwise writes are buffered and their writeback is started as the file grows.
     Either way the one fsync at the end (``finish_upload``) has little left to wait for."""
 
-    def __init__(self, path: Path, cancelled: threading.Event) -> None:
-        # No O_CREAT: a session cancelled meanwhile must not be resurrected.
+    def __init__(self, path: Path, cancelled: threading.Event, hasher: Any = None) -> None:
+        # ``hasher``: digest what is written, in this thread (an uncompressed layer's
+        # diff_id, off the walker's thread, which seals). No O_CREAT: a session cancelled meanwhile must not be resurrected.
         fd = -1
         if hasattr(os, "O_DIRECT"):
             with contextlib.suppress(OSError):
@@ -272,6 +273,7 @@ class _FileSink:
         self._cancelled = cancelled
         self._queue: queue.Queue[Any] = queue.Queue(_DEPTH * 2)
         self.error: Exception | None = None
+        self.hasher = hasher
         self._thread = threading.Thread(target=self._run, name="layer-write", daemon=True)
         self._thread.start()
 
@@ -287,6 +289,8 @@ class _FileSink:
         while (data := self._queue.get()) is not None:
             if self.error is None:
                 try:
+                    if self.hasher is not None:
+                        self.hasher.update(data)
                     self._write(memoryview(data))
                 except Exception as exc:  # noqa: BLE001 - reported by write() and close()
                     self.error = exc
@@ -603,7 +607,7 @@ def _decompressor(kind: str, raw: _InboxReader, cancelled: threading.Event) -> A
 class _Compressor:
     """The recompression end: a ``write`` sink producing the same codec as the source."""
 
-    def __init__(self, kind: str, out: _OutboxWriter, codec: Codec) -> None:
+    def __init__(self, kind: str, out: _OutboxWriter, codec: Codec, hash_diff: bool = True) -> None:
         self.kind = kind
         self.out = out
         self._blocks: Any = None
@@ -622,10 +626,12 @@ class _Compressor:
             self._stream = out
         # Hashed in the walker's thread: a thread of its own costs more in hand-offs on
         # two cores than it gains (measured).
-        self.diff_hasher = hashlib.sha256()
+        # (Unless the sink hashes an uncompressed layer's bytes in its own thread.)
+        self.diff_hasher = hashlib.sha256() if hash_diff else None
 
     def write(self, data: Any) -> None:
-        self.diff_hasher.update(data)
+        if self.diff_hasher is not None:
+            self.diff_hasher.update(data)
         if self._blocks is None:
             self._stream.write(data)
             return
@@ -876,19 +882,21 @@ async def rewrite_layer(
         sink: _FileSink | None = None
         compressor: _Compressor | None = None
         try:
+            into = output or kind
             if path is not None:
                 try:
-                    sink = _FileSink(path, bridge.cancelled)
+                    sink = _FileSink(path, bridge.cancelled, hashlib.sha256() if into == "tar" else None)
                 except OSError as exc:
                     raise LayerError(f"storage failed: cannot write the new layer: {exc.strerror or exc}") from None
-            into = output or kind
             out = _OutboxWriter(bridge, sink, hashed=into != "tar")
-            compressor = _Compressor(into, out, codec)
+            compressor = _Compressor(into, out, codec, hash_diff=sink is None or sink.hasher is None)
             stats = rewrite_tar(stream, compressor.write, select, seal, limits)
             done, compressor = compressor, None
             done.close()
             _check_source(raw, digest, size)
-            diff_id = "sha256:" + done.diff_hasher.hexdigest()
+            diff_hasher = done.diff_hasher or (sink.hasher if sink is not None else None)
+            assert diff_hasher is not None
+            diff_id = "sha256:" + diff_hasher.hexdigest()
             outcome.update(digest=diff_id if out.hasher is None else "sha256:" + out.hasher.hexdigest(),
                            size=out.size, diff_id=diff_id, codec=into)
             return stats

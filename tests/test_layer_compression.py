@@ -14,10 +14,14 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from packer.layers import LayerError, measure_layer
+from packer.tarstream import TarLimits, compile_globs
 from proxy.app import create_app
+from proxy.backend.filesystem import FilesystemBackend
 from proxy.oci import mediatypes as mt
 from tests.conftest import make_config
 from tests.support.podman import PODMAN, Podman
+from tests.test_layers import put_blob
 from tests.support.tarlayers import MODELS, BuiltImage, Layer, _assemble, plain_layer
 from tests.test_fullbuild_e2e import (
     SKOPEO, blob, descriptor, make_package, manifest, push_generic, run, run_build, write_business,
@@ -154,3 +158,28 @@ async def test_another_business_system_reuses_the_licensed_image(fb_auto, tmp_pa
     licensed, _ = await manifest(fb, business, licensed_digest)
     for layer in licensed["layers"]:
         await blob(fb, business, layer["digest"])
+
+
+async def test_auto_counts_model_files_past_the_first(tmp_path):
+    """Two model files of 40% each: neither alone is half the layer, together they are;
+    a layer without enough model bytes is read to its end (and verified)."""
+
+    backend = FilesystemBackend(tmp_path / "store")
+    await backend.start()
+    try:
+        select = compile_globs([MODELS])
+        tar = plain_layer({"opt/models/a.onnx": os.urandom(40_000), "opt/app/x": os.urandom(20_000),
+                           "opt/models/b.onnx": os.urandom(40_000)})
+        blob_ = gzip.compress(tar, mtime=0)
+        digest = await put_blob(backend, "images/m", blob_)
+        enough = (len(blob_) + 1) // 2
+        assert await measure_layer(backend, "images/m", digest, len(blob_), select, TarLimits(), enough) == \
+            (True, 80_000)
+        assert await measure_layer(backend, "images/m", digest, len(blob_), select, TarLimits(), 0) == (True, 40_000)
+        # Not enough model bytes: read to the end; the source's length is still checked.
+        assert await measure_layer(backend, "images/m", digest, len(blob_), select, TarLimits(), 10**9) == \
+            (True, 80_000)
+        with pytest.raises(LayerError, match="descriptor says"):
+            await measure_layer(backend, "images/m", digest, len(blob_) + 1, select, TarLimits(), 10**9)
+    finally:
+        await backend.close()
