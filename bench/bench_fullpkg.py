@@ -9,13 +9,17 @@ One run starts Debian's docker-registry and ``algomint serve`` in front of it (s
    (target >= 0.85x); then algomint's peak RSS (``VmHWM``) during four concurrent archive
    downloads as the package grows from 256 MiB to 2 GiB (target <= 200 MiB, flat);
 2. full-build throughput (``soft`` license) on an image whose 1 GiB gzip layer holds one
-   1 GiB model file, beside the floor of only decompressing and recompressing that layer
-   with the same codec and settings (isal, level and threads from ``[full_builds]``) in
-   one process (target >= 0.8x). This part runs a second ``algomint serve`` on its
-   embedded filesystem storage, so docker-registry's own hashing and disk writes don't
-   compete for the same cores; the build still reads, verifies, rewrites, hashes and
-   uploads the layer through the storage API, and includes the scan, the manifests, the
-   index and the tags.
+   1 GiB model file, once per ``[full_builds] layer_compression`` value given
+   (``--compression``, default ``auto,gzip``; one ``algomint serve`` on its embedded
+   filesystem storage each), beside the floor of only decompressing and recompressing
+   that layer gzip -> gzip (isal level 1, two compression threads) in one process,
+   measured right after each build (target >= 1.0x). Each build starts from a package a
+   chain assembled (a generic push, two business systems) and runs to ``succeeded``:
+   scan, rewrite with encryption, upload, config, manifests, index, tags. Per mode: the
+   server's CPU-seconds per GB, its peak RSS, the new layer's codec and size, and the
+   seconds the second business system's build takes (it reuses the licensed image);
+   then the CPU-seconds per GB of each stage (inflate, seal, SHA-256, gzip), one thread
+   each, on the same layer.
 
 Needs ``docker-registry`` and ``curl`` (``apt-get install docker-registry curl``).
 MB = 10^6 bytes, MiB = 2^20.
