@@ -104,6 +104,7 @@ class LayerOutcome:
     codec: str  # of the new blob: "gzip", "zstd" or "tar" (uncompressed)
     encrypted: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    tar_size: int = 0  # the source's decompressed bytes
 
 
 class _Cancelled(Exception):
@@ -937,4 +938,4 @@ async def rewrite_layer(
             raise LayerError(f"layer {digest}: storage failed: {exc.message}") from None
         raise
     return LayerOutcome(outcome["digest"], outcome["size"], outcome["diff_id"], outcome["codec"], stats.encrypted,
-                        stats.warnings)
+                        stats.warnings, stats.bytes_in)

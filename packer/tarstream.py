@@ -49,6 +49,8 @@ class TarLimits:
     max_bytes: int = 64 * 1024**3
     max_entries: int = 1_000_000
     max_header_bytes: int = 1024 * 1024
+    # Which limit ``max_bytes`` is, for the error (the tightest of several may apply).
+    max_bytes_reason: str = "the decompressed size limit"
 
 
 class Sealer(Protocol):
@@ -226,8 +228,10 @@ def _pax_record(key: bytes, value: bytes) -> bytes:
 class _Source:
     """Exact reads with the decompressed-size limit enforced as bytes arrive."""
 
-    def __init__(self, src: BinaryIO, limit: int) -> None:
+    def __init__(self, src: BinaryIO, limit: int, reason: str = "the decompressed size limit") -> None:
         self._src = src
+        self.reason = reason
+        self.entry = ""  # the entry whose bytes are being read, for the error
         # Bulk content is taken as it comes (``read1``: no joining, and a source that
         # hands out views of its own blocks copies nothing).
         self._some: Callable[[int], bytes] = getattr(src, "read1", src.read)
@@ -248,7 +252,7 @@ class _Source:
             data = b"".join(parts)
         self.offset += len(data)
         if self.offset > self.limit:
-            raise TarError(f"layer exceeds the decompressed size limit ({self.limit} bytes)")
+            self._over()
         return data
 
     def some(self, n: int) -> bytes:
@@ -256,8 +260,12 @@ class _Source:
         data = self._some(n)
         self.offset += len(data)
         if self.offset > self.limit:
-            raise TarError(f"layer exceeds the decompressed size limit ({self.limit} bytes)")
+            self._over()
         return data
+
+    def _over(self) -> None:
+        where = f" (reading {self.entry[:200]!r})" if self.entry else ""
+        raise TarError(f"layer exceeds {self.reason}: more than {self.limit} bytes decompressed{where}")
 
     def exact(self, n: int, what: str) -> bytes:
         data = self.read(n)
@@ -300,7 +308,7 @@ class _Walker:
         sink: Callable[[bytes], None] | None,
         seal: Callable[[str, int], Sealer] | None,
     ) -> None:
-        self.src = _Source(src, limits.max_bytes)
+        self.src = _Source(src, limits.max_bytes, limits.max_bytes_reason)
         self.limits = limits
         self.select = select
         self.sink = sink
@@ -337,6 +345,7 @@ class _Walker:
         found = False
         first = True
         while True:
+            self.src.entry = ""
             block = self.src.read(BLOCK)
             if not block and first:
                 return False  # an empty layer: a valid, empty tar
@@ -403,6 +412,7 @@ class _Walker:
             if prefix and block[257:263] == b"ustar\0" and not gnu:
                 raw_name = prefix + b"/" + raw_name
         name = _clean(raw_name, "entry")
+        self.src.entry = name
         if typeflag == b"1":
             link = pending.pax.get(b"linkpath", pending.long_link or block[157:257].split(b"\0", 1)[0])
             target = _clean(link, "hard link target")

@@ -26,6 +26,12 @@ class FullBuildConfig(BaseModel):
     # Tar-bomb limits, per layer: decompressed bytes and tar entries.
     max_layer_bytes: int = Field(64 * GiB, gt=0)
     max_entries: int = Field(1_000_000, gt=0)
+    # Decompression bombs: a layer may decompress to this many times its compressed size
+    # (but always to expansion_floor bytes); all rewritten layers of one build together
+    # to max_build_bytes (what a build stores: sealed models no longer compress).
+    max_expansion: int = Field(200, ge=1)
+    expansion_floor: int = Field(64 * MiB, ge=0)
+    max_build_bytes: int = Field(256 * GiB, gt=0)
     # PAX records and GNU long names of one entry.
     max_header_bytes: int = Field(1 * MiB, ge=4096, le=64 * MiB)
     # Recompression: isal gzip level (0-3) and zstd level; threads for compressors.
