@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -267,6 +268,11 @@ class _FileSink:
             with contextlib.suppress(OSError):
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_DIRECT)
         self._stage = mmap.mmap(-1, _STAGE) if fd >= 0 else None  # page-aligned
+        # Direct writes block until the disk has the bytes: one staged buffer is written
+        # by the "layer-disk" thread while the other fills (one write in flight, in order).
+        self._spare = mmap.mmap(-1, _STAGE) if fd >= 0 else None
+        self._disk: Any = None
+        self._inflight: Any = None
         self._fd = fd if fd >= 0 else os.open(path, os.O_WRONLY | os.O_APPEND)
         self._staged = 0
         self._written = 0
@@ -287,6 +293,15 @@ class _FileSink:
 
     def _run(self) -> None:
         # Whatever fails, keep draining until close(): a producer must never block.
+        try:
+            self._drain()
+        finally:
+            with contextlib.suppress(Exception):
+                self._wait_disk()
+            if self._disk is not None:
+                self._disk.shutdown()
+
+    def _drain(self) -> None:
         while (data := self._queue.get()) is not None:
             if self.error is None:
                 try:
@@ -295,9 +310,11 @@ class _FileSink:
                     self._write(memoryview(data))
                 except Exception as exc:  # noqa: BLE001 - reported by write() and close()
                     self.error = exc
-        if self.error is None and self._stage is not None and self._staged:
+        if self.error is None:
             try:
-                self._write_tail()
+                self._wait_disk()
+                if self._stage is not None and self._staged:
+                    self._write_tail()
             except Exception as exc:  # noqa: BLE001 - reported by close()'s caller
                 self.error = exc
 
@@ -308,7 +325,7 @@ class _FileSink:
             self._staged += take
             view = view[take:]
             if self._staged == _STAGE:
-                self._write_staged(_STAGE)
+                self._flush_stage()
                 self._staged = 0
         if view:
             _write_all(self._fd, view)
@@ -317,6 +334,27 @@ class _FileSink:
                 # On Linux this starts writeback of the range; elsewhere only a hint.
                 os.posix_fadvise(self._fd, self._started, self._written - self._started, os.POSIX_FADV_DONTNEED)
                 self._started = self._written
+
+    def _flush_stage(self) -> None:
+        """Write the full stage: the first one here (it finds out whether the filesystem
+        takes direct writes), later ones in the disk thread while the spare fills."""
+        if not self._written and self._disk is None:
+            self._write_staged(_STAGE)
+            if self._stage is not None:
+                self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="layer-disk")
+            return
+        self._wait_disk()
+        stage, self._stage, self._spare = self._stage, self._spare, self._stage
+        self._inflight = self._disk.submit(self._write_direct, stage)
+
+    def _write_direct(self, stage: mmap.mmap) -> None:
+        _write_all(self._fd, memoryview(stage)[:_STAGE])
+        self._written += _STAGE
+
+    def _wait_disk(self) -> None:
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            inflight.result()  # the write's error, if any
 
     def _write_staged(self, n: int) -> None:
         """Write the first ``n`` (aligned) staged bytes directly; if the filesystem
@@ -336,6 +374,7 @@ class _FileSink:
         """The last staged bytes: the aligned part directly, the rest through the page
         cache (a direct write must be a whole number of blocks)."""
         assert self._stage is not None
+        self._wait_disk()
         stage, staged = self._stage, self._staged
         aligned = staged - staged % _ALIGN
         if aligned:

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from packer.layers import LayerError, measure_layer
+from packer.layers import Codec, LayerError, measure_layer, rewrite_layer
 from packer.tarstream import TarLimits, compile_globs
 from proxy.app import create_app
 from proxy.backend.filesystem import FilesystemBackend
 from proxy.oci import mediatypes as mt
 from tests.conftest import make_config
 from tests.support.podman import PODMAN, Podman
-from tests.test_layers import put_blob
+from tests.test_layers import fetch, put_blob, seal
 from tests.support.tarlayers import MODELS, BuiltImage, Layer, _assemble, plain_layer
 from tests.test_fullbuild_e2e import (
     SKOPEO, blob, descriptor, make_package, manifest, push_generic, run, run_build, write_business,
@@ -181,5 +181,58 @@ async def test_auto_counts_model_files_past_the_first(tmp_path):
             (True, 80_000)
         with pytest.raises(LayerError, match="descriptor says"):
             await measure_layer(backend, "images/m", digest, len(blob_) + 1, select, TarLimits(), 10**9)
+    finally:
+        await backend.close()
+
+
+@pytest.mark.parametrize("output", ["tar", "gzip"])
+async def test_large_layer_written_while_the_disk_thread_writes(tmp_path, output):
+    """Several staging buffers: the first written in line, the rest by the disk thread
+    while the next one fills; the bytes stored are the bytes hashed."""
+    backend = FilesystemBackend(tmp_path / "store")
+    await backend.start()
+    try:
+        tar = plain_layer({"opt/models/a.onnx": os.urandom(40_000_003), "etc/x": b"x"})
+        blob_ = gzip.compress(tar, 1)
+        digest = await put_blob(backend, "images/w", blob_)
+        out = await rewrite_layer(backend, "images/w", "images/w", digest, len(blob_), compile_globs([MODELS]), seal,
+                                  TarLimits(), Codec(), None, output)
+        new = await fetch(backend, "images/w", out.digest)
+        assert out.size == len(new) > 40_000_000 and out.codec == output
+        assert out.digest == "sha256:" + hashlib.sha256(new).hexdigest()
+        plain = new if output == "tar" else gzip.decompress(new)
+        assert out.diff_id == "sha256:" + hashlib.sha256(plain).hexdigest()
+        assert (out.digest == out.diff_id) == (output == "tar")
+    finally:
+        await backend.close()
+
+
+async def test_disk_failing_in_the_disk_thread(tmp_path, monkeypatch):
+    import errno
+
+    import packer.layers as layers
+
+    if not hasattr(os, "O_DIRECT"):
+        pytest.skip("no O_DIRECT here")
+    calls = {"n": 0}
+    write_all = layers._write_all
+
+    def failing_later(fd, data):
+        calls["n"] += 1
+        if calls["n"] >= 3:  # the first stage is written in line, later ones in the disk thread
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        write_all(fd, data)
+
+    monkeypatch.setattr(layers, "_write_all", failing_later)
+    backend = FilesystemBackend(tmp_path / "store")
+    await backend.start()
+    try:
+        blob_ = gzip.compress(plain_layer({"opt/models/a.onnx": os.urandom(40_000_000)}), 1)
+        digest = await put_blob(backend, "images/e", blob_)
+        with pytest.raises(LayerError, match="storage failed: cannot write the new layer: Input/output error"):
+            await rewrite_layer(backend, "images/e", "images/e", digest, len(blob_), compile_globs([MODELS]),
+                                seal, TarLimits(), Codec(), None, "tar")
+        uploads = backend._repo_dir("images/e") / "_uploads"
+        assert not uploads.exists() or not any(uploads.iterdir())
     finally:
         await backend.close()
