@@ -6,9 +6,11 @@ and upload sessions in local files (``BlobReader.path``, ``Backend.upload_path``
 bytes never pass through the event loop: the source is read and the new blob written by
 those threads. Otherwise the event loop moves bytes between the backend and two bounded
 queues. Memory per layer is bounded by the queue depth times the chunk size, whatever the
-layer's size. The compressed digest and the ``diff_id`` of the new layer are computed in
-the same pass that produces it; the source blob's digest is verified as it is read unless
-the storage already vouches for it (``BlobReader.verified``; its length is still checked).
+layer's size. The new layer is written in the source's codec or the one asked for
+(``output``: an uncompressed layer's digest is its ``diff_id``, hashed once). Its digest
+and ``diff_id`` are computed in the same pass that produces it; the source blob's digest
+is verified as it is read unless the storage already vouches for it
+(``BlobReader.verified``; its length is still checked).
 
 Dedicated threads (not the default executor) keep a slow build from starving the
 backend's own file I/O, which also runs in executor threads.
@@ -257,12 +259,16 @@ class _FileSink:
     Where the filesystem allows it the file is written with ``O_DIRECT`` from an aligned
     staging buffer: through the page cache the same writes cost several times the CPU
     and reach a fraction of the disk's speed, for a blob nobody reads back soon.
-    Otherwise writes are buffered and their writeback is started as the file grows.
-    Either way the one fsync at the end (``finish_upload``) has little left to wait for."""
+    A direct write returns when the disk has the bytes, so a second staging buffer fills
+    while a "layer-disk" thread writes the first (measured: 0.54-0.94 s against 0.72-1.28
+    s per uncompressed 256 MiB layer under load). Otherwise writes are buffered and their
+    writeback is started as the file grows. Either way the one fsync at the end
+    (``finish_upload``) has little left to wait for."""
 
     def __init__(self, path: Path, cancelled: threading.Event, hasher: Any = None) -> None:
         # ``hasher``: digest what is written, in this thread (an uncompressed layer's
-        # diff_id, off the walker's thread, which seals). No O_CREAT: a session cancelled meanwhile must not be resurrected.
+        # diff_id, off the walker's thread, which seals).
+        # No O_CREAT: a session cancelled meanwhile must not be resurrected.
         fd = -1
         if hasattr(os, "O_DIRECT"):
             with contextlib.suppress(OSError):
@@ -645,7 +651,8 @@ def _decompressor(kind: str, raw: _InboxReader, cancelled: threading.Event) -> A
 
 
 class _Compressor:
-    """The recompression end: a ``write`` sink producing the same codec as the source."""
+    """The output end: a ``write`` sink producing the new layer in ``kind`` ("gzip",
+    "zstd", or "tar": the bytes as they are)."""
 
     def __init__(self, kind: str, out: _OutboxWriter, codec: Codec, hash_diff: bool = True) -> None:
         self.kind = kind
