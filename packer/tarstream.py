@@ -27,6 +27,7 @@ __all__ = [
     "RewriteStats",
     "compile_globs",
     "scan_tar",
+    "measure_tar",
     "rewrite_tar",
     "encode_number",
     "ustar_header",
@@ -48,6 +49,8 @@ class TarLimits:
     max_bytes: int = 64 * 1024**3
     max_entries: int = 1_000_000
     max_header_bytes: int = 1024 * 1024
+    # Which limit ``max_bytes`` is, for the error (the tightest of several may apply).
+    max_bytes_reason: str = "the decompressed size limit"
 
 
 class Sealer(Protocol):
@@ -225,8 +228,10 @@ def _pax_record(key: bytes, value: bytes) -> bytes:
 class _Source:
     """Exact reads with the decompressed-size limit enforced as bytes arrive."""
 
-    def __init__(self, src: BinaryIO, limit: int) -> None:
+    def __init__(self, src: BinaryIO, limit: int, reason: str = "the decompressed size limit") -> None:
         self._src = src
+        self.reason = reason
+        self.entry = ""  # the entry whose bytes are being read, for the error
         # Bulk content is taken as it comes (``read1``: no joining, and a source that
         # hands out views of its own blocks copies nothing).
         self._some: Callable[[int], bytes] = getattr(src, "read1", src.read)
@@ -247,7 +252,7 @@ class _Source:
             data = b"".join(parts)
         self.offset += len(data)
         if self.offset > self.limit:
-            raise TarError(f"layer exceeds the decompressed size limit ({self.limit} bytes)")
+            self._over()
         return data
 
     def some(self, n: int) -> bytes:
@@ -255,8 +260,12 @@ class _Source:
         data = self._some(n)
         self.offset += len(data)
         if self.offset > self.limit:
-            raise TarError(f"layer exceeds the decompressed size limit ({self.limit} bytes)")
+            self._over()
         return data
+
+    def _over(self) -> None:
+        where = f" (reading {self.entry[:200]!r})" if self.entry else ""
+        raise TarError(f"layer exceeds {self.reason}: more than {self.limit} bytes decompressed{where}")
 
     def exact(self, n: int, what: str) -> bytes:
         data = self.read(n)
@@ -299,12 +308,16 @@ class _Walker:
         sink: Callable[[bytes], None] | None,
         seal: Callable[[str, int], Sealer] | None,
     ) -> None:
-        self.src = _Source(src, limits.max_bytes)
+        self.src = _Source(src, limits.max_bytes, limits.max_bytes_reason)
         self.limits = limits
         self.select = select
         self.sink = sink
         self.seal = seal
         self.stats = RewriteStats()
+        # A scan stops once the selected files it passed hold this many bytes (0: at the
+        # first one); ``matched_bytes`` is their total so far.
+        self.enough = 0
+        self.matched_bytes = 0
 
     def emit(self, data: bytes) -> None:
         if self.sink is not None and data:
@@ -332,6 +345,7 @@ class _Walker:
         found = False
         first = True
         while True:
+            self.src.entry = ""
             block = self.src.read(BLOCK)
             if not block and first:
                 return False  # an empty layer: a valid, empty tar
@@ -377,7 +391,7 @@ class _Walker:
                 continue
             if self._entry(block, typeflag, size, pending, stop_at_match):
                 found = True
-                if stop_at_match:
+                if stop_at_match and self.matched_bytes >= self.enough:
                     return True
             pending = _Pending()
 
@@ -398,6 +412,7 @@ class _Walker:
             if prefix and block[257:263] == b"ustar\0" and not gnu:
                 raw_name = prefix + b"/" + raw_name
         name = _clean(raw_name, "entry")
+        self.src.entry = name
         if typeflag == b"1":
             link = pending.pax.get(b"linkpath", pending.long_link or block[157:257].split(b"\0", 1)[0])
             target = _clean(link, "hard link target")
@@ -434,7 +449,10 @@ class _Walker:
             self.emit(extension)
             self.copy(data_size + _padding(data_size), name or "an entry")
             return False
-        if stop_at_match or self.sink is None:
+        if self.sink is None:
+            self.matched_bytes += data_size
+            if not (stop_at_match and self.matched_bytes >= self.enough):
+                self.skip(data_size + _padding(data_size), name)
             return True
         assert self.seal is not None
         sealer = self.seal(name, data_size)
@@ -474,6 +492,15 @@ def scan_tar(src: BinaryIO, select: Callable[[str], bool], limits: TarLimits = T
 
     Validates every header passed on the way (checksums, paths, limits)."""
     return _Walker(src, limits, select, None, None).run(stop_at_match=True)
+
+
+def measure_tar(src: BinaryIO, select: Callable[[str], bool], limits: TarLimits, enough: int) -> tuple[bool, int]:
+    """Whether any regular file matches ``select``, and the matching files' total size,
+    counted until it reaches ``enough`` (the walk stops there) or the tar ends."""
+    walker = _Walker(src, limits, select, None, None)
+    walker.enough = enough
+    found = walker.run(stop_at_match=True)
+    return found, walker.matched_bytes
 
 
 def rewrite_tar(

@@ -41,7 +41,7 @@ from proxy.oci.reference import sha256_digest
 from proxy.service.policy import SYSTEM, Action, PolicyChain, Principal, Request as PolicyRequest
 from proxy.service.registry import RegistryService
 
-from ..layers import TAR_LAYER_TYPES, Codec, LayerError, rewrite_layer, scan_layer
+from ..layers import OUTPUT_MEDIA_TYPES, TAR_LAYER_TYPES, Codec, LayerError, measure_layer, rewrite_layer
 from ..licensing.envelope import KEY_ID_SIZE, Encryptor
 from ..licensing.licenser import Licenser
 from ..licensing.settings import LicenseConfig
@@ -74,6 +74,7 @@ class Tracker:
     def __init__(self) -> None:
         self.layers: dict[tuple[str, int], LayerProgress] = {}
         self.dirty = False
+        self.expanded = 0  # decompressed bytes of the layers rewritten so far (max_build_bytes)
 
     def add(self, image: str, position: int, digest: str, size: int) -> LayerProgress:
         progress = LayerProgress(image, position, digest, size)
@@ -148,7 +149,6 @@ class FullBuilder:
         self.licenses = licenses
         self.settings = settings
         self.ns = namespaces
-        self.limits = TarLimits(settings.max_layer_bytes, settings.max_entries, settings.max_header_bytes)
         self.codec = Codec(settings.gzip_level, settings.zstd_level, settings.threads)
 
     # -- request validation (before anything is queued) ------------------------------------
@@ -495,21 +495,24 @@ class FullBuilder:
             where = f"{image.label} layer {position} ({layer.digest})"
             if layer.media_type not in TAR_LAYER_TYPES:
                 raise BuildError(f"{where}: media type {layer.media_type} is not a tar layer")
+            limits = self._limits(layer.size, tracker.expanded)
             try:
                 tracker.set(progress, "scanning", 0)
-                found = await scan_layer(self.backend, repo, layer.digest, layer.size, select, self.limits,
-                                         tracker.advance(progress))
+                found, output = await self._scan(repo, layer.digest, layer.size, select, limits,
+                                                 tracker.advance(progress))
                 if not found:
                     tracker.set(progress, "reused", layer.size)
                     continue
                 tracker.set(progress, "rewriting", 0)
                 out = await rewrite_layer(self.backend, repo, repo, layer.digest, layer.size, select, seal,
-                                          self.limits, self.codec, tracker.advance(progress))
+                                          limits, self.codec, tracker.advance(progress), output)
+                tracker.expanded += out.tar_size
             except LayerError as exc:
                 tracker.set(progress, "failed")
                 raise BuildError(f"{where}: {exc}") from None
             entry = {k: v for k, v in layers_json[position].items() if k != "urls"}
-            entry.update(digest=out.digest, size=out.size)
+            entry.update(digest=out.digest, size=out.size,
+                         mediaType=OUTPUT_MEDIA_TYPES[out.codec][0 if image.data.media_type == mt.OCI_MANIFEST else 1])
             layers_json[position] = entry
             diff_ids[position] = out.diff_id
             progress.result_digest, progress.diff_id, progress.encrypted = out.digest, out.diff_id, len(out.encrypted)
@@ -544,6 +547,34 @@ class FullBuilder:
         data = _json(doc)
         digest = await self._put_manifest(repo, sha256_digest(data), data, image.data.media_type, runtime.principal)
         return ManifestData(digest, image.data.media_type, data)
+
+    def _limits(self, size: int, expanded: int) -> TarLimits:
+        """The tar limits of one layer of ``size`` compressed bytes, after the build has
+        rewritten ``expanded`` decompressed bytes: the tightest of the per-layer size, the
+        expansion ratio and what is left of the build's total, named for the error."""
+        s = self.settings
+        caps = [
+            (s.max_layer_bytes, f"[full_builds] max_layer_bytes"),
+            (max(s.expansion_floor, s.max_expansion * size),
+             f"[full_builds] max_expansion ({s.max_expansion} times its {size} compressed bytes)"),
+            (s.max_build_bytes - expanded,
+             f"[full_builds] max_build_bytes (all rewritten layers of the build, {expanded} bytes before this one)"),
+        ]
+        limit, reason = min(caps, key=lambda cap: cap[0])
+        return TarLimits(max(limit, 0), s.max_entries, s.max_header_bytes, reason)
+
+    async def _scan(self, repo: str, digest: str, size: int, select: Callable[[str], bool], limits: TarLimits,
+                    progress: Callable[[int], None]) -> tuple[bool, str | None]:
+        """Whether the layer has a model file, and the codec its rewrite is written in
+        (None: the source's own). ``auto`` counts the model bytes up to half the layer's
+        compressed size: past that, encrypted bytes, which no codec shrinks, are most of
+        the new layer, so compressing it would cost CPU for next to nothing."""
+        mode = self.settings.layer_compression
+        enough = (size + 1) // 2 if mode == "auto" else 0
+        found, matched = await measure_layer(self.backend, repo, digest, size, select, limits, enough, progress)
+        if mode == "auto":
+            return found, "tar" if matched >= enough else None
+        return found, {"none": "tar", "gzip": "gzip", "zstd": "zstd"}[mode]
 
     async def _platform(self, runtime: _Runtime) -> dict[str, Any] | None:
         if len(runtime.licensed_children) != 1 or runtime.licensed is not runtime.licensed_children[0][0]:

@@ -5,6 +5,7 @@ Imports nothing heavy, so ``proxy.config`` can include it cheaply."""
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -25,12 +26,22 @@ class FullBuildConfig(BaseModel):
     # Tar-bomb limits, per layer: decompressed bytes and tar entries.
     max_layer_bytes: int = Field(64 * GiB, gt=0)
     max_entries: int = Field(1_000_000, gt=0)
+    # Decompression bombs: a layer may decompress to this many times its compressed size
+    # (but always to expansion_floor bytes); all rewritten layers of one build together
+    # to max_build_bytes (what a build stores: sealed models no longer compress).
+    max_expansion: int = Field(200, ge=1)
+    expansion_floor: int = Field(64 * MiB, ge=0)
+    max_build_bytes: int = Field(256 * GiB, gt=0)
     # PAX records and GNU long names of one entry.
     max_header_bytes: int = Field(1 * MiB, ge=4096, le=64 * MiB)
     # Recompression: isal gzip level (0-3) and zstd level; threads for compressors.
     gzip_level: int = Field(1, ge=0, le=3)
     zstd_level: int = Field(3, ge=1, le=19)
     threads: int = Field(2, ge=1, le=64)
+    # The codec of rewritten layers. "auto": uncompressed when the sealed (encrypted,
+    # incompressible) files are at least half of the source layer's compressed size,
+    # else the source's own codec; "none" always uncompressed; "gzip" / "zstd" always that.
+    layer_compression: Literal["auto", "gzip", "zstd", "none"] = "auto"
     poll_interval: float = Field(5.0, gt=0)
     # Model globs always encrypted, by image repository glob ("images/team-b/**"), on top
     # of what the generic package's descriptor names: an owner's floor no package can lower.
