@@ -554,7 +554,7 @@ class FullBuilder:
         expansion ratio and what is left of the build's total, named for the error."""
         s = self.settings
         caps = [
-            (s.max_layer_bytes, f"[full_builds] max_layer_bytes"),
+            (s.max_layer_bytes, "[full_builds] max_layer_bytes"),
             (max(s.expansion_floor, s.max_expansion * size),
              f"[full_builds] max_expansion ({s.max_expansion} times its {size} compressed bytes)"),
             (s.max_build_bytes - expanded,
