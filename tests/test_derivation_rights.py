@@ -175,7 +175,7 @@ async def env(aiohttp_client, tmp_path: Path, backend_kind: str, request: pytest
 async def test_chains_read_only_what_their_owner_may_pull(env: Env):
     U = env.u
     client = env.client
-    await env.plugin("door-form", "door", {"form.json": b'{"door": true}'})
+    await env.plugin("door-form", "door", {"form.json": b"{}"})
     await env.plugin("fugitive-secret", "fugitive", {"secret.txt": b"fugitive only"})
 
     # A glob covering another team's sources, or a plugin of another system: 403, nothing stored.
