@@ -71,3 +71,22 @@ def test_cli_as_scripts_use_it(tmp_path):
         stderr = proc.stderr.read().decode()
         assert proc.wait(30) == 0, stderr
         assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+def test_local_failures_read_without_a_status(tmp_path):
+    """Errors that never reached a server (nothing listening, a bootstrap refused) name the
+    cause alone: no HTTP status of 0 in front of it."""
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nobody listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    down = _cli("admin", "whoami", env={"ALGOMINT_URL": f"http://127.0.0.1:{port}", "ALGOMINT_TOKEN": "amt_x_y"})
+    assert down.returncode == 1
+    assert down.stderr.startswith("algomint: unreachable: "), down.stderr
+    config = tmp_path / "algomint.toml"
+    config.write_text(_config(tmp_path))
+    assert _cli("admin", "bootstrap", "--config", str(config), env={}).returncode == 0
+    again = _cli("admin", "bootstrap", "--config", str(config), env={})
+    assert again.returncode == 1
+    assert again.stderr.startswith("algomint: bootstrapped: users exist already"), again.stderr

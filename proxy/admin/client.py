@@ -13,8 +13,11 @@ __all__ = ["AdminClient", "AdminError"]
 
 
 class AdminError(Exception):
+    """A refused or failed request; ``status`` 0 means no server answered (or the CLI
+    refused on its own), so the message carries no status."""
+
     def __init__(self, status: int, code: str, message: str, detail: Any = None) -> None:
-        super().__init__(f"{status} {code}: {message}")
+        super().__init__(f"{status} {code}: {message}" if status else f"{code}: {message}")
         self.status, self.code, self.message, self.detail = status, code, message, detail
 
 
