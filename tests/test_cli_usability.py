@@ -64,6 +64,15 @@ def test_cli_as_scripts_use_it(tmp_path):
         loaded = json.loads(chains.stdout)["file"]["loaded_at"]
         assert loaded is None or ISO.fullmatch(loaded)
 
+        # `--json` (and the connection options) work where the README puts them: after the command.
+        after = _cli("admin", "catalog", "--json", "--url", server.url, env={"ALGOMINT_TOKEN": token})
+        assert after.returncode == 0, after.stderr
+        assert json.loads(after.stdout) == []
+        listed = _cli("admin", "users", "list", "--json", env=env)
+        assert listed.returncode == 0 and any(u["name"] == "alice" for u in json.loads(listed.stdout)), listed.stdout
+        table = _cli("admin", "--json", "users", "list", env=env)
+        assert json.loads(table.stdout) == json.loads(listed.stdout)
+
         # `algomint admin … | head`: the reader closes the pipe before anything is written.
         proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "admin", "--json", "users", "list"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
