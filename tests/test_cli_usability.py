@@ -99,3 +99,10 @@ def test_local_failures_read_without_a_status(tmp_path):
     again = _cli("admin", "bootstrap", "--config", str(config), env={})
     assert again.returncode == 1
     assert again.stderr.startswith("algomint: bootstrapped: users exist already"), again.stderr
+
+
+def test_a_server_url_without_http_scheme_is_refused_before_any_request():
+    for url in ("127.0.0.1:5000", "ftp://127.0.0.1/", "http://"):
+        run = _cli("admin", "whoami", env={"ALGOMINT_URL": url, "ALGOMINT_TOKEN": "amt_x_y"})
+        assert run.returncode == 1, run.stderr
+        assert run.stderr.startswith(f"algomint: url: the server URL must be http(s)://HOST[:PORT], not {url!r}"), run.stderr
