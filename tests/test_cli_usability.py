@@ -106,3 +106,47 @@ def test_a_server_url_without_http_scheme_is_refused_before_any_request():
         run = _cli("admin", "whoami", env={"ALGOMINT_URL": url, "ALGOMINT_TOKEN": "amt_x_y"})
         assert run.returncode == 1, run.stderr
         assert run.stderr.startswith(f"algomint: url: the server URL must be http(s)://HOST[:PORT], not {url!r}"), run.stderr
+
+
+def _on_a_terminal(argv: list[str], keys: bytes, env: dict[str, str]) -> tuple[int, str]:
+    """Run the CLI with a pseudo-terminal as its controlling terminal, type ``keys`` once
+    it prompts, and return its exit status and everything it wrote."""
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its stdin, stdout, stderr and /dev/tty are the terminal
+        os.execve(sys.executable, [sys.executable, "-m", "proxy.cli", *argv], {**os.environ, **env})
+    output, sent, deadline = b"", False, time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        if not sent and b"Password:" in output:
+            os.write(fd, keys)
+            sent = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def test_end_of_input_at_a_password_prompt_is_a_message_not_a_traceback():
+    env = {"ALGOMINT_URL": "http://127.0.0.1:1", "ALGOMINT_TOKEN": "amt_x_y"}  # no request is made
+    code, output = _on_a_terminal(["admin", "users", "create", "carol"], b"\x04", env)  # Ctrl-D
+    assert code == 1, output
+    assert "Traceback" not in output and "EOFError" not in output, output
+    assert "algomint: no-password: no password entered" in output, output
+
+
+def test_ctrl_c_at_a_password_prompt_stops_quietly():
+    env = {"ALGOMINT_URL": "http://127.0.0.1:1", "ALGOMINT_TOKEN": "amt_x_y"}  # no request is made
+    code, output = _on_a_terminal(["admin", "users", "create", "carol"], b"\x03", env)  # Ctrl-C
+    assert code == 130, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
