@@ -92,6 +92,10 @@ def options_model(model: type[BaseModel], artifact: "PluginArtifact") -> Any:
         raise PluginError(f"{artifact.ref}: invalid {artifact.config.kind} options: {where}: {err['msg']}") from None
 
 
+# The digest of a plugin checked before it is written (it has none yet).
+_DRAFT = "sha256:" + "0" * 64
+
+
 @dataclass(frozen=True)
 class PluginArtifact:
     repository: str
@@ -101,6 +105,9 @@ class PluginArtifact:
 
     @property
     def ref(self) -> str:
+        # A draft is named by the version being pushed, never by a made-up digest.
+        if self.digest == _DRAFT:
+            return f"{self.repository}:{self.config.version}"
         return f"{self.repository}@{self.digest}"
 
 
@@ -239,7 +246,7 @@ class PluginStore:
         """Write ``plugins/<name>:<version>`` after checking that its kind accepts the options."""
         repository = self.prefix + name
         package = Package(config.model_dump(mode="json"), dict(files), {}, mt.PLUGIN, mt.PLUGIN_CONFIG)
-        draft = PluginArtifact(repository, "sha256:" + "0" * 64, config, package.files)
+        draft = PluginArtifact(repository, _DRAFT, config, package.files)
         await _verify(importlib.import_module(KINDS[config.kind]).setup(draft, env))
         try:
             return await write_package(self.service, repository, config.version, package, cap=self.cap, actor=None)

@@ -83,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return code
+    except KeyboardInterrupt:
+        # Ctrl-C at a prompt or during a command: stop, as a shell command does (128 + SIGINT).
+        print(file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader went away (`algomint admin … | head`): its choice, not a failure. Point
         # stdout at /dev/null so the interpreter's final flush does not complain either.

@@ -227,7 +227,10 @@ async def test_plugins_api(client):
     assert version["files"][0]["path"] == "t.py"
     bad = await client.post("/api/v1/plugins", json={"name": f"q-{uid}", "version": "1.0", "kind": "function",
                                                      "files": [{"path": "t.py", "data": "eCA9ICg="}]})
-    assert bad.status == 422 and "does not compile" in (await bad.json())["error"]["detail"]["fields"][0]["message"]
+    message = (await bad.json())["error"]["detail"]["fields"][0]["message"]
+    assert bad.status == 422 and "does not compile" in message
+    # A refused push names the version asked for, never a made-up digest.
+    assert message.startswith(f"plugins/q-{uid}:1.0: ") and "sha256:" not in message, message
     assert (await client.get(f"/api/v1/plugins/none-{uid}")).status == 404
 
 

@@ -26,15 +26,40 @@ def add_admin_parser(commands: argparse._SubParsersAction) -> None:
     import importlib
 
     admin = commands.add_parser("admin", help="drive the management API")
-    admin.add_argument("--url", default=os.environ.get("ALGOMINT_URL", "http://127.0.0.1:5000"), help="server URL (env ALGOMINT_URL)")
-    admin.add_argument("--token", default=os.environ.get("ALGOMINT_TOKEN"), help="API token (env ALGOMINT_TOKEN)")
-    admin.add_argument("--user", default=os.environ.get("ALGOMINT_USER"), help="user for Basic auth instead of a token")
-    admin.add_argument("--password", default=os.environ.get("ALGOMINT_PASSWORD"), help="password for --user (env ALGOMINT_PASSWORD)")
-    admin.add_argument("--json", action="store_true", help="print raw JSON instead of tables")
+    _add_common(admin, defaults=True)
     areas = admin.add_subparsers(dest="area", required=True)
     for area in AREAS:
         importlib.import_module(f"{__name__}.{area}").register(areas)
+    for leaf in _leaves(admin):
+        _add_common(leaf, defaults=False)
     admin.set_defaults(func=run_admin)
+
+
+def _add_common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The connection and output options, accepted before the area (``admin --json users
+    list``) and after the command (``admin users list --json``). On a command they default
+    to SUPPRESS, so an option not given there keeps the value given before the area."""
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--url", default=default(os.environ.get("ALGOMINT_URL", "http://127.0.0.1:5000")),
+                        help="server URL (env ALGOMINT_URL)")
+    parser.add_argument("--token", default=default(os.environ.get("ALGOMINT_TOKEN")), help="API token (env ALGOMINT_TOKEN)")
+    parser.add_argument("--user", default=default(os.environ.get("ALGOMINT_USER")), help="user for Basic auth instead of a token")
+    parser.add_argument("--password", default=default(os.environ.get("ALGOMINT_PASSWORD")),
+                        help="password for --user (env ALGOMINT_PASSWORD)")
+    parser.add_argument("--json", action="store_true", default=default(False), help="print raw JSON instead of tables")
+
+
+def _leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The command parsers under ``parser``: those without subcommands of their own."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases repeat a parser
+                found.extend(_leaves(child) if any(isinstance(a, argparse._SubParsersAction) for a in child._actions)
+                             else [child])
+    return found
 
 
 def run_admin(args: argparse.Namespace) -> int:

@@ -13,14 +13,18 @@ __all__ = ["AdminClient", "AdminError"]
 
 
 class AdminError(Exception):
+    """A refused or failed request; ``status`` 0 means no server answered (or the CLI
+    refused on its own), so the message carries no status."""
+
     def __init__(self, status: int, code: str, message: str, detail: Any = None) -> None:
-        super().__init__(f"{status} {code}: {message}")
+        super().__init__(f"{status} {code}: {message}" if status else f"{code}: {message}")
         self.status, self.code, self.message, self.detail = status, code, message, detail
 
 
 class AdminClient:
     def __init__(self, url: str, *, token: str | None = None, user: str | None = None, password: str | None = None,
                  timeout: float = 60) -> None:
+        self.url = url
         self.base = url.rstrip("/") + "/api/v1"
         self.timeout = timeout
         self.headers = {"Accept": "application/json", "User-Agent": "algomint-cli"}
@@ -31,6 +35,12 @@ class AdminClient:
             self.headers["Authorization"] = f"Basic {basic}"
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            # Checked before any request (offline commands never get here): urllib would
+            # read "host:port" as a scheme, and speak FTP or read files for others.
+            raise AdminError(0, "url", f"the server URL must be http(s)://HOST[:PORT], not {self.url!r} "
+                             "(--url or ALGOMINT_URL)")
         url = self.base + path
         if query:
             url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None}, doseq=True)

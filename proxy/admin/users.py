@@ -31,11 +31,19 @@ def _piped(args: argparse.Namespace) -> bool:
     return bool(args.password_stdin) or not sys.stdin.isatty()
 
 
+def _ask(prompt: str) -> str:
+    """A password typed on the terminal; end of input (Ctrl-D) is an answer, not a crash."""
+    try:
+        return getpass.getpass(prompt)
+    except EOFError:
+        raise AdminError(0, "no-password", "no password entered") from None
+
+
 def read_password(args: argparse.Namespace, prompt: str = "Password: ") -> str:
     if _piped(args):
         return _stdin_line("password")
-    first = getpass.getpass(prompt)
-    if getpass.getpass("Again: ") != first:
+    first = _ask(prompt)
+    if _ask("Again: ") != first:
         raise AdminError(0, "mismatch", "the two passwords differ")
     return first
 
@@ -117,7 +125,7 @@ def _passwd(args: argparse.Namespace, client: AdminClient, out: Output) -> None:
     body: dict[str, Any] = {}
     if me == args.name:
         body["current_password"] = (_stdin_line("current password") if _piped(args)
-                                    else getpass.getpass("Current password: "))
+                                    else _ask("Current password: "))
     body["password"] = read_password(args, "New password: ")
     client.put(f"/users/{args.name}/password", body)
     out.message(f"password of {args.name} changed")
