@@ -40,6 +40,7 @@ from .service import journal, referrers
 from .service.events import EventBus
 from .service.policy import AllowAll, PolicyChain
 from .service.registry import RegistryService
+from .ui import setup_ui
 
 __all__ = ["create_app", "BACKEND"]
 
@@ -94,6 +95,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     routers += [chains.router, plugins.router, assemblies.router, subscriptions.router]
     manage.mount(app, routers)
     app[OPENAPI] = build_document(routers)
+    setup_ui(app, routers)  # the web console, over the same routes and policy
     return app
 
 

@@ -1,0 +1,47 @@
+"""Calling the management API's own route handlers from console pages.
+
+A page does not re-implement what an API route decides: it runs the route's access check
+and its handler against the console request (whose principal came from the session), and
+reads the JSON the API would have answered. Refusals come back as the same ``ApiError``
+or ``RegistryError`` with the same status. ``query`` replaces the request's query string
+for the call (filters a page sets itself); path parameters are the console route's own,
+which is why console routes use the API's parameter names (``{name}``, ``{id}``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from ..api.manage.router import ApiRoute, ApiRouter, check_access
+
+__all__ = ["Bridge"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Bridge:
+    def __init__(self, routers: list[ApiRouter]) -> None:
+        self._routes: dict[Handler, ApiRoute] = {r.handler: r for router in routers for r in router.routes}
+
+    def route(self, handler: Handler) -> ApiRoute:
+        try:
+            return self._routes[handler]
+        except KeyError:
+            raise LookupError(f"{handler.__name__} is not a mounted management route") from None
+
+    async def respond(self, request: web.Request, handler: Handler,
+                      query: Mapping[str, str] | None = None) -> web.StreamResponse:
+        """The API's own response (e.g. a streamed archive) for this console request."""
+        route = self.route(handler)
+        if query is not None:
+            request = request.clone(rel_url=request.rel_url.with_query(dict(query)))
+        await check_access(request, route.action)
+        return await route.handler(request)
+
+    async def call(self, request: web.Request, handler: Handler, query: Mapping[str, str] | None = None) -> Any:
+        """The decoded JSON body the API answers this caller."""
+        response = await self.respond(request, handler, query)
+        assert isinstance(response, web.Response)
+        return json.loads(response.text) if response.text else None

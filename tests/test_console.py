@@ -1,0 +1,174 @@
+"""The web console: sign-in, sessions, CSRF, and permission filtering on every page."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+
+from proxy.app import create_app
+from proxy.ui.sessions import COOKIE
+from tests.conftest import make_config
+from tests.support.auth import ADMIN, auth_env, basic, password_of, seed_image  # noqa: F401 - auth_env is a fixture
+
+_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+@pytest.fixture
+def backend_kind() -> str:
+    return "filesystem"
+
+
+async def sign_in(client, user: str, password: str | None = None) -> None:
+    form = await client.get("/ui/login")
+    assert form.status == 200
+    csrf = _CSRF.search(await form.text()).group(1)
+    resp = await client.post("/ui/login", data={"csrf": csrf, "username": user,
+                                                "password": password_of(user) if password is None else password},
+                             allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+
+
+async def csrf_of(client, path: str = "/ui/algorithms") -> str:
+    return _CSRF.search(await (await client.get(path)).text()).group(1)
+
+
+async def test_pages_need_sign_in_and_cookie_is_protected(auth_env):
+    client = auth_env.client
+    resp = await client.get("/ui/algorithms", allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"].startswith("/ui/login?next=")
+    cookie = resp.headers["Set-Cookie"]
+    form = await client.get("/ui/login")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/ui" in cookie
+    assert "default-src 'self'" in form.headers["Content-Security-Policy"]
+    await sign_in(client, ADMIN)
+    resp = await client.get("/ui/algorithms")
+    assert resp.status == 200 and "Signed in as" in await resp.text()
+
+
+async def test_wrong_password_is_refused_and_throttled_like_the_api(auth_env):
+    client = auth_env.client
+    form = await client.get("/ui/login")
+    csrf = _CSRF.search(await form.text()).group(1)
+    resp = await client.post("/ui/login", data={"csrf": csrf, "username": "alg", "password": "nope"})
+    assert resp.status == 401 and "invalid username or password" in await resp.text()
+    # The same throttle object as the API's: failures through the console count for Basic too.
+    from proxy.auth.state import AUTH
+    assert auth_env.app[AUTH].throttle._pairs  # the failure was recorded for (alg, address)
+    records = await auth_env.audit(action="login")
+    assert any(r["outcome"] == "denied" and r["actor"] == "alg" for r in records)
+
+
+async def test_form_post_without_csrf_token_is_refused(auth_env):
+    client = auth_env.client
+    form = await client.get("/ui/login")
+    resp = await client.post("/ui/login", data={"username": ADMIN, "password": password_of(ADMIN)})
+    assert resp.status == 403
+    csrf = _CSRF.search(await form.text()).group(1)
+    resp = await client.post("/ui/login", data={"csrf": csrf + "x", "username": ADMIN, "password": password_of(ADMIN)})
+    assert resp.status == 403
+    await sign_in(client, ADMIN)
+    # Signed in, a post without the token (or with the pre-sign-in one) still fails.
+    resp = await client.post("/ui/builds", data={"package": "business/x/y:1", "license": "full"})
+    assert resp.status == 403
+    resp = await client.post("/ui/builds", data={"csrf": csrf, "package": "business/x/y:1", "license": "full"})
+    assert resp.status == 403
+    resp = await client.post("/ui/logout", data={})
+    assert resp.status == 403
+    assert (await client.get("/ui/algorithms", allow_redirects=False)).status == 200
+
+
+async def test_sign_out_ends_the_session(auth_env):
+    client = auth_env.client
+    await sign_in(client, ADMIN)
+    old = client.session.cookie_jar.filter_cookies(client.make_url("/ui/"))[COOKIE].value
+    csrf = await csrf_of(client)
+    resp = await client.post("/ui/logout", data={"csrf": csrf}, allow_redirects=False)
+    assert resp.status == 303
+    # The old session id is dead even when presented again.
+    client.session.cookie_jar.update_cookies({COOKIE: old}, client.make_url("/ui/"))
+    resp = await client.get("/ui/algorithms", allow_redirects=False)
+    assert resp.status == 303 and "/ui/login" in resp.headers["Location"]
+
+
+async def test_idle_session_expires(aiohttp_client, tmp_path):
+    from tests.support.auth import auth_config
+    app = create_app(auth_config(tmp_path, "filesystem", ui__session_idle=0.5))
+    client = await aiohttp_client(app)
+    await sign_in(client, ADMIN)
+    assert (await client.get("/ui/algorithms", allow_redirects=False)).status == 200
+    import asyncio
+    await asyncio.sleep(0.8)
+    resp = await client.get("/ui/algorithms", allow_redirects=False)
+    assert resp.status == 303 and "/ui/login" in resp.headers["Location"]
+
+
+async def test_session_ends_when_the_password_changes(auth_env):
+    client = auth_env.client
+    await sign_in(client, "alg")
+    assert (await client.get("/ui/algorithms", allow_redirects=False)).status == 200
+    resp = await client.put("/api/v1/users/alg/password", json={"password": "a-new-password-for-alg"},
+                            headers=basic(ADMIN))
+    assert resp.status in (200, 204), await resp.text()
+    assert (await client.get("/ui/algorithms", allow_redirects=False)).status == 303
+
+
+async def test_console_session_is_not_accepted_by_the_api_or_v2(auth_env):
+    client = auth_env.client
+    await sign_in(client, ADMIN)
+    assert (await client.get("/api/v1/users")).status == 401
+    assert (await client.get("/v2/_catalog")).status == 401
+
+
+async def test_business_dev_sees_only_readable_repositories(auth_env):
+    app, client = auth_env.app, auth_env.client
+    await seed_image(app, "generic/visible", "1.0")
+    await seed_image(app, "generic/secret", "1.0")
+    await seed_image(app, "business/door/visible", "1.0")
+    # biz may read business/** by default but no generic repository until granted one.
+    resp = await client.post("/api/v1/grants", json={"subject": "biz", "role": "consumer", "pattern": "generic/visible"},
+                             headers=basic(ADMIN))
+    assert resp.status == 201, await resp.text()
+    await sign_in(client, "biz")
+    text = await (await client.get("/ui/algorithms")).text()
+    assert "generic/visible" in text and "generic/secret" not in text
+    # Guessing URLs: the unreadable repository answers exactly like a missing one.
+    secret = await client.get("/ui/repositories/generic/secret")
+    missing = await client.get("/ui/repositories/generic/nothing-here")
+    assert secret.status == missing.status == 404
+    assert (await client.get("/ui/repositories/generic/secret?tag=1.0")).status == 404
+    assert (await client.get("/ui/archive/generic/secret:1.0")).status in (403, 404)
+    assert (await client.get("/ui/repositories/generic/visible?tag=1.0")).status == 200
+    # Admin pages are the API's admins-only routes.
+    for path in ("/ui/admin/users", "/ui/admin/grants", "/ui/admin/audit", "/ui/builds"):
+        resp = await client.get(path)
+        assert resp.status == 403, path
+
+
+async def test_admin_sees_everything_and_downloads_an_archive(auth_env):
+    app, client = auth_env.app, auth_env.client
+    digest = await seed_image(app, "generic/face", "1.0")
+    await sign_in(client, ADMIN)
+    text = await (await client.get("/ui/algorithms")).text()
+    assert "generic/face" in text
+    page = await (await client.get("/ui/repositories/generic/face?tag=1.0")).text()
+    assert digest in page and f"/ui/archive/generic/face@{digest}" in page
+    archive = await client.get(f"/ui/archive/generic/face@{digest}")
+    assert archive.status == 200
+    api = await client.get(f"/api/v1/archive/generic/face@{digest}", headers=basic(ADMIN))
+    assert await archive.read() == await api.read()
+    users = await (await client.get("/ui/admin/users")).text()
+    assert "biz" in users and "alg" in users
+
+
+async def test_auth_off_console_is_open_with_a_banner(aiohttp_client, tmp_path):
+    client = await aiohttp_client(create_app(make_config(tmp_path, "filesystem")))
+    resp = await client.get("/ui/algorithms")
+    assert resp.status == 200 and "Authentication is off" in await resp.text()
+
+
+async def test_console_can_be_turned_off(aiohttp_client, tmp_path):
+    client = await aiohttp_client(create_app(make_config(tmp_path, "filesystem", ui__enabled=False)))
+    assert (await client.get("/ui/algorithms")).status == 404
