@@ -18,7 +18,7 @@ from . import admin, jobs, repositories, signin, systems
 from .bridge import Bridge
 from .filters import FILTERS
 from .sessions import SessionStore
-from .web import SESSIONS, page
+from .context import SESSIONS, page
 
 __all__ = ["setup_ui"]
 

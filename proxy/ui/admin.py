@@ -7,7 +7,7 @@ from aiohttp import web
 
 from ..api.manage import audit, grants, users
 from .systems import BRIDGE
-from .web import page, render
+from .context import page, render
 
 __all__ = ["add_routes"]
 

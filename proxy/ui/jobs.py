@@ -14,7 +14,7 @@ from ..api.manage.access import caller
 from ..api.manage.errors import ApiError
 from ..api.manage.fullbuilds import FULL_BUILDS
 from .systems import BRIDGE
-from .web import SESSION, page, render
+from .context import SESSION, page, render
 
 __all__ = ["add_routes"]
 

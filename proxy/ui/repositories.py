@@ -20,7 +20,7 @@ from ..oci.errors import Errors, RegistryError
 from ..oci.manifest import Descriptor, parse_manifest
 from ..oci.reference import NAME_RE, parse_digest
 from ..service.policy import Action
-from .web import page, render
+from .context import page, render
 
 __all__ = ["add_routes", "readable_repositories", "PAGE"]
 

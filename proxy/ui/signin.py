@@ -15,7 +15,7 @@ from ..audit.middleware import record_request
 from ..auth.authenticator import AuthFailure
 from ..auth.state import AUTH
 from .sessions import COOKIE
-from .web import SESSION, SESSIONS, auth_on, page, redirect, render, set_session_cookie
+from .context import SESSION, SESSIONS, auth_on, page, redirect, render, set_session_cookie
 
 __all__ = ["add_routes"]
 

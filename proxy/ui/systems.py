@@ -9,7 +9,7 @@ from ..api.manage import assemblies, chains
 from ..api.state import CONFIG
 from .bridge import Bridge
 from .repositories import readable_repositories
-from .web import page, render
+from .context import page, render
 
 __all__ = ["add_routes"]
 

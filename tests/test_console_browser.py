@@ -1,0 +1,146 @@
+"""The console in a real browser: Debian's chromium + chromium-driver through selenium, headless.
+
+Flows: sign in; an algorithm pushed with the oras SDK appears, and so does the business
+package its chain assembles; a business developer fails to reach an admin page. Screenshots
+of the main pages go to ``docs/console/`` (shown in the README). Without chromium the test
+skips, except in CI (``CI`` set), where a missing browser is a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.support.auth import ADMIN, auth_env, basic, password_of  # noqa: F401 - auth_env is a fixture
+from tests.support.packer import wait_for
+
+SHOTS = Path(__file__).resolve().parent.parent / "docs" / "console"
+_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+          "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900")
+
+
+@pytest.fixture
+def backend_kind() -> str:
+    return "filesystem"
+
+
+def _browser_or_skip() -> tuple[str, str]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium and driver:
+        return chromium, driver
+    if os.environ.get("CI"):
+        pytest.fail("chromium and chromium-driver are required in CI (.ci/run installs them)")
+    pytest.skip("chromium / chromium-driver not installed")
+
+
+def _driver(chromium: str, driver: str, profile: str):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (*_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path=driver), options=options)
+
+
+async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
+    chromium, chromedriver = _browser_or_skip()
+    import oras.provider
+    from selenium.webdriver.common.by import By
+
+    client = auth_env.client
+    host = f"127.0.0.1:{client.server.port}"
+    base = f"http://{host}"
+    plugin = {"name": "door-form", "version": "1.0", "kind": "file",
+              "files": [{"path": "form.json", "data": base64.b64encode(b'{"site": "hq"}').decode()}]}
+    resp = await client.post("/api/v1/plugins", json=plugin, headers=basic(ADMIN))
+    assert resp.status == 201, await resp.text()
+    chain = {"name": "door", "match": ["generic/*"], "plugins": ["plugins/door-form:1.0"]}
+    resp = await client.post("/api/v1/chains", json=chain, headers=basic(ADMIN))
+    assert resp.status == 201, await resp.text()
+
+    monkeypatch.chdir(tmp_path)
+    Path("model.onnx").write_bytes(os.urandom(50_000))
+    Path("descriptor.json").write_text(json.dumps({
+        "name": "face-recog", "version": "1.0", "platform": "linux/amd64",
+        "inputs": [{"name": "image", "type": "image/jpeg", "description": "a face"}],
+        "outputs": [{"name": "identity", "type": "application/json", "description": "who it is"}],
+        "parameters": {"threshold": 0.8}, "runtime": {"images": []}}))
+
+    def push() -> None:
+        registry = oras.provider.Registry(host, insecure=True)
+        registry.login(ADMIN, password_of(ADMIN), hostname=host, config_path=str(tmp_path / "oras.json"))
+        registry.push(target=f"{host}/generic/face-recog:1.0", files=["model.onnx"],
+                      manifest_config="descriptor.json:application/vnd.algomint.algorithm.config.v1+json", quiet=True)
+
+    await asyncio.to_thread(push)
+
+    async def assembled() -> bool:
+        resp = await client.get("/api/v1/assemblies", params={"chain": "door"}, headers=basic(ADMIN))
+        items = (await resp.json())["items"]
+        return bool(items) and items[0]["status"] == "succeeded"
+
+    await wait_for(assembled, timeout=60)
+
+    def browse() -> dict[str, object]:
+        seen: dict[str, object] = {}
+        profile = tempfile.mkdtemp(prefix="chromium-profile-")
+        browser = _driver(chromium, chromedriver, profile)
+        try:
+            def sign_in(user: str) -> None:
+                browser.get(f"{base}/ui/login")
+                browser.find_element(By.ID, "username").send_keys(user)
+                browser.find_element(By.ID, "password").send_keys(password_of(user))
+                browser.find_element(By.CSS_SELECTOR, "form.stack button[type=submit]").click()
+
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            browser.get(f"{base}/ui/login")
+            browser.save_screenshot(str(SHOTS / "sign-in.png"))
+            sign_in(ADMIN)
+            seen["algorithms"] = browser.page_source
+            browser.save_screenshot(str(SHOTS / "algorithms.png"))
+            browser.find_element(By.LINK_TEXT, "generic/face-recog").click()
+            browser.find_element(By.LINK_TEXT, "1.0").click()
+            seen["generic"] = browser.page_source
+            browser.save_screenshot(str(SHOTS / "algorithm-version.png"))
+            browser.get(f"{base}/ui/systems/door")
+            seen["system"] = browser.page_source
+            browser.save_screenshot(str(SHOTS / "business-system.png"))
+            browser.find_element(By.LINK_TEXT, "business/door/face-recog").click()
+            browser.find_element(By.LINK_TEXT, "1.0").click()
+            seen["business"] = browser.page_source
+            browser.save_screenshot(str(SHOTS / "business-package.png"))
+            browser.get(f"{base}/ui/assemblies")
+            browser.find_element(By.PARTIAL_LINK_TEXT, "#").click()
+            seen["assembly"] = browser.page_source
+            browser.save_screenshot(str(SHOTS / "assembly.png"))
+            browser.get(f"{base}/ui/admin/users")
+            browser.save_screenshot(str(SHOTS / "admin-users.png"))
+            browser.find_element(By.CSS_SELECTOR, "form.signout button").click()
+            sign_in("biz")
+            browser.get(f"{base}/ui/admin/users")
+            seen["biz_admin"] = browser.page_source
+            seen["biz_title"] = browser.find_element(By.TAG_NAME, "h1").text
+        finally:
+            browser.quit()
+            shutil.rmtree(profile, ignore_errors=True)
+        return seen
+
+    seen = await asyncio.to_thread(browse)
+    assert "generic/face-recog" in seen["algorithms"]
+    generic = str(seen["generic"])
+    assert "face-recog" in generic and "image/jpeg" in generic and "business/door/face-recog:1.0" in generic
+    assert "business/door/face-recog" in str(seen["system"])
+    business = str(seen["business"])
+    assert "Provenance" in business and "plugins/door-form@sha256:" in business and "/ui/archive/" in business
+    assert "succeeded" in str(seen["assembly"])
+    assert "Not allowed (403)" in str(seen["biz_title"])
+    assert "alg" not in str(seen["biz_admin"]).split("<main", 1)[1].split("Back to the console")[0].replace(
+        "algomint", "")
