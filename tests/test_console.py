@@ -172,3 +172,21 @@ async def test_auth_off_console_is_open_with_a_banner(aiohttp_client, tmp_path):
 async def test_console_can_be_turned_off(aiohttp_client, tmp_path):
     client = await aiohttp_client(create_app(make_config(tmp_path, "filesystem", ui__enabled=False)))
     assert (await client.get("/ui/algorithms")).status == 404
+
+
+async def test_console_downloads_changes_and_refusals_are_audited(auth_env):
+    app, client = auth_env.app, auth_env.client
+    digest = await seed_image(app, "generic/audited", "1.0")
+    await sign_in(client, ADMIN)
+    assert (await client.get(f"/ui/archive/generic/audited@{digest}")).status == 200
+    await sign_in(client, "biz")
+    assert (await client.get("/ui/admin/users")).status == 403
+    csrf = await csrf_of(client)
+    resp = await client.post("/ui/builds", data={"csrf": csrf, "package": "business/none/x:1.0", "license": "full"})
+    assert resp.status >= 400
+    downloads = await auth_env.audit(action="archive.download")
+    assert any(r["repository"] == "generic/audited" and r["actor"] == ADMIN for r in downloads)
+    refusals = await auth_env.audit(actor="biz", outcome="denied")
+    assert any("ui." in r["action"] or r["action"].startswith("full-builds") for r in refusals)
+    builds = await auth_env.audit(action="full-builds.create_full_build")
+    assert any(r["actor"] == "biz" for r in builds)

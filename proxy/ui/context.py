@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ..api.manage.errors import ApiError
 from ..api.state import CONFIG, PRINCIPAL
+from ..audit.middleware import record_request
 from ..auth.permissions import TokenPrincipal
 from ..auth.registry_token import password_fingerprint
 from ..auth.state import AUTH_STORE
@@ -100,11 +101,33 @@ def page(*, public: bool = False) -> Callable[[PageHandler], PageHandler]:
                     response = error_page(request, status, exc.message or exc.error.name)
             except web.HTTPRedirection as exc:
                 response = redirect(exc.location, exc.status)
+            _audit(request, response.status)
             return _finish(request, response, session)
 
         return handler
 
     return wrap
+
+
+# Console routes that act as an API route are recorded under that route's audit action.
+_AUDIT_ACTIONS = {"ui.build_start": "full-builds.create_full_build", "ui.logout": "logout"}
+
+
+def _audit(request: web.Request, status: int) -> None:
+    """Record what the API would have recorded: every download, every change, every refusal."""
+    route = request.match_info.route.name or ""
+    if route == "ui.login":
+        return  # sign-in records its own attempts, as the authentication middleware does
+    if route == "ui.archive":
+        target = request.match_info["target"]
+        name, sep, reference = target.partition("@") if "@" in target else target.rpartition(":")
+        if not sep:
+            name, reference = target, ""
+        record_request(request, "archive.download", status, repository=name[:300], reference=reference or None,
+                       detail={"via": "console"})
+    elif request.method == "POST" or status == 403:
+        record_request(request, _AUDIT_ACTIONS.get(route, route), status,
+                       detail={"method": request.method, "path": request.path[:300], "via": "console"})
 
 
 def redirect(location: object, status: int = 303) -> web.Response:
