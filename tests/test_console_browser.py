@@ -9,25 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from proxy.ui.sessions import COOKIE
 from tests.support.auth import ADMIN, auth_env, basic, password_of  # noqa: F401 - auth_env is a fixture
 from tests.support.packer import wait_for
 
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "console"
 _FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
           "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900")
-
-
-@pytest.fixture
-def backend_kind() -> str:
-    return "filesystem"
 
 
 def _browser_or_skip() -> tuple[str, str]:
@@ -54,6 +52,7 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
     chromium, chromedriver = _browser_or_skip()
     import oras.provider
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     client = auth_env.client
     host = f"127.0.0.1:{client.server.port}"
@@ -72,7 +71,7 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
         "name": "face-recog", "version": "1.0", "platform": "linux/amd64",
         "inputs": [{"name": "image", "type": "image/jpeg", "description": "a face"}],
         "outputs": [{"name": "identity", "type": "application/json", "description": "who it is"}],
-        "parameters": {"threshold": 0.8}, "runtime": {"images": []}}))
+        "parameters": {"threshold": 0.8}, "models": ["model.onnx"]}))
 
     def push() -> None:
         registry = oras.provider.Registry(host, insecure=True)
@@ -117,6 +116,21 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
             browser.find_element(By.LINK_TEXT, "1.0").click()
             seen["business"] = browser.page_source
             browser.save_screenshot(str(SHOTS / "business-package.png"))
+            # A full build started from the package page; its progress updates in place (htmx).
+            Select(browser.find_element(By.ID, "license")).select_by_visible_text("full")
+            browser.find_element(By.CSS_SELECTOR, "form[action='/ui/builds'] button[type=submit]").click()
+            WebDriverWait(browser, 60).until(
+                lambda b: b.find_element(By.ID, "build-state").text in ("succeeded", "failed"))
+            seen["build_state"] = browser.find_element(By.ID, "build-state").text
+            seen["build_url"] = browser.current_url
+            browser.save_screenshot(str(SHOTS / "full-build.png"))
+            if seen["build_state"] == "succeeded":
+                link = browser.find_element(By.ID, "download").get_attribute("href")
+                cookie = browser.get_cookie(COOKIE)["value"]
+                request = urllib.request.Request(link, headers={"Cookie": f"{COOKIE}={cookie}"})
+                with urllib.request.urlopen(request, timeout=30) as archive:
+                    seen["archive_sha256"] = hashlib.sha256(archive.read()).hexdigest()
+                seen["archive_link"] = link
             browser.get(f"{base}/ui/assemblies")
             browser.find_element(By.PARTIAL_LINK_TEXT, "#").click()
             seen["assembly"] = browser.page_source
@@ -141,6 +155,12 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
     business = str(seen["business"])
     assert "Provenance" in business and "plugins/door-form@sha256:" in business and "/ui/archive/" in business
     assert "succeeded" in str(seen["assembly"])
+    assert seen["build_state"] == "succeeded", seen["build_url"]
+    # The archive through the console link is byte for byte the API's.
+    link = str(seen["archive_link"])
+    api = await client.get("/api/v1/archive/" + link.split("/ui/archive/", 1)[1], headers=basic(ADMIN))
+    assert api.status == 200
+    assert hashlib.sha256(await api.read()).hexdigest() == seen["archive_sha256"]
     assert "Not allowed (403)" in str(seen["biz_title"])
     assert "alg" not in str(seen["biz_admin"]).split("<main", 1)[1].split("Back to the console")[0].replace(
         "algomint", "")
