@@ -247,3 +247,19 @@ async def test_business_dev_cannot_edit_a_chain_it_may_not_manage(auth_env):
     assert resp.status == 403
     chain = await (await client.get("/api/v1/chains/door", headers=basic(ADMIN))).json()
     assert chain["match"] == ["generic/*"]
+
+
+async def test_admin_subscriptions_and_audit_verification(auth_env):
+    client = auth_env.client
+    await sign_in(client, ADMIN)
+    assert (await client.get("/ui/admin/subscriptions")).status == 200
+    assert (await client.get("/ui/admin/subscriptions/no-such-id")).status == 404
+    csrf = await csrf_of(client)
+    resp = await client.post("/ui/admin/subscriptions/no-such-id/deliveries/1/retry", data={"csrf": csrf})
+    assert resp.status == 404
+    resp = await client.post("/ui/admin/audit/verify", data={"csrf": csrf})
+    assert resp.status == 200 and "Intact" in await resp.text()
+    await sign_in(client, "biz")
+    csrf = await csrf_of(client)
+    assert (await client.get("/ui/admin/subscriptions")).status == 403
+    assert (await client.post("/ui/admin/audit/verify", data={"csrf": csrf})).status == 403

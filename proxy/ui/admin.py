@@ -1,13 +1,16 @@
-"""Admin pages: users and robots, grants, the audit log. Each is the API's admins-only
+"""Admin pages: users and robots, grants, the audit log and its verification,
+subscriptions with their webhook deliveries (and retry of dead letters). Each is the API's admins-only
 route underneath, so a non-admin gets the API's 403 as a page, however the URL was found."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from ..api.manage import audit, grants, users
+from urllib.parse import quote
+
+from ..api.manage import audit, grants, subscriptions, users
 from .systems import BRIDGE
-from .context import page, render
+from .context import SESSION, page, render
 
 __all__ = ["add_routes"]
 
@@ -38,7 +41,44 @@ async def audit_log(request: web.Request) -> web.StreamResponse:
                                           "query": query, "filters": _AUDIT_FILTERS[:-1]})
 
 
+@page()
+async def verify_audit(request: web.Request) -> web.StreamResponse:
+    result = await request.app[BRIDGE].call(request, audit.verify)
+    return render(request, "audit_verify.html", {"title": "Audit chain verification", "result": result})
+
+
+@page()
+async def subscription_list(request: web.Request) -> web.StreamResponse:
+    query = {"limit": "100", **({"cursor": request.query["cursor"]} if request.query.get("cursor") else {})}
+    listing = await request.app[BRIDGE].call(request, subscriptions.list_subscriptions, query)
+    return render(request, "subscriptions.html", {"title": "Subscriptions", "subscriptions": listing["items"],
+                                                  "next": listing["next"]})
+
+
+@page()
+async def subscription(request: web.Request) -> web.StreamResponse:
+    bridge = request.app[BRIDGE]
+    item = await bridge.call(request, subscriptions.get_subscription)
+    query = {k: v for k, v in request.query.items() if k in ("status", "cursor") and v}
+    deliveries = await bridge.call(request, subscriptions.list_deliveries, {**query, "limit": "50"})
+    return render(request, "subscription.html", {"title": f"Subscription {item['url']}", "subscription": item,
+                                                 "deliveries": deliveries["items"], "next": deliveries["next"],
+                                                 "query": query})
+
+
+@page()
+async def retry_delivery(request: web.Request) -> web.StreamResponse:
+    await request.app[BRIDGE].call(request, subscriptions.retry_delivery, body=None)
+    request[SESSION].flash.append(f"Delivery {request.match_info['delivery']} queued again.")
+    raise web.HTTPSeeOther(f"/ui/admin/subscriptions/{quote(request.match_info['id'], safe='')}")
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/ui/admin/users", user_list, name="ui.admin_users")
     app.router.add_get("/ui/admin/grants", grant_list, name="ui.admin_grants")
     app.router.add_get("/ui/admin/audit", audit_log, name="ui.admin_audit")
+    app.router.add_post("/ui/admin/audit/verify", verify_audit, name="ui.admin_audit_verify")
+    app.router.add_get("/ui/admin/subscriptions", subscription_list, name="ui.admin_subscriptions")
+    app.router.add_get("/ui/admin/subscriptions/{id}", subscription, name="ui.admin_subscription")
+    app.router.add_post("/ui/admin/subscriptions/{id}/deliveries/{delivery}/retry", retry_delivery,
+                        name="ui.admin_delivery_retry")

@@ -110,7 +110,10 @@ def page(*, public: bool = False) -> Callable[[PageHandler], PageHandler]:
 
 
 # Console routes that act as an API route are recorded under that route's audit action.
-_AUDIT_ACTIONS = {"ui.build_start": "full-builds.create_full_build", "ui.logout": "logout"}
+_AUDIT_ACTIONS = {"ui.build_start": "full-builds.create_full_build", "ui.logout": "logout",
+                  "ui.system_new": "chains.create_chain", "ui.system_edit": "chains.update_chain",
+                  "ui.system_assemble": "chains.assemble_chain", "ui.admin_audit_verify": "audit.verify",
+                  "ui.admin_delivery_retry": "subscriptions.retry_delivery"}
 
 
 def _audit(request: web.Request, status: int) -> None:
