@@ -263,3 +263,41 @@ async def test_admin_subscriptions_and_audit_verification(auth_env):
     csrf = await csrf_of(client)
     assert (await client.get("/ui/admin/subscriptions")).status == 403
     assert (await client.post("/ui/admin/audit/verify", data={"csrf": csrf})).status == 403
+
+
+async def _push_algorithm(client, repo: str, tag: str, descriptor: dict) -> str:
+    from proxy.oci import mediatypes as mt
+    from tests.support.oci import digest_of
+    config = json.dumps(descriptor).encode()
+    for blob in (config, b"weights"):
+        resp = await client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest_of(blob)}, data=blob,
+                                 headers=basic(ADMIN))
+        assert resp.status == 201, await resp.text()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
+                           "config": {"mediaType": mt.ALGORITHM_CONFIG, "digest": digest_of(config), "size": len(config)},
+                           "layers": [{"mediaType": mt.OCI_LAYER_TAR, "digest": digest_of(b"weights"), "size": 7,
+                                       "annotations": {mt.ANNOTATION_TITLE: "model.onnx"}}]})
+    resp = await client.put(f"/v2/{repo}/manifests/{tag}", data=manifest,
+                            headers={"Content-Type": mt.OCI_MANIFEST, **basic(ADMIN)})
+    assert resp.status == 201, await resp.text()
+    return resp.headers["Docker-Content-Digest"]
+
+
+async def test_descriptor_page_and_diff_between_versions(auth_env):
+    client = auth_env.client
+    await _push_algorithm(client, "generic/edge", "1.0", {"name": "edge", "version": "1.0", "platform": "linux/arm64",
+                                                          "inputs": [{"name": "frame", "type": "image/nv12"}],
+                                                          "parameters": {"threshold": 0.4}})
+    await _push_algorithm(client, "generic/edge", "2.0", {"name": "edge", "version": "2.0", "platform": "linux/arm64",
+                                                          "inputs": [{"name": "frame", "type": "image/nv12"}],
+                                                          "parameters": {"threshold": 0.5}})
+    await sign_in(client, ADMIN)
+    page = await (await client.get("/ui/repositories/generic/edge?tag=1.0")).text()
+    assert "linux/arm64" in page and "image/nv12" in page and "model.onnx" in page
+    resp = await client.get("/ui/diff/generic/edge", params={"a": "1.0", "b": "2.0"})
+    text = await resp.text()
+    assert resp.status == 200
+    assert "<del>-" in text and "0.4</del>" in text and "<ins>+" in text and "0.5</ins>" in text
+    assert "linux/arm64</del>" not in text  # unchanged lines are context, not changes
+    await sign_in(client, "biz")  # biz may not read generic/edge: the diff is as unreachable as the page
+    assert (await client.get("/ui/diff/generic/edge", params={"a": "1.0", "b": "2.0"})).status == 404

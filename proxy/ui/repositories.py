@@ -6,12 +6,14 @@ Listings page by name (``after``), so a page costs the same with 10 000 reposito
 
 from __future__ import annotations
 
+import difflib
 import json
 from typing import Any
 
 from aiohttp import web
 
 from ..api.manage.access import may
+from ..api.manage.errors import ApiError
 from ..api.manage.fullbuilds import FULL_BUILDS
 from ..api.manage.router import authorize
 from ..api.state import CONFIG, REGISTRY
@@ -131,6 +133,30 @@ async def repository(request: web.Request) -> web.StreamResponse:
     return render(request, "package.html", context)
 
 
+async def _descriptor_of(request: web.Request, repo: str, tag: str) -> dict[str, Any] | None:
+    await authorize(request, Action.PULL, repo, tag)
+    item = await request.app[REGISTRY].get_manifest(repo, tag)
+    manifest = parse_manifest(item.data, item.media_type)
+    return await _read_config(request, repo, manifest.config) if manifest.config is not None else None
+
+
+@page()
+async def diff(request: web.Request) -> web.StreamResponse:
+    """A unified diff between the descriptors of two versions of one package."""
+    repo = request.match_info["name"]
+    await _require_pull(request, repo)
+    a, b = request.query.get("a", ""), request.query.get("b", "")
+    if not a or not b:
+        raise ApiError(400, "choose two versions to compare")
+    texts = []
+    for tag in (a, b):
+        descriptor = await _descriptor_of(request, repo, tag)
+        texts.append(json.dumps(descriptor, indent=2, sort_keys=True).splitlines() if descriptor is not None else [])
+    lines = list(difflib.unified_diff(texts[0], texts[1], f"{repo}:{a}", f"{repo}:{b}", lineterm=""))
+    return render(request, "diff.html", {"title": f"{repo}: {a} → {b}", "repository": repo, "a": a, "b": b,
+                                         "lines": lines})
+
+
 def _kind(request: web.Request, repo: str) -> str:
     config = request.app[CONFIG].assembly
     if repo.startswith(config.generic_prefix):
@@ -142,4 +168,5 @@ def _kind(request: web.Request, repo: str) -> str:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/ui/algorithms", algorithms, name="ui.algorithms")
+    app.router.add_get("/ui/diff/{name:.+}", diff, name="ui.diff")
     app.router.add_get("/ui/repositories/{name:.+}", repository, name="ui.repository")

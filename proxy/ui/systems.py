@@ -107,9 +107,12 @@ async def edit_system(request: web.Request) -> web.StreamResponse:
 
 @page()
 async def reassemble(request: web.Request) -> web.StreamResponse:
-    result = await request.app[BRIDGE].call(request, chains.assemble_chain, body={})
+    package = (await request.post()).get("package")
+    body = {"packages": [package[:600]]} if isinstance(package, str) and package else {}
+    result = await request.app[BRIDGE].call(request, chains.assemble_chain, body=body)
     name = request.match_info["name"]
-    request[SESSION].flash.append(f"Re-assembling {name}: {len(result['jobs'])} job(s) queued.")
+    what = package if body else "every matching package"
+    request[SESSION].flash.append(f"Re-assembling {what} for {name}: {len(result['jobs'])} job(s) queued.")
     raise web.HTTPSeeOther(f"/ui/assemblies?chain={quote(name, safe='')}")
 
 
