@@ -131,12 +131,32 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
                 with urllib.request.urlopen(request, timeout=30) as archive:
                     seen["archive_sha256"] = hashlib.sha256(archive.read()).hexdigest()
                 seen["archive_link"] = link
+            # Edit the chain and re-assemble: the API's validation, then a new job.
+            browser.get(f"{base}/ui/systems/door")
+            browser.find_element(By.LINK_TEXT, "Edit this system").click()
+            params = browser.find_element(By.ID, "params")
+            params.clear()
+            params.send_keys('{"site": "hq2"}')
+            browser.find_element(By.CSS_SELECTOR, "form.stack button[type=submit]").click()
+            seen["edited"] = browser.page_source
+            browser.find_element(By.XPATH, "//button[starts-with(., 'Re-assemble')]").click()
+            seen["reassembled"] = browser.page_source
+            # The full build froze business/door/face-recog:1.0: the new job fails, saying why.
+            browser.find_elements(By.PARTIAL_LINK_TEXT, "#")[0].click()
+            WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "job-status").text == "failed")
+            seen["refused_job"] = browser.page_source
             browser.get(f"{base}/ui/assemblies")
-            browser.find_element(By.PARTIAL_LINK_TEXT, "#").click()
+            browser.find_elements(By.PARTIAL_LINK_TEXT, "#")[-1].click()  # the first job (newest first)
             seen["assembly"] = browser.page_source
             browser.save_screenshot(str(SHOTS / "assembly.png"))
             browser.get(f"{base}/ui/admin/users")
             browser.save_screenshot(str(SHOTS / "admin-users.png"))
+            browser.set_window_size(390, 844)  # a phone
+            browser.get(f"{base}/ui/systems/door")
+            seen["phone_overflow"] = browser.execute_script(
+                "return document.documentElement.scrollWidth > window.innerWidth + 1")
+            browser.save_screenshot(str(SHOTS / "phone-business-system.png"))
+            browser.set_window_size(1280, 900)
             browser.find_element(By.CSS_SELECTOR, "form.signout button").click()
             sign_in("biz")
             browser.get(f"{base}/ui/admin/users")
@@ -155,6 +175,12 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
     business = str(seen["business"])
     assert "Provenance" in business and "plugins/door-form@sha256:" in business and "/ui/archive/" in business
     assert "succeeded" in str(seen["assembly"])
+    assert "hq2" in str(seen["edited"]) and "Business system door saved" in str(seen["edited"])
+    assert "job(s) queued" in str(seen["reassembled"])
+    assert "was made from it" in str(seen["refused_job"])  # the freeze, named in the job's error
+    chain = await (await client.get("/api/v1/chains/door", headers=basic(ADMIN))).json()
+    assert chain["params"] == {"site": "hq2"}
+    assert seen["phone_overflow"] is False
     assert seen["build_state"] == "succeeded", seen["build_url"]
     # The archive through the console link is byte for byte the API's.
     link = str(seen["archive_link"])
