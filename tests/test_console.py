@@ -301,3 +301,26 @@ async def test_descriptor_page_and_diff_between_versions(auth_env):
     assert "linux/arm64</del>" not in text  # unchanged lines are context, not changes
     await sign_in(client, "biz")  # biz may not read generic/edge: the diff is as unreachable as the page
     assert (await client.get("/ui/diff/generic/edge", params={"a": "1.0", "b": "2.0"})).status == 404
+
+
+async def test_tokens_create_once_and_revoke_with_the_api_rules(auth_env):
+    client = auth_env.client
+    admin_token = await auth_env.api_token(ADMIN)
+    await sign_in(client, "alg")
+    csrf = await csrf_of(client, "/ui/tokens")
+    resp = await client.post("/ui/tokens", data={"csrf": csrf, "name": "ci"})
+    text = await resp.text()
+    assert resp.status == 201
+    secret = re.search(r'id="new-token" readonly size="60" value="([^"]+)"', text).group(1)
+    assert (await client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {secret}"})).status == 200
+    listing = await (await client.get("/ui/tokens")).text()
+    assert secret not in listing and admin_token["id"] not in listing  # only one's own, never a secret again
+    # Someone else's token: the API's answer, whatever the URL.
+    resp = await client.post(f"/ui/tokens/{admin_token['id']}/revoke", data={"csrf": csrf})
+    assert resp.status in (403, 404)
+    own = re.search(r'/ui/tokens/([^/"]+)/revoke', listing).group(1)
+    resp = await client.post(f"/ui/tokens/{own}/revoke", data={"csrf": csrf}, allow_redirects=False)
+    assert resp.status == 303
+    assert (await client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {secret}"})).status == 401
+    resp = await client.post("/ui/tokens", data={"csrf": csrf, "name": "x", "owner": ADMIN})
+    assert resp.status == 403

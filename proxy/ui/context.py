@@ -113,7 +113,8 @@ def page(*, public: bool = False) -> Callable[[PageHandler], PageHandler]:
 _AUDIT_ACTIONS = {"ui.build_start": "full-builds.create_full_build", "ui.logout": "logout",
                   "ui.system_new": "chains.create_chain", "ui.system_edit": "chains.update_chain",
                   "ui.system_assemble": "chains.assemble_chain", "ui.admin_audit_verify": "audit.verify",
-                  "ui.admin_delivery_retry": "subscriptions.retry_delivery"}
+                  "ui.admin_delivery_retry": "subscriptions.retry_delivery",
+                  "ui.token_create": "tokens.create", "ui.token_revoke": "tokens.revoke"}
 
 
 def _audit(request: web.Request, status: int) -> None:
