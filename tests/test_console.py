@@ -324,3 +324,20 @@ async def test_tokens_create_once_and_revoke_with_the_api_rules(auth_env):
     assert (await client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {secret}"})).status == 401
     resp = await client.post("/ui/tokens", data={"csrf": csrf, "name": "x", "owner": ADMIN})
     assert resp.status == 403
+
+
+def test_session_store_idle_expiry_and_polling_does_not_keep_a_session_alive():
+    from proxy.ui.sessions import SessionStore
+    now = [0.0]
+    store = SessionStore(idle=10, clock=lambda: now[0])
+    session = store.new("alg", "fp")
+    now[0] = 8
+    assert store.get(session.id) is session  # used: the idle clock restarts
+    now[0] = 16
+    assert store.get(session.id, touch=False) is session  # a progress poll does not restart it
+    now[0] = 19
+    assert store.get(session.id) is None  # 11 s since the last real use
+    assert store.get(session.id) is None and store.get("") is None
+    other = store.new()
+    assert other.user is None and other.csrf != session.csrf and not other.csrf_ok(None)
+    assert other.csrf_ok(other.csrf) and not other.csrf_ok(session.csrf)

@@ -71,7 +71,8 @@ def page(*, public: bool = False) -> Callable[[PageHandler], PageHandler]:
         @functools.wraps(fn)
         async def handler(request: web.Request) -> web.StreamResponse:
             sessions = request.app[SESSIONS]
-            session = sessions.get(request.cookies.get(COOKIE))
+            polling = request.headers.get("HX-Request") == "true" and request.method == "GET"
+            session = sessions.get(request.cookies.get(COOKIE), touch=not polling)
             fresh = session is None
             if session is None:
                 session = sessions.new()

@@ -49,8 +49,10 @@ class SessionStore:
             self._sessions.popitem(last=False)
         return session
 
-    def get(self, session_id: str | None) -> Session | None:
-        """The live session for a cookie value, its idle clock restarted; None when unknown or idle too long."""
+    def get(self, session_id: str | None, touch: bool = True) -> Session | None:
+        """The live session for a cookie value, its idle clock restarted unless ``touch`` is
+        false (a page polling for progress is not someone using the console); None when
+        unknown or idle too long."""
         if not session_id:
             return None
         session = self._sessions.get(session_id)
@@ -60,8 +62,9 @@ class SessionStore:
         if now - session.last_seen > self.idle:
             del self._sessions[session_id]
             return None
-        session.last_seen = now
-        self._sessions.move_to_end(session_id)
+        if touch:
+            session.last_seen = now
+            self._sessions.move_to_end(session_id)
         return session
 
     def end(self, session_id: str) -> None:
