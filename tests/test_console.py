@@ -341,3 +341,21 @@ def test_session_store_idle_expiry_and_polling_does_not_keep_a_session_alive():
     other = store.new()
     assert other.user is None and other.csrf != session.csrf and not other.csrf_ok(None)
     assert other.csrf_ok(other.csrf) and not other.csrf_ok(session.csrf)
+
+
+async def test_who_pushed_a_version_is_shown_to_admins_only(auth_env):
+    client = auth_env.client
+    await _push_algorithm(client, "generic/pushed", "1.0", {"name": "pushed", "version": "1.0"})
+    resp = await client.post("/api/v1/grants", json={"subject": "biz", "role": "consumer", "pattern": "generic/pushed"},
+                             headers=basic(ADMIN))
+    assert resp.status == 201
+    await sign_in(client, ADMIN)
+
+    async def shown() -> bool:
+        return "by <strong>admin</strong>" in await (await client.get("/ui/repositories/generic/pushed?tag=1.0")).text()
+
+    from tests.support.packer import wait_for
+    await wait_for(shown, timeout=10)
+    await sign_in(client, "biz")
+    text = await (await client.get("/ui/repositories/generic/pushed?tag=1.0")).text()
+    assert "Pushed" not in text and "by <strong>admin</strong>" not in text

@@ -15,7 +15,7 @@ from aiohttp import web
 from ..api.manage.router import ApiRouter
 from ..api.state import CONFIG
 from . import admin, jobs, repositories, signin, systems, tokens
-from .bridge import Bridge
+from .bridge import BRIDGE, Bridge
 from .filters import FILTERS
 from .sessions import SessionStore
 from .context import SESSIONS, page
@@ -43,7 +43,7 @@ def setup_ui(app: web.Application, routers: Sequence[ApiRouter]) -> None:
                                undefined=jinja2.ChainableUndefined)
     env.filters.update(FILTERS)
     app[SESSIONS] = SessionStore(config.session_idle)
-    app[systems.BRIDGE] = Bridge(list(routers))
+    app[BRIDGE] = Bridge(list(routers))
     app.router.add_get("/ui", _root)
     app.router.add_get("/ui/", home, name="ui.home")
     app.router.add_static("/ui/static", _HERE / "static", name="ui.static")

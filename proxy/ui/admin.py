@@ -9,7 +9,7 @@ from aiohttp import web
 from urllib.parse import quote
 
 from ..api.manage import audit, grants, subscriptions, users
-from .systems import BRIDGE
+from .bridge import BRIDGE
 from .context import SESSION, page, render
 
 __all__ = ["add_routes"]

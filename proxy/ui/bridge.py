@@ -19,13 +19,15 @@ from aiohttp.streams import StreamReader
 
 from ..api.manage.router import ApiRoute, ApiRouter, check_access
 
-__all__ = ["Bridge"]
+__all__ = ["Bridge", "BRIDGE"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _NO_BODY: Any = object()
 
 
 class Bridge:
+    """The mounted management routes, by handler."""
+
     def __init__(self, routers: list[ApiRouter]) -> None:
         self._routes: dict[Handler, ApiRoute] = {r.handler: r for router in routers for r in router.routes}
 
@@ -63,3 +65,6 @@ def _give_body(request: web.Request, data: bytes) -> None:
     reader.feed_data(data)
     reader.feed_eof()
     request._payload = reader  # noqa: SLF001 - see above; covered by the console's chain tests
+
+
+BRIDGE = web.AppKey("ui_bridge", Bridge)

@@ -13,7 +13,7 @@ from ..api.manage import archive, assemblies, fullbuilds
 from ..api.manage.access import caller
 from ..api.manage.errors import ApiError
 from ..api.manage.fullbuilds import FULL_BUILDS
-from .systems import BRIDGE
+from .bridge import BRIDGE
 from .context import SESSION, page, render
 
 __all__ = ["add_routes"]

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..api.manage import audit
 from ..api.manage.access import may
 from ..api.manage.errors import ApiError
 from ..api.manage.fullbuilds import FULL_BUILDS
@@ -22,6 +23,7 @@ from ..oci.errors import Errors, RegistryError
 from ..oci.manifest import Descriptor, parse_manifest
 from ..oci.reference import NAME_RE, parse_digest
 from ..service.policy import Action
+from .bridge import BRIDGE
 from .context import page, render
 
 __all__ = ["add_routes", "readable_repositories", "PAGE"]
@@ -127,6 +129,7 @@ async def repository(request: web.Request) -> web.StreamResponse:
         "annotations": manifest.annotations, "layers": manifest.layers, "children": manifest.manifests,
         "business": await _business_from(request, repo, item.digest) if kind == "generic" else [],
         "licenses": sorted(request.app[FULL_BUILDS].licensers) if kind == "business" else [],
+        "pushes": await _pushes(request, repo, tag, item.digest),
         "pull": {"skopeo": f"skopeo copy docker://{host}/{repo}:{tag} oci-archive:{repo.rsplit('/', 1)[-1]}-{tag}.tar",
                  "podman": f"podman pull {host}/{repo}:{tag}", "oras": f"oras pull {host}/{repo}:{tag}"},
     }
@@ -155,6 +158,17 @@ async def diff(request: web.Request) -> web.StreamResponse:
     lines = list(difflib.unified_diff(texts[0], texts[1], f"{repo}:{a}", f"{repo}:{b}", lineterm=""))
     return render(request, "diff.html", {"title": f"{repo}: {a} → {b}", "repository": repo, "a": a, "b": b,
                                          "lines": lines})
+
+
+async def _pushes(request: web.Request, repo: str, tag: str, digest: str) -> list[dict[str, Any]] | None:
+    """Who pushed this version and when, from the audit log; None for callers who may not
+    query it (the API's admins-only audit route decides)."""
+    query = {"repository": repo, "action": "manifest.push", "outcome": "success", "limit": "100"}
+    try:
+        listing = await request.app[BRIDGE].call(request, audit.query, query)
+    except (ApiError, RegistryError):
+        return None
+    return [r for r in listing["items"] if r.get("reference") in (tag, digest) or r.get("digest") == digest][:10]
 
 
 def _kind(request: web.Request, repo: str) -> str:

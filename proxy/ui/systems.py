@@ -13,13 +13,11 @@ from aiohttp import web
 from ..api.manage import assemblies, chains
 from ..api.manage.errors import ApiError
 from ..api.state import CONFIG
-from .bridge import Bridge
+from .bridge import BRIDGE
 from .repositories import readable_repositories
 from .context import SESSION, page, render
 
 __all__ = ["add_routes"]
-
-BRIDGE = web.AppKey("ui_bridge", Bridge)
 
 
 @page()

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from ..api.manage import tokens
 from .context import SESSION, page, render
-from .systems import BRIDGE
+from .bridge import BRIDGE
 
 __all__ = ["add_routes"]
 
