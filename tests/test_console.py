@@ -359,3 +359,44 @@ async def test_who_pushed_a_version_is_shown_to_admins_only(auth_env):
     await sign_in(client, "biz")
     text = await (await client.get("/ui/repositories/generic/pushed?tag=1.0")).text()
     assert "Pushed" not in text and "by <strong>admin</strong>" not in text
+
+
+async def test_plugins_publish_view_and_refusals(auth_env):
+    from aiohttp import FormData
+    client = auth_env.client
+    await sign_in(client, "biz")
+    csrf = await csrf_of(client, "/ui/plugins")
+
+    def form(version: str, options: str = "{}") -> FormData:
+        data = FormData()
+        for key, value in (("csrf", csrf), ("name", "door-form"), ("version", version), ("kind", "file"),
+                           ("options", options)):
+            data.add_field(key, value)
+        data.add_field("files", b'{"site": "hq"}', filename="form.json", content_type="application/json")
+        return data
+
+    resp = await client.post("/ui/plugins", data=form("not a version!"))
+    assert resp.status == 422 and 'id="err-version"' in await resp.text()
+    resp = await client.post("/ui/plugins", data=form("1.0", "{bad"))
+    assert resp.status == 422 and 'id="err-options"' in await resp.text()
+    resp = await client.post("/ui/plugins", data=form("1.0"), allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+    page = await (await client.get("/ui/plugins/door-form")).text()
+    assert "form.json" in page and "1.0" in page
+    detail = await (await client.get("/api/v1/plugins/door-form", headers=basic(ADMIN))).json()
+    assert [f["path"] for f in detail["versions"][0]["files"]] == ["form.json"]
+    # A consumer may neither publish nor (without a grant on plugins/) see it.
+    await sign_in(client, "cons")
+    csrf = await csrf_of(client, "/ui/plugins")
+    resp = await client.post("/ui/plugins", data=form("2.0"))
+    assert resp.status == 403 and "door-form" not in (await (await client.get("/ui/plugins")).text()).split(
+        "<h2>Publish")[0]
+    assert (await client.get("/ui/plugins/door-form")).status in (403, 404)
+
+
+async def test_oversized_form_is_refused_before_it_is_read(auth_env):
+    client = auth_env.client
+    await sign_in(client, ADMIN)
+    csrf = await csrf_of(client)
+    resp = await client.post("/ui/tokens", data={"csrf": csrf, "name": "x" * (3 * 1024 * 1024)})
+    assert resp.status == 413

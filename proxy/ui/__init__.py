@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ..api.manage.router import ApiRouter
 from ..api.state import CONFIG
-from . import admin, jobs, repositories, signin, systems, tokens
+from . import admin, jobs, plugins, repositories, signin, systems, tokens
 from .bridge import BRIDGE, Bridge
 from .filters import FILTERS
 from .sessions import SessionStore
@@ -47,5 +47,5 @@ def setup_ui(app: web.Application, routers: Sequence[ApiRouter]) -> None:
     app.router.add_get("/ui", _root)
     app.router.add_get("/ui/", home, name="ui.home")
     app.router.add_static("/ui/static", _HERE / "static", name="ui.static")
-    for module in (signin, repositories, systems, jobs, tokens, admin):
+    for module in (signin, repositories, systems, plugins, jobs, tokens, admin):
         module.add_routes(app)

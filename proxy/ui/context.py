@@ -29,6 +29,7 @@ __all__ = ["SESSIONS", "SESSION", "page", "render", "auth_on", "set_session_cook
 SESSIONS = web.AppKey("ui_sessions", SessionStore)
 SESSION = "algomint.ui.session"
 CSRF_FIELD = "csrf"
+MAX_FORM = 2 * 1024 * 1024
 PageHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Pages are never cached, framed or sniffed; scripts and styles come only from /ui/static.
@@ -80,6 +81,11 @@ def page(*, public: bool = False) -> Callable[[PageHandler], PageHandler]:
             request[PRINCIPAL] = await _principal(request, session)
             response: web.StreamResponse
             if request.method == "POST":
+                # Forms are read whole: only ones with a declared, modest size (the API's
+                # bodies are capped at 1 MiB too; base64 and form encoding add a third).
+                if request.content_length is None or request.content_length > MAX_FORM:
+                    return _finish(request, error_page(request, 413, f"forms are limited to {MAX_FORM} bytes"),
+                                   session)
                 form = await request.post()
                 token = form.get(CSRF_FIELD)
                 if fresh or not session.csrf_ok(token if isinstance(token, str) else None):
@@ -115,7 +121,8 @@ _AUDIT_ACTIONS = {"ui.build_start": "full-builds.create_full_build", "ui.logout"
                   "ui.system_new": "chains.create_chain", "ui.system_edit": "chains.update_chain",
                   "ui.system_assemble": "chains.assemble_chain", "ui.admin_audit_verify": "audit.verify",
                   "ui.admin_delivery_retry": "subscriptions.retry_delivery",
-                  "ui.token_create": "tokens.create", "ui.token_revoke": "tokens.revoke"}
+                  "ui.token_create": "tokens.create", "ui.token_revoke": "tokens.revoke",
+                  "ui.plugin_push": "plugins.push_plugin"}
 
 
 def _audit(request: web.Request, status: int) -> None:
