@@ -400,3 +400,34 @@ async def test_oversized_form_is_refused_before_it_is_read(auth_env):
     csrf = await csrf_of(client)
     resp = await client.post("/ui/tokens", data={"csrf": csrf, "name": "x" * (3 * 1024 * 1024)})
     assert resp.status == 413
+
+
+async def test_admin_creates_users_and_grants_through_the_api_rules(auth_env):
+    client = auth_env.client
+    await sign_in(client, ADMIN)
+    csrf = await csrf_of(client, "/ui/admin/users")
+    resp = await client.post("/ui/admin/users", data={"csrf": csrf, "name": "Bad Name", "kind": "user",
+                                                      "password": "a-long-enough-password"})
+    assert resp.status == 422 and 'id="err-name"' in await resp.text()
+    resp = await client.post("/ui/admin/users", data=[("csrf", csrf), ("name", "dana"), ("kind", "user"),
+                                                      ("password", "dana-password-for-tests"), ("roles", "consumer")],
+                             allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+    resp = await client.post("/ui/admin/grants", data={"csrf": csrf, "subject": "dana", "role": "consumer",
+                                                       "pattern": "generic/a**b"})
+    assert resp.status == 422 and 'id="err-pattern"' in await resp.text()
+    resp = await client.post("/ui/admin/grants", data={"csrf": csrf, "subject": "dana", "role": "consumer",
+                                                       "pattern": "generic/team-a/**"}, allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+    grants = (await (await client.get("/api/v1/grants", params={"subject": "dana"}, headers=basic(ADMIN))).json())["items"]
+    assert {g["pattern"] for g in grants} >= {"generic/team-a/**"}
+    grant = next(g for g in grants if g["pattern"] == "generic/team-a/**")
+    resp = await client.post(f"/ui/admin/grants/{grant['id']}/delete", data={"csrf": csrf}, allow_redirects=False)
+    assert resp.status == 303
+    # The new user signs in to the console with the password set here.
+    await sign_in(client, "dana", "dana-password-for-tests")
+    csrf = await csrf_of(client)
+    for path, data in (("/ui/admin/users", {"name": "eve", "kind": "robot"}),
+                       ("/ui/admin/grants", {"subject": "dana", "role": "admin", "pattern": "**"})):
+        resp = await client.post(path, data={"csrf": csrf, **data})
+        assert resp.status == 403, path

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from ..api.manage.router import ApiRouter
 from ..api.state import CONFIG
+from ..auth.permissions import ROLES
 from . import admin, jobs, plugins, repositories, signin, systems, tokens
 from .bridge import BRIDGE, Bridge
 from .filters import FILTERS
@@ -42,6 +43,7 @@ def setup_ui(app: web.Application, routers: Sequence[ApiRouter]) -> None:
     env = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(_HERE / "templates"), autoescape=True,
                                undefined=jinja2.ChainableUndefined)
     env.filters.update(FILTERS)
+    env.globals["role_names"] = sorted(ROLES)
     app[SESSIONS] = SessionStore(config.session_idle)
     app[BRIDGE] = Bridge(list(routers))
     app.router.add_get("/ui", _root)

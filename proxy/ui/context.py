@@ -122,7 +122,8 @@ _AUDIT_ACTIONS = {"ui.build_start": "full-builds.create_full_build", "ui.logout"
                   "ui.system_assemble": "chains.assemble_chain", "ui.admin_audit_verify": "audit.verify",
                   "ui.admin_delivery_retry": "subscriptions.retry_delivery",
                   "ui.token_create": "tokens.create", "ui.token_revoke": "tokens.revoke",
-                  "ui.plugin_push": "plugins.push_plugin"}
+                  "ui.plugin_push": "plugins.push_plugin", "ui.admin_user_create": "users.create",
+                  "ui.admin_grant_create": "grants.create", "ui.admin_grant_delete": "grants.delete"}
 
 
 def _audit(request: web.Request, status: int) -> None:

@@ -12,6 +12,7 @@ from ..api.manage import plugins
 from ..api.manage.errors import ApiError
 from .bridge import BRIDGE
 from .context import SESSION, page, render
+from .forms import field_errors
 
 __all__ = ["add_routes"]
 
@@ -54,11 +55,7 @@ async def push_plugin(request: web.Request) -> web.StreamResponse:
         except ApiError as exc:
             if exc.status in (401,):
                 raise
-            detail = exc.detail if isinstance(exc.detail, dict) else {}
-            for item in detail.get("fields", []) or [{"field": detail.get("field", "form"), "message": exc.message}]:
-                key = str(item.get("field", "form")).split(".", 1)[0]
-                errors[key if key in values or key == "files" else "form"] = str(item.get("message", exc.message))
-            errors = errors or {"form": exc.message}
+            errors = field_errors(exc, [*values, "files"])
         else:
             request[SESSION].flash.append(f"Pushed {pushed['repository']}:{pushed['tag']} ({pushed['digest']}).")
             raise web.HTTPSeeOther(f"/ui/plugins/{values['name']}")

@@ -16,6 +16,7 @@ from ..api.state import CONFIG
 from .bridge import BRIDGE
 from .repositories import readable_repositories
 from .context import SESSION, page, render
+from .forms import field_errors
 
 __all__ = ["add_routes"]
 
@@ -44,18 +45,6 @@ def _lines(value: object) -> list[str]:
     return [line.strip() for line in str(value or "").splitlines() if line.strip()]
 
 
-def _field_errors(exc: ApiError) -> dict[str, str]:
-    """The API's refusal as messages beside the form's fields (``match.0`` → ``match``)."""
-    detail = exc.detail if isinstance(exc.detail, dict) else {}
-    fields = detail.get("fields") or ([{"field": detail["field"], "message": exc.message}] if "field" in detail else [])
-    errors: dict[str, str] = {}
-    for item in fields:
-        key = str(item.get("field", "")).split(".", 1)[0]
-        key = key if key in _FORM_FIELDS else "form"
-        errors[key] = f"{errors[key]}; {item['message']}" if key in errors else str(item.get("message", exc.message))
-    return errors or {"form": exc.message}
-
-
 def _chain_form(request: web.Request, values: dict[str, str], errors: dict[str, str], creating: bool,
                 status: int = 200) -> web.Response:
     title = "New business system" if creating else f"Edit business system {values['name']}"
@@ -81,7 +70,7 @@ async def _save(request: web.Request, creating: bool) -> web.StreamResponse:
     except ApiError as exc:
         if exc.status in (401, 404) or (exc.status == 403 and not isinstance(exc.detail, dict)):
             raise
-        return _chain_form(request, values, _field_errors(exc), creating, exc.status)
+        return _chain_form(request, values, field_errors(exc, _FORM_FIELDS), creating, exc.status)
     request[SESSION].flash.append(f"Business system {name} saved.")
     raise web.HTTPSeeOther(f"/ui/systems/{quote(name, safe='')}")
 
