@@ -431,3 +431,23 @@ async def test_admin_creates_users_and_grants_through_the_api_rules(auth_env):
                        ("/ui/admin/grants", {"subject": "dana", "role": "admin", "pattern": "**"})):
         resp = await client.post(path, data={"csrf": csrf, **data})
         assert resp.status == 403, path
+
+
+async def test_session_cookie_is_secure_over_tls(aiohttp_client, tmp_path):
+    import ssl
+
+    from tests.support.auth import auth_config
+    from tests.support.tlsca import make_ca
+    ca = make_ca(tmp_path / "ca")
+    ca.issue(tmp_path / "server.crt", tmp_path / "server.key")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(tmp_path / "server.crt", tmp_path / "server.key")
+    client_ctx = ssl.create_default_context(cafile=str(ca.cert_path))
+    from aiohttp.test_utils import TestServer
+    server = TestServer(create_app(auth_config(tmp_path, "filesystem")))
+    await server.start_server(ssl=server_ctx)
+    client = await aiohttp_client(server)
+    resp = await client.get("/ui/login", ssl=client_ctx)
+    assert resp.status == 200 and resp.url.scheme == "https", resp.url
+    cookie = resp.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
