@@ -451,3 +451,52 @@ async def test_session_cookie_is_secure_over_tls(aiohttp_client, tmp_path):
     assert resp.status == 200 and resp.url.scheme == "https", resp.url
     cookie = resp.headers["Set-Cookie"]
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+async def test_assembly_status_fragment_polls_until_done(auth_env):
+    from tests.support.packer import wait_for
+    client = auth_env.client
+    await _plugin(client)
+    resp = await client.post("/api/v1/chains", json={"name": "door", "match": ["generic/*"],
+                                                     "plugins": ["plugins/door-form:1.0"]}, headers=basic(ADMIN))
+    assert resp.status == 201
+    await _push_algorithm(client, "generic/polled", "1.0", {"name": "polled", "version": "1.0"})
+
+    async def done() -> dict | None:
+        items = (await (await client.get("/api/v1/assemblies", params={"chain": "door"},
+                                          headers=basic(ADMIN))).json())["items"]
+        return items[0] if items and items[0]["status"] == "succeeded" else None
+
+    job = await wait_for(done, timeout=30)
+    await sign_in(client, ADMIN)
+    full = await (await client.get(f"/ui/assemblies/{job['id']}")).text()
+    fragment = await (await client.get(f"/ui/assemblies/{job['id']}", headers={"HX-Request": "true"})).text()
+    assert "<html" in full and "<html" not in fragment and 'id="job"' in fragment
+    assert "hx-trigger" not in fragment  # done: the block stops asking for itself
+    assert "business/door/polled:1.0" in fragment
+    # A job's number guessed by someone who may not read its business package.
+    await sign_in(client, "alg")
+    assert (await client.get(f"/ui/assemblies/{job['id']}")).status == 403
+
+
+def test_running_job_and_build_blocks_ask_for_themselves():
+    from pathlib import Path
+
+    import jinja2
+
+    import proxy.ui
+    from proxy.ui.filters import FILTERS
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(proxy.ui.__file__).parent / "templates"),
+                             autoescape=True, undefined=jinja2.ChainableUndefined)
+    env.filters.update(FILTERS)
+    job = {"id": 7, "status": "running", "chain": "door", "trigger": "push", "runs": 1, "source": None,
+           "target": {"repository": "business/door/x", "tag": "1.0", "digest": None}, "plugins": [], "error": None,
+           "created": 0.0, "finished": None, "duration_ms": None}
+    html = env.get_template("assembly_status.html").render(job=job, csrf="t")
+    assert 'hx-get="/ui/assemblies/7"' in html and 'hx-trigger="every 2s"' in html
+    build = {"id": "b1", "state": "queued", "package": "business/door/x:1.0", "license": "full", "bytes_done": 0,
+             "bytes_total": 10, "attempts": 0}
+    html = env.get_template("build_status.html").render(build=build, csrf="t")
+    assert 'hx-get="/ui/builds/b1"' in html and 'hx-trigger="every 2s"' in html
+    html = env.get_template("build_status.html").render(build={**build, "state": "failed", "error": "boom"}, csrf="t")
+    assert "hx-trigger" not in html and "Retry this build" in html
