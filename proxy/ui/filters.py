@@ -9,15 +9,15 @@ __all__ = ["FILTERS"]
 
 
 def when(value: float | str | None) -> str:
-    if value is None:
-        return "—"
     if isinstance(value, str):
         return value
+    if not isinstance(value, (int, float)):
+        return "—"  # None, or a field this record does not have
     return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def size(value: int | None) -> str:
-    if value is None:
+    if not isinstance(value, int):
         return "—"
     amount = float(value)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -35,9 +35,9 @@ def short(digest: str | None) -> str:
 
 
 def percent(done: int | None, total: int | None) -> int:
-    if not total:
+    if not isinstance(total, int) or total <= 0:
         return 0
-    return min(100, int(100 * (done or 0) / total))
+    return min(100, int(100 * (done if isinstance(done, int) else 0) / total))
 
 
 FILTERS: dict[str, Callable[..., Any]] = {"when": when, "size": size, "short": short, "percent": percent}
