@@ -500,3 +500,14 @@ def test_running_job_and_build_blocks_ask_for_themselves():
     assert 'hx-get="/ui/builds/b1"' in html and 'hx-trigger="every 2s"' in html
     html = env.get_template("build_status.html").render(build={**build, "state": "failed", "error": "boom"}, csrf="t")
     assert "hx-trigger" not in html and "Retry this build" in html
+
+
+def test_a_flood_of_anonymous_sessions_never_pushes_out_a_signed_in_one():
+    from proxy.ui.sessions import SessionStore
+    store = SessionStore(idle=60, max_signed_in=3, max_anonymous=5)
+    signed = store.new("alg", "fp")
+    anonymous = [store.new() for _ in range(50)]
+    assert store.get(signed.id) is signed
+    assert store.get(anonymous[0].id) is None and store.get(anonymous[-1].id) is anonymous[-1]
+    store.end(signed.id)
+    assert store.get(signed.id) is None

@@ -84,13 +84,15 @@ def page(*, public: bool = False) -> Callable[[PageHandler], PageHandler]:
                 # Forms are read whole: only ones with a declared, modest size (the API's
                 # bodies are capped at 1 MiB too; base64 and form encoding add a third).
                 if request.content_length is None or request.content_length > MAX_FORM:
-                    return _finish(request, error_page(request, 413, f"forms are limited to {MAX_FORM} bytes"),
-                                   session)
+                    response = error_page(request, 413, f"forms are limited to {MAX_FORM} bytes")
+                    _audit(request, response.status)
+                    return _finish(request, response, session)
                 form = await request.post()
                 token = form.get(CSRF_FIELD)
                 if fresh or not session.csrf_ok(token if isinstance(token, str) else None):
                     response = error_page(request, 403, "This form has expired or did not come from this console. "
                                                         "Reload the page and try again.")
+                    _audit(request, response.status)
                     return _finish(request, response, session)
             if not public and auth_on(request) and request[PRINCIPAL].is_anonymous:
                 target = request.path_qs if request.method == "GET" else "/ui/"
@@ -99,7 +101,8 @@ def page(*, public: bool = False) -> Callable[[PageHandler], PageHandler]:
             try:
                 response = await fn(request)
             except ApiError as exc:
-                response = error_page(request, exc.status, exc.message)
+                # 401: the account changed under the session (the API's "no longer valid").
+                response = redirect("/ui/login") if exc.status == 401 else error_page(request, exc.status, exc.message)
             except RegistryError as exc:
                 if exc.status == 401:
                     response = redirect("/ui/login")

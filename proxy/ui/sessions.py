@@ -18,7 +18,8 @@ from typing import Callable
 __all__ = ["Session", "SessionStore", "COOKIE"]
 
 COOKIE = "algomint_console"
-_MAX_SESSIONS = 50_000
+_MAX_SIGNED_IN = 50_000
+_MAX_ANONYMOUS = 10_000  # sessions before sign-in (the sign-in form's CSRF token), kept apart
 
 
 @dataclass
@@ -35,18 +36,26 @@ class Session:
 
 
 class SessionStore:
-    """In-memory sessions (a restart signs everyone out), oldest dropped past a cap."""
+    """In-memory sessions (a restart signs everyone out), oldest dropped past a cap.
 
-    def __init__(self, idle: float, clock: Callable[[], float] = time.monotonic) -> None:
+    Sessions opened before sign-in live in their own, smaller pool: anyone can open them
+    without credentials, so a flood of them must never push out a signed-in session."""
+
+    def __init__(self, idle: float, clock: Callable[[], float] = time.monotonic,
+                 max_signed_in: int = _MAX_SIGNED_IN, max_anonymous: int = _MAX_ANONYMOUS) -> None:
         self.idle = idle
         self._clock = clock
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._signed_in: OrderedDict[str, Session] = OrderedDict()
+        self._anonymous: OrderedDict[str, Session] = OrderedDict()
+        self._max_signed_in, self._max_anonymous = max_signed_in, max_anonymous
 
     def new(self, user: str | None = None, fingerprint: str | None = None) -> Session:
         session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), self._clock(), user, fingerprint)
-        self._sessions[session.id] = session
-        while len(self._sessions) > _MAX_SESSIONS:
-            self._sessions.popitem(last=False)
+        pool, cap = (self._signed_in, self._max_signed_in) if user is not None else (self._anonymous,
+                                                                                       self._max_anonymous)
+        pool[session.id] = session
+        while len(pool) > cap:
+            pool.popitem(last=False)
         return session
 
     def get(self, session_id: str | None, touch: bool = True) -> Session | None:
@@ -55,17 +64,19 @@ class SessionStore:
         unknown or idle too long."""
         if not session_id:
             return None
-        session = self._sessions.get(session_id)
+        pool = self._signed_in if session_id in self._signed_in else self._anonymous
+        session = pool.get(session_id)
         if session is None:
             return None
         now = self._clock()
         if now - session.last_seen > self.idle:
-            del self._sessions[session_id]
+            del pool[session_id]
             return None
         if touch:
             session.last_seen = now
-            self._sessions.move_to_end(session_id)
+            pool.move_to_end(session_id)
         return session
 
     def end(self, session_id: str) -> None:
-        self._sessions.pop(session_id, None)
+        self._signed_in.pop(session_id, None)
+        self._anonymous.pop(session_id, None)
