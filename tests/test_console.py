@@ -511,3 +511,34 @@ def test_a_flood_of_anonymous_sessions_never_pushes_out_a_signed_in_one():
     assert store.get(anonymous[0].id) is None and store.get(anonymous[-1].id) is anonymous[-1]
     store.end(signed.id)
     assert store.get(signed.id) is None
+
+
+async def test_repository_index_pages_by_prefix_and_follows_pushes_and_deletes():
+    from proxy.oci.manifest import ParsedManifest
+    from proxy.service.events import ManifestDeleted, ManifestStored
+    from proxy.ui.catalog import RepositoryIndex
+    stored = ["generic/b", "business/door/x", "generic/a", "generic/c"]
+    loads = []
+
+    async def load() -> list[str]:
+        loads.append(1)
+        return list(stored)
+
+    now = [0.0]
+    index = RepositoryIndex(load, refresh=30, clock=lambda: now[0])
+    assert list(await index.page("generic/", None)) == ["generic/a", "generic/b", "generic/c"]
+    assert list(await index.page("generic/", "generic/a")) == ["generic/b", "generic/c"]
+    assert list(await index.page("business/", None)) == ["business/door/x"]
+    assert list(await index.page("plugins/", None)) == []
+    await index.on_event(ManifestStored("generic/ab", "sha256:0", "x", "1.0", ParsedManifest("x", {})))
+    assert list(await index.page("generic/", "generic/a")) == ["generic/ab", "generic/b", "generic/c"]
+    assert len(loads) == 1  # a push is added without re-reading the storage
+    stored.remove("generic/c")
+    await index.on_event(ManifestDeleted("generic/c", "1.0"))
+    await index._reload  # the re-read a delete schedules
+    assert list(await index.page("generic/", None)) == ["generic/a", "generic/b"]  # generic/ab was never stored
+    now[0] = 100  # stale: served as is while it is re-read
+    stored.append("generic/z")
+    assert "generic/z" not in list(await index.page("generic/", None))
+    await index._reload
+    assert "generic/z" in list(await index.page("generic/", None))

@@ -6,17 +6,18 @@ handlers and the same policy, a vendored htmx for live progress, no assets from 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import AsyncIterator, Sequence
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
 from ..api.manage.router import ApiRouter
-from ..api.state import CONFIG
+from ..api.state import CONFIG, EVENTS, REGISTRY
 from ..auth.permissions import ROLES
 from . import admin, jobs, plugins, repositories, signin, systems, tokens
 from .bridge import BRIDGE, Bridge
+from .catalog import RepositoryIndex
 from .filters import FILTERS
 from .sessions import SessionStore
 from .context import SESSIONS, page
@@ -46,6 +47,14 @@ def setup_ui(app: web.Application, routers: Sequence[ApiRouter]) -> None:
     env.globals["role_names"] = sorted(ROLES)
     app[SESSIONS] = SessionStore(config.session_idle)
     app[BRIDGE] = Bridge(list(routers))
+    app[repositories.REPOSITORIES] = index = RepositoryIndex(app[REGISTRY].backend.list_repositories)
+    app[EVENTS].subscribe(index.on_event)
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        async with index.running():
+            yield
+
+    app.cleanup_ctx.append(lifetime)  # after storage (registered first): the listing needs it open
     app.router.add_get("/ui", _root)
     app.router.add_get("/ui/", home, name="ui.home")
     app.router.add_static("/ui/static", _HERE / "static", name="ui.static")

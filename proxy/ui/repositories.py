@@ -24,22 +24,21 @@ from ..oci.manifest import Descriptor, parse_manifest
 from ..oci.reference import NAME_RE, parse_digest
 from ..service.policy import Action
 from .bridge import BRIDGE
+from .catalog import RepositoryIndex
 from .context import page, render
 
-__all__ = ["add_routes", "readable_repositories", "PAGE"]
+__all__ = ["add_routes", "readable_repositories", "PAGE", "REPOSITORIES"]
 
 PAGE = 50
+REPOSITORIES = web.AppKey("ui_repositories", RepositoryIndex)
 _MAX_CONFIG = 256 * 1024  # a descriptor larger than this is not shown
 
 
 async def readable_repositories(request: web.Request, prefix: str, after: str | None,
                                 limit: int = PAGE) -> tuple[list[str], str | None]:
     """Repositories under ``prefix`` the caller may pull, after ``after``; and the next ``after``."""
-    names = sorted(n for n in await request.app[REGISTRY].backend.list_repositories() if n.startswith(prefix))
     found: list[str] = []
-    for name in names:
-        if after is not None and name <= after:
-            continue
+    for name in await request.app[REPOSITORIES].page(prefix, after):
         if await may(request, Action.PULL, name):
             if len(found) == limit:
                 return found, found[-1]
