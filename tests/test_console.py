@@ -542,3 +542,24 @@ async def test_repository_index_pages_by_prefix_and_follows_pushes_and_deletes()
     assert "generic/z" not in list(await index.page("generic/", None))
     await index._reload
     assert "generic/z" in list(await index.page("generic/", None))
+
+
+async def test_listings_paginate_and_pages_hold_only_readable_names(auth_env):
+    app, client = auth_env.app, auth_env.client
+    for i in range(53):
+        await seed_image(app, f"generic/p{i:03d}", "1.0")
+    for i in range(3):
+        await seed_image(app, f"generic/q{i:03d}", "1.0")
+    resp = await client.post("/api/v1/grants", json={"subject": "biz", "role": "consumer", "pattern": "generic/q*"},
+                             headers=basic(ADMIN))
+    assert resp.status == 201
+    await sign_in(client, ADMIN)
+    first = await (await client.get("/ui/algorithms")).text()
+    assert "generic/p000" in first and "generic/p049" in first and "generic/p050" not in first
+    after = re.search(r'href="\?after=([^"]+)"', first).group(1)
+    second = await (await client.get(f"/ui/algorithms?after={after}")).text()
+    assert "generic/p050" in second and "generic/q002" in second and "generic/p049" not in second
+    assert 'rel="next"' not in second
+    await sign_in(client, "biz")
+    only = await (await client.get("/ui/algorithms")).text()
+    assert "generic/q000" in only and "generic/p0" not in only and 'rel="next"' not in only
