@@ -21,7 +21,6 @@ import pytest
 
 from proxy.ui.sessions import COOKIE
 from tests.support.auth import ADMIN, auth_env, basic, password_of  # noqa: F401 - auth_env is a fixture
-from tests.support.packer import wait_for
 
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "console"
 _FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -79,15 +78,6 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
         registry.push(target=f"{host}/generic/face-recog:1.0", files=["model.onnx"],
                       manifest_config="descriptor.json:application/vnd.algomint.algorithm.config.v1+json", quiet=True)
 
-    await asyncio.to_thread(push)
-
-    async def assembled() -> bool:
-        resp = await client.get("/api/v1/assemblies", params={"chain": "door"}, headers=basic(ADMIN))
-        items = (await resp.json())["items"]
-        return bool(items) and items[0]["status"] == "succeeded"
-
-    await wait_for(assembled, timeout=60)
-
     def browse() -> dict[str, object]:
         seen: dict[str, object] = {}
         profile = tempfile.mkdtemp(prefix="chromium-profile-")
@@ -103,6 +93,17 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
             browser.get(f"{base}/ui/login")
             browser.save_screenshot(str(SHOTS / "sign-in.png"))
             sign_in(ADMIN)
+            # Push with the oras SDK, then watch the system's page until the business package is there.
+            browser.get(f"{base}/ui/systems/door")
+            push()
+
+            def package_listed(b) -> bool:
+                b.refresh()
+                return "business/door/face-recog" in b.page_source
+
+            WebDriverWait(browser, 60, poll_frequency=0.5).until(package_listed)
+            seen["system_after_push"] = browser.page_source
+            browser.get(f"{base}/ui/algorithms")
             seen["algorithms"] = browser.page_source
             browser.save_screenshot(str(SHOTS / "algorithms.png"))
             browser.find_element(By.LINK_TEXT, "generic/face-recog").click()
