@@ -563,3 +563,15 @@ async def test_listings_paginate_and_pages_hold_only_readable_names(auth_env):
     await sign_in(client, "biz")
     only = await (await client.get("/ui/algorithms")).text()
     assert "generic/q000" in only and "generic/p0" not in only and 'rel="next"' not in only
+
+
+async def test_auth_off_console_is_read_write_with_csrf(aiohttp_client, tmp_path):
+    client = await aiohttp_client(create_app(make_config(tmp_path, "filesystem")))
+    await _plugin(client)
+    csrf = await csrf_of(client, "/ui/new/system")
+    data = {"name": "door", "match": "generic/*", "plugins": "plugins/door-form:1.0", "params": "{}"}
+    assert (await client.post("/ui/new/system", data=data)).status == 403  # still no form without its token
+    resp = await client.post("/ui/new/system", data={"csrf": csrf, **data}, allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+    assert (await client.get("/api/v1/chains/door")).status == 200
+    assert (await client.get("/ui/admin/users")).status == 200
