@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -93,14 +94,13 @@ async def test_sign_out_ends_the_session(auth_env):
     assert resp.status == 303 and "/ui/login" in resp.headers["Location"]
 
 
-async def test_idle_session_expires(aiohttp_client, tmp_path):
-    from tests.support.auth import auth_config
-    app = create_app(auth_config(tmp_path, "filesystem", ui__session_idle=0.5))
-    client = await aiohttp_client(app)
+async def test_idle_session_expires(auth_env):
+    from proxy.ui.context import SESSIONS
+    client = auth_env.client
     await sign_in(client, ADMIN)
     assert (await client.get("/ui/algorithms", allow_redirects=False)).status == 200
-    import asyncio
-    await asyncio.sleep(0.8)
+    auth_env.app[SESSIONS].idle = 0.0  # every gap between two requests is now too long
+    await asyncio.sleep(0.01)
     resp = await client.get("/ui/algorithms", allow_redirects=False)
     assert resp.status == 303 and "/ui/login" in resp.headers["Location"]
 
