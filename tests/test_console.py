@@ -575,3 +575,25 @@ async def test_auth_off_console_is_read_write_with_csrf(aiohttp_client, tmp_path
     assert resp.status == 303, await resp.text()
     assert (await client.get("/api/v1/chains/door")).status == 200
     assert (await client.get("/ui/admin/users")).status == 200
+
+
+async def test_disabling_a_user_ends_their_console_session_at_once(auth_env):
+    from aiohttp.test_utils import TestClient
+    admin = auth_env.client
+    async with TestClient(admin.server) as other:  # a second browser, on the same server
+        await _disable_while_signed_in(admin, other)
+
+
+async def _disable_while_signed_in(admin, other) -> None:
+    await sign_in(other, "alg")
+    assert (await other.get("/ui/algorithms", allow_redirects=False)).status == 200
+    await sign_in(admin, ADMIN)
+    csrf = await csrf_of(admin, "/ui/admin/users")
+    resp = await admin.post("/ui/admin/users/alg/disabled", data={"csrf": csrf, "disabled": "true"},
+                            allow_redirects=False)
+    assert resp.status == 303
+    assert (await other.get("/ui/algorithms", allow_redirects=False)).status == 303
+    resp = await admin.post("/ui/admin/users/alg/disabled", data={"csrf": csrf, "disabled": "false"},
+                            allow_redirects=False)
+    assert resp.status == 303
+    assert (await other.get("/ui/algorithms", allow_redirects=False)).status == 303  # signed out stays signed out

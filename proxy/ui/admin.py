@@ -49,6 +49,15 @@ async def create_user(request: web.Request) -> web.StreamResponse:
 
 
 @page()
+async def set_disabled(request: web.Request) -> web.StreamResponse:
+    disabled = (await request.post()).get("disabled") == "true"
+    await request.app[BRIDGE].call(request, users.update, body={"disabled": disabled})
+    name = request.match_info["user"]
+    request[SESSION].flash.append(f"{name} {'disabled: signed out everywhere' if disabled else 'enabled'}.")
+    raise web.HTTPSeeOther("/ui/admin/users")
+
+
+@page()
 async def grant_list(request: web.Request) -> web.StreamResponse:
     query = {k: v for k, v in request.query.items() if k in ("subject", "role", "cursor") and v}
     listing = await request.app[BRIDGE].call(request, grants.index, {**query, "limit": "100"})
@@ -123,6 +132,7 @@ async def retry_delivery(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/ui/admin/users", user_list, name="ui.admin_users")
     app.router.add_post("/ui/admin/users", create_user, name="ui.admin_user_create")
+    app.router.add_post("/ui/admin/users/{user}/disabled", set_disabled, name="ui.admin_user_disabled")
     app.router.add_get("/ui/admin/grants", grant_list, name="ui.admin_grants")
     app.router.add_post("/ui/admin/grants", create_grant, name="ui.admin_grant_create")
     app.router.add_post("/ui/admin/grants/{id:\\d+}/delete", delete_grant, name="ui.admin_grant_delete")

@@ -126,7 +126,8 @@ _AUDIT_ACTIONS = {"ui.build_start": "full-builds.create_full_build", "ui.logout"
                   "ui.admin_delivery_retry": "subscriptions.retry_delivery",
                   "ui.token_create": "tokens.create", "ui.token_revoke": "tokens.revoke",
                   "ui.plugin_push": "plugins.push_plugin", "ui.admin_user_create": "users.create",
-                  "ui.admin_grant_create": "grants.create", "ui.admin_grant_delete": "grants.delete"}
+                  "ui.admin_grant_create": "grants.create", "ui.admin_grant_delete": "grants.delete",
+                  "ui.admin_user_disabled": "users.update"}
 
 
 def _audit(request: web.Request, status: int) -> None:
