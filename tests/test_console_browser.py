@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import urllib.request
@@ -50,6 +51,7 @@ def _driver(chromium: str, driver: str, profile: str):
 async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
     chromium, chromedriver = _browser_or_skip()
     import oras.provider
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -83,11 +85,19 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
         profile = tempfile.mkdtemp(prefix="chromium-profile-")
         browser = _driver(chromium, chromedriver, profile)
         try:
+            browser.implicitly_wait(5)  # elements of a page still loading
+
+            def until(condition, timeout: float = 30) -> None:
+                # htmx replaces the status block in place: a read can catch the old one.
+                WebDriverWait(browser, timeout, poll_frequency=0.1,
+                              ignored_exceptions=(StaleElementReferenceException,)).until(lambda b: condition(b))
+
             def sign_in(user: str) -> None:
                 browser.get(f"{base}/ui/login")
                 browser.find_element(By.ID, "username").send_keys(user)
                 browser.find_element(By.ID, "password").send_keys(password_of(user))
                 browser.find_element(By.CSS_SELECTOR, "form.stack button[type=submit]").click()
+                until(lambda b: "/ui/login" not in b.current_url and "Signed in as" in b.page_source)
 
             SHOTS.mkdir(parents=True, exist_ok=True)
             browser.get(f"{base}/ui/login")
@@ -107,21 +117,24 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
             seen["algorithms"] = browser.page_source
             browser.save_screenshot(str(SHOTS / "algorithms.png"))
             browser.find_element(By.LINK_TEXT, "generic/face-recog").click()
+            until(lambda b: b.current_url.endswith("/ui/repositories/generic/face-recog"))
             browser.find_element(By.LINK_TEXT, "1.0").click()
+            until(lambda b: "tag=1.0" in b.current_url and "Digest" in b.page_source)
             seen["generic"] = browser.page_source
             browser.save_screenshot(str(SHOTS / "algorithm-version.png"))
             browser.get(f"{base}/ui/systems/door")
             seen["system"] = browser.page_source
             browser.save_screenshot(str(SHOTS / "business-system.png"))
             browser.find_element(By.LINK_TEXT, "business/door/face-recog").click()
+            until(lambda b: b.current_url.endswith("/ui/repositories/business/door/face-recog"))
             browser.find_element(By.LINK_TEXT, "1.0").click()
+            until(lambda b: "tag=1.0" in b.current_url and "Digest" in b.page_source)
             seen["business"] = browser.page_source
             browser.save_screenshot(str(SHOTS / "business-package.png"))
             # A full build started from the package page; its progress updates in place (htmx).
             Select(browser.find_element(By.ID, "license")).select_by_visible_text("full")
             browser.find_element(By.CSS_SELECTOR, "form[action='/ui/builds'] button[type=submit]").click()
-            WebDriverWait(browser, 60).until(
-                lambda b: b.find_element(By.ID, "build-state").text in ("succeeded", "failed"))
+            until(lambda b: b.find_element(By.ID, "build-state").text in ("succeeded", "failed"), timeout=60)
             seen["build_state"] = browser.find_element(By.ID, "build-state").text
             seen["build_url"] = browser.current_url
             browser.save_screenshot(str(SHOTS / "full-build.png"))
@@ -135,19 +148,24 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
             # Edit the chain and re-assemble: the API's validation, then a new job.
             browser.get(f"{base}/ui/systems/door")
             browser.find_element(By.LINK_TEXT, "Edit this system").click()
+            until(lambda b: b.current_url.endswith("/edit"))
             params = browser.find_element(By.ID, "params")
             params.clear()
             params.send_keys('{"site": "hq2"}')
             browser.find_element(By.CSS_SELECTOR, "form.stack button[type=submit]").click()
+            until(lambda b: "saved." in b.page_source)
             seen["edited"] = browser.page_source
             browser.find_element(By.XPATH, "//button[starts-with(., 'Re-assemble')]").click()
+            until(lambda b: "/ui/assemblies" in b.current_url)
             seen["reassembled"] = browser.page_source
             # The full build froze business/door/face-recog:1.0: the new job fails, saying why.
             browser.find_elements(By.PARTIAL_LINK_TEXT, "#")[0].click()
-            WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "job-status").text == "failed")
+            until(lambda b: re.search(r"/ui/assemblies/\d+$", b.current_url))
+            until(lambda b: b.find_element(By.ID, "job-status").text == "failed")
             seen["refused_job"] = browser.page_source
             browser.get(f"{base}/ui/assemblies")
             browser.find_elements(By.PARTIAL_LINK_TEXT, "#")[-1].click()  # the first job (newest first)
+            until(lambda b: re.search(r"/ui/assemblies/\d+$", b.current_url))
             seen["assembly"] = browser.page_source
             browser.save_screenshot(str(SHOTS / "assembly.png"))
             browser.get(f"{base}/ui/admin/users")
@@ -159,6 +177,7 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
             browser.save_screenshot(str(SHOTS / "phone-business-system.png"))
             browser.set_window_size(1280, 900)
             browser.find_element(By.CSS_SELECTOR, "form.signout button").click()
+            until(lambda b: "/ui/login" in b.current_url)
             sign_in("biz")
             browser.get(f"{base}/ui/admin/users")
             seen["biz_admin"] = browser.page_source
