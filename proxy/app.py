@@ -50,6 +50,7 @@ from .service.gcruns import GcRun, GcRuns
 from .service.policy import AllowAll, PolicyChain
 from .service.registry import RegistryService
 from .startup import StartupError, one_line
+from .ui import setup_ui
 
 __all__ = ["create_app", "BACKEND"]
 
@@ -117,6 +118,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     routers += [catalog_api.router]
     manage.mount(app, routers)
     app[OPENAPI] = build_document(routers)
+    setup_ui(app, routers)  # the web console, over the same routes and policy
     return app
 
 

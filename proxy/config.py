@@ -196,6 +196,14 @@ class GcConfig(_Section):
     delete_untagged: bool = False
 
 
+class UiConfig(_Section):
+    """The web console at ``/ui/`` (served by ``algomint serve``)."""
+
+    enabled: bool = True
+    # A console session ends after this many seconds without a request.
+    session_idle: float = Field(1800.0, gt=0, le=7 * 86400)
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -210,6 +218,7 @@ class Config(_Section):
     audit: AuditConfig = AuditConfig()
     gc: GcConfig = GcConfig()
     log: LogConfig = LogConfig()
+    ui: UiConfig = UiConfig()
     # License kinds, [licenses.<kind>]; "full" (no encryption) always exists.
     licenses: Licenses = Field(default_factory=default_licenses)
     full_builds: FullBuildConfig = FullBuildConfig()

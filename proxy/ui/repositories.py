@@ -1,0 +1,185 @@
+"""Algorithms and business packages: repositories, their versions, descriptors, provenance, delivery.
+
+Every repository shown passes the policy's ``pull`` check for this caller; one it may not
+read answers 404 exactly like one that does not exist, so guessing URLs learns nothing.
+Listings page by name (``after``), so a page costs the same with 10 000 repositories."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..api.manage import audit
+from ..api.manage.access import may
+from ..api.manage.errors import ApiError
+from ..api.manage.fullbuilds import FULL_BUILDS
+from ..api.manage.router import authorize
+from ..api.state import CONFIG, REGISTRY
+from ..oci import mediatypes as mt
+from ..oci.errors import Errors, RegistryError
+from ..oci.manifest import Descriptor, parse_manifest
+from ..oci.reference import NAME_RE, parse_digest
+from ..service.policy import Action
+from .bridge import BRIDGE
+from .catalog import RepositoryIndex
+from .context import page, render
+
+__all__ = ["add_routes", "readable_repositories", "PAGE", "REPOSITORIES"]
+
+PAGE = 50
+REPOSITORIES = web.AppKey("ui_repositories", RepositoryIndex)
+_MAX_CONFIG = 256 * 1024  # a descriptor larger than this is not shown
+
+
+async def readable_repositories(request: web.Request, prefix: str, after: str | None,
+                                limit: int = PAGE) -> tuple[list[str], str | None]:
+    """Repositories under ``prefix`` the caller may pull, after ``after``; and the next ``after``."""
+    found: list[str] = []
+    for name in await request.app[REPOSITORIES].page(prefix, after):
+        if await may(request, Action.PULL, name):
+            if len(found) == limit:
+                return found, found[-1]
+            found.append(name)
+    return found, None
+
+
+def _not_found(repo: str) -> RegistryError:
+    return RegistryError(Errors.NAME_UNKNOWN, message=f"no repository {repo} you may read")
+
+
+async def _require_pull(request: web.Request, repo: str) -> None:
+    if not NAME_RE.fullmatch(repo) or not await may(request, Action.PULL, repo):
+        raise _not_found(repo)
+
+
+@page()
+async def algorithms(request: web.Request) -> web.StreamResponse:
+    prefix = request.app[CONFIG].assembly.generic_prefix
+    names, following = await readable_repositories(request, prefix, request.query.get("after"))
+    return render(request, "algorithms.html", {"title": "Algorithms", "repositories": names, "next": following})
+
+
+async def _read_config(request: web.Request, repo: str, config: Descriptor) -> dict[str, Any] | None:
+    """The package's descriptor (its config blob), verified against its digest; None when unreadable."""
+    if config.size > _MAX_CONFIG:
+        return None
+    parsed = parse_digest(config.digest)
+    hasher, chunks = parsed.hasher(), []
+    async with await request.app[REGISTRY].backend.open_blob(repo, config.digest) as reader:
+        async for chunk in reader:
+            hasher.update(chunk)
+            chunks.append(chunk)
+    if f"{parsed.algorithm}:{hasher.hexdigest()}" != config.digest:
+        return None
+    try:
+        value = json.loads(b"".join(chunks))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+async def _business_from(request: web.Request, repo: str, digest: str) -> list[dict[str, str]]:
+    """Business packages made from this generic manifest that the caller may read (its referrers)."""
+    config = request.app[CONFIG].assembly
+    found = []
+    for ref in await request.app[REGISTRY].list_referrers(repo, digest, mt.BUSINESS):
+        chain = (ref.annotations or {}).get("io.algomint.chain")
+        if not chain:
+            continue
+        target = f"{config.business_prefix}{chain}/{repo[len(config.generic_prefix):]}"
+        if await may(request, Action.PULL, target):
+            found.append({"repository": target, "digest": ref.digest, "chain": chain})
+    return found
+
+
+@page()
+async def repository(request: web.Request) -> web.StreamResponse:
+    repo = request.match_info["name"]
+    await _require_pull(request, repo)
+    tag = request.query.get("tag")
+    if tag is None:
+        try:
+            tags = await request.app[REGISTRY].backend.list_tags(repo)
+        except RegistryError as exc:
+            if exc.error is Errors.NAME_UNKNOWN:
+                raise _not_found(repo) from None
+            raise
+        after = request.query.get("after")
+        tags = sorted(t for t in tags if after is None or t > after)
+        following = tags[PAGE - 1] if len(tags) > PAGE else None
+        return render(request, "repository.html", {"title": repo, "repository": repo, "tags": tags[:PAGE],
+                                                   "next": following, "kind": _kind(request, repo)})
+    await authorize(request, Action.PULL, repo, tag)
+    item = await request.app[REGISTRY].get_manifest(repo, tag)
+    manifest = parse_manifest(item.data, item.media_type)
+    descriptor = await _read_config(request, repo, manifest.config) if manifest.config is not None else None
+    frozen = await request.app[FULL_BUILDS].store.frozen_tag(repo, tag)
+    size = len(item.data) + sum(d.size for d in (*manifest.layers, *manifest.manifests)) + (
+        manifest.config.size if manifest.config else 0)
+    kind = _kind(request, repo)
+    host = request.app[CONFIG].server.public_url or f"{request.scheme}://{request.host}"
+    host = host.split("://", 1)[-1].rstrip("/")
+    context = {
+        "title": f"{repo}:{tag}", "repository": repo, "tag": tag, "digest": item.digest, "media_type": item.media_type,
+        "manifest": manifest, "descriptor": descriptor, "frozen": frozen, "size": size, "kind": kind,
+        "annotations": manifest.annotations, "layers": manifest.layers, "children": manifest.manifests,
+        "business": await _business_from(request, repo, item.digest) if kind == "generic" else [],
+        "licenses": sorted(request.app[FULL_BUILDS].licensers) if kind == "business" else [],
+        "pushes": await _pushes(request, repo, tag, item.digest),
+        "pull": {"skopeo": f"skopeo copy docker://{host}/{repo}:{tag} oci-archive:{repo.rsplit('/', 1)[-1]}-{tag}.tar",
+                 "podman": f"podman pull {host}/{repo}:{tag}", "oras": f"oras pull {host}/{repo}:{tag}"},
+    }
+    return render(request, "package.html", context)
+
+
+async def _descriptor_of(request: web.Request, repo: str, tag: str) -> dict[str, Any] | None:
+    await authorize(request, Action.PULL, repo, tag)
+    item = await request.app[REGISTRY].get_manifest(repo, tag)
+    manifest = parse_manifest(item.data, item.media_type)
+    return await _read_config(request, repo, manifest.config) if manifest.config is not None else None
+
+
+@page()
+async def diff(request: web.Request) -> web.StreamResponse:
+    """A unified diff between the descriptors of two versions of one package."""
+    repo = request.match_info["name"]
+    await _require_pull(request, repo)
+    a, b = request.query.get("a", ""), request.query.get("b", "")
+    if not a or not b:
+        raise ApiError(400, "choose two versions to compare")
+    texts = []
+    for tag in (a, b):
+        descriptor = await _descriptor_of(request, repo, tag)
+        texts.append(json.dumps(descriptor, indent=2, sort_keys=True).splitlines() if descriptor is not None else [])
+    lines = list(difflib.unified_diff(texts[0], texts[1], f"{repo}:{a}", f"{repo}:{b}", lineterm=""))
+    return render(request, "diff.html", {"title": f"{repo}: {a} → {b}", "repository": repo, "a": a, "b": b,
+                                         "lines": lines})
+
+
+async def _pushes(request: web.Request, repo: str, tag: str, digest: str) -> list[dict[str, Any]] | None:
+    """Who pushed this version and when, from the audit log; None for callers who may not
+    query it (the API's admins-only audit route decides)."""
+    query = {"repository": repo, "action": "manifest.push", "outcome": "success", "limit": "100"}
+    try:
+        listing = await request.app[BRIDGE].call(request, audit.query, query)
+    except (ApiError, RegistryError):
+        return None
+    return [r for r in listing["items"] if r.get("reference") in (tag, digest) or r.get("digest") == digest][:10]
+
+
+def _kind(request: web.Request, repo: str) -> str:
+    config = request.app[CONFIG].assembly
+    if repo.startswith(config.generic_prefix):
+        return "generic"
+    if repo.startswith(config.business_prefix):
+        return "business"
+    return "other"
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/ui/algorithms", algorithms, name="ui.algorithms")
+    app.router.add_get("/ui/diff/{name:.+}", diff, name="ui.diff")
+    app.router.add_get("/ui/repositories/{name:.+}", repository, name="ui.repository")
