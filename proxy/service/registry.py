@@ -8,7 +8,6 @@ parse and respond."""
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import hashlib
 import logging
@@ -25,7 +24,7 @@ from .flights import Flights
 from .journal import Change, ChangeJournal
 from .referrers import ReferrersIndex
 
-__all__ = ["RegistryService", "StoredManifest", "paginate"]
+__all__ = ["RegistryService", "StoredManifest"]
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +68,6 @@ class _ManifestCache:
         old = self._items.pop((repo, digest), None)
         if old is not None:
             self._bytes -= len(old.data)
-
-
-def paginate(items: Sequence[str], n: int | None, last: str | None) -> tuple[list[str], str | None]:
-    """Lexically sorted ``items`` after ``last``, at most ``n``; returns the page and the
-    ``last`` value for the next page (``None`` when this is the final page)."""
-    start = bisect.bisect_right(items, last) if last else 0
-    if n is None:
-        return list(items[start:]), None
-    page = list(items[start : start + n])
-    more = start + n < len(items)
-    return page, (page[-1] if more and page else None)
 
 
 def _known_tag(repo: str, reference: str) -> None:
@@ -294,9 +282,12 @@ class RegistryService:
         return await self.referrers.list(repo, digest, artifact_type)
 
     # -- listings ----------------------------------------------------------------
+    # Each returns the page and the ``last`` value of the next page (``None`` when this
+    # is the final one); the backend answers one page, not the whole listing.
     async def tags(self, repo: str, n: int | None, last: str | None) -> tuple[list[str], str | None]:
-        return paginate(await self.backend.list_tags(repo), n, last)
+        page, more = await self.backend.tags_page(repo, n, last)
+        return page, (page[-1] if more and page else None)
 
     async def catalog(self, n: int | None, last: str | None) -> tuple[list[str], str | None]:
-        return paginate(await self.backend.list_repositories(), n, last)
-
+        page, more = await self.backend.repositories_page(n, last)
+        return page, (page[-1] if more and page else None)
