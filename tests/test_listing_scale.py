@@ -1,0 +1,224 @@
+"""Listings pay for their page: correct walks while tags change, and a page's cost that
+does not depend on how much data there is (counted in rows and backend calls, not time)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from aiohttp import web
+
+from proxy.backend.filesystem import FilesystemBackend
+from proxy.backend.remote import RegistryBackend
+from tests.support.oci import image_manifest, push_image
+
+from proxy.oci import mediatypes as mt
+
+
+def _next(resp) -> str | None:
+    link = resp.headers.get("Link")
+    if link is None:
+        return None
+    assert link.endswith('>; rel="next"') and link.startswith("<")
+    return link[1 : link.index(">")]
+
+
+async def _walk(client, url: str, key: str, between=None) -> list[str]:
+    collected: list[str] = []
+    while url:
+        resp = await client.get(url)
+        assert resp.status == 200, await resp.text()
+        page = (await resp.json())[key] or []
+        collected += page
+        url = _next(resp)
+        if url is not None:
+            query = parse_qs(urlsplit(url).query)
+            assert query["last"] == [page[-1]] and query["n"] == [str(len(page))]
+        if between is not None:
+            await between(page)
+    return collected
+
+
+async def test_tags_walk_while_tags_come_and_go(client, repo, backend_kind):
+    digest, manifest = await push_image(client, repo, "t000", [b"same"])
+    headers = {"Content-Type": mt.OCI_MANIFEST}
+    stable = [f"t{i:03d}" for i in range(0, 60)]
+    for tag in stable[1:]:
+        assert (await client.put(f"/v2/{repo}/manifests/{tag}", data=manifest, headers=headers)).status == 201
+    removed: list[str] = []
+    added: list[str] = []
+
+    async def change(page: list[str]) -> None:
+        # A tag added behind the cursor and one ahead of it, while the walk goes on.
+        for tag in (page[0] + "a", "t059z" + str(len(added))):
+            assert (await client.put(f"/v2/{repo}/manifests/{tag}", data=manifest, headers=headers)).status == 201
+            added.append(tag)
+        if backend_kind == "filesystem":  # distribution 2.8 cannot untag
+            ahead = stable[stable.index(page[-1]) + 3] if page[-1] in stable[:-3] else None
+            if ahead is not None and ahead not in removed:
+                assert (await client.delete(f"/v2/{repo}/manifests/{ahead}")).status == 202
+                removed.append(ahead)
+
+    walked = await _walk(client, f"/v2/{repo}/tags/list?n=7", "tags", change)
+    assert walked == sorted(set(walked)), "ordered, without duplicates"
+    # No gaps: every tag that existed for the whole walk was listed once; none deleted
+    # before the cursor reached it was.
+    assert set(stable) - set(removed) <= set(walked)
+    assert not set(removed) & set(walked)
+    # Tags added ahead of the cursor show up; the final listing is exact.
+    assert "t059z0" in walked
+    final = (await (await client.get(f"/v2/{repo}/tags/list")).json())["tags"]
+    assert final == sorted((set(stable) - set(removed)) | set(added))
+
+
+async def test_catalog_walk(client, repo):
+    names = [f"{repo}/c{i:02d}" for i in range(12)]
+    for name in names:
+        await push_image(client, name, "v1", [b"x"])
+    walked = await _walk(client, "/v2/_catalog?n=5", "repositories")
+    assert walked == sorted(set(walked))
+    assert set(names) <= set(walked)
+    resp = await client.get("/v2/_catalog", params={"n": "3", "last": names[4]})
+    assert (await resp.json())["repositories"] == names[5:8]
+    # A repository whose last manifest was deleted stays listed.
+    digest = (await client.head(f"/v2/{names[0]}/manifests/v1")).headers["Docker-Content-Digest"]
+    await client.delete(f"/v2/{names[0]}/manifests/{digest}")
+    resp = await client.get("/v2/_catalog", params={"n": "2", "last": repo + "/"})
+    assert (await resp.json())["repositories"] == names[:2]
+
+
+# -- the embedded store: a page reads a page --------------------------------------------
+def _seed(root: Path, repos: int, tags: int) -> None:
+    """A store written straight to disk (as an older version left it): no index yet."""
+    manifest = image_manifest(b"{}", [])
+    digest = "sha256:" + __import__("hashlib").sha256(manifest).hexdigest()
+    blob = root / "blobs" / "sha256" / digest[7:9] / digest[7:]
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(manifest)
+    for r in range(repos):
+        repo_dir = root / "repositories" / "scale" / f"r{r:05d}" / "_manifests"
+        revision = repo_dir / "revisions" / "sha256" / digest[7:]
+        revision.parent.mkdir(parents=True)
+        revision.write_text(json.dumps({"mediaType": mt.OCI_MANIFEST}))
+        tag_dir = repo_dir / "tags"
+        tag_dir.mkdir()
+        for t in range(tags if r == 0 else 1):
+            (tag_dir / f"t{t:05d}").write_text(digest)
+
+
+class _DiskCalls:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.scans = 0
+        real = os.scandir
+
+        def scandir(path="."):
+            self.scans += 1
+            return real(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+
+
+@pytest.mark.parametrize("size", [50, 5000])
+async def test_embedded_page_cost_is_flat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    root = tmp_path / "store"
+    _seed(root, repos=size, tags=size)
+    backend = FilesystemBackend(root)
+    await backend.start()  # builds the index from the files, once
+    try:
+        calls = _DiskCalls(monkeypatch)
+        index = backend._index
+        index.rows_read = 0
+        page, more = await backend.tags_page("scale/r00000", 20, "t00010")
+        assert page == [f"t{t:05d}" for t in range(11, 31)] and more
+        assert index.rows_read == 21  # the page and one more, whatever the total
+        index.rows_read = 0
+        page, more = await backend.repositories_page(20, "scale/r00010")
+        assert page == [f"scale/r{r:05d}" for r in range(11, 31)] and more
+        assert index.rows_read == 21
+        assert calls.scans == 0  # no directory is listed to answer a page
+        # The last page says so.
+        page, more = await backend.tags_page("scale/r00000", 20, f"t{size - 5:05d}")
+        assert len(page) == 4 and not more
+    finally:
+        await backend.close()
+
+
+async def test_index_rebuilt_and_repaired(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    _seed(root, repos=3, tags=5)
+    backend = FilesystemBackend(root)
+    await backend.start()
+    await backend.close()
+    # A crash between an index row and its file leaves an extra row: never listed, and
+    # removed when met.
+    backend._index.add_tag("scale/r00000", "t00002a")
+    backend._index.add_repository("scale/gone")
+    backend = FilesystemBackend(root)
+    await backend.start()
+    assert await backend.list_tags("scale/r00000") == [f"t{t:05d}" for t in range(5)]
+    assert await backend.list_repositories() == ["scale/r00000", "scale/r00001", "scale/r00002"]
+    backend._index.rows_read = 0
+    await backend.list_tags("scale/r00000")
+    assert backend._index.rows_read == 5
+    await backend.close()
+    # A store without an index (or a lost one) is indexed again at start.
+    for path in (root / "_index").iterdir():
+        path.unlink()
+    (root / "repositories" / "scale" / "r00001" / "_manifests" / "tags" / "late").write_text("x")
+    backend = FilesystemBackend(root)
+    await backend.start()
+    assert await backend.list_tags("scale/r00001") == ["late", "t00000"]
+    page, more = await backend.repositories_page(None, None, prefix="scale/r0000")
+    assert page == ["scale/r00000", "scale/r00001", "scale/r00002"] and not more
+    await backend.close()
+
+
+# -- the registry backend: one upstream page per client page ------------------------------
+class _Upstream:
+    """A catalog that honours ``n`` and ``last`` like distribution, counting requests."""
+
+    def __init__(self, names: list[str], cap: int = 1000) -> None:
+        self.names = sorted(names)
+        self.cap = cap
+        self.requests = 0
+        self.served = 0
+
+    async def catalog(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        n = min(int(request.query.get("n", "100")), self.cap)
+        last = request.query.get("last", "")
+        page = [name for name in self.names if name > last][:n]
+        self.served += len(page)
+        headers = {}
+        if len(page) == n and page[-1] != self.names[-1]:
+            headers["Link"] = f'</v2/_catalog?n={n}&last={page[-1]}>; rel="next"'
+        return web.json_response({"repositories": page}, headers=headers)
+
+
+@pytest.mark.parametrize("size", [50, 5000])
+async def test_registry_catalog_page_cost_is_flat(aiohttp_server, size: int) -> None:
+    upstream = _Upstream([f"r{i:05d}" for i in range(size)] + ["plugins/a", "plugins/b"])
+    app = web.Application()
+    app.router.add_get("/v2/_catalog", upstream.catalog)
+    server = await aiohttp_server(app)
+    backend = RegistryBackend(str(server.make_url("/")))
+    await backend.start()
+    try:
+        page, more = await backend.repositories_page(20, "r00010")
+        assert page == [f"r{i:05d}" for i in range(11, 31)] and more
+        assert (upstream.requests, upstream.served) == (1, 21)
+        upstream.requests = upstream.served = 0
+        page, more = await backend.repositories_page(100, None, prefix="plugins/")
+        assert (page, more) == (["plugins/a", "plugins/b"], False)
+        assert upstream.requests == 1 and upstream.served <= 101
+        # An upstream that caps n still fills the page, with a page's worth of requests.
+        upstream.cap = 7
+        upstream.requests = 0
+        page, more = await backend.repositories_page(20, "r00010")
+        assert page == [f"r{i:05d}" for i in range(11, 31)] and more
+        assert upstream.requests == 3
+    finally:
+        await backend.close()
