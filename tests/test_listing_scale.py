@@ -222,3 +222,46 @@ async def test_registry_catalog_page_cost_is_flat(aiohttp_server, size: int) -> 
         assert upstream.requests == 3
     finally:
         await backend.close()
+
+
+# -- referrers: paged by the spec's Link, filtered in the query ----------------------------
+async def test_referrers_paginated_with_filter(client, repo):
+    from tests.support.oci import descriptor, digest_of, push_blob
+
+    subject_digest, subject = await push_image(client, repo, "v1", [b"base"])
+    await push_blob(client, repo, b"{}")
+    kinds = {}
+    for i in range(9):
+        kind = "application/vnd.example.sig" if i % 3 == 0 else "application/vnd.example.sbom"
+        body = json.dumps({
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_MANIFEST,
+            "artifactType": kind,
+            "config": descriptor(b"{}", mt.OCI_EMPTY),
+            "layers": [descriptor(b"{}", mt.OCI_EMPTY)],
+            "subject": descriptor(subject, mt.OCI_MANIFEST),
+            "annotations": {"i": str(i)},
+        }).encode()
+        resp = await client.put(f"/v2/{repo}/manifests/{digest_of(body)}", data=body,
+                                headers={"Content-Type": mt.OCI_MANIFEST})
+        assert resp.status == 201
+        kinds[digest_of(body)] = kind
+    base = f"/v2/{repo}/referrers/{subject_digest}"
+
+    async def walk(url: str) -> list[str]:
+        seen: list[str] = []
+        while url:
+            resp = await client.get(url)
+            assert resp.status == 200 and resp.headers["Content-Type"] == mt.OCI_INDEX
+            seen += [m["digest"] for m in (await resp.json())["manifests"]]
+            url = _next(resp)
+            if url is not None:
+                assert parse_qs(urlsplit(url).query)["last"] == [seen[-1]]
+        return seen
+
+    assert await walk(base + "?n=2") == sorted(kinds)
+    sigs = sorted(d for d, k in kinds.items() if k == "application/vnd.example.sig")
+    filtered = await walk(base + "?n=2&artifactType=application/vnd.example.sig")
+    assert filtered == sigs  # the Link keeps the filter
+    resp = await client.get(base)  # no n: one page (the default size is far above 9)
+    assert len((await resp.json())["manifests"]) == 9 and "Link" not in resp.headers

@@ -277,9 +277,13 @@ class RegistryService:
         await self._after_delete(change.repo, change.reference, change.actor)
         return True
 
-    async def list_referrers(self, repo: str, digest: str, artifact_type: str | None) -> list[Descriptor]:
+    async def list_referrers(
+        self, repo: str, digest: str, artifact_type: str | None, n: int | None = None, last: str | None = None
+    ) -> tuple[list[Descriptor], str | None]:
+        """A page of referrers and the ``last`` of the next page (``None``: final)."""
         parse_digest(digest)
-        return await self.referrers.list(repo, digest, artifact_type)
+        page, more = await self.referrers.list(repo, digest, artifact_type, n, last)
+        return page, (page[-1].digest if more and page else None)
 
     # -- listings ----------------------------------------------------------------
     # Each returns the page and the ``last`` value of the next page (``None`` when this
