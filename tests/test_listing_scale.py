@@ -138,6 +138,11 @@ async def test_embedded_page_cost_is_flat(tmp_path: Path, monkeypatch: pytest.Mo
         page, more = await backend.repositories_page(20, "scale/r00010")
         assert page == [f"scale/r{r:05d}" for r in range(11, 31)] and more
         assert index.rows_read == 21
+        # A name range (the plugins listing's "plugins/" prefix) reads only that range.
+        index.rows_read = 0
+        page, more = await backend.repositories_page(100, None, prefix="scale/r0001")
+        assert page == [f"scale/r{r:05d}" for r in range(10, 20)] and not more
+        assert index.rows_read == 10
         assert calls.scans == 0  # no directory is listed to answer a page
         # The last page says so.
         page, more = await backend.tags_page("scale/r00000", 20, f"t{size - 5:05d}")
@@ -265,3 +270,72 @@ async def test_referrers_paginated_with_filter(client, repo):
     assert filtered == sigs  # the Link keeps the filter
     resp = await client.get(base)  # no n: one page (the default size is far above 9)
     assert len((await resp.json())["manifests"]) == 9 and "Link" not in resp.headers
+
+
+# -- metadata listings: a page's SQL work does not grow with the table ----------------------
+class _Steps:
+    """SQLite virtual-machine steps, counted while a query runs: the work, not the time."""
+
+    def __init__(self, db) -> None:
+        self.db = db
+        self.count = 0
+
+    def _tick(self) -> int:
+        self.count += 1
+        return 0
+
+    async def __aenter__(self) -> "_Steps":
+        await self.db.conn.set_progress_handler(self._tick, 10)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.db.conn.set_progress_handler(None, 10)
+
+
+async def _steps_for(size: int, tmp_path: Path) -> dict[str, int]:
+    from types import SimpleNamespace
+
+    from packer.assembly import SCHEMA as ASSEMBLY_SCHEMA, AssemblyService
+    from packer.fullbuild.store import SCHEMA as BUILD_SCHEMA, BuildStore
+    from proxy.meta import Database
+
+    db = Database(tmp_path / f"meta-{size}.db")
+    await db.open()
+    await db.migrate(ASSEMBLY_SCHEMA + BUILD_SCHEMA)
+    async with db.transaction() as tx:
+        jobs = [(f"generic/other{i}", f"business/other{i}") for i in range(size)]
+        jobs[size // 3 : size // 3] = [("generic/mine", "business/x/mine")] * 15
+        jobs += [("generic/x", "business/x/mine")] * 15
+        await tx.executemany(
+            "INSERT INTO assembly_jobs (chain, source_repo, source_tag, source_digest, target_repo, target_tag,"
+            " status, trigger, created) VALUES ('c', ?, 'v1', 'sha256:0', ?, 'v1', 'done', 'push', 0)",
+            jobs,
+        )
+        await tx.executemany(
+            "INSERT INTO full_builds (id, package, repository, tag, license, source_digest, state, created_at)"
+            " VALUES (?, ?, 'business/p', 'v1', 'l', 'sha256:0', ?, ?)",
+            [(f"b{i:06d}", "mine" if i % 97 == 0 else f"p{i}", "done" if i % 2 else "failed", float(i))
+             for i in range(size)],
+        )
+    assembly = SimpleNamespace(db=db)
+    builds = BuildStore(db)
+    steps: dict[str, int] = {}
+    checks = {
+        "assemblies by repository": lambda: AssemblyService.list(assembly, 10, repository="business/x/mine"),
+        "assemblies, next page": lambda: AssemblyService.list(assembly, 10, before=10**6, repository="generic/mine"),
+        "full builds": lambda: builds.list(20),
+        "full builds by state": lambda: builds.list(20, (float(size), "z"), state="done"),
+    }
+    for name, call in checks.items():
+        async with _Steps(db) as counter:
+            rows = await call()
+        assert len(rows) == (10 if name.startswith("assemblies") else 20)
+        steps[name] = counter.count
+    await db.close()
+    return steps
+
+
+async def test_metadata_listing_cost_is_flat(tmp_path: Path) -> None:
+    small, large = await _steps_for(50, tmp_path), await _steps_for(5000, tmp_path)
+    for name in small:
+        assert large[name] <= 2 * small[name] + 20, (name, small[name], large[name])
