@@ -339,3 +339,23 @@ async def test_metadata_listing_cost_is_flat(tmp_path: Path) -> None:
     small, large = await _steps_for(50, tmp_path), await _steps_for(5000, tmp_path)
     for name in small:
         assert large[name] <= 2 * small[name] + 20, (name, small[name], large[name])
+
+
+def test_chain_prefixes_cover_exactly_what_a_chain_can_match() -> None:
+    """Assembling "every package of a chain" walks these name ranges, not every repository."""
+    from types import SimpleNamespace
+
+    from packer.chains import ChainRegistry, glob_match
+
+    chains = ChainRegistry(None, None, None)  # type: ignore[arg-type]
+
+    def prefixes(*globs: str) -> list[str]:
+        return chains.prefixes(SimpleNamespace(spec=SimpleNamespace(match=list(globs))))  # type: ignore[arg-type]
+
+    assert prefixes("generic/face-*", "generic/face-recog/**", "generic/door/?") == ["generic/door/", "generic/face-"]
+    assert prefixes("generic/face-*", "**/x") == ["generic/"]  # a leading wildcard: the whole namespace
+    assert prefixes("images/**") == []  # outside the sources namespace nothing ever matches
+    # Every name a glob matches starts with one of its prefixes.
+    for glob, name in [("generic/face-*", "generic/face-recog"), ("generic/*/x?", "generic/a/xy"),
+                       ("generic/**", "generic/a/b/c")]:
+        assert glob_match(glob, name) and any(name.startswith(p) for p in prefixes(glob))
