@@ -3,6 +3,7 @@ does not depend on how much data there is (counted in rows and backend calls, no
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -13,9 +14,8 @@ from aiohttp import web
 
 from proxy.backend.filesystem import FilesystemBackend
 from proxy.backend.remote import RegistryBackend
-from tests.support.oci import image_manifest, push_image
-
 from proxy.oci import mediatypes as mt
+from tests.support.oci import descriptor, digest_of, image_manifest, push_blob, push_image
 
 
 def _next(resp) -> str | None:
@@ -94,7 +94,7 @@ async def test_catalog_walk(client, repo):
 def _seed(root: Path, repos: int, tags: int) -> None:
     """A store written straight to disk (as an older version left it): no index yet."""
     manifest = image_manifest(b"{}", [])
-    digest = "sha256:" + __import__("hashlib").sha256(manifest).hexdigest()
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
     blob = root / "blobs" / "sha256" / digest[7:9] / digest[7:]
     blob.parent.mkdir(parents=True)
     blob.write_bytes(manifest)
@@ -231,8 +231,6 @@ async def test_registry_catalog_page_cost_is_flat(aiohttp_server, size: int) -> 
 
 # -- referrers: paged by the spec's Link, filtered in the query ----------------------------
 async def test_referrers_paginated_with_filter(client, repo):
-    from tests.support.oci import descriptor, digest_of, push_blob
-
     subject_digest, subject = await push_image(client, repo, "v1", [b"base"])
     await push_blob(client, repo, b"{}")
     kinds = {}
