@@ -35,10 +35,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aiohttp import ClientSession, web  # noqa: E402
+from aiohttp import ClientSession, web
 
-from proxy.app import create_app  # noqa: E402
-from tests.conftest import make_config  # noqa: E402
+from proxy.app import create_app
+from tests.conftest import make_config
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 SUBJECT = "sha256:" + "5" * 64

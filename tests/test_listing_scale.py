@@ -15,7 +15,13 @@ from aiohttp import web
 from proxy.backend.filesystem import FilesystemBackend
 from proxy.backend.remote import RegistryBackend
 from proxy.oci import mediatypes as mt
-from tests.support.oci import descriptor, digest_of, image_manifest, push_blob, push_image
+from tests.support.oci import (
+    descriptor,
+    digest_of,
+    image_manifest,
+    push_blob,
+    push_image,
+)
 
 
 def _next(resp) -> str | None:
@@ -43,9 +49,9 @@ async def _walk(client, url: str, key: str, between=None) -> list[str]:
 
 
 async def test_tags_walk_while_tags_come_and_go(client, repo, backend_kind):
-    digest, manifest = await push_image(client, repo, "t000", [b"same"])
+    _, manifest = await push_image(client, repo, "t000", [b"same"])
     headers = {"Content-Type": mt.OCI_MANIFEST}
-    stable = [f"t{i:03d}" for i in range(0, 60)]
+    stable = [f"t{i:03d}" for i in range(60)]
     for tag in stable[1:]:
         assert (await client.put(f"/v2/{repo}/manifests/{tag}", data=manifest, headers=headers)).status == 201
     removed: list[str] = []
@@ -282,7 +288,7 @@ class _Steps:
         self.count += 1
         return 0
 
-    async def __aenter__(self) -> "_Steps":
+    async def __aenter__(self) -> _Steps:
         await self.db.conn.set_progress_handler(self._tick, 10)
         return self
 
@@ -293,8 +299,10 @@ class _Steps:
 async def _steps_for(size: int, tmp_path: Path) -> dict[str, int]:
     from types import SimpleNamespace
 
-    from packer.assembly import SCHEMA as ASSEMBLY_SCHEMA, AssemblyService
-    from packer.fullbuild.store import SCHEMA as BUILD_SCHEMA, BuildStore
+    from packer.assembly import SCHEMA as ASSEMBLY_SCHEMA
+    from packer.assembly import AssemblyService
+    from packer.fullbuild.store import SCHEMA as BUILD_SCHEMA
+    from packer.fullbuild.store import BuildStore
     from proxy.meta import Database
 
     db = Database(tmp_path / f"meta-{size}.db")

@@ -25,8 +25,8 @@ import fcntl
 import os
 import sqlite3
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 __all__ = ["ListingIndex"]
 
