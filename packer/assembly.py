@@ -21,7 +21,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from proxy.meta import Database, MetadataError
 from proxy.oci import mediatypes as mt
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 STATUSES = ("queued", "running", "succeeded", "failed")
 MAX_REQUESTED_JOBS = 10_000
+_LIST_BATCH = 500  # names per listing page while walking a chain's repositories
 # How long shutdown waits for workers finishing a shielded write.
 _CLOSE_TIMEOUT = 10.0
 # Tags of the referrers fallback schema (``sha256-<hex>``) are bookkeeping, not versions.
@@ -83,6 +84,9 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS assembly_jobs_status ON assembly_jobs (status, id)",
     "CREATE INDEX IF NOT EXISTS assembly_jobs_target ON assembly_jobs (target_repo, target_tag, status)",
     "CREATE INDEX IF NOT EXISTS assembly_jobs_result ON assembly_jobs (result_digest)",
+    # "Jobs of a repository", newest first: one seek per side instead of a scan.
+    "CREATE INDEX IF NOT EXISTS assembly_jobs_by_source ON assembly_jobs (source_repo, id)",
+    "CREATE INDEX IF NOT EXISTS assembly_jobs_by_target ON assembly_jobs (target_repo, id)",
 ]
 
 
@@ -277,6 +281,29 @@ class AssemblyService:
         for row in rows:
             await self.registry.referrers.forget(row["source_repo"], event.reference)
 
+    async def _matching_tags(self, chain: Chain) -> AsyncIterator[tuple[str, str]]:
+        """Every (repository, tag) ``chain`` matches, from paged listings."""
+        backend = self.registry.backend
+        for prefix in self.chains.prefixes(chain):
+            after: str | None = None
+            more = True
+            while more:
+                repos, more = await backend.repositories_page(_LIST_BATCH, after, prefix=prefix)
+                for repo in repos:
+                    after = repo
+                    if not self.chains.matches(chain, repo):
+                        continue
+                    last: str | None = None
+                    tags_more = True
+                    while tags_more:
+                        tags, tags_more = await backend.tags_page(repo, _LIST_BATCH, last)
+                        for tag in tags:
+                            if not _FALLBACK_TAG_RE.match(tag):
+                                yield repo, tag
+                        last = tags[-1] if tags else None
+                        tags_more = tags_more and last is not None
+                more = more and bool(repos)
+
     async def assemble(self, chain_name: str, packages: list[str] | None) -> list[int]:
         """Queue a chain for chosen ``repo:tag`` packages, or every tag of every matching repository."""
         chain = self.chains.get(chain_name)
@@ -295,9 +322,10 @@ class AssemblyService:
                     raise RequestError(f"packages.{i}", f"{parsed.name} does not match chain {chain.name}")
                 wanted.append((parsed.name, parsed.tag))
         else:
-            for repo in await self.registry.backend.list_repositories():
-                if self.chains.matches(chain, repo):
-                    wanted += [(repo, t) for t in await self.registry.backend.list_tags(repo) if not _FALLBACK_TAG_RE.match(t)]
+            # Walk only the name ranges the chain can match, a page at a time, and stop
+            # as soon as there are too many: refusing costs at most the cap.
+            async for repo, tag in self._matching_tags(chain):
+                wanted.append((repo, tag))
                 if len(wanted) > MAX_REQUESTED_JOBS:
                     raise RequestError("packages", f"more than {MAX_REQUESTED_JOBS} packages match; name them")
         resolved: list[tuple[str, str, str]] = []
@@ -319,20 +347,28 @@ class AssemblyService:
 
     async def list(self, limit: int, before: int | None = None, status: str | None = None, chain: str | None = None,
                    repository: str | None = None) -> list[dict[str, Any]]:
-        sql, params = "SELECT * FROM assembly_jobs WHERE 1 = 1", []
+        where, params = "", []  # type: str, list[Any]
         if before is not None:
-            sql += " AND id < ?"
+            where += " AND id < ?"
             params.append(before)
         if status:
-            sql += " AND status = ?"
+            where += " AND status = ?"
             params.append(status)
         if chain:
-            sql += " AND chain = ?"
+            where += " AND chain = ?"
             params.append(chain)
-        if repository:
-            sql += " AND (source_repo = ? OR target_repo = ?)"
-            params += [repository, repository]
-        rows = await self.db.fetchall(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
+        if not repository:
+            rows = await self.db.fetchall(
+                f"SELECT * FROM assembly_jobs WHERE 1 = 1{where} ORDER BY id DESC LIMIT ?", (*params, limit)
+            )
+        else:
+            # A job names the repository as its source or its target: two index seeks,
+            # each newest first and cut at the page, then merged (an OR would scan).
+            side = "SELECT * FROM (SELECT * FROM assembly_jobs WHERE {} = ?" + where + " ORDER BY id DESC LIMIT ?)"
+            rows = await self.db.fetchall(
+                side.format("source_repo") + " UNION " + side.format("target_repo") + " ORDER BY id DESC LIMIT ?",
+                (repository, *params, limit, repository, *params, limit, limit),
+            )
         return [_job_json(r) for r in rows]
 
     # -- workers ----------------------------------------------------------------------

@@ -302,6 +302,20 @@ class ChainRegistry:
             return False  # assembly output, plugins and images never trigger assembly
         return any(glob_match(glob, repository) for glob in chain.spec.match)
 
+    def prefixes(self, chain: Chain) -> list[str]:
+        """Name prefixes that cover every repository ``chain`` can match (each glob's
+        literal start, within the sources namespace), without overlap: a listing can
+        walk these ranges instead of every repository."""
+        found: set[str] = set()
+        for glob in chain.spec.match:
+            literal = re.split(r"[*?]", glob, maxsplit=1)[0]
+            if literal.startswith(self.sources):
+                found.add(literal)
+            elif self.sources.startswith(literal):
+                found.add(self.sources)
+        # Drop prefixes another one covers, or the same repository would be walked twice.
+        return sorted(p for p in found if not any(p != q and p.startswith(q) for q in found))
+
     def matching(self, repository: str) -> list[Chain]:
         return [c for c in self.all() if self.matches(c, repository)]
 

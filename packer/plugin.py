@@ -253,8 +253,10 @@ class PluginStore:
         except PackageError as exc:
             raise PluginError(exc.reason, exc.detail) from None
 
-    async def repositories(self) -> list[str]:
-        return [r for r in await self.service.backend.list_repositories() if r.startswith(self.prefix)]
+    async def repositories(self, n: int | None = None, after: str | None = None) -> tuple[list[str], bool]:
+        """Plugin repositories after ``after``, at most ``n``, and whether more follow: a
+        range of the backend's sorted listing, not a filter over every repository."""
+        return await self.service.backend.repositories_page(n, after, prefix=self.prefix)
 
     async def versions(self, repository: str) -> list[dict[str, Any]]:
         """Every tag of a plugin repository with its digest, config and files."""

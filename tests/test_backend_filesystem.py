@@ -97,7 +97,7 @@ async def test_ping_unavailable(tmp_path: Path, kind: str) -> None:
 
 
 async def test_start_creates_layout(backend: FilesystemBackend, root: Path) -> None:
-    assert {p.name for p in root.iterdir()} == {"_tmp", "blobs", "repositories"}
+    assert {p.name for p in root.iterdir()} == {"_tmp", "blobs", "repositories", "_index"}
 
 
 # -- uploads and blobs ---------------------------------------------------------

@@ -39,6 +39,10 @@ SCHEMA = [
     )""",
     "CREATE INDEX IF NOT EXISTS full_builds_state ON full_builds (state, created_at)",
     "CREATE INDEX IF NOT EXISTS full_builds_package ON full_builds (repository, tag, license, source_digest)",
+    # Listings, newest first, with or without a filter: a page reads a page.
+    "CREATE INDEX IF NOT EXISTS full_builds_newest ON full_builds (created_at, id)",
+    "CREATE INDEX IF NOT EXISTS full_builds_by_package ON full_builds (package, created_at, id)",
+    "CREATE INDEX IF NOT EXISTS full_builds_by_state ON full_builds (state, created_at, id)",
     """CREATE TABLE IF NOT EXISTS full_build_layers (
         build_id TEXT NOT NULL REFERENCES full_builds(id) ON DELETE CASCADE,
         image TEXT NOT NULL,
@@ -230,8 +234,8 @@ class BuildStore:
         """Newest first; ``before`` is the (created_at, id) of the last item already seen."""
         where, params = [], []  # type: list[str], list[Any]
         if before is not None:
-            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            params += [before[0], before[0], before[1]]
+            where.append("(created_at, id) < (?, ?)")  # a row value: the index seeks to it
+            params += [before[0], before[1]]
         if package is not None:
             where.append("package = ?")
             params.append(package)

@@ -12,15 +12,16 @@ backend never holds a whole blob in memory.
 
 from __future__ import annotations
 
+import bisect
 import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterable, AsyncIterator
+from typing import AsyncIterable, AsyncIterator, Sequence
 
 from .ledger import VerifiedBlobs
 
-__all__ = ["Backend", "BlobInfo", "BlobReader", "ManifestData", "ManifestInfo", "SocketSource", "UploadStatus"]
+__all__ = ["Backend", "BlobInfo", "BlobReader", "ManifestData", "ManifestInfo", "SocketSource", "UploadStatus", "page_of"]
 
 
 @dataclass(frozen=True)
@@ -235,4 +236,22 @@ class Backend(ABC):
     @abstractmethod
     async def list_repositories(self) -> list[str]:
         """All repository names, sorted."""
+
+    async def tags_page(self, repo: str, n: int | None, last: str | None) -> tuple[list[str], bool]:
+        """Up to ``n`` tags after ``last`` (all with ``n=None``), sorted, and whether more
+        follow. Backends with an index override this so a page costs a page."""
+        return page_of(await self.list_tags(repo), n, last)
+
+    async def repositories_page(self, n: int | None, last: str | None, prefix: str = "") -> tuple[list[str], bool]:
+        """Up to ``n`` repository names after ``last`` that start with ``prefix``, sorted,
+        and whether more follow."""
+        return page_of([r for r in await self.list_repositories() if r.startswith(prefix)], n, last)
+
+
+def page_of(items: Sequence[str], n: int | None, last: str | None) -> tuple[list[str], bool]:
+    """The part of sorted ``items`` after ``last``, at most ``n``, and whether more follow."""
+    start = bisect.bisect_right(items, last) if last else 0
+    if n is None:
+        return list(items[start:]), False
+    return list(items[start : start + n]), start + n < len(items)
 

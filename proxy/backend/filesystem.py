@@ -15,6 +15,8 @@ On-disk layout under ``root`` (modelled on distribution's ``storage/paths.go``):
                                                  token of the process that holds it
         _uploads/<uuid>/data                     bytes received so far
     _owners/<token>                              flock()ed by a live backend instance
+    _index/listing.sqlite, _index/lock           sorted repository and tag index for paged
+                                                 listings (``listing_index.py``)
 
 Repository name components never start with ``_`` (``proxy.oci.reference.NAME_RE``), so the
 ``_layers``/``_manifests``/``_uploads`` directories cannot collide with nested repositories.
@@ -67,6 +69,7 @@ from ..oci.errors import Errors, RegistryError
 from ..oci.reference import TAG_RE, Digest, is_digest, parse_digest, validate_name, validate_tag
 from .base import Backend, BlobInfo, BlobReader, ManifestData, ManifestInfo, UploadStatus
 from .ledger import VerifiedBlobs
+from .listing_index import ListingIndex
 
 __all__ = ["FilesystemBackend"]
 
@@ -212,6 +215,8 @@ class FilesystemBackend(Backend):
         self._blobs = self.root / "blobs"
         self._repositories = self.root / "repositories"
         self._owners = self.root / "_owners"
+        self._index = ListingIndex(self.root / "_index" / "listing.sqlite", self.root / "_index" / "lock")
+        self._index_ready = False
         self._token = uuid.uuid4().hex  # names this instance in its private sessions
         self._owner_fd: int | None = None
         self._owner_lock = threading.Lock()  # claims run in worker threads
@@ -305,11 +310,13 @@ class FilesystemBackend(Backend):
                 path.mkdir(parents=True, exist_ok=True)
 
         await self._run(make_dirs, action="create the storage directories")
+        await self._run(self._ensure_index_sync, action="build the listing index")
         # Sessions of an instance that died (a killed build, a monolithic upload cut by a
         # crash) can never be finished: remove them before serving.
         await self._purge_sessions(orphans_only=True)
 
     async def close(self) -> None:
+        self._index.close()
         with self._owner_lock:
             fd, self._owner_fd = self._owner_fd, None
         if fd is not None:
@@ -822,37 +829,52 @@ class FilesystemBackend(Backend):
         sidecar = json.dumps({"mediaType": media_type}, separators=(",", ":")).encode()
 
         def store() -> None:
+            self._ensure_index_sync()
             blob = self._blob_path(parsed)
             if not self._has_blob(blob, len(data)):
                 self._write_atomic(blob, data)
             # Content, then revision, then tag: a tag never points at a missing revision.
+            # Index rows go in before the files they list (see listing_index.py).
+            if not self._has_manifests(self._repo_dir(repo)):
+                with self._index.writing():
+                    self._index.add_repository(repo)
+                    (self._repo_dir(repo) / "_manifests").mkdir(parents=True, exist_ok=True)
             self._write_atomic(self._revision_link(repo, parsed), sidecar)
             if tag is not None:
-                self._write_atomic(self._tags_dir(repo) / tag, digest.encode("ascii"))
+                with self._index.writing():
+                    self._index.add_tag(repo, tag)
+                    self._write_atomic(self._tags_dir(repo) / tag, digest.encode("ascii"))
 
         await self._run(store, action="store a manifest")
 
     async def delete_manifest(self, repo: str, reference: str) -> None:
         def delete() -> None:
+            self._ensure_index_sync()
             unknown = RegistryError(Errors.MANIFEST_UNKNOWN, {"name": repo, "reference": reference[:200]})
             tags = self._tags_dir(repo)
             if not is_digest(reference):
                 if not TAG_RE.match(reference):
                     raise unknown
-                try:
-                    (tags / reference).unlink()
-                except (FileNotFoundError, NotADirectoryError):
-                    raise unknown from None
+                with self._index.writing():
+                    try:
+                        (tags / reference).unlink()
+                    except (FileNotFoundError, NotADirectoryError):
+                        raise unknown from None
+                    self._index.remove_tags(repo, [reference])
                 return
             digest = parse_digest(reference, Errors.MANIFEST_UNKNOWN)
             revision = self._revision_link(repo, digest)
             if not revision.is_file():
                 raise unknown
-            # Tags first, so no tag ever dangles.
-            for tag, target in self._read_tags(tags):
-                if target == str(digest):
-                    with contextlib.suppress(FileNotFoundError):
-                        (tags / tag).unlink()
+            # Tags first, so no tag ever dangles; index rows after their files.
+            with self._index.writing():
+                removed = []
+                for tag, target in self._read_tags(tags):
+                    if target == str(digest):
+                        with contextlib.suppress(FileNotFoundError):
+                            (tags / tag).unlink()
+                            removed.append(tag)
+                self._index.remove_tags(repo, removed)
             try:
                 revision.unlink()
             except FileNotFoundError:
@@ -883,16 +905,40 @@ class FilesystemBackend(Backend):
         answers an empty list, not ``NAME_UNKNOWN``)."""
         return (repo_dir / "_manifests").is_dir()
 
-    async def list_tags(self, repo: str) -> list[str]:
+    # -- listings (answered by the sorted index, checked against the files) ----------
+    def _scan_sync(self) -> list[tuple[str, list[str]]]:
+        """Every known repository and its tag names, from the files (index rebuilds)."""
+        found = []
+        for path in self._walk_repositories():
+            if self._has_manifests(path):
+                name = "/".join(path.relative_to(self._repositories).parts)
+                tags = path / "_manifests" / "tags"
+                try:
+                    names = [e.name for e in os.scandir(tags) if TAG_RE.match(e.name) and e.is_file()]
+                except (FileNotFoundError, NotADirectoryError):
+                    names = []
+                found.append((name, names))
+        return found
+
+    def _ensure_index_sync(self) -> None:
+        if not self._index_ready:
+            self._index.ensure(self._scan_sync)
+            self._index_ready = True
+
+    def _tags_page_sync(self, repo: str, n: int | None, last: str | None) -> tuple[list[str], bool]:
         repo_dir = self._repo_dir(repo)
+        self._ensure_index_sync()
+        # "Known" means the same as for the catalog.
+        if not self._has_manifests(repo_dir):
+            raise RegistryError(Errors.NAME_UNKNOWN, {"name": repo})
+        tags = repo_dir / "_manifests" / "tags"
+        return self._index.tags_page(repo, n, last, lambda tag: (tags / tag).is_file())
 
-        def list_() -> list[str]:
-            # "Known" means the same as for the catalog.
-            if not self._has_manifests(repo_dir):
-                raise RegistryError(Errors.NAME_UNKNOWN, {"name": repo})
-            return sorted(tag for tag, _ in self._read_tags(repo_dir / "_manifests" / "tags"))
+    async def tags_page(self, repo: str, n: int | None, last: str | None) -> tuple[list[str], bool]:
+        return await self._run(self._tags_page_sync, repo, n, last, action="list tags")
 
-        return await self._run(list_, action="list tags")
+    async def list_tags(self, repo: str) -> list[str]:
+        return (await self.tags_page(repo, None, None))[0]
 
     def _walk_repositories(self) -> list[Path]:
         """Every directory under ``repositories`` that may be a repository."""
@@ -912,13 +958,14 @@ class FilesystemBackend(Backend):
                 pending.append(Path(entry.path))
         return found
 
-    async def list_repositories(self) -> list[str]:
-        def list_() -> list[str]:
-            names = [
-                "/".join(path.relative_to(self._repositories).parts)
-                for path in self._walk_repositories()
-                if self._has_manifests(path)
-            ]
-            return sorted(names)
+    def _repositories_page_sync(self, n: int | None, last: str | None, prefix: str) -> tuple[list[str], bool]:
+        self._ensure_index_sync()
+        return self._index.repositories_page(
+            n, last, lambda name: self._has_manifests(self._repositories.joinpath(*name.split("/"))), prefix
+        )
 
-        return await self._run(list_, action="list repositories")
+    async def repositories_page(self, n: int | None, last: str | None, prefix: str = "") -> tuple[list[str], bool]:
+        return await self._run(self._repositories_page_sync, n, last, prefix, action="list repositories")
+
+    async def list_repositories(self) -> list[str]:
+        return (await self.repositories_page(None, None))[0]

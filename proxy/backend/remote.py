@@ -57,6 +57,7 @@ _MANIFEST_LIMIT = 4 * 1024 * 1024
 _ERROR_BODY_LIMIT = 64 * 1024
 _LIST_BODY_LIMIT = 64 * 1024 * 1024  # one page of tags/catalog
 _MAX_PAGES = 100_000
+_UPSTREAM_MAX_N = 1000  # distribution's default catalog cap
 _MAX_REDIRECTS = 5
 _MAX_UPLOAD_ID = 8192
 _POOL_LIMIT = 256  # concurrent backend connections; blob streams hold one each
@@ -894,41 +895,96 @@ class RegistryBackend(Backend):
             raise
 
     # -- listings ------------------------------------------------------------
+    async def _fetch_page(
+        self, url: URL, key: str, scopes: Sequence[str], not_found: ErrorCode | None
+    ) -> tuple[list[str], URL | None]:
+        """One listing page and the URL of the next (``Link: <…>; rel="next"``), if any."""
+        async with self._call("GET", url, scopes) as resp:
+            await self._expect(resp, (200,), not_found)
+            raw = await self._read_capped(resp, _LIST_BODY_LIMIT, "listing")
+            link = resp.links.get("next")
+        try:
+            doc = safejson.loads(raw)
+        except ValueError:
+            raise invalid_response("listing is not JSON") from None
+        values = doc.get(key) if isinstance(doc, dict) else None
+        if values is None and isinstance(doc, dict):
+            values = []  # distribution says "tags": null for a repository without tags
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise invalid_response(f"listing without a {key!r} list of strings")
+        next_url = link.get("url") if link else None
+        if not isinstance(next_url, URL):
+            return values, None
+        # Only the path and query are ours to follow: stay on the configured backend.
+        path_qs = next_url.raw_path_qs
+        if not path_qs.startswith(f"{self._base_path}/v2/") or path_qs == url.raw_path_qs:
+            raise invalid_response("listing Link points outside the registry API or loops")
+        return values, self._url(path_qs)
+
     async def _paginate(self, path: str, key: str, scopes: Sequence[str], not_found: ErrorCode | None) -> list[str]:
         """Gather every page, following ``Link: <…>; rel="next"`` (spec §Listing Tags)."""
         target = path + (f"?n={self.page_size}" if self.page_size else "")
-        url = self._api(target)
+        url: URL | None = self._api(target)
         items: set[str] = set()
         seen: set[str] = set()
         for _ in range(_MAX_PAGES):
-            seen.add(url.raw_path_qs)
-            async with self._call("GET", url, scopes) as resp:
-                await self._expect(resp, (200,), not_found)
-                raw = await self._read_capped(resp, _LIST_BODY_LIMIT, "listing")
-                link = resp.links.get("next")
-            try:
-                doc = safejson.loads(raw)
-            except ValueError:
-                raise invalid_response("listing is not JSON") from None
-            values = doc.get(key) if isinstance(doc, dict) else None
-            if values is None and isinstance(doc, dict):
-                values = []  # distribution says "tags": null for a repository without tags
-            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-                raise invalid_response(f"listing without a {key!r} list of strings")
-            items.update(values)
-            next_url = link.get("url") if link else None
-            if not isinstance(next_url, URL):
-                return sorted(items)
-            # Only the path and query are ours to follow: stay on the configured backend.
-            path_qs = next_url.raw_path_qs
-            if not path_qs.startswith(f"{self._base_path}/v2/") or path_qs in seen:
+            assert url is not None
+            if url.raw_path_qs in seen:
                 raise invalid_response("listing Link points outside the registry API or loops")
-            url = self._url(path_qs)
+            seen.add(url.raw_path_qs)
+            values, url = await self._fetch_page(url, key, scopes, not_found)
+            items.update(values)
+            if url is None:
+                return sorted(items)
+        raise invalid_response("listing has too many pages")
+
+    async def _page(
+        self, path: str, key: str, scopes: Sequence[str], not_found: ErrorCode | None,
+        n: int | None, last: str | None, prefix: str = "",
+    ) -> tuple[list[str], bool]:
+        """One client page from upstream pages asked with upstream's own ``n`` and
+        ``last`` (our names are upstream's names): cost follows the page, not the listing.
+
+        A registry that ignores ``n``/``last`` (or caps ``n``) still gives a correct
+        page: answers are filtered to names after ``last`` and sorted here."""
+        if n is None:
+            everything = [v for v in await self._paginate(path, key, scopes, not_found) if v.startswith(prefix)]
+            return [v for v in everything if not last or v > last], False
+        page: list[str] = []
+        listed: set[str] = set()
+        after = max(last or "", prefix) if prefix else last
+        # A name can't be "prefix/" itself, so starting after it skips exactly the
+        # names below the prefix (upstream orders lexically too).
+        for _ in range(_MAX_PAGES):
+            # One more than the page tells whether more follow; registries cap ``n``.
+            query = {"n": str(min(n - len(page) + 1, _UPSTREAM_MAX_N))}
+            if after:
+                query["last"] = after
+            values, next_url = await self._fetch_page(
+                self._api(path).with_query(query), key, scopes, not_found
+            )
+            fresh = sorted(v for v in set(values) if (not after or v > after) and v not in listed)
+            in_prefix = [v for v in fresh if v.startswith(prefix)]
+            page += in_prefix
+            listed.update(in_prefix)
+            if len(page) > n:
+                return page[:n], True
+            if next_url is None or not fresh or len(in_prefix) < len(fresh):
+                return page, False
+            after = fresh[-1]
         raise invalid_response("listing has too many pages")
 
     async def list_tags(self, repo: str) -> list[str]:
         return await self._paginate(f"/{repo}/tags/list", "tags", _repo_scopes(repo, "GET"), Errors.NAME_UNKNOWN)
 
+    async def tags_page(self, repo: str, n: int | None, last: str | None) -> tuple[list[str], bool]:
+        return await self._page(
+            f"/{repo}/tags/list", "tags", _repo_scopes(repo, "GET"), Errors.NAME_UNKNOWN, n, last
+        )
+
     async def list_repositories(self) -> list[str]:
         # A registry without a catalog (Docker Hub, some Harbor setups) answers 404.
         return await self._paginate("/_catalog", "repositories", _CATALOG_SCOPES, Errors.UNSUPPORTED)
+
+    async def repositories_page(self, n: int | None, last: str | None, prefix: str = "") -> tuple[list[str], bool]:
+        return await self._page("/_catalog", "repositories", _CATALOG_SCOPES, Errors.UNSUPPORTED, n, last, prefix)

@@ -30,6 +30,8 @@ SCHEMA = [
         PRIMARY KEY (repo, subject, digest)
     )""",
     "CREATE INDEX IF NOT EXISTS referrers_by_digest ON referrers (repo, digest)",
+    # A filtered page reads only its rows.
+    "CREATE INDEX IF NOT EXISTS referrers_by_type ON referrers (repo, subject, artifact_type, digest)",
 ]
 
 
@@ -62,11 +64,26 @@ class ReferrersIndex:
     async def forget(self, repo: str, digest: str) -> None:
         await self.db.execute("DELETE FROM referrers WHERE repo = ? AND digest = ?", (repo, digest))
 
-    async def list(self, repo: str, subject: str, artifact_type: str | None = None) -> list[Descriptor]:
+    async def list(
+        self, repo: str, subject: str, artifact_type: str | None = None,
+        n: int | None = None, last: str | None = None,
+    ) -> tuple[list[Descriptor], bool]:
+        """Referrers of ``subject`` by digest after ``last``, at most ``n``, and whether
+        more follow. Filter and page are in the query (an index covers both); the
+        fallback tag's index, one manifest, is merged in."""
+        where = "repo = ? AND subject = ? AND digest > ?"
+        params: list[object] = [repo, subject, last or ""]
+        if artifact_type is not None:
+            where += " AND artifact_type = ?"
+            params.append(artifact_type)
+        limit = ""
+        if n is not None:
+            limit = " LIMIT ?"
+            params.append(n + 1)
         rows = await self.db.fetchall(
             "SELECT digest, media_type, size, artifact_type, annotations FROM referrers"
-            " WHERE repo = ? AND subject = ? ORDER BY digest",
-            (repo, subject),
+            f" WHERE {where} ORDER BY digest{limit}",
+            params,
         )
         found: dict[str, Descriptor] = {
             row["digest"]: Descriptor(
@@ -79,11 +96,14 @@ class ReferrersIndex:
             for row in rows
         }
         for descriptor in await self._fallback(repo, subject):
-            found.setdefault(descriptor.digest, descriptor)
+            if (last is None or descriptor.digest > last) and (
+                artifact_type is None or descriptor.artifact_type == artifact_type
+            ):
+                found.setdefault(descriptor.digest, descriptor)
         result = sorted(found.values(), key=lambda d: d.digest)
-        if artifact_type is not None:
-            result = [d for d in result if d.artifact_type == artifact_type]
-        return result
+        if n is None or len(result) <= n:
+            return result, False
+        return result[:n], True
 
     async def _fallback(self, repo: str, subject: str) -> list[Descriptor]:
         try:

@@ -8,7 +8,6 @@ parse and respond."""
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import hashlib
 import logging
@@ -27,7 +26,7 @@ from .immutable import ImmutableTags
 from .journal import Change, ChangeJournal
 from .referrers import ReferrersIndex
 
-__all__ = ["RegistryService", "StoredManifest", "paginate"]
+__all__ = ["RegistryService", "StoredManifest"]
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +70,6 @@ class _ManifestCache:
         old = self._items.pop((repo, digest), None)
         if old is not None:
             self._bytes -= len(old.data)
-
-
-def paginate(items: Sequence[str], n: int | None, last: str | None) -> tuple[list[str], str | None]:
-    """Lexically sorted ``items`` after ``last``, at most ``n``; returns the page and the
-    ``last`` value for the next page (``None`` when this is the final page)."""
-    start = bisect.bisect_right(items, last) if last else 0
-    if n is None:
-        return list(items[start:]), None
-    page = list(items[start : start + n])
-    more = start + n < len(items)
-    return page, (page[-1] if more and page else None)
 
 
 def _known_tag(repo: str, reference: str) -> None:
@@ -358,14 +346,21 @@ class RegistryService:
         await self._after_delete(change.repo, change.reference, change.actor)
         return True
 
-    async def list_referrers(self, repo: str, digest: str, artifact_type: str | None) -> list[Descriptor]:
+    async def list_referrers(
+        self, repo: str, digest: str, artifact_type: str | None, n: int | None = None, last: str | None = None
+    ) -> tuple[list[Descriptor], str | None]:
+        """A page of referrers and the ``last`` of the next page (``None``: final)."""
         parse_digest(digest)
-        return await self.referrers.list(repo, digest, artifact_type)
+        page, more = await self.referrers.list(repo, digest, artifact_type, n, last)
+        return page, (page[-1].digest if more and page else None)
 
     # -- listings ----------------------------------------------------------------
+    # Each returns the page and the ``last`` value of the next page (``None`` when this
+    # is the final one); the backend answers one page, not the whole listing.
     async def tags(self, repo: str, n: int | None, last: str | None) -> tuple[list[str], str | None]:
-        return paginate(await self.backend.list_tags(repo), n, last)
+        page, more = await self.backend.tags_page(repo, n, last)
+        return page, (page[-1] if more and page else None)
 
     async def catalog(self, n: int | None, last: str | None) -> tuple[list[str], str | None]:
-        return paginate(await self.backend.list_repositories(), n, last)
-
+        page, more = await self.backend.repositories_page(n, last)
+        return page, (page[-1] if more and page else None)

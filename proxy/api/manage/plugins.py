@@ -97,17 +97,23 @@ async def list_plugins(request: web.Request) -> web.Response:
     items: list[dict[str, Any]] = []
     more = False
     # Filter before paging: a page and its cursor only ever hold names the caller may pull.
-    for repo in sorted(r for r in await packer.plugins.repositories() if cursor is None or r > cursor):
-        if not await may(request, Action.PULL, repo):
-            continue
-        if len(items) == limit:
-            more = True
-            break
-        try:
-            tags = await packer.registry.backend.list_tags(repo)
-        except RegistryError:
-            tags = []
-        items.append({"repository": repo, "name": repo[len(packer.plugins.prefix):], "tags": tags})
+    # Batches of the sorted plugin range, so a page reads about a page of names.
+    after, exhausted = cursor, False
+    while not more and not exhausted:
+        batch, has_more = await packer.plugins.repositories(limit + 1, after)
+        exhausted = not has_more or not batch
+        for repo in batch:
+            after = repo
+            if not await may(request, Action.PULL, repo):
+                continue
+            if len(items) == limit:
+                more = True
+                break
+            try:
+                tags = await packer.registry.backend.list_tags(repo)
+            except RegistryError:
+                tags = []
+            items.append({"repository": repo, "name": repo[len(packer.plugins.prefix):], "tags": tags})
     return web.json_response({"items": items, "next": next_cursor(request, items[-1]["repository"]) if more else None})
 
 

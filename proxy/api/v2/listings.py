@@ -32,13 +32,26 @@ async def catalog(request: web.Request) -> web.Response:
     return web.json_response({"repositories": page}, headers=_link(request.path, n, next_last))
 
 
+# Referrers per page when the client names no ``n``: an index of this many stays well
+# under the 4 MiB clients accept for a manifest (~250 bytes per descriptor).
+REFERRERS_PAGE = 1000
+
+
 async def referrers(request: web.Request) -> web.Response:
     repo = repo_name(request)
     digest = digest_param(request.match_info["digest"])
     artifact_type = request.query.get("artifactType")
-    found = await request.app[REGISTRY].list_referrers(repo, digest, artifact_type)
+    n = page_size(request)
+    if n is None:
+        n = REFERRERS_PAGE
+    last = request.query.get("last")
+    found, next_last = await request.app[REGISTRY].list_referrers(repo, digest, artifact_type, n, last)
     # Exactly the index media type: clients compare it whole, so no charset parameter.
     headers = {"Content-Type": mt.OCI_INDEX}
     if artifact_type is not None:
         headers["OCI-Filters-Applied"] = "artifactType"
+    if next_last is not None:
+        # The spec's Link: the next page keeps the filter.
+        query = {"n": n, "last": next_last} | ({"artifactType": artifact_type} if artifact_type is not None else {})
+        headers["Link"] = f'<{request.path}?{urlencode(query)}>; rel="next"'
     return web.Response(body=json.dumps(referrers_document(found)).encode(), headers=headers)
