@@ -85,7 +85,8 @@ async def _business_from(request: web.Request, repo: str, digest: str) -> list[d
     """Business packages made from this generic manifest that the caller may read (its referrers)."""
     config = request.app[CONFIG].assembly
     found = []
-    for ref in await request.app[REGISTRY].list_referrers(repo, digest, mt.BUSINESS):
+    referrers, _ = await request.app[REGISTRY].list_referrers(repo, digest, mt.BUSINESS)
+    for ref in referrers:
         chain = (ref.annotations or {}).get("io.algomint.chain")
         if not chain:
             continue
