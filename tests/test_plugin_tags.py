@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import types
 import uuid
 from pathlib import Path
 
+import oras.provider  # noqa: F401 - loads oras.decorator, which alone imports in a circle
 import pytest
 
 from proxy.oci import mediatypes as mt
@@ -104,7 +106,9 @@ async def test_tags_pushed_before_the_rule_are_protected_too(client, config):
     assert await _tag_digest(client, repo, "1.0") == digest
 
 
-async def test_oras_cannot_overwrite_a_plugin_version(client, tmp_path: Path):
+async def test_oras_cannot_overwrite_a_plugin_version(client, tmp_path: Path, monkeypatch):
+    # oras-py retries a refused request five times with sleeps of 3 to 83 s: skip the waits.
+    monkeypatch.setattr("oras.decorator.time", types.SimpleNamespace(sleep=lambda seconds: None))
     host = f"127.0.0.1:{client.server.port}"
     repo = f"plugins/oras-{uuid.uuid4().hex[:8]}"
     descriptor = {"name": repo.rsplit("/", 1)[1], "version": "1.0", "kind": "file"}
