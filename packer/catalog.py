@@ -14,11 +14,15 @@ from typing import Any, Awaitable, Callable
 
 from proxy.meta import Database
 from proxy.oci.errors import Errors, RegistryError
+from proxy.oci.manifest import parse_manifest
 from proxy.service.registry import RegistryService
+
+from .package import PackageError, read_blob
 
 __all__ = ["Catalog", "Visible"]
 
 Visible = Callable[[str], Awaitable[bool]]
+_MAX_DESCRIPTOR = 1024 * 1024  # a descriptor is KB; anything larger is not shown
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class Catalog:
                                        "packages": business.get(tag, [])}
             if generic_visible:
                 version["digest"] = await self._digest(repo, tag)
+                version.update(await self._profile(repo, tag))
             if generic_visible or version["packages"]:
                 versions.append(version)
         if not generic_visible and not versions:
@@ -76,6 +81,25 @@ class Catalog:
             if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
                 return None  # deleted since the listing
             raise
+
+    async def _profile(self, repo: str, tag: str) -> dict[str, Any]:
+        """The version's platform and kind, from its descriptor: ``embedded`` when it carries
+        its own models and no runtime images, ``server`` otherwise."""
+        try:
+            item = await self.registry.get_manifest(repo, tag)
+            config = parse_manifest(item.data, item.media_type).config
+            if config is None or config.size > _MAX_DESCRIPTOR:
+                return {}
+            descriptor = json.loads(await read_blob(self.registry, repo, config))
+        except (RegistryError, PackageError, ValueError):
+            return {}  # deleted since the listing, or not an algorithm package: nothing to show
+        if not isinstance(descriptor, dict):
+            return {}
+        runtime = descriptor.get("runtime")
+        images = runtime.get("images") if isinstance(runtime, dict) else None
+        platform = descriptor.get("platform")
+        return {"platform": platform if isinstance(platform, str) else None,
+                "kind": "embedded" if not images and descriptor.get("models") else "server"}
 
     async def _business(self, repo: str, visible: Visible) -> dict[str, list[dict[str, Any]]]:
         """Version -> the business package of each system: its latest assembly and full builds."""

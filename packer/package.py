@@ -225,7 +225,8 @@ class LoadedPackage:
         return Descriptor(self.media_type, self.digest, self.size)
 
 
-async def _read_blob(service: RegistryService, repo: str, descriptor: Descriptor) -> bytes:
+async def read_blob(service: RegistryService, repo: str, descriptor: Descriptor) -> bytes:
+    """A small blob read whole, checked against its descriptor's size and digest."""
     parsed = parse_digest(descriptor.digest)
     hasher = parsed.hasher()
     chunks: list[bytes] = []
@@ -270,7 +271,7 @@ async def read_package(service: RegistryService, repo: str, reference: str, cap:
 
     async def fetch(descriptor: Descriptor) -> bytes:
         async with limit:
-            return await _read_blob(service, repo, descriptor)
+            return await read_blob(service, repo, descriptor)
 
     blobs = await asyncio.gather(fetch(manifest.config), *(fetch(layer) for layer in manifest.layers))
     try:

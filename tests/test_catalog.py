@@ -64,6 +64,7 @@ async def test_catalog_shows_what_each_version_became(fb, tmp_path):
     one, two = versions["1.0"], versions["2.0"]
     assert one["frozen"] is True and one["frozen_by"] == build["id"] and two["frozen"] is False
     assert one["digest"].startswith("sha256:")
+    assert (one["platform"], one["kind"]) == ("linux/amd64", "server")  # from the descriptor
     [pkg] = one["packages"]
     job = next(j for j in jobs if j["source"]["tag"] == "1.0")
     assert (pkg["system"], pkg["repository"], pkg["tag"]) == (chain, business, "1.0")

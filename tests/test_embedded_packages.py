@@ -83,6 +83,15 @@ async def test_embedded_package_licensed_frozen_and_delivered(fb, tmp_path, keys
     generic, business, version = await assemble_edge(fb, tmp_path)
     thin, thin_digest = await manifest(fb, business, version)
     assert thin["artifactType"] == mt.BUSINESS
+    # The overview names it an embedded algorithm of its platform.
+    entry, params = None, {"limit": "500"}
+    while entry is None:
+        page = await (await fb.get("/api/v1/catalog", params=params)).json()
+        entry = next((e for e in page["items"] if e["repository"] == generic), None)
+        assert entry is not None or page["next"], f"{generic} is not in the catalog"
+        params = {"limit": "500", "cursor": page["next"]}
+    [listed] = [v for v in entry["versions"] if v["version"] == version]
+    assert (listed["platform"], listed["kind"]) == ("linux/arm64+npu", "embedded")
 
     for license, dongle in (("soft", None), ("hard", "D-42")):
         build = await run_build(fb, f"{business}:{version}", license)

@@ -31,7 +31,9 @@ def _lines(entry: dict[str, Any]) -> list[str]:
         lines.append("  (no versions)")
     for version in entry["versions"]:
         frozen = f"frozen by build {version['frozen_by']}" if version["frozen"] else "not frozen"
-        lines.append(f"  {version['version']:<12} {_short(version.get('digest')):<20} {frozen}")
+        profile = " ".join(p for p in (version.get("platform"), version.get("kind")) if p)
+        lines.append(f"  {version['version']:<12} {_short(version.get('digest')):<20} {frozen}"
+                     + (f"  ({profile})" if profile else ""))
         for pkg in version["packages"]:
             plugins = ", ".join(f"{p['name'] or p['ref']}@{p['version'] or '?'}" for p in pkg["plugins"]) or "-"
             lines.append(f"    {pkg['system']:<18} {pkg['repository']}:{pkg['tag']}  {_short(pkg['digest'])}  "

@@ -75,6 +75,9 @@ class AlgorithmVersion(BaseModel):
     digest: str | None = Field(None, description="absent when the caller may not pull the generic repository")
     frozen: bool
     frozen_by: str | None
+    platform: str | None = Field(None, description="the descriptor's platform (with the generic repository)")
+    kind: Literal["server", "embedded"] | None = Field(
+        None, description="embedded: the package carries its own models and no runtime images")
     packages: list[BusinessPackage]
 
 
