@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -597,3 +598,24 @@ async def _disable_while_signed_in(admin, other) -> None:
                             allow_redirects=False)
     assert resp.status == 303
     assert (await other.get("/ui/algorithms", allow_redirects=False)).status == 303  # signed out stays signed out
+
+
+def test_assembly_status_renders_jobs_without_timings():
+    """A job that never ran its plugins (refused, failed early) has no per-plugin times:
+    the page says so instead of failing."""
+    import jinja2
+
+    import proxy.ui
+    from proxy.ui.filters import FILTERS
+
+    templates = Path(proxy.ui.__file__).parent / "templates"
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates),
+                             autoescape=True, undefined=jinja2.ChainableUndefined)
+    env.filters.update(FILTERS)
+    job = {"id": 7, "status": "failed", "chain": "door", "runs": 1, "trigger": "push",
+           "source": {"repository": "generic/face", "tag": "1.0", "digest": "sha256:" + "a" * 64},
+           "target": {"repository": "business/door/face", "tag": "1.0"}, "created": 1.0, "finished": 2.0,
+           "duration_ms": None, "error": {"reason": "frozen"},
+           "plugins": [{"ref": "plugins/door-form:1.0", "digest": "sha256:" + "b" * 64}]}
+    html = env.get_template("assembly_status.html").render(job=job)
+    assert "plugins/door-form:1.0" in html and "—" in html

@@ -28,6 +28,9 @@ from tests.support.packer import wait_for
 from tests.support.tarlayers import MODELS, BuiltImage, build_image
 
 ACCEPT = {"Accept": f"{mt.OCI_MANIFEST}, {mt.OCI_INDEX}"}
+# The door system's plugin: a name of this module's own, since plugin tags are immutable
+# and the registry backend is shared by every test module.
+FORM = f"door-form-{uuid.uuid4().hex[:8]}"
 GRANTS = {
     "teama": [("algorithm-dev", "generic/team-a/**"), ("algorithm-dev", "images/team-a/**")],
     "teamb": [("algorithm-dev", "generic/team-b/**"), ("algorithm-dev", "images/team-b/**")],
@@ -175,28 +178,28 @@ async def env(aiohttp_client, tmp_path: Path, backend_kind: str, request: pytest
 async def test_chains_read_only_what_their_owner_may_pull(env: Env):
     U = env.u
     client = env.client
-    await env.plugin("door-form", "door", {"form.json": b"{}"})
+    await env.plugin(FORM, "door", {"form.json": b"{}"})
     await env.plugin("fugitive-secret", "fugitive", {"secret.txt": b"fugitive only"})
 
     # A glob covering another team's sources, or a plugin of another system: 403, nothing stored.
     resp = await client.post("/api/v1/chains", json={"name": "door", "match": ["generic/**"],
-                                                     "plugins": ["plugins/door-form:1.0"]}, headers=basic("door"))
+                                                     "plugins": [f"plugins/{FORM}:1.0"]}, headers=basic("door"))
     assert resp.status == 403
     error = (await resp.json())["error"]
     assert error["detail"]["glob"] == "generic/**" and error["detail"]["repository"].startswith("generic/")
     assert "door may not pull" in error["message"]
     for match in (["generic/team-*/**"], ["generic/*"], ["generic/team-a/**", f"generic/team-b/face{U}"], ["**"]):
-        assert (await env.chain("door", "door", match, ["plugins/door-form:1.0"], expect=403))
+        assert (await env.chain("door", "door", match, [f"plugins/{FORM}:1.0"], expect=403))
     resp = await client.post("/api/v1/chains", json={"name": "door", "match": ["generic/team-a/**"],
                                                      "plugins": ["plugins/fugitive-secret:1.0"]}, headers=basic("door"))
     assert resp.status == 403 and (await resp.json())["error"]["detail"]["repository"] == "plugins/fugitive-secret"
     assert (await client.get("/api/v1/chains/door", headers=basic("door"))).status == 404
 
     # The legitimate chain: its own team's sources and its own plugin.
-    chain = await env.chain("door", "door", ["generic/team-a/**"], ["plugins/door-form:1.0"])
+    chain = await env.chain("door", "door", ["generic/team-a/**"], [f"plugins/{FORM}:1.0"])
     assert chain["owner"] == {"name": "door", "kind": "user"}
     # Widening it later is checked the same way, and leaves it as it was.
-    resp = await client.put("/api/v1/chains/door", json={"match": ["generic/**"], "plugins": ["plugins/door-form:1.0"]},
+    resp = await client.put("/api/v1/chains/door", json={"match": ["generic/**"], "plugins": [f"plugins/{FORM}:1.0"]},
                             headers=basic("door"))
     assert resp.status == 403
     resp = await client.put("/api/v1/chains/door", json={"match": ["generic/team-a/**"],
@@ -238,8 +241,8 @@ async def test_chains_read_only_what_their_owner_may_pull(env: Env):
 
 async def test_business_names_keep_the_whole_source_path(env: Env):
     U = env.u
-    await env.plugin("door-form", "door", {"form.json": b"{}"})
-    await env.chain(ADMIN, "search", ["generic/**"], ["plugins/door-form:1.0"])
+    await env.plugin(FORM, "door", {"form.json": b"{}"})
+    await env.chain(ADMIN, "search", ["generic/**"], [f"plugins/{FORM}:1.0"])
     a = await env.generic(f"generic/team-a/face{U}", "1.0", "teama")
     b = await env.generic(f"generic/team-b/face{U}", "1.0", "teamb")
     c = await env.generic(f"generic/face{U}", "1.0", ADMIN)
@@ -260,13 +263,13 @@ async def test_plugins_cannot_change_which_files_are_models(env: Env):
                         ("door-pkgmodels", {"models": ["nothing"]})):
         await env.plugin(name, "door", {"patch.json": json.dumps(patch).encode()},
                          {"files": [{"source": "patch.json", "merge_patch": "descriptor"}]})
-    await env.plugin("door-form", "door", {"form.json": b"{}"})
+    await env.plugin(FORM, "door", {"form.json": b"{}"})
     images = [{"ref": f"images/team-a/face{U}:v1", "models": [MODELS]}]
     for n, plugin in enumerate(("door-nomodels", "door-noruntime", "door-pkgmodels")):
-        await env.chain("door", "door", ["generic/team-a/**"], [f"plugins/door-form:1.0", f"plugins/{plugin}:1.0"]) \
+        await env.chain("door", "door", ["generic/team-a/**"], [f"plugins/{FORM}:1.0", f"plugins/{plugin}:1.0"]) \
             if n == 0 else await env.client.put(
                 "/api/v1/chains/door", json={"match": ["generic/team-a/**"],
-                                             "plugins": ["plugins/door-form:1.0", f"plugins/{plugin}:1.0"]},
+                                             "plugins": [f"plugins/{FORM}:1.0", f"plugins/{plugin}:1.0"]},
                 headers=basic("door"))
         tag = f"1.{n}"
         await env.generic(f"generic/team-a/face{U}", tag, "teama", images)
@@ -287,11 +290,11 @@ async def _assembled(env: Env, chain: str, repo: str, tag: str, user: str, image
 async def test_builds_need_every_right_and_never_move_or_weaken_licensed_images(env: Env):
     U = env.u
     client = env.client
-    await env.plugin("door-form", "door", {"form.json": b"{}"})
-    await env.chain(ADMIN, "vault", ["generic/team-b/**"], ["plugins/door-form:1.0"])
-    await env.chain(ADMIN, "mirror", ["generic/team-b/**"], ["plugins/door-form:1.0"])
-    await env.chain(ADMIN, "other", ["generic/team-a/**"], ["plugins/door-form:1.0"])
-    await env.chain("door", "door", ["generic/team-a/**"], ["plugins/door-form:1.0"])
+    await env.plugin(FORM, "door", {"form.json": b"{}"})
+    await env.chain(ADMIN, "vault", ["generic/team-b/**"], [f"plugins/{FORM}:1.0"])
+    await env.chain(ADMIN, "mirror", ["generic/team-b/**"], [f"plugins/{FORM}:1.0"])
+    await env.chain(ADMIN, "other", ["generic/team-a/**"], [f"plugins/{FORM}:1.0"])
+    await env.chain("door", "door", ["generic/team-a/**"], [f"plugins/{FORM}:1.0"])
 
     # Team B's image, licensed hard and frozen by a legitimate build.
     secret = await env.image(f"images/team-b/secret{U}", "teamb")
@@ -386,8 +389,8 @@ async def test_builds_need_every_right_and_never_move_or_weaken_licensed_images(
 @pytest.mark.parametrize("models_floor", [{"images/team-a/**": [MODELS]}])
 async def test_the_operators_model_floor_cannot_be_lowered_by_a_package(env: Env):
     U = env.u
-    await env.plugin("door-form", "door", {"form.json": b"{}"})
-    await env.chain(ADMIN, "other", ["generic/team-a/**"], ["plugins/door-form:1.0"])
+    await env.plugin(FORM, "door", {"form.json": b"{}"})
+    await env.chain(ADMIN, "other", ["generic/team-a/**"], [f"plugins/{FORM}:1.0"])
     image = await env.image(f"images/team-a/floor{U}", "teama")
     package = await _assembled(env, "other", f"generic/team-a/floor{U}", "1.0", "teama",
                                [{"ref": f"images/team-a/floor{U}:v1", "models": []}])
@@ -401,8 +404,8 @@ async def test_embedded_builds_follow_derivation_rights(env: Env):
     requester's rights on its sources and its business repository, and freezes its source."""
     U = env.u
     client = env.client
-    await env.plugin("door-form", "door", {"form.json": b"{}"})
-    await env.chain("door", "door", ["generic/team-a/**"], ["plugins/door-form:1.0"])
+    await env.plugin(FORM, "door", {"form.json": b"{}"})
+    await env.chain("door", "door", ["generic/team-a/**"], [f"plugins/{FORM}:1.0"])
     repo = f"generic/team-a/edge{U}"
     model = b"weights " * 4000
     await env.generic(repo, "1.0", "teama", files={"bin/edge": b"\x7fELF", "model/edge.rknn": model},

@@ -187,50 +187,81 @@ async def test_index_rebuilt_and_repaired(tmp_path: Path) -> None:
     await backend.close()
 
 
-# -- the registry backend: one upstream page per client page ------------------------------
+# -- the registry backend: one upstream page per client page of tags ---------------------
 class _Upstream:
-    """A catalog that honours ``n`` and ``last`` like distribution, counting requests."""
+    """Tag lists and a catalog served like distribution, counting requests. Tags honour
+    ``n`` and ``last`` in string order; the catalog, like distribution's, walks names by
+    path component (``a/x`` before ``a-b/x``), which string order does not."""
 
-    def __init__(self, names: list[str], cap: int = 1000) -> None:
-        self.names = sorted(names)
+    def __init__(self, tags: list[str], repositories: list[str] = (), cap: int = 1000) -> None:
+        self.tags = sorted(tags)
+        self.repositories = sorted(repositories, key=lambda name: name.split("/"))
         self.cap = cap
         self.requests = 0
         self.served = 0
 
-    async def catalog(self, request: web.Request) -> web.Response:
+    def _page(self, names: list[str], request: web.Request, key: str, path: str) -> web.Response:
         self.requests += 1
         n = min(int(request.query.get("n", "100")), self.cap)
-        last = request.query.get("last", "")
-        page = [name for name in self.names if name > last][:n]
+        last = request.query.get("last")
+        start = names.index(last) + 1 if last in names else 0
+        page = names[start:start + n]
         self.served += len(page)
         headers = {}
-        if len(page) == n and page[-1] != self.names[-1]:
-            headers["Link"] = f'</v2/_catalog?n={n}&last={page[-1]}>; rel="next"'
-        return web.json_response({"repositories": page}, headers=headers)
+        if len(page) == n and page[-1] != names[-1]:
+            headers["Link"] = f'<{path}?n={n}&last={page[-1]}>; rel="next"'
+        return web.json_response({key: page}, headers=headers)
+
+    async def tags_list(self, request: web.Request) -> web.Response:
+        return self._page(self.tags, request, "tags", "/v2/scale/app/tags/list")
+
+    async def catalog(self, request: web.Request) -> web.Response:
+        return self._page(self.repositories, request, "repositories", "/v2/_catalog")
 
 
-@pytest.mark.parametrize("size", [50, 5000])
-async def test_registry_catalog_page_cost_is_flat(aiohttp_server, size: int) -> None:
-    upstream = _Upstream([f"r{i:05d}" for i in range(size)] + ["plugins/a", "plugins/b"])
+async def _upstream_backend(aiohttp_server, upstream: _Upstream) -> RegistryBackend:
     app = web.Application()
+    app.router.add_get("/v2/scale/app/tags/list", upstream.tags_list)
     app.router.add_get("/v2/_catalog", upstream.catalog)
     server = await aiohttp_server(app)
     backend = RegistryBackend(str(server.make_url("/")))
     await backend.start()
+    return backend
+
+
+@pytest.mark.parametrize("size", [50, 5000])
+async def test_registry_tags_page_cost_is_flat(aiohttp_server, size: int) -> None:
+    upstream = _Upstream([f"t{i:05d}" for i in range(size)])
+    backend = await _upstream_backend(aiohttp_server, upstream)
     try:
-        page, more = await backend.repositories_page(20, "r00010")
-        assert page == [f"r{i:05d}" for i in range(11, 31)] and more
+        page, more = await backend.tags_page("scale/app", 20, "t00010")
+        assert page == [f"t{i:05d}" for i in range(11, 31)] and more
         assert (upstream.requests, upstream.served) == (1, 21)
-        upstream.requests = upstream.served = 0
-        page, more = await backend.repositories_page(100, None, prefix="plugins/")
-        assert (page, more) == (["plugins/a", "plugins/b"], False)
-        assert upstream.requests == 1 and upstream.served <= 101
         # An upstream that caps n still fills the page, with a page's worth of requests.
         upstream.cap = 7
         upstream.requests = 0
-        page, more = await backend.repositories_page(20, "r00010")
-        assert page == [f"r{i:05d}" for i in range(11, 31)] and more
+        page, more = await backend.tags_page("scale/app", 20, "t00010")
+        assert page == [f"t{i:05d}" for i in range(11, 31)] and more
         assert upstream.requests == 3
+    finally:
+        await backend.close()
+
+
+async def test_registry_catalog_pages_in_string_order_whatever_upstream_walks(aiohttp_server) -> None:
+    names = ["a/x", "a/y", "a-b/x", "a.c/z", "b"]
+    upstream = _Upstream([], names, cap=2)
+    backend = await _upstream_backend(aiohttp_server, upstream)
+    try:
+        walked, last = [], None
+        for _ in range(10):
+            page, more = await backend.repositories_page(1, last)
+            walked += page
+            if not more:
+                break
+            last = page[-1]
+        assert walked == sorted(names)
+        page, more = await backend.repositories_page(10, None, prefix="a/")
+        assert (page, more) == (["a/x", "a/y"], False)
     finally:
         await backend.close()
 

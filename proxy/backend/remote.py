@@ -940,21 +940,19 @@ class RegistryBackend(Backend):
 
     async def _page(
         self, path: str, key: str, scopes: Sequence[str], not_found: ErrorCode | None,
-        n: int | None, last: str | None, prefix: str = "",
+        n: int | None, last: str | None,
     ) -> tuple[list[str], bool]:
-        """One client page from upstream pages asked with upstream's own ``n`` and
-        ``last`` (our names are upstream's names): cost follows the page, not the listing.
+        """One client page of a tag listing from upstream pages asked with upstream's own
+        ``n`` and ``last`` (tags have no path components, so upstream's order is ours):
+        cost follows the page, not the listing.
 
         A registry that ignores ``n``/``last`` (or caps ``n``) still gives a correct
         page: answers are filtered to names after ``last`` and sorted here."""
         if n is None:
-            everything = [v for v in await self._paginate(path, key, scopes, not_found) if v.startswith(prefix)]
+            everything = await self._paginate(path, key, scopes, not_found)
             return [v for v in everything if not last or v > last], False
         page: list[str] = []
-        listed: set[str] = set()
-        after = max(last or "", prefix) if prefix else last
-        # A name can't be "prefix/" itself, so starting after it skips exactly the
-        # names below the prefix (upstream orders lexically too).
+        after = last
         for _ in range(_MAX_PAGES):
             # One more than the page tells whether more follow; registries cap ``n``.
             query = {"n": str(min(n - len(page) + 1, _UPSTREAM_MAX_N))}
@@ -963,13 +961,11 @@ class RegistryBackend(Backend):
             values, next_url = await self._fetch_page(
                 self._api(path).with_query(query), key, scopes, not_found
             )
-            fresh = sorted(v for v in set(values) if (not after or v > after) and v not in listed)
-            in_prefix = [v for v in fresh if v.startswith(prefix)]
-            page += in_prefix
-            listed.update(in_prefix)
+            fresh = sorted(v for v in set(values) if (not after or v > after) and v not in page)
+            page += fresh
             if len(page) > n:
                 return page[:n], True
-            if next_url is None or not fresh or len(in_prefix) < len(fresh):
+            if next_url is None or not fresh:
                 return page, False
             after = fresh[-1]
         raise invalid_response("listing has too many pages")
@@ -987,4 +983,13 @@ class RegistryBackend(Backend):
         return await self._paginate("/_catalog", "repositories", _CATALOG_SCOPES, Errors.UNSUPPORTED)
 
     async def repositories_page(self, n: int | None, last: str | None, prefix: str = "") -> tuple[list[str], bool]:
-        return await self._page("/_catalog", "repositories", _CATALOG_SCOPES, Errors.UNSUPPORTED, n, last, prefix)
+        # Whole listing, paged here: distribution orders its catalog by path component (a
+        # directory walk), not by the names' string order, so its ``last`` cannot resume
+        # a page in our order without skipping names (``a-b/x`` sorts before ``a/x`` as a
+        # string, after it as a path).
+        names = [name for name in await self.list_repositories()
+                 if name.startswith(prefix) and (not last or name > last)]
+        names.sort()
+        if n is None:
+            return names, False
+        return names[:n], len(names) > n
