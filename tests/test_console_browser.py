@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 import urllib.request
 from pathlib import Path
 
@@ -60,19 +61,23 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
 
     client = auth_env.client
     host = f"127.0.0.1:{client.server.port}"
+    # Names of this run's own: the registry backend is shared by every test module, and
+    # plugin tags are immutable there.
+    uid = uuid.uuid4().hex[:8]
+    algo, form = f"face-{uid}", f"door-form-{uid}"
     base = f"http://{host}"
-    plugin = {"name": "door-form", "version": "1.0", "kind": "file",
+    plugin = {"name": form, "version": "1.0", "kind": "file",
               "files": [{"path": "form.json", "data": base64.b64encode(b'{"site": "hq"}').decode()}]}
     resp = await client.post("/api/v1/plugins", json=plugin, headers=basic(ADMIN))
     assert resp.status == 201, await resp.text()
-    chain = {"name": "door", "match": ["generic/*"], "plugins": ["plugins/door-form:1.0"]}
+    chain = {"name": "door", "match": [f"generic/{algo}"], "plugins": [f"plugins/{form}:1.0"]}
     resp = await client.post("/api/v1/chains", json=chain, headers=basic(ADMIN))
     assert resp.status == 201, await resp.text()
 
     monkeypatch.chdir(tmp_path)
     Path("model.onnx").write_bytes(os.urandom(50_000))
     Path("descriptor.json").write_text(json.dumps({
-        "name": "face-recog", "version": "1.0", "platform": "linux/amd64",
+        "name": algo, "version": "1.0", "platform": "linux/amd64",
         "inputs": [{"name": "image", "type": "image/jpeg", "description": "a face"}],
         "outputs": [{"name": "identity", "type": "application/json", "description": "who it is"}],
         "parameters": {"threshold": 0.8}, "models": ["model.onnx"]}))
@@ -80,7 +85,7 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
     def push() -> None:
         registry = oras.provider.Registry(host, insecure=True)
         registry.login(ADMIN, password_of(ADMIN), hostname=host, config_path=str(tmp_path / "oras.json"))
-        registry.push(target=f"{host}/generic/face-recog:1.0", files=["model.onnx"],
+        registry.push(target=f"{host}/generic/{algo}:1.0", files=["model.onnx"],
                       manifest_config="descriptor.json:application/vnd.algomint.algorithm.config.v1+json", quiet=True)
 
     def browse() -> dict[str, object]:
@@ -112,15 +117,15 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
 
             def package_listed(b) -> bool:
                 b.refresh()
-                return "business/door/face-recog" in b.page_source
+                return f"business/door/{algo}" in b.page_source
 
             WebDriverWait(browser, 60, poll_frequency=0.5).until(package_listed)
             seen["system_after_push"] = browser.page_source
             browser.get(f"{base}/ui/algorithms")
             seen["algorithms"] = browser.page_source
             browser.save_screenshot(str(shots / "algorithms.png"))
-            browser.find_element(By.LINK_TEXT, "generic/face-recog").click()
-            until(lambda b: b.current_url.endswith("/ui/repositories/generic/face-recog"))
+            browser.find_element(By.LINK_TEXT, f"generic/{algo}").click()
+            until(lambda b: b.current_url.endswith(f"/ui/repositories/generic/{algo}"))
             browser.find_element(By.LINK_TEXT, "1.0").click()
             until(lambda b: "tag=1.0" in b.current_url and "Digest" in b.page_source)
             seen["generic"] = browser.page_source
@@ -128,8 +133,8 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
             browser.get(f"{base}/ui/systems/door")
             seen["system"] = browser.page_source
             browser.save_screenshot(str(shots / "business-system.png"))
-            browser.find_element(By.LINK_TEXT, "business/door/face-recog").click()
-            until(lambda b: b.current_url.endswith("/ui/repositories/business/door/face-recog"))
+            browser.find_element(By.LINK_TEXT, f"business/door/{algo}").click()
+            until(lambda b: b.current_url.endswith(f"/ui/repositories/business/door/{algo}"))
             browser.find_element(By.LINK_TEXT, "1.0").click()
             until(lambda b: "tag=1.0" in b.current_url and "Digest" in b.page_source)
             seen["business"] = browser.page_source
@@ -191,12 +196,12 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
         return seen
 
     seen = await asyncio.to_thread(browse)
-    assert "generic/face-recog" in seen["algorithms"]
+    assert f"generic/{algo}" in seen["algorithms"]
     generic = str(seen["generic"])
-    assert "face-recog" in generic and "image/jpeg" in generic and "business/door/face-recog:1.0" in generic
-    assert "business/door/face-recog" in str(seen["system"])
+    assert algo in generic and "image/jpeg" in generic and f"business/door/{algo}:1.0" in generic
+    assert f"business/door/{algo}" in str(seen["system"])
     business = str(seen["business"])
-    assert "Provenance" in business and "plugins/door-form@sha256:" in business and "/ui/archive/" in business
+    assert "Provenance" in business and f"plugins/{form}@sha256:" in business and "/ui/archive/" in business
     assert "succeeded" in str(seen["assembly"])
     assert "hq2" in str(seen["edited"]) and "Business system door saved" in str(seen["edited"])
     assert "job(s) queued" in str(seen["reassembled"])
