@@ -38,10 +38,12 @@ def _serve(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     setup_logging(config.log.level)
-    from .server import serve
-    from .startup import StartupError, one_line
+    from .startup import StartupError, check_listen, one_line
 
     try:
+        check_listen(config.server.host, config.server.port, config.server.listen)
+        from .server import serve  # the whole service: loaded once the address is known to be free
+
         serve(config)
     except ConfigError as exc:  # found while wiring (e.g. an unreadable secret file)
         print(f"algomint: {exc}", file=sys.stderr)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 
 from aiohttp import web
@@ -13,7 +12,7 @@ from aiohttp import web
 from .api.state import IN_FLIGHT
 from .app import create_app
 from .config import Config
-from .startup import StartupError, one_line
+from .startup import StartupError, listen_error, one_line
 from .tls import ServerTLS
 
 __all__ = ["serve"]
@@ -38,9 +37,8 @@ async def _run(config: Config) -> None:
                            ssl_context=tls.context if tls else None)
         try:
             await site.start()
-        except OSError as exc:  # taken, or not an address of this host
-            reason = os.strerror(exc.errno).lower() if exc.errno else one_line(exc)
-            raise StartupError(f"server.listen {server.listen}: {reason}") from exc
+        except OSError as exc:  # taken since the check
+            raise listen_error(server.listen, exc) from exc
     except Exception as exc:
         # Close what did start (database, workers), so the process ends instead of idling.
         await runner.cleanup()
