@@ -20,18 +20,12 @@ from ...service.policy import Action
 from .access import caller
 from .errors import ApiError
 from .times import iso_times
-from .router import Access, ApiRouter, Page, authorize, enum_query, next_cursor, page_params, parse_body
+from .router import Access, ApiRouter, Page, authorize, enum_query, next_cursor, page_params, parse_body, time_id_cursor
 
 __all__ = ["router", "FULL_BUILDS"]
 
 FULL_BUILDS = web.AppKey("full_builds", FullBuildService)
 router = ApiRouter("full-builds")
-
-
-def _is_build_cursor(value: object) -> bool:
-    # [created_at, id] of the last item; anything else would reach the store's comparison.
-    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], (int, float))
-            and not isinstance(value[0], bool) and isinstance(value[1], str))
 
 
 class FullBuildRequest(BaseModel):
@@ -106,7 +100,7 @@ async def get_full_build(request: web.Request) -> web.Response:
               query={"package": "only builds of this package", "state": enum_query("only builds in this state", STATES),
                      "limit": "page size (1-500)", "cursor": "from the previous page's next"}, action=Access.MANAGE)
 async def list_full_builds(request: web.Request) -> web.Response:
-    limit, cursor = page_params(request, cursor=_is_build_cursor)
+    limit, cursor = page_params(request, cursor=time_id_cursor)
     state = request.query.get("state")
     if state is not None and state not in STATES:
         raise ApiError(400, "state must be queued, running, succeeded or failed", {"state": state[:20]})

@@ -15,7 +15,7 @@ from ...service.policy import ANONYMOUS
 from ..state import PRINCIPAL
 from .errors import ApiError
 from .times import iso_times
-from .router import PAGING, Access, ApiRouter, Page, next_cursor, page_params, parse_body
+from .router import PAGING, Access, ApiRouter, Page, next_cursor, page_params, parse_body, time_id_cursor
 
 __all__ = ["router", "GC_RUNS"]
 
@@ -61,11 +61,6 @@ def _out(run: dict[str, Any]) -> dict[str, Any]:
     return iso_times(run, "started_at", "finished_at")
 
 
-def _is_run_cursor(value: object) -> bool:
-    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], (int, float))
-            and isinstance(value[1], str))
-
-
 @router.route("POST", "/gc", summary="Start a garbage collection of the embedded storage (dry_run: report only)",
               body=GcRequest, response=GcRunView, status=202, action=Access.MANAGE)
 async def start_gc(request: web.Request) -> web.Response:
@@ -94,7 +89,7 @@ async def get_gc(request: web.Request) -> web.Response:
 @router.route("GET", "/gc", summary="Garbage collection runs, newest first", response=Page[GcRunView],
               query=dict(PAGING), action=Access.MANAGE)
 async def list_gc(request: web.Request) -> web.Response:
-    limit, cursor = page_params(request, default=20, cursor=_is_run_cursor)
+    limit, cursor = page_params(request, default=20, cursor=time_id_cursor)
     runs = await request.app[GC_RUNS].list(limit + 1, tuple(cursor) if cursor else None)
     more = len(runs) > limit
     runs = runs[:limit]

@@ -24,7 +24,7 @@ from .errors import ApiError
 
 __all__ = [
     "Access", "ApiRoute", "ApiRouter", "Page", "Query", "LIMIT", "CURSOR", "PAGING", "enum_query", "authorize",
-    "mount", "page_params", "parse_body", "validate", "next_cursor", "PREFIX",
+    "mount", "page_params", "parse_body", "validate", "next_cursor", "time_id_cursor", "PREFIX",
 ]
 
 PREFIX = "/api/v1"
@@ -184,6 +184,13 @@ def validate(model: type[ModelT], data: Any) -> ModelT:
             {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"]} for err in exc.errors()
         ]
         raise ApiError(422, "request failed validation", {"fields": fields}) from None
+
+
+def time_id_cursor(value: object) -> bool:
+    """A ``[timestamp, id]`` cursor, as the newest-first listings (full builds, GC runs)
+    resume after; anything else would reach the store's comparison."""
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], (int, float))
+            and not isinstance(value[0], bool) and isinstance(value[1], str))
 
 
 def next_cursor(request: web.Request, value: Any) -> str:
