@@ -57,8 +57,7 @@ class Catalog:
                                        "frozen_by": frozen["build_id"] if frozen else None,
                                        "packages": business.get(tag, [])}
             if generic_visible:
-                version["digest"] = await self._digest(repo, tag)
-                version.update(await self._profile(repo, tag))
+                version.update(await self._facts(repo, tag))
             if generic_visible or version["packages"]:
                 versions.append(version)
         if not generic_visible and not versions:
@@ -74,31 +73,29 @@ class Catalog:
             raise
         return sorted(t for t in tags if not t.startswith("sha256-"))  # referrers-fallback tags are bookkeeping
 
-    async def _digest(self, repo: str, tag: str) -> str | None:
-        try:
-            return (await self.registry.stat_manifest(repo, tag)).digest
-        except RegistryError as exc:
-            if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
-                return None  # deleted since the listing
-            raise
-
-    async def _profile(self, repo: str, tag: str) -> dict[str, Any]:
-        """The version's platform and kind, from its descriptor: ``embedded`` when it carries
-        its own models and no runtime images, ``server`` otherwise."""
+    async def _facts(self, repo: str, tag: str) -> dict[str, Any]:
+        """The version's digest, and its platform and kind from its descriptor (one manifest
+        read): ``embedded`` when it carries its own models and no runtime images."""
         try:
             item = await self.registry.get_manifest(repo, tag)
+        except RegistryError as exc:
+            if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
+                return {"digest": None}  # deleted since the listing
+            raise
+        facts: dict[str, Any] = {"digest": item.digest}
+        try:
             config = parse_manifest(item.data, item.media_type).config
             if config is None or config.size > _MAX_DESCRIPTOR:
-                return {}
+                return facts
             descriptor = json.loads(await read_blob(self.registry, repo, config))
         except (RegistryError, PackageError, ValueError):
-            return {}  # deleted since the listing, or not an algorithm package: nothing to show
+            return facts  # not an algorithm package, or its descriptor is gone: nothing more to show
         if not isinstance(descriptor, dict):
-            return {}
+            return facts
         runtime = descriptor.get("runtime")
         images = runtime.get("images") if isinstance(runtime, dict) else None
         platform = descriptor.get("platform")
-        return {"platform": platform if isinstance(platform, str) else None,
+        return {**facts, "platform": platform if isinstance(platform, str) else None,
                 "kind": "embedded" if not images and descriptor.get("models") else "server"}
 
     async def _business(self, repo: str, visible: Visible) -> dict[str, list[dict[str, Any]]]:
