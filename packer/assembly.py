@@ -7,9 +7,14 @@ fold the package through the chain's plugins, resolved to digests when the job s
 Only when every plugin succeeded is ``business/<system>/<algorithm>:<version>`` written
 (artifactType business, ``subject`` = the generic manifest, provenance annotations); an
 identical result is not written again. The job's final state and its event
-(``business.assembled`` / ``assembly.failed``) commit together. Jobs found running at
-start-up were interrupted by a crash and run again from the start (assembly is
-idempotent)."""
+(``business.assembled`` / ``assembly.failed``) commit together.
+
+Several replicas share the queue: a running job is leased by the replica running it
+(``proxy.cluster.leases``, kind ``assembly``). A job whose replica died is found
+``running`` without a live lease and claimed by any replica, which runs it again from
+the start (assembly is idempotent); only the lease holder records the outcome, so the
+event is emitted once. A shutdown queues its own running jobs again at once; start-up
+takes nothing, so a restarting replica never steals a live one's job."""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
+from proxy.cluster.leases import LeaseLost, Leases
 from proxy.meta import Database, MetadataError
 from proxy.oci import mediatypes as mt
 from proxy.oci.errors import RegistryError
@@ -53,6 +59,7 @@ __all__ = ["SCHEMA", "AssemblyError", "AssemblyService", "JobLog", "RequestError
 log = logging.getLogger(__name__)
 
 STATUSES = ("queued", "running", "succeeded", "failed")
+LEASE = "assembly"
 MAX_REQUESTED_JOBS = 10_000
 _LIST_BATCH = 500  # names per listing page while walking a chain's repositories
 # How long shutdown waits for workers finishing a shielded write.
@@ -186,8 +193,12 @@ class AssemblyService:
         settings: AssemblyConfig,
         on_emit: Callable[[], None] = lambda: None,
         policy: PolicyChain | None = None,
+        *,
+        leases: Leases,
     ) -> None:
         self.db = db
+        self.leases = leases
+        self._running: set[int] = set()  # jobs this replica runs now
         self.registry = registry
         self.chains = chains
         self.plugins = plugins
@@ -200,9 +211,6 @@ class AssemblyService:
 
     # -- lifetime ---------------------------------------------------------------------
     async def start(self) -> None:
-        requeued = await self._requeue_running("re-queued: the previous run was interrupted")
-        if requeued:
-            log.warning("assembly jobs interrupted by a restart are re-run", extra={"count": requeued})
         self._workers = [asyncio.create_task(self._worker(i), name=f"assembly-{i}") for i in range(self.settings.workers)]
 
     async def close(self) -> None:
@@ -214,15 +222,16 @@ class AssemblyService:
             if stuck:
                 log.warning("assembly workers still busy at shutdown", extra={"count": len(stuck)})
         self._workers = []
-        # A job cut short by shutdown runs again at the next start.
-        with contextlib.suppress(MetadataError):
-            await self._requeue_running("re-queued: the service stopped during the run")
-
-    async def _requeue_running(self, note: str) -> int:
-        return await self.db.execute(
-            "UPDATE assembly_jobs SET status = 'queued', logs = COALESCE(logs, '') || ? WHERE status = 'running'",
-            (note + "\n",),
-        )
+        # Jobs cut short by this shutdown: queued again now, for any replica to take.
+        for job_id in list(self._running):
+            with contextlib.suppress(MetadataError):
+                async with self.db.transaction() as tx:
+                    if await self.leases.release(tx, LEASE, str(job_id)):
+                        await tx.execute(
+                            "UPDATE assembly_jobs SET status = 'queued', logs = COALESCE(logs, '') || ?"
+                            " WHERE id = ? AND status = 'running'",
+                            ("re-queued: the service stopped during the run\n", job_id))
+        self._running.clear()
 
     # -- enqueueing -----------------------------------------------------------------
     def algorithm_of(self, repository: str) -> str:
@@ -373,21 +382,33 @@ class AssemblyService:
 
     # -- workers ----------------------------------------------------------------------
     async def _claim(self) -> Any:
+        """The next runnable job, leased to this replica: queued, or running without a
+        live lease (its replica died); never one whose target another job is writing."""
+        now = self.leases.now()
         async with self.db.transaction() as tx:
             row = await tx.fetchone(
-                "SELECT * FROM assembly_jobs j WHERE j.status = 'queued' AND NOT EXISTS ("
+                "SELECT * FROM assembly_jobs j WHERE (j.status = 'queued' OR (j.status = 'running' AND NOT "
+                + self.leases.live(LEASE, "CAST(j.id AS TEXT)") + ")) AND NOT EXISTS ("
                 " SELECT 1 FROM assembly_jobs o WHERE o.target_repo = j.target_repo AND o.target_tag = j.target_tag"
-                " AND (o.status = 'running' OR (o.status = 'queued' AND o.id < j.id)))"
-                " ORDER BY j.id LIMIT 1"
+                " AND o.id <> j.id AND ((o.status = 'running' AND " + self.leases.live(LEASE, "CAST(o.id AS TEXT)") + ")"
+                " OR (o.id < j.id AND o.status IN ('queued', 'running'))))"
+                " ORDER BY j.id LIMIT 1", (now, now)
             )
             if row is None:
                 return None
+            previous = await self.leases.claim(tx, LEASE, str(row["id"]))
+            if previous is False:
+                return None  # another replica took it since the read
+            note = "" if previous is None else f"taken over: replica {previous} stopped renewing its lease\n"
             await tx.execute(
                 "UPDATE assembly_jobs SET status = 'running', started = ?, finished = NULL, runs = runs + 1,"
-                " plugins = NULL, result_digest = NULL, tag_written = NULL, error = NULL WHERE id = ?",
-                (time.time(), row["id"]),
+                " plugins = NULL, result_digest = NULL, tag_written = NULL, error = NULL,"
+                " logs = COALESCE(logs, '') || ? WHERE id = ?",
+                (time.time(), note, row["id"]),
             )
-            return row
+            if previous is not None:
+                log.warning("assembly job taken over", extra={"job": row["id"], "previous": previous})
+            return {**{k: row[k] for k in row.keys()}, "logs": (row["logs"] or "") + note}
 
     async def _worker(self, number: int) -> None:
         while True:
@@ -400,7 +421,12 @@ class AssemblyService:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
                     continue
-                await self._run(row)
+                self._running.add(row["id"])  # until it ends here; a cancelled one is handed back in close
+                try:
+                    await self.leases.run(LEASE, str(row["id"]), self._run(row))
+                except LeaseLost as exc:
+                    log.warning("assembly job stopped: %s", exc, extra={"job": row["id"]})
+                self._running.discard(row["id"])
                 self._wake.set()  # a job for the same target may be waiting for this one
             except asyncio.CancelledError:
                 raise
@@ -441,6 +467,8 @@ class AssemblyService:
         source = {"repository": row["source_repo"], "tag": row["source_tag"], "digest": row["source_digest"]}
         plugins = [f"{p['repository']}@{p['digest']}" for p in outcome.plugins]
         async with self.db.transaction() as tx:
+            if not await self.leases.release(tx, LEASE, str(row["id"])):
+                raise LeaseLost(f"assembly job {row['id']}: lease taken over by another replica")
             await tx.execute(
                 "UPDATE assembly_jobs SET status = ?, finished = ?, plugins = ?, result_digest = ?, tag_written = ?,"
                 " error = ?, logs = ? WHERE id = ?",

@@ -3,8 +3,10 @@
 The chains file (``[chains] file``, TOML) is an ordered list of ``[[chain]]`` tables,
 human-edited and reloaded on SIGHUP or by API; a reload is all-or-nothing and its errors
 name the file, the line of the chain and the field. Chains created through the API live
-in SQLite. Names are unique across both. Either way, a chain whose plugin references
-don't resolve to usable plugins is refused.
+in the metadata store. Names are unique across both. Every change (an API chain saved or
+deleted, the file reloaded) bumps the shared ``chains`` version, and every replica
+re-reads its API chains and its chains file when it sees the bump (``refresh``). Either
+way, a chain whose plugin references don't resolve to usable plugins is refused.
 
 Every chain has an owner, whose rights it runs with: the principal that last created or
 changed it through the API, or ``SYSTEM`` (the operator) for the chains file. The API
@@ -31,6 +33,7 @@ from typing import Any, Awaitable, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from proxy.cluster.versions import CHAINS, SCHEMA as VERSIONS_SCHEMA, bump
 from proxy.meta import Database
 from proxy.service.policy import SYSTEM, Principal
 
@@ -62,6 +65,7 @@ SCHEMA = [
         owner TEXT NOT NULL,
         kind TEXT NOT NULL
     )""",
+    *VERSIONS_SCHEMA,
 ]
 
 _NAME_RE = r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$"  # one repository name component: business/<name>/…
@@ -274,7 +278,21 @@ class ChainRegistry:
         if self.file is None:
             raise ChainError("no chains file is configured ([chains] file)")
         await self._activate(self._read_file())
+        async with self.db.transaction() as tx:
+            await bump(tx, CHAINS)  # every replica re-reads its file too
         return list(self._file_chains)
+
+    async def refresh(self) -> None:
+        """Another replica changed chains: re-read the API chains and the chains file
+        (a file that no longer loads keeps the chains in force, as a reload would)."""
+        await self._load_api()
+        if self.file is None:
+            return
+        try:
+            await self._activate(self._read_file())
+        except ChainError as exc:
+            self.file_error = exc
+            log.error("chains file rejected", extra={"error": str(exc)})
 
     def _read_file(self) -> list[tuple[ChainSpec, int | None]]:
         assert self.file is not None
@@ -334,6 +352,7 @@ class ChainRegistry:
             )
             if changed:
                 await self._set_owner(tx, spec.name, owner)
+                await bump(tx, CHAINS)
         if not changed:
             raise ChainError("a chain with this name already exists", "name", chain=spec.name, conflict=True)
         await self._load_api()
@@ -355,6 +374,7 @@ class ChainRegistry:
             await tx.execute("UPDATE chains SET spec = ?, updated = ? WHERE name = ?",
                              (spec.model_dump_json(), time.time(), spec.name))
             await self._set_owner(tx, spec.name, owner)
+            await bump(tx, CHAINS)
         await self._load_api()
         return self.get(spec.name)  # type: ignore[return-value]
 
@@ -363,6 +383,7 @@ class ChainRegistry:
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM chains WHERE name = ?", (name,))
             await tx.execute("DELETE FROM chain_owners WHERE name = ?", (name,))
+            await bump(tx, CHAINS)
         await self._load_api()
 
     @staticmethod

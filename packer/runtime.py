@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from plugins.sandbox import Sandbox
+from proxy.cluster import Leases, VersionWatch
+from proxy.cluster.versions import CHAINS
 from proxy.meta import Database
 from proxy.service.events import EventBus
 from proxy.service.policy import PolicyChain
@@ -40,7 +42,7 @@ WORK_PREFIXES = ("job-", "fn-", "probe-")
 
 class Packer:
     def __init__(self, config: "Config", db: Database, registry: RegistryService, events: EventBus,
-                 policy: PolicyChain | None = None) -> None:
+                 policy: PolicyChain | None = None, *, leases: Leases, versions: VersionWatch) -> None:
         self.config = config
         self.db = db
         self.registry = registry
@@ -56,9 +58,11 @@ class Packer:
         self.chains = ChainRegistry(db, config.chains.file, self._check_plugin, settings.generic_prefix,
                                     optional=config.chains.optional)
         self.subscriptions = SubscriptionStore(db, config.webhooks, deny)
-        self.webhooks = WebhookDelivery(db, config.webhooks, deny)
+        self.webhooks = WebhookDelivery(db, config.webhooks, deny, leases=leases)
         self.assembly = assembly.AssemblyService(db, registry, self.chains, self.plugins, self.env, settings,
-                                                 on_emit=self.webhooks.notify, policy=policy)
+                                                 on_emit=self.webhooks.notify, policy=policy, leases=leases)
+        # A chain created, changed or deleted, or the chains file reloaded, on any replica.
+        versions.on_change(CHAINS, self.chains.refresh)
         self._reloads: set[asyncio.Task[None]] = set()
         self._sighup = False
 

@@ -30,7 +30,8 @@ from .api.manage.openapi import OPENAPI, build_document, openapi_router
 from .api.ops import add_ops_routes, add_ready_check
 from .api.slowclients import guard_slow_clients
 from .api.routes import V2_ROUTES, add_routes
-from .api.state import CONFIG, DATABASE, EVENTS, IN_FLIGHT, METRICS, PACKER, POLICY, REGISTRY, InFlight
+from .api.state import (CONFIG, DATABASE, EVENTS, IN_FLIGHT, LEASES, METRICS, PACKER, POLICY, REGISTRY, REPLICA,
+                        VERSIONS, InFlight)
 from .api.v2 import HANDLERS
 from .audit.middleware import AUDIT, audit_requests, setup_audit
 from .audit.records import AuditEvent
@@ -39,6 +40,7 @@ from .auth.setup import setup_auth
 from .backend import Backend
 from .backend.factory import create_backend
 from .backend.filesystem import FilesystemBackend
+from .cluster import EmbeddedStorageLock, Leases, StorageInUse, VersionWatch, replica_id
 from .config import Config, ConfigError
 from .meta import Database, MetadataError
 from .metrics import Metrics
@@ -73,6 +75,10 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app[EVENTS] = EventBus()
     app[POLICY] = PolicyChain([AllowAll()])
     app[DATABASE] = Database(config.metadata.path)
+    app[REPLICA] = replica = replica_id(config.server.replica_id)
+    app[METRICS].replica_info.labels(replica).set(1)
+    app[LEASES] = Leases(app[DATABASE], replica, config.cluster.lease, config.cluster.heartbeat)
+    app[VERSIONS] = VersionWatch(app[DATABASE], config.cluster.poll_interval)
     # Plugin versions are named by provenance: their tags never change content (DESIGN §7).
     immutable_tags = immutable.ImmutableTags(app[DATABASE], (config.assembly.plugins_prefix,))
     try:
@@ -88,16 +94,19 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         immutable=immutable_tags,
     )
     app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_cluster)  # after storage; closes after every job runner stopped
     setup_cursors(app)  # after storage: the key lives in the database
     setup_audit(app)  # after storage: the log is flushed before the database closes
     setup_auth(app)  # users, tokens, grants; with [auth] enabled the permission policy and /token
     app[POLICY].add(immutable_tags)  # after permissions: who may ask is answered first
     app[fullbuilds.FULL_BUILDS] = builds = FullBuildService(
-        app[REGISTRY], app[DATABASE], config.full_builds, config.licenses, _namespaces(config), policy=app[POLICY]
+        app[REGISTRY], app[DATABASE], config.full_builds, config.licenses, _namespaces(config), policy=app[POLICY],
+        leases=app[LEASES],
     )
     app[POLICY].add(FreezePolicy(builds.store, lambda: builds.license_suffixes, builds.namespaces))
     app.cleanup_ctx.append(_full_builds)  # after storage: needs the database and backend open
-    app[PACKER] = Packer(config, app[DATABASE], app[REGISTRY], app[EVENTS], policy=app[POLICY])
+    app[PACKER] = Packer(config, app[DATABASE], app[REGISTRY], app[EVENTS], policy=app[POLICY], leases=app[LEASES],
+                         versions=app[VERSIONS])
     builds.on_emit = app[PACKER].webhooks.notify  # full.built is sent at once, like assembly events
     app[catalog_api.CATALOG] = Catalog(app[DATABASE], app[REGISTRY], config.assembly.generic_prefix)
     app[METRICS].on_scrape(StateGauges(app[DATABASE], app[METRICS].registry).refresh)
@@ -122,17 +131,46 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     return app
 
 
+async def _cluster(app: web.Application) -> AsyncIterator[None]:
+    """Leases and shared versions: other replicas' jobs and changes (docs/deploy.md)."""
+    await app[LEASES].start()
+    await app[VERSIONS].start()
+    yield
+    await app[VERSIONS].close()
+    await app[LEASES].close()  # job runners closed first: what they held is handed over
+
+
+def _lock_embedded(app: web.Application) -> EmbeddedStorageLock | None:
+    """One process per embedded storage: its upload sessions and GC fences are in memory."""
+    config, backend = app[CONFIG], app[BACKEND]
+    if not isinstance(backend, FilesystemBackend):
+        return None
+    lock = EmbeddedStorageLock(backend.root)
+    try:
+        lock.acquire(app[REPLICA])
+    except StorageInUse as exc:
+        raise StartupError(f"storage.path {config.storage.path}: {exc}") from exc
+    except OSError as exc:
+        raise StartupError(f"storage.path {config.storage.path}: {_reason(exc)}") from exc
+    return lock
+
+
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     db, backend, config = app[DATABASE], app[BACKEND], app[CONFIG]
+    lock = _lock_embedded(app)
     try:
         await db.open()
         await db.migrate(referrers.SCHEMA + journal.SCHEMA + immutable.SCHEMA)
     except (OSError, MetadataError) as exc:
+        if lock is not None:
+            lock.release()
         raise StartupError(f"metadata.path {config.metadata.path}: {_reason(exc)}") from exc
     try:
         await backend.start()
     except (OSError, RegistryError) as exc:
         await db.close()  # a start-up that fails here leaves nothing open behind it
+        if lock is not None:
+            lock.release()
         remote = config.storage.backend == "registry"
         where = f"storage.url {config.storage.url}" if remote else f"storage.path {config.storage.path}"
         raise StartupError(f"{where}: {_reason(exc)}") from exc
@@ -147,6 +185,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await app[REGISTRY].drain()
     await backend.close()
     await db.close()
+    if lock is not None:
+        lock.release()
 
 
 async def _drain_writes(app: web.Application) -> AsyncIterator[None]:

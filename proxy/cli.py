@@ -37,7 +37,9 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_cli_config(args.config, **overrides)
     if config is None:
         return 2
-    setup_logging(config.log.level)
+    from .cluster import replica_id
+
+    setup_logging(config.log.level, replica_id(config.server.replica_id))
     from .startup import StartupError, check_listen, one_line
 
     try:

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from .auth.patterns import compile_pattern, validate_pattern
 
@@ -48,6 +48,9 @@ class ServerConfig(_Section):
     # TLS: PEM certificate (chain) and private key; both or neither. Re-read on SIGHUP.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # This replica's name in logs, metrics (algomint_replica_info) and job leases; unset:
+    # <hostname>-<pid>. Unique per running replica (two live replicas must not share one).
+    replica_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
 
     @field_validator("listen")
     @classmethod
@@ -204,6 +207,38 @@ class UiConfig(_Section):
     session_idle: float = Field(1800.0, gt=0, le=7 * 86400)
 
 
+def _seconds(value: Any) -> Any:
+    """``30``, ``"30s"``, ``"500ms"``, ``"2m"``: a duration in seconds."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+            if text.endswith(suffix) and text[: -len(suffix)].replace(".", "", 1).isdigit():
+                return float(text[: -len(suffix)]) * scale
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds)]
+
+
+class ClusterConfig(_Section):
+    """Several replicas on one metadata store (docs/deploy.md)."""
+
+    # A replica holds each assembly, full build and webhook delivery it runs for this
+    # long, renewed every `heartbeat`; a replica that dies loses its jobs to the others
+    # once it has missed renewals for `lease`.
+    lease: Seconds = Field(30.0, ge=0.5, le=3600)
+    heartbeat: Seconds = Field(10.0, gt=0, le=600)
+    # How often each replica reads the shared version counters: revoked tokens, disabled
+    # users, changed grants and passwords, and chain changes reach it within this.
+    poll_interval: Seconds = Field(0.25, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _beats_within_lease(self) -> "ClusterConfig":
+        if self.heartbeat * 2 > self.lease:
+            raise ValueError("cluster.heartbeat must be at most half of cluster.lease (a late beat must not lose it)")
+        return self
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -217,6 +252,7 @@ class Config(_Section):
     auth: AuthConfig = AuthConfig()
     audit: AuditConfig = AuditConfig()
     gc: GcConfig = GcConfig()
+    cluster: ClusterConfig = ClusterConfig()
     log: LogConfig = LogConfig()
     ui: UiConfig = UiConfig()
     # License kinds, [licenses.<kind>]; "full" (no encryption) always exists.

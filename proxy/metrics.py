@@ -27,6 +27,8 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=self.registry,
         )
+        # Constant 1, labelled with the replica id: joins any series to the replica serving it.
+        self.replica_info = Gauge("algomint_replica_info", "This replica's id", ["replica"], registry=self.registry)
         self.bytes_in = Counter("algomint_http_received_bytes", "Request body bytes received", registry=self.registry)
         self.bytes_out = Counter("algomint_http_sent_bytes", "Blob and archive bytes sent", registry=self.registry)
         self.in_flight_streams = Gauge(

@@ -1,5 +1,6 @@
 """``algomint serve`` as a real process: chains file reloaded on SIGHUP, and a job that
-survives ``kill -9`` mid-run — re-run from the start after a restart, with its webhook."""
+survives ``kill -9`` mid-run — re-run from the start once its lease expires, by the
+restarted process, with its webhook."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ def _config(workdir: Path) -> str:
     return f"""
 [server]
 shutdown_grace = 1
+[cluster]
+lease = "2s"
+heartbeat = "0.5s"
 [storage]
 path = "{workdir / 'storage'}"
 [metadata]
@@ -130,7 +134,7 @@ async def test_job_interrupted_by_kill_9_completes_after_restart(tmp_path, aioht
             assert job["status"] == "succeeded", job
             assert job["runs"] == 2 and job["source"]["digest"] == source
             detail = await (await http.get(f"/api/v1/assemblies/{job['id']}")).json()
-            assert "re-queued: the previous run was interrupted" in detail["logs"]
+            assert "stopped renewing its lease" in detail["logs"]  # taken over from the killed process
 
             resp = await http.get("/v2/business/door/face-recog/manifests/1.0",
                                   headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})

@@ -1,7 +1,10 @@
 """The full-build queue: submit (validated, de-duplicated), durable records, workers.
 
-A build interrupted by a crash or shutdown is found ``running`` at the next start and
-queued again; it re-runs from the start, which is safe because tags are written last."""
+Each running build is leased by its replica (``proxy.cluster.leases``): a build whose
+replica died is found ``running`` without a live lease and claimed by any replica; a
+shutdown hands its builds back at once. It re-runs from the start, which is safe because
+tags are written last; only the replica holding the lease records the outcome and the
+``full.built`` event."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import contextlib
 import logging
 from typing import Any, Awaitable, Callable
 
+from proxy.cluster.leases import LeaseLost, Leases
 from proxy.meta import Database, MetadataError
 from proxy.meta.db import Transaction
 from proxy.oci.errors import RegistryError
@@ -22,7 +26,7 @@ from ..licensing.settings import LicenseConfig
 from .builder import BuildError, FullBuilder, Tracker
 from .names import BuildInputError, Namespaces
 from .settings import FullBuildConfig
-from .store import BuildRecord, BuildStore
+from .store import LEASE, BuildRecord, BuildStore
 
 __all__ = ["FullBuildService", "BuildInputError"]
 
@@ -33,14 +37,17 @@ _FLUSH_INTERVAL = 1.0
 class FullBuildService:
     def __init__(self, service: RegistryService, db: Database, settings: FullBuildConfig,
                  licenses: dict[str, LicenseConfig], namespaces: Namespaces,
-                 licensers: dict[str, Licenser] | None = None, policy: PolicyChain | None = None) -> None:
+                 licensers: dict[str, Licenser] | None = None, policy: PolicyChain | None = None, *,
+                 leases: Leases) -> None:
         self.settings = settings
+        self.leases = leases
         self.namespaces = namespaces
         self.licensers = licensers if licensers is not None else build_licensers(licenses)
         self.store = BuildStore(db)
         self.builder = FullBuilder(service, self.licensers, licenses, settings, namespaces, self.store, policy)
         self._wake = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
+        self._running: set[str] = set()
         # Called after an event is committed to the outbox (wakes the webhook sender).
         self.on_emit: Callable[[], None] = lambda: None
 
@@ -50,9 +57,6 @@ class FullBuildService:
 
     async def start(self) -> None:
         await self.store.migrate()
-        requeued = await self.store.requeue_running()
-        if requeued:
-            log.info("interrupted full builds queued again", extra={"count": requeued})
         self._workers = [asyncio.create_task(self._worker(i), name=f"full-build-{i}")
                          for i in range(self.settings.workers)]
 
@@ -63,6 +67,11 @@ class FullBuildService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._workers = []
+        # Builds cut short by shutdown: queued again now, for any replica to take.
+        for build_id in list(self._running):
+            with contextlib.suppress(MetadataError):
+                await self.store.hand_back(self.leases, build_id)
+        self._running.clear()
 
     async def submit(self, package: str, license: str, requester: Principal = SYSTEM) -> tuple[BuildRecord, bool]:
         """Queue a build as ``requester``; returns (record, created). The same package
@@ -79,16 +88,28 @@ class FullBuildService:
     async def _worker(self, number: int) -> None:
         while True:
             try:
-                record = await self.store.claim_next()
+                claimed = await self.store.claim_next(self.leases)
             except MetadataError:
                 log.exception("full-build queue unavailable")
-                record = None
-            if record is None:
+                claimed = None
+            if claimed is None:
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
                 continue
-            await self._run(record)
+            record, previous = claimed
+            if previous is not None:
+                log.warning("full build taken over from a replica that stopped renewing its lease",
+                            extra={"build": record.id, "previous": previous})
+            self._running.add(record.id)  # until it ends here; a cancelled one is handed back in close
+            try:
+                await self.leases.run(LEASE, record.id, self._run(record))
+            except LeaseLost as exc:
+                log.warning("full build stopped: %s", exc, extra={"build": record.id})
+            except MetadataError:
+                # Outcome not recorded: the lease expires and a replica runs the build again.
+                log.exception("full build outcome not recorded", extra={"build": record.id})
+            self._running.discard(record.id)
 
     async def _run(self, record: BuildRecord) -> None:
         tracker = Tracker()
@@ -110,7 +131,7 @@ class FullBuildService:
         try:
             result, freezes, content = await self.builder.run(record, tracker, planned, warnings)
         except asyncio.CancelledError:
-            raise  # shutdown: the record stays "running" and is queued again at start
+            raise  # shutdown (handed back in close) or the lease was lost
         except (BuildError, RegistryError, BuildInputError) as exc:
             await self._fail(record, tracker, str(getattr(exc, "message", None) or exc), warnings)
         except Exception as exc:  # noqa: BLE001 - a build must end in a recorded state
@@ -119,7 +140,7 @@ class FullBuildService:
         else:
             await self.store.save_progress(record.id, tracker.bytes_total, tracker.layers.values())
             await self.store.succeed(record.id, result, warnings, freezes, content,
-                                     also=self._built_event(record, result))
+                                     also=self._built_event(record, result), leases=self.leases)
             self.on_emit()
             log.info("full build succeeded", extra={"build": record.id, "tag": result["tag"]})
         finally:
@@ -139,7 +160,7 @@ class FullBuildService:
         log.warning("full build failed", extra={"build": record.id, "error": error})
         with contextlib.suppress(MetadataError):
             await self.store.save_progress(record.id, tracker.bytes_done, tracker.layers.values())
-        await self.store.fail(record.id, error, warnings)
+        await self.store.fail(record.id, error, warnings, leases=self.leases)
 
     async def get(self, build_id: str) -> BuildRecord | None:
         return await self.store.get(build_id)

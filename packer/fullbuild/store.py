@@ -1,5 +1,6 @@
 """Durable full-build records, who asked for them, and frozen tags and content
-(SQLite through ``proxy.meta.Database``)."""
+(through ``proxy.meta.Database``). A running build is leased by the replica running it
+(``proxy.cluster.leases``, kind ``full_build``)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 
+from proxy.cluster.leases import LeaseLost, Leases
 from proxy.meta import Database
 from proxy.meta.db import Transaction
 from proxy.service.policy import SYSTEM, Principal
 
 __all__ = ["SCHEMA", "BuildRecord", "BuildStore", "Frozen", "LayerProgress", "STATES", "ACTIVE"]
 
+LEASE = "full_build"
 STATES = ("queued", "running", "succeeded", "failed")
 ACTIVE = ("queued", "running")
 
@@ -246,12 +249,19 @@ class BuildStore:
         rows = await self.db.fetchall(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit))
         return [_record(r) for r in rows]
 
-    async def claim_next(self) -> BuildRecord | None:
+    async def claim_next(self, leases: Leases) -> tuple[BuildRecord, str | None] | None:
+        """The oldest build that is queued, or running without a live lease (its replica
+        died or stopped), now leased to this replica; with the previous owner if any."""
+        now = leases.now()
         async with self.db.transaction() as tx:
-            row = await tx.fetchone("SELECT * FROM full_builds WHERE state = 'queued' ORDER BY created_at LIMIT 1")
+            row = await tx.fetchone(
+                "SELECT * FROM full_builds b WHERE b.state = 'queued' OR (b.state = 'running' AND NOT "
+                + leases.live(LEASE, "b.id") + ") ORDER BY b.created_at LIMIT 1", (now,))
             if row is None:
                 return None
-            now = time.time()
+            previous = await leases.claim(tx, LEASE, row["id"])
+            if previous is False:
+                return None  # another replica took it since the read
             await tx.execute(
                 "UPDATE full_builds SET state = 'running', started_at = ?, attempts = attempts + 1, bytes_done = 0, "
                 "error = NULL, warnings = '[]' WHERE id = ?",
@@ -260,11 +270,14 @@ class BuildStore:
             await tx.execute("DELETE FROM full_build_layers WHERE build_id = ?", (row["id"],))
         record = _record(row)
         record.state, record.started_at, record.attempts = "running", now, record.attempts + 1
-        return record
+        return record, previous  # type: ignore[return-value]
 
-    async def requeue_running(self) -> int:
-        """Builds a crash or shutdown interrupted run again from the start."""
-        return await self.db.execute("UPDATE full_builds SET state = 'queued' WHERE state = 'running'")
+    async def hand_back(self, leases: Leases, build_id: str) -> None:
+        """Shutdown stopped the build: queue it again and release it at once."""
+        async with self.db.transaction() as tx:
+            if await leases.release(tx, LEASE, build_id):
+                await tx.execute("UPDATE full_builds SET state = 'queued' WHERE id = ? AND state = 'running'",
+                                 (build_id,))
 
     async def set_layers(self, build_id: str, layers: Sequence[LayerProgress], bytes_total: int) -> None:
         async with self.db.transaction() as tx:
@@ -286,11 +299,15 @@ class BuildStore:
             )
 
     async def succeed(self, build_id: str, result: dict[str, Any], warnings: list[str], freezes: Iterable[Frozen],
-                      content: Iterable[Frozen] = (), also: Callable[[Transaction], Awaitable[Any]] | None = None) -> None:
+                      content: Iterable[Frozen] = (), also: Callable[[Transaction], Awaitable[Any]] | None = None,
+                      leases: Leases | None = None) -> None:
         """Record success and freeze the package's tags and the content they reference
         (``Frozen.digest`` of each ``content`` item) in one transaction; ``also`` writes more
-        in it (the ``full.built`` event), so the event exists exactly when the success does."""
+        in it (the ``full.built`` event), so the event exists exactly when the success does.
+        With ``leases``, only while this replica still holds the build (else LeaseLost)."""
         async with self.db.transaction() as tx:
+            if leases is not None and not await leases.release(tx, LEASE, build_id):
+                raise LeaseLost(f"full build {build_id}: lease taken over by another replica")
             await tx.execute(
                 "UPDATE full_builds SET state = 'succeeded', finished_at = ?, result = ?, warnings = ?, "
                 "bytes_done = bytes_total WHERE id = ?",
@@ -307,11 +324,14 @@ class BuildStore:
             if also is not None:
                 await also(tx)
 
-    async def fail(self, build_id: str, error: str, warnings: list[str]) -> None:
-        await self.db.execute(
-            "UPDATE full_builds SET state = 'failed', finished_at = ?, error = ?, warnings = ? WHERE id = ?",
-            (time.time(), error[:4000], json.dumps(warnings), build_id),
-        )
+    async def fail(self, build_id: str, error: str, warnings: list[str], leases: Leases | None = None) -> None:
+        async with self.db.transaction() as tx:
+            if leases is not None and not await leases.release(tx, LEASE, build_id):
+                raise LeaseLost(f"full build {build_id}: lease taken over by another replica")
+            await tx.execute(
+                "UPDATE full_builds SET state = 'failed', finished_at = ?, error = ?, warnings = ? WHERE id = ?",
+                (time.time(), error[:4000], json.dumps(warnings), build_id),
+            )
 
     async def frozen_tag(self, repository: str, tag: str) -> Frozen | None:
         row = await self.db.fetchone("SELECT * FROM frozen_tags WHERE repository = ? AND tag = ?", (repository, tag))

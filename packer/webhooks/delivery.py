@@ -4,9 +4,11 @@ Each delivery is a POST of the event's JSON body with ``X-Algomint-Signature:
 sha256=<hex HMAC-SHA256 of the body keyed by the subscription secret>``. A 2xx answer
 marks it delivered; anything else (another status, a connection error, a timeout) is an
 attempt recorded with its reason, retried after an exponentially growing, jittered
-delay, and dead-lettered after ``max_attempts``. State lives in SQLite, so a restart
-resumes where it stopped; a delivery cut short by a crash is sent again (at least once:
-receivers de-duplicate by the event id).
+delay, and dead-lettered after ``max_attempts``. State lives in the metadata store, so a
+restart resumes where it stopped. Replicas share the outbox: each attempt is leased by
+the replica sending it (``proxy.cluster.leases``, kind ``webhook``), so two replicas
+never send the same delivery at once, and one cut short by a crash is sent again by any
+replica once its lease expires (at least once: receivers de-duplicate by the event id).
 
 Before each attempt the URL is checked again against ``[webhooks] allow`` and the
 ``[outbound]`` refusals (the config may have changed since the subscription was made), and
@@ -27,6 +29,7 @@ from typing import Any
 
 import aiohttp
 
+from proxy.cluster.leases import LeaseLost, Leases
 from proxy.meta import Database, MetadataError
 
 from ..outbound import Denylist, OutboundRefused, guarded_session, parse_rules, parse_target, refusal_of, refused_cause
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Algomint-Signature"
 _RESPONSE_PEEK = 4096
+LEASE = "webhook"
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -55,8 +59,9 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
 class WebhookDelivery:
     """The background worker: polls due deliveries, sends them with bounded concurrency."""
 
-    def __init__(self, db: Database, settings: WebhooksConfig, deny: Denylist) -> None:
+    def __init__(self, db: Database, settings: WebhooksConfig, deny: Denylist, *, leases: Leases) -> None:
         self.db = db
+        self.leases = leases
         self.settings = settings
         self.rules = parse_rules(settings.allow)
         self.deny = deny
@@ -100,7 +105,7 @@ class WebhookDelivery:
                 await asyncio.sleep(self.settings.poll_interval)
 
     async def _pass(self, limit: asyncio.Semaphore) -> None:
-        due = await self._due(self.settings.concurrency * 4)
+        due = await self._claim(await self._due(self.settings.concurrency * 4))
         for row in due:
             self._in_flight.add(row["id"])
             await limit.acquire()
@@ -117,7 +122,8 @@ class WebhookDelivery:
     async def _sleep_time(self) -> float:
         row = await self.db.fetchone(
             "SELECT MIN(d.next_attempt) AS next FROM webhook_deliveries d JOIN subscriptions s ON s.id = d.subscription_id"
-            " WHERE d.status = 'pending' AND s.active = 1"
+            " WHERE d.status = 'pending' AND s.active = 1 AND NOT " + self.leases.live(LEASE, "CAST(d.id AS TEXT)"),
+            (self.leases.now(),),
         )
         poll = self.settings.poll_interval
         if row is None or row["next"] is None:
@@ -129,17 +135,32 @@ class WebhookDelivery:
             "SELECT d.id, d.attempts, d.event_id, s.url, s.secret, e.type, e.repository, e.payload, e.created"
             " FROM webhook_deliveries d JOIN subscriptions s ON s.id = d.subscription_id"
             " JOIN webhook_events e ON e.id = d.event_id"
-            " WHERE d.status = 'pending' AND s.active = 1 AND d.next_attempt <= ? ORDER BY d.next_attempt LIMIT ?",
-            (time.time(), limit + len(self._in_flight)),
+            " WHERE d.status = 'pending' AND s.active = 1 AND d.next_attempt <= ? AND NOT "
+            + self.leases.live(LEASE, "CAST(d.id AS TEXT)") + " ORDER BY d.next_attempt LIMIT ?",
+            (time.time(), self.leases.now(), limit + len(self._in_flight)),
         )
         return [r for r in rows if r["id"] not in self._in_flight][:limit]
+
+    async def _claim(self, rows: list[Any]) -> list[Any]:
+        """The due deliveries this replica now holds (others may have taken some)."""
+        if not rows:
+            return rows
+        claimed = []
+        async with self.db.transaction() as tx:
+            for row in rows:
+                if await self.leases.claim(tx, LEASE, str(row["id"])) is not False:
+                    claimed.append(row)
+        return claimed
 
     async def _deliver(self, row: Any) -> None:
         try:
             body = event_body(row["event_id"], row["type"], row["repository"], row["payload"], row["created"])
-            status, error, elapsed = await self._post(row["url"], body, row["secret"], row["type"], row["event_id"])
+            status, error, elapsed = await self.leases.run(
+                LEASE, str(row["id"]), self._post(row["url"], body, row["secret"], row["type"], row["event_id"]))
             # Shielded: a write cancelled half-way would leave the connection in a transaction.
             await asyncio.shield(self._record(row["id"], row["attempts"] + 1, status, error, elapsed))
+        except LeaseLost as exc:
+            log.warning("webhook attempt not recorded: %s", exc, extra={"delivery": row["id"]})
         except MetadataError:
             log.exception("webhook delivery state not recorded", extra={"delivery": row["id"]})
         finally:
@@ -179,6 +200,8 @@ class WebhookDelivery:
     async def _record(self, delivery_id: int, attempt: int, status: int | None, error: str | None, elapsed: float) -> None:
         now = time.time()
         async with self.db.transaction() as tx:
+            if not await self.leases.release(tx, LEASE, str(delivery_id)):
+                raise LeaseLost(f"webhook delivery {delivery_id}: lease taken over by another replica")
             await tx.execute(
                 "INSERT INTO webhook_attempts (delivery_id, attempt, at, duration_ms, status, error) VALUES (?, ?, ?, ?, ?, ?)",
                 (delivery_id, attempt, now, round(elapsed * 1000, 2), status, error),

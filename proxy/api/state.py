@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from ..cluster import Leases, VersionWatch
 from ..config import Config
 from ..meta import Database
 from ..metrics import Metrics
@@ -14,7 +15,8 @@ from ..service.policy import PolicyChain
 from ..service.registry import RegistryService
 from packer.runtime import Packer
 
-__all__ = ["IN_FLIGHT", "InFlight", "CONFIG", "DATABASE", "EVENTS", "METRICS", "POLICY", "REGISTRY", "PACKER", "PRINCIPAL", "REQUEST_ID"]
+__all__ = ["IN_FLIGHT", "InFlight", "CONFIG", "DATABASE", "EVENTS", "METRICS", "POLICY", "REGISTRY", "PACKER", "PRINCIPAL", "REQUEST_ID",
+           "REPLICA", "LEASES", "VERSIONS"]
 
 class InFlight:
     """Counts requests being handled, so shutdown can wait until none are left."""
@@ -45,6 +47,9 @@ POLICY = web.AppKey("policy", PolicyChain)
 REGISTRY = web.AppKey("registry", RegistryService)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 PACKER = web.AppKey("packer", Packer)  # chains, plugins, assembly jobs, subscriptions
+REPLICA = web.AppKey("replica", str)  # this replica's id (logs, metrics, leases)
+LEASES = web.AppKey("leases", Leases)  # claims on background jobs, shared with other replicas
+VERSIONS = web.AppKey("versions", VersionWatch)  # changes other replicas made to cached state
 
 # Per-request keys (plain strings: aiohttp requests take str keys).
 PRINCIPAL = "algomint.principal"

@@ -15,7 +15,8 @@ from typing import AsyncIterator, Mapping
 
 from aiohttp import web
 
-from ..api.state import CONFIG, DATABASE, POLICY
+from ..api.state import CONFIG, DATABASE, POLICY, VERSIONS
+from ..cluster.versions import AUTH as AUTH_VERSION
 from ..config import Config, ConfigError
 from ..meta import Database
 from .authenticator import Authenticator
@@ -51,6 +52,8 @@ def setup_auth(app: web.Application) -> None:
     ``[auth] enabled``, also the authenticator, the permission policy and ``/token``."""
     config = app[CONFIG]
     app[AUTH_STORE] = store = new_store(config, app[DATABASE])
+    # Revocations, disabled users, grant and password changes made on any replica.
+    app[VERSIONS].on_change(AUTH_VERSION, store.invalidate)
     if config.auth.enabled:
         try:
             keys = KeyRing.open(signing_keys_dir(config))

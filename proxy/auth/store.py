@@ -3,7 +3,9 @@
 Every credential check reads through ``identity``/``api_token``; entries are reused for
 at most ``cache_ttl`` seconds, and every change made through this store drops the
 affected entries at once, so a disabled user or revoked token stops working on the next
-request served by this process (other replicas within ``cache_ttl``)."""
+request served by this process. Every change also bumps the shared ``auth`` version in
+its transaction; other replicas see the bump within ``[cluster] poll_interval`` and drop
+their caches (``invalidate``), well before ``cache_ttl``."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ..cluster.versions import AUTH, SCHEMA as VERSIONS_SCHEMA, bump
 from ..meta import Database
 from ..meta.db import Transaction
 from ..service.policy import Principal
@@ -55,6 +58,7 @@ SCHEMA = [
         created_by TEXT NOT NULL,
         UNIQUE (subject, role, pattern)
     )""",
+    *VERSIONS_SCHEMA,
 ]
 
 _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
@@ -161,6 +165,11 @@ class AuthStore:
         self._touched: dict[str, float] = {}
         self.anonymous = Permissions((), self.anonymous_pull, self.system_namespaces)
 
+    def invalidate(self) -> None:
+        """Another replica changed users, grants or tokens: read them afresh."""
+        self._identities.clear()
+        self._tokens.clear()
+
     # -- reads on the credential path -------------------------------------------
     async def identity(self, name: str) -> Identity | None:
         """The user or robot ``name`` with its grants (cached briefly); None if unknown."""
@@ -245,6 +254,7 @@ class AuthStore:
             for role in roles:
                 for pattern in ROLES[role].defaults:
                     await self._insert_grant(tx, name, role, pattern, now, created_by)
+            await bump(tx, AUTH)  # a replica may have cached "no such user"
         self._identities.drop(name)
         return await self.get_user(name)
 
@@ -273,6 +283,7 @@ class AuthStore:
                     name,
                 ),
             )
+            await bump(tx, AUTH)
         self._identities.drop(name)
         return await self.get_user(name)
 
@@ -282,6 +293,7 @@ class AuthStore:
                 raise NotFound(f"no user {name!r}")
             await self._keep_an_admin(tx, without_user=name)
             await tx.execute("DELETE FROM auth_users WHERE name = ?", (name,))  # cascades tokens and grants
+            await bump(tx, AUTH)
         self._identities.drop(name)
         self._tokens.clear()
 
@@ -321,6 +333,7 @@ class AuthStore:
             if not await tx.fetchone("SELECT 1 FROM auth_users WHERE name = ?", (subject,)):
                 raise NotFound(f"no user {subject!r}")
             grant_id = await self._insert_grant(tx, subject, role, pattern, time.time(), created_by)
+            await bump(tx, AUTH)
         self._identities.drop(subject)
         return await self.get_grant(grant_id)
 
@@ -331,6 +344,7 @@ class AuthStore:
                 raise NotFound(f"no grant {grant_id}")
             await self._keep_an_admin(tx, without_grant=grant_id)
             await tx.execute("DELETE FROM auth_grants WHERE id = ?", (grant_id,))
+            await bump(tx, AUTH)
         grant = _grant(row)
         self._identities.drop(grant.subject)
         return grant
@@ -375,6 +389,7 @@ class AuthStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (new.id, owner, name, new.secret_hash, time.time(), created_by, expires_at),
             )
+            await bump(tx, AUTH)
         self._tokens.drop(new.id)
         return await self.get_token(new.id), new.token
 
@@ -394,8 +409,10 @@ class AuthStore:
 
     async def revoke_token(self, token_id: str) -> ApiTokenRecord:
         """Revoke (idempotent: a revoked token keeps its first revocation time)."""
-        await self.db.execute(
-            "UPDATE auth_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), token_id)
-        )
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "UPDATE auth_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), token_id)
+            )
+            await bump(tx, AUTH)
         self._tokens.drop(token_id)
         return await self.get_token(token_id)  # NotFound when it never existed
