@@ -17,9 +17,10 @@ from proxy.auth import tokens
 from proxy.auth.passwords import hash_password, verify_password
 from proxy.auth.patterns import compile_pattern, validate_pattern
 from proxy.auth.permissions import Permissions, grant_access
-from proxy.auth.ratelimit import LoginThrottle, Throttled
+from proxy.auth.ratelimit import SCHEMA as THROTTLE_SCHEMA, LoginThrottle, Throttled
 from proxy.auth.keyring import KeyRing, libtrust_kid, rotate
 from proxy.auth.registry_token import Scope, TokenError, TokenSigner, parse_scopes
+from proxy.meta import Database
 from proxy.service.policy import Action
 
 
@@ -99,35 +100,49 @@ def test_permissions_and_down_scoping():
     ]
 
 
-def test_login_throttle_grows_per_user_and_address_and_never_locks():
+async def test_login_throttle_grows_per_user_and_address_and_never_locks(tmp_path: Path):
     now = [1000.0]
-    throttle = LoginThrottle(free=2, base_delay=1, max_delay=8, window=60, max_waiting=2, clock=lambda: now[0])
-    for _ in range(2):
-        wait, pair = throttle.reserve("alice", "10.0.0.1")
-        assert wait == 0
-        throttle.release(pair)
-        throttle.failed("alice", "10.0.0.1")
-    # Past the free failures, the pair's next check waits; the delay doubles up to the cap.
-    assert [throttle.delay(n) for n in range(2, 8)] == [1, 2, 4, 8, 8, 8]
-    wait, pair = throttle.reserve("alice", "10.0.0.1")
-    assert wait == 1
-    # A concurrent attempt is spaced after it; one more than max_waiting is refused.
-    wait2, pair2 = throttle.reserve("alice", "10.0.0.1")
-    assert wait2 == 2
-    with pytest.raises(Throttled):
-        throttle.reserve("alice", "10.0.0.1")
-    throttle.release(pair)
-    throttle.release(pair2)
-    # Other pairs are untouched: the same user elsewhere, other users at the same address.
-    assert throttle.reserve("alice", "10.0.0.2")[0] == 0
-    assert throttle.reserve("bob", "10.0.0.1")[0] == 0
-    # A success clears the pair; failures are forgotten after the window.
-    throttle.succeeded("alice", "10.0.0.1")
-    assert throttle.reserve("alice", "10.0.0.1")[0] == 0
-    for _ in range(3):
-        throttle.failed("carol", None)
-    now[0] += 61
-    assert throttle.reserve("carol", None)[0] == 0
+    db = Database(tmp_path / "meta.db")
+    await db.open()
+    await db.migrate(THROTTLE_SCHEMA)
+    throttle = LoginThrottle(db, free=2, base_delay=1, max_delay=8, window=60, max_waiting=2, clock=lambda: now[0])
+    # A second replica on the same store: failures and turns are shared, held attempts are its own.
+    other = LoginThrottle(db, free=2, base_delay=1, max_delay=8, window=60, max_waiting=2, clock=lambda: now[0])
+    try:
+        for replica in (throttle, other):
+            wait, hold = await replica.reserve("alice", "10.0.0.1")
+            assert wait == 0
+            replica.release(hold)
+            await replica.failed("alice", "10.0.0.1")
+        # Past the free failures, the pair's next check waits; the delay doubles up to the cap.
+        assert [throttle.delay(n) for n in range(2, 8)] == [1, 2, 4, 8, 8, 8]
+        wait, hold = await throttle.reserve("alice", "10.0.0.1")
+        assert wait == 1
+        # A concurrent attempt, on the other replica, is spaced after it.
+        wait2, hold2 = await other.reserve("alice", "10.0.0.1")
+        assert wait2 == 2
+        wait3, hold3 = await throttle.reserve("alice", "10.0.0.1")
+        assert wait3 == 3
+        with pytest.raises(Throttled):  # one more than max_waiting held here is refused
+            await throttle.reserve("alice", "10.0.0.1")
+        for replica, h in ((throttle, hold), (other, hold2), (throttle, hold3)):
+            replica.release(h)
+        # Other pairs are untouched: the same user elsewhere, other users at the same address.
+        assert (await throttle.reserve("alice", "10.0.0.2"))[0] == 0
+        assert (await other.reserve("bob", "10.0.0.1"))[0] == 0
+        # A success clears the pair, for every replica; failures are forgotten after the window.
+        _, hold = await other.reserve("alice", "10.0.0.1")
+        await other.succeeded(hold)
+        assert (await throttle.reserve("alice", "10.0.0.1"))[0] == 0
+        for _ in range(3):
+            await throttle.failed("carol", None)
+        assert await other.failures("carol", None) == 3
+        now[0] += 61
+        assert (await other.reserve("carol", None))[0] == 0
+        await other.failed("carol", None)
+        assert await throttle.failures("carol", None) == 1  # started over
+    finally:
+        await db.close()
 
 
 def test_signing_keys_are_private_and_reused(tmp_path: Path):

@@ -58,7 +58,7 @@ async def test_wrong_password_is_refused_and_throttled_like_the_api(auth_env):
     assert resp.status == 401 and "invalid username or password" in await resp.text()
     # The same throttle object as the API's: failures through the console count for Basic too.
     from proxy.auth.state import AUTH
-    assert auth_env.app[AUTH].throttle._pairs  # the failure was recorded for (alg, address)
+    assert await auth_env.app[AUTH].throttle.failures("alg", "127.0.0.1") == 1  # recorded for (alg, address)
     records = await auth_env.audit(action="login")
     assert any(r["outcome"] == "denied" and r["actor"] == "alg" for r in records)
 

@@ -6,7 +6,8 @@
 that says a change happened is sent only after it (the ``audit_requests`` middleware).
 
 One background task writes the batch, each write one transaction that extends the hash
-chain (group commit). A record someone waits for is written at once, together with
+chain (group commit). Replicas sharing the store append to the same chain: an append
+that lost the race for the next ``seq`` to another replica is re-hashed and retried. A record someone waits for is written at once, together with
 everything that arrived meanwhile; under load, records arriving during one write form
 the next batch, so batches grow with the load and the cost per record falls. Records
 nobody waits for (pulls, downloads) wait up to ``flush_interval``, or ``batch_size``
@@ -31,6 +32,8 @@ __all__ = ["AuditLog", "AuditQuery"]
 log = logging.getLogger(__name__)
 
 _RETRY_DELAY = 1.0
+# Appends lost in a row to other replicas before a write counts as failed.
+_MAX_RACES = 50
 # Records per write: 16 parameters each stays under SQLite's 32766 bound parameters.
 _MAX_WRITE = 2000
 # A repository-pattern query scans at most this many rows per page (it filters in Python).
@@ -152,12 +155,31 @@ class AuditLog:
     async def _write(self, batch: list[AuditEvent]) -> None:
         # The chain is extended from the head this log wrote last, hashed before the
         # transaction so the database's one writer is held only for the insert and the
-        # synced commit. Should anything else have appended, the insert collides on
-        # ``seq``, the write fails, and the retry starts again from the stored head.
-        if self._head is None:
-            head = await self.db.fetchone("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            self._head = (head["seq"], head["hash"]) if head else (0, GENESIS)
-        seq, prev = self._head
+        # synced commit. Several replicas append to one chain: when another one appended
+        # meanwhile, the insert collides on ``seq`` (the primary key) and nothing is
+        # written; the batch is re-hashed on the stored head and tried again at once.
+        for _ in range(_MAX_RACES):
+            if self._head is None:
+                self._head = await self._stored_head()
+            assumed = self._head
+            try:
+                await self._insert(batch, assumed)
+                return
+            except MetadataError:
+                self._head = None
+                if await self._stored_head() == assumed:
+                    raise  # not a lost race: the store itself failed
+            except BaseException:
+                self._head = None
+                raise
+        raise MetadataError(f"audit: lost {_MAX_RACES} appends in a row to other writers")
+
+    async def _stored_head(self) -> tuple[int, str]:
+        head = await self.db.fetchone("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        return (head["seq"], head["hash"]) if head else (0, GENESIS)
+
+    async def _insert(self, batch: list[AuditEvent], head: tuple[int, str]) -> None:
+        seq, prev = head
         rows = []
         for event in batch:
             seq += 1
@@ -166,14 +188,10 @@ class AuditLog:
             rows.append(row)
         columns = list(rows[0])
         placeholders = f"({', '.join('?' * len(columns))})"
-        try:
-            # One multi-row INSERT: atomic on its own, one round trip to the database.
-            await self.db.execute_atomic(
-                f"INSERT INTO audit_log ({', '.join(columns)}) VALUES {', '.join([placeholders] * len(rows))}",
-                [row[c] for row in rows for c in columns], durable=self.sync)
-        except BaseException:
-            self._head = None
-            raise
+        # One multi-row INSERT: atomic on its own, one round trip to the database.
+        await self.db.execute_atomic(
+            f"INSERT INTO audit_log ({', '.join(columns)}) VALUES {', '.join([placeholders] * len(rows))}",
+            [row[c] for row in rows for c in columns], durable=self.sync)
         self._head = (seq, prev)
 
     async def _run(self) -> None:

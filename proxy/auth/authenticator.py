@@ -31,7 +31,7 @@ from . import tokens as api_tokens
 from .cache import TtlCache
 from .passwords import MAX_PASSWORD_BYTES, verify_password
 from .permissions import TokenPrincipal
-from .ratelimit import LoginThrottle, Throttled
+from .ratelimit import Hold, LoginThrottle, Throttled
 from .registry_token import Claims, TokenError, TokenSigner, password_fingerprint
 from .store import AuthStore, Identity
 
@@ -133,13 +133,13 @@ class Authenticator:
 
     async def password(self, username: str, password: str, address: str | None) -> Login:
         try:
-            async with self.throttle.turn(username, address):
-                return await self._password(username, password, address)
+            async with self.throttle.turn(username, address) as hold:
+                return await self._password(username, password, address, hold)
         except Throttled as exc:
             raise AuthFailure("too many failed logins", "too many failed logins; try again later",
                               claimed=username, retry_after=exc.retry_after) from None
 
-    async def _password(self, username: str, password: str, address: str | None) -> Login:
+    async def _password(self, username: str, password: str, address: str | None, hold: Hold) -> Login:
         identity = await self.store.identity(username)
         stored = identity.user.password_hash if identity is not None else None
         key = (username, hmac.new(self._cache_key, password.encode(), hashlib.sha256).digest())
@@ -148,16 +148,16 @@ class Authenticator:
         if checked:
             ok = await asyncio.to_thread(verify_password, password, stored)
             if not ok:
-                self.throttle.failed(username, address)
+                await self.throttle.failed(username, address)
                 raise AuthFailure("unknown user" if identity is None else "wrong password", claimed=username)
             assert stored is not None
             self._verified.put(key, stored)
         assert identity is not None
         if identity.user.disabled:
-            self.throttle.failed(username, address)
+            await self.throttle.failed(username, address)
             raise AuthFailure("account disabled", claimed=username)
         if checked:
-            self.throttle.succeeded(username, address)
+            await self.throttle.succeeded(hold)
         principal = self._principal(identity, "basic")
         return Login(identity, principal, checked, password_fingerprint(identity.user.password_hash))
 

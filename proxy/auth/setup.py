@@ -23,7 +23,7 @@ from .authenticator import Authenticator
 from .envsecret import take_env_secret
 from .passwords import hash_password
 from .permissions import PermissionPolicy
-from .ratelimit import LoginThrottle
+from .ratelimit import SCHEMA as THROTTLE_SCHEMA, LoginThrottle
 from .keyring import KeyRing
 from .registry_token import TokenSigner
 from .state import AUTH, AUTH_STORE, SIGNER
@@ -60,8 +60,8 @@ def setup_auth(app: web.Application) -> None:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"auth.signing_keys_dir: {exc}") from None
         app[SIGNER] = signer = TokenSigner(keys, config.auth.service)
-        throttle = LoginThrottle(config.auth.free_failures, config.auth.failure_delay, config.auth.max_failure_delay,
-                                 config.auth.failure_window)
+        throttle = LoginThrottle(app[DATABASE], config.auth.free_failures, config.auth.failure_delay,
+                                 config.auth.max_failure_delay, config.auth.failure_window)
         app[AUTH] = Authenticator(store, signer, throttle)
         app[POLICY].add(PermissionPolicy(store))
         add_token_routes(app)
@@ -74,7 +74,7 @@ def setup_auth(app: web.Application) -> None:
         password = None
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        await store.db.migrate(SCHEMA)
+        await store.db.migrate(SCHEMA + THROTTLE_SCHEMA)
         if config.auth.enabled:
             await bootstrap_admin(store, password)
         yield

@@ -34,12 +34,13 @@ class Server:
 
 def start_server(
     workdir: Path, config_text: str | None = "", env: dict[str, str] | None = None, timeout: float = 20,
-    ca: Path | None = None,
+    ca: Path | None = None, port: int | None = None,
 ) -> Server:
     """``config_text`` None: no config file at all (defaults, relative to ``workdir``).
-    ``ca``: the server speaks https with a certificate this CA file vouches for."""
+    ``ca``: the server speaks https with a certificate this CA file vouches for.
+    ``port``: listen there (a restarted replica keeps its place behind a balancer)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     config_args: list[str] = []
     if config_text is not None:
         config = workdir / "algomint.toml"
