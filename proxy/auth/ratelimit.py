@@ -98,14 +98,19 @@ class LoginThrottle:
         delay = self.delay(failures)
         if self._waiting.get(key, 0) >= self.max_waiting:
             raise Throttled(delay)
-        async with self.db.transaction() as tx:
-            # This attempt's turn: the later of now and the pair's next turn; the next one
-            # is a delay after it. One statement, so replicas never hand out the same turn.
-            taken = await tx.fetchone(
-                "UPDATE login_failures SET next_turn = (CASE WHEN next_turn > ? THEN next_turn ELSE ? END) + ?"
-                " WHERE name = ? AND address = ? RETURNING next_turn", (now, now, delay, *key))
+        hold = self._hold(key, known=True)  # counted before the next await: concurrent attempts see it
+        try:
+            async with self.db.transaction() as tx:
+                # This attempt's turn: the later of now and the pair's next turn; the next one
+                # is a delay after it. One statement, so replicas never hand out the same turn.
+                taken = await tx.fetchone(
+                    "UPDATE login_failures SET next_turn = (CASE WHEN next_turn > ? THEN next_turn ELSE ? END) + ?"
+                    " WHERE name = ? AND address = ? RETURNING next_turn", (now, now, delay, *key))
+        except BaseException:
+            self.release(hold)
+            raise
         turn = (taken["next_turn"] - delay) if taken is not None else now
-        return max(0.0, turn - now), self._hold(key, known=True)
+        return max(0.0, turn - now), hold
 
     def _hold(self, key: tuple[str, str], known: bool) -> Hold:
         self._waiting[key] = self._waiting.get(key, 0) + 1
