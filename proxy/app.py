@@ -40,13 +40,15 @@ from .auth.setup import setup_auth
 from .backend import Backend
 from .backend.factory import create_backend
 from .backend.filesystem import FilesystemBackend
-from .cluster import EmbeddedStorageLock, Leases, StorageInUse, VersionWatch, replica_id
+from .cluster import EmbeddedStorageLock, Leases, StorageInUse, VersionWatch, bump, replica_id
+from .cluster.versions import MANIFESTS
 from .config import Config, ConfigError
 from .meta import Database, MetadataError
 from .metrics import Metrics
 from .oci.errors import RegistryError
 from .service import immutable, journal, referrers
-from .service.events import EventBus
+from .oci.reference import is_digest
+from .service.events import Event, EventBus, ManifestDeleted
 from .service.gc import Collector
 from .service.gcruns import GcRun, GcRuns
 from .service.policy import AllowAll, PolicyChain
@@ -89,7 +91,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         backend,
         referrers.ReferrersIndex(app[DATABASE], backend),
         app[EVENTS],
-        journal.ChangeJournal(app[DATABASE]),
+        journal.ChangeJournal(app[DATABASE], app[LEASES]),
         max_manifest_bytes=config.server.max_manifest_bytes,
         immutable=immutable_tags,
     )
@@ -114,6 +116,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     add_ready_check(app, "sandbox", app[PACKER].sandbox_status)  # function and job plugins' sandbox
     app[gc_api.GC_RUNS] = _gc_runs(app, backend)
     app.cleanup_ctx.append(_gc)  # after storage and full builds: needs the database and frozen tags
+    _share_manifest_deletes(app)
     app.cleanup_ctx.append(_replay_changes)  # every event listener is subscribed
     app.cleanup_ctx.append(_drain_writes)  # last, so first to close: writes end while all is open
     app.on_response_prepare.append(middleware.add_api_version)
@@ -245,11 +248,42 @@ async def _gc(app: web.Application) -> AsyncIterator[None]:
     await runs.close()
 
 
+def _share_manifest_deletes(app: web.Application) -> None:
+    """Manifests are cached by digest on every replica: a delete anywhere clears them all."""
+    db, registry = app[DATABASE], app[REGISTRY]
+
+    async def deleted(event: Event) -> None:
+        if isinstance(event, ManifestDeleted) and is_digest(event.reference):
+            async with db.transaction() as tx:
+                await bump(tx, MANIFESTS)
+
+    app[EVENTS].subscribe(deleted)
+    app[VERSIONS].on_change(MANIFESTS, registry.forget_cached_manifests)
+
+
 async def _replay_changes(app: web.Application) -> AsyncIterator[None]:
-    replayed = await app[REGISTRY].replay_changes()
+    await _replay_once(app)
+    # Another replica may die mid-change at any time: look again once per lease.
+    task = asyncio.create_task(_replay_every(app, app[CONFIG].cluster.lease))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _replay_once(app: web.Application, own: bool = True) -> None:
+    replayed = await app[REGISTRY].replay_changes(own=own)
     if replayed:
         log.info("manifest changes interrupted by a crash finished", extra={"count": replayed})
-    yield
+
+
+async def _replay_every(app: web.Application, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await _replay_once(app, own=False)  # this replica's own are in flight, not lost
+        except Exception:  # noqa: BLE001 - the next pass tries again
+            log.exception("replaying interrupted manifest changes failed")
 
 
 async def _packer(app: web.Application) -> AsyncIterator[None]:

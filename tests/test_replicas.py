@@ -255,6 +255,24 @@ async def test_pushes_spread_over_replicas_give_one_tag_list_and_referrers_list(
             await http.close()
 
 
+async def test_a_manifest_deleted_on_one_replica_is_gone_from_the_others_within_a_second(cluster: Cluster):
+    repo, config = f"generic/gone-{uuid.uuid4().hex[:8]}", b'{"name": "gone"}'
+    doc = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "artifactType": "application/x-gone",
+                      "config": {"mediaType": "application/json", "digest": digest_of(config), "size": len(config)},
+                      "layers": []}).encode()
+    async with _direct(cluster, 0) as a, _direct(cluster, 1) as b:
+        assert (await a.post(f"/v2/{repo}/blobs/uploads/?digest={digest_of(config)}", data=config)).status == 201
+        resp = await a.put(f"/v2/{repo}/manifests/v1", data=doc, headers={"Content-Type": mt.OCI_MANIFEST})
+        digest = resp.headers["Docker-Content-Digest"]
+        url = f"/v2/{repo}/manifests/{digest}"
+        assert (await b.get(url, headers={"Accept": mt.OCI_MANIFEST})).status == 200  # in replica 1's cache now
+        assert (await a.delete(url)).status == 202
+        deleted = time.monotonic()
+        while (await b.get(url, headers={"Accept": mt.OCI_MANIFEST})).status == 200:
+            assert time.monotonic() - deleted < 1.0, "replica 1 still serves the deleted manifest"
+            await asyncio.sleep(0.02)
+
+
 async def test_a_revoked_token_is_refused_by_another_replica_within_a_second(cluster: Cluster):
     name = f"ci-{uuid.uuid4().hex[:6]}"
     async with _direct(cluster, 0) as a, _direct(cluster, 1) as b:

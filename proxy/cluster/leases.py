@@ -108,6 +108,11 @@ class Leases:
             return False
         return None if row is None else str(row["owner"])
 
+    async def take_new(self, tx: Transaction, kind: str, job_id: str) -> None:
+        """Lease a job created in ``tx`` itself (nobody else can hold it yet): one statement."""
+        await tx.execute("INSERT INTO leases (kind, id, owner, until) VALUES (?, ?, ?, ?)",
+                         (kind, job_id, self.owner, self._clock() + self.ttl))
+
     async def release(self, tx: Transaction, kind: str, job_id: str) -> bool:
         """End the lease inside the transaction recording the job's outcome; False when
         it is not ours any more (the caller must then record nothing)."""

@@ -20,12 +20,13 @@ from typing import Any, Awaitable, Callable
 from ..meta import Database, MetadataError
 from ..meta.db import Transaction
 
-__all__ = ["SCHEMA", "VersionWatch", "bump", "AUTH", "CHAINS"]
+__all__ = ["SCHEMA", "VersionWatch", "bump", "AUTH", "CHAINS", "MANIFESTS"]
 
 log = logging.getLogger(__name__)
 
 AUTH = "auth"  # users, grants, API tokens, passwords
 CHAINS = "chains"  # API chains and the chains file
+MANIFESTS = "manifests"  # a manifest deleted by digest (replicas cache manifests by digest)
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS cluster_versions (

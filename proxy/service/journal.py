@@ -6,7 +6,12 @@ change is written here before the backend is touched and removed once its follow
 done. At start-up, changes still pending are checked against the backend and finished
 (``RegistryService.replay_changes``): the ones that took effect get their follow-up, the
 others are dropped. Follow-ups are idempotent, so a replay after a crash that struck
-just before the removal only repeats work (at-least-once, as webhooks promise)."""
+just before the removal only repeats work (at-least-once, as webhooks promise).
+
+Replicas share the journal: with ``leases``, each change is leased to the replica making
+it (in the transaction that records it), and only changes whose lease has expired — their
+replica died mid-change — are replayed, each by the one replica that claims it. A
+replica starting never finishes another live replica's change in flight."""
 
 from __future__ import annotations
 
@@ -14,9 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from ..cluster.leases import Leases
 from ..meta import Database
 
-__all__ = ["SCHEMA", "Change", "ChangeJournal"]
+__all__ = ["SCHEMA", "Change", "ChangeJournal", "LEASE"]
+
+LEASE = "manifest_change"
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS manifest_changes (
@@ -42,8 +50,9 @@ class Change:
 
 
 class ChangeJournal:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, leases: Leases | None = None) -> None:
         self.db = db
+        self.leases = leases
 
     async def begin(
         self, op: Literal["put", "delete"], repo: str, reference: str, digest: str | None, actor: str | None
@@ -54,12 +63,35 @@ class ChangeJournal:
                 (op, repo, reference, digest, actor, time.time()),
             )
             row = await tx.fetchone("SELECT last_insert_rowid() AS id")
-        assert row is not None
+            assert row is not None
+            if self.leases is not None:
+                await self.leases.take_new(tx, LEASE, str(row["id"]))
         return int(row["id"])
 
     async def end(self, change_id: int) -> None:
-        await self.db.execute("DELETE FROM manifest_changes WHERE id = ?", (change_id,))
+        if self.leases is None:
+            await self.db.execute("DELETE FROM manifest_changes WHERE id = ?", (change_id,))
+            return
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM manifest_changes WHERE id = ?", (change_id,))
+            await tx.execute("DELETE FROM leases WHERE kind = ? AND id = ?", (LEASE, str(change_id)))
 
-    async def pending(self) -> list[Change]:
-        rows = await self.db.fetchall("SELECT * FROM manifest_changes ORDER BY id")
+    async def claim(self, change_id: int) -> bool:
+        """Take a pending change to replay it (always, without leases)."""
+        if self.leases is None:
+            return True
+        async with self.db.transaction() as tx:
+            return await self.leases.claim(tx, LEASE, str(change_id)) is not False
+
+    async def pending(self, *, own: bool = True) -> list[Change]:
+        """Changes left unfinished: with leases, those whose replica stopped renewing, and
+        with ``own`` this replica's too (at start-up it has none in flight)."""
+        if self.leases is None:
+            rows = await self.db.fetchall("SELECT * FROM manifest_changes ORDER BY id")
+        else:
+            others = " AND l.owner <> ?" if own else ""
+            rows = await self.db.fetchall(
+                "SELECT * FROM manifest_changes c WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = ?"
+                " AND l.id = CAST(c.id AS TEXT) AND l.until >= ?" + others + ") ORDER BY c.id",
+                (LEASE, self.leases.now(), *((self.leases.owner,) if own else ())))
         return [Change(r["id"], r["op"], r["repo"], r["reference"], r["digest"], r["actor"]) for r in rows]

@@ -71,6 +71,10 @@ class _ManifestCache:
         if old is not None:
             self._bytes -= len(old.data)
 
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
 
 def _known_tag(repo: str, reference: str) -> None:
     """A reference that is no valid tag names no manifest: 404 ``MANIFEST_UNKNOWN``
@@ -299,6 +303,11 @@ class RegistryService:
             await self.referrers.forget(repo, reference)
         await self.events.publish(ManifestDeleted(repo, reference, actor))
 
+    def forget_cached_manifests(self) -> None:
+        """Another replica deleted a manifest: serve nothing by digest from memory that
+        the backend may no longer hold."""
+        self._cache.clear()
+
     async def forget_manifest(self, repo: str, digest: str) -> None:
         """A manifest the garbage collector removed: no longer served from the cache or
         listed as a referrer (no event: nobody deleted it, it was unreachable)."""
@@ -306,11 +315,14 @@ class RegistryService:
         await self.referrers.forget(repo, digest)
 
     # -- crash recovery ------------------------------------------------------------
-    async def replay_changes(self) -> int:
+    async def replay_changes(self, *, own: bool = True) -> int:
         """Finish the manifest changes a crash interrupted (``journal.py``); returns how
-        many had taken effect. A change the backend can't confirm now stays pending."""
+        many had taken effect. A change the backend can't confirm now stays pending.
+        ``own``: this replica's unfinished changes too (none are in flight at start-up)."""
         replayed = 0
-        for change in await self.journal.pending():
+        for change in await self.journal.pending(own=own):
+            if not await self.journal.claim(change.id):
+                continue  # another replica is finishing it
             try:
                 took_effect = await (self._replay_put(change) if change.op == "put" else self._replay_delete(change))
             except RegistryError as exc:
