@@ -252,6 +252,7 @@ async def step_costs(directory: Path, n: int = 20_000) -> dict[str, float]:
     from proxy.auth.ratelimit import LoginThrottle
     from proxy.auth.registry_token import TokenSigner
     from proxy.auth.store import SCHEMA, AuthStore
+    from proxy.cluster import versions
     from proxy.meta import Database
     from proxy.service.policy import Action, Request
 
@@ -271,6 +272,7 @@ async def step_costs(directory: Path, n: int = 20_000) -> dict[str, float]:
     await db.open()
     try:
         await db.migrate(SCHEMA)
+        await versions.migrate(db)  # changes are announced to other replicas there
         store = AuthStore(db, system_namespaces=["business/**"])
         await store.create_user("admin", kind="user", password_hash=None, roles=["admin"], created_by="bench")
         signer = TokenSigner(KeyRing.open(directory / "keys"), "algomint")

@@ -33,7 +33,8 @@ from typing import Any, Awaitable, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from proxy.cluster.versions import CHAINS, SCHEMA as VERSIONS_SCHEMA, bump
+from proxy.cluster import versions
+from proxy.cluster.versions import CHAINS, bump
 from proxy.meta import Database
 from proxy.service.policy import SYSTEM, Principal
 
@@ -65,7 +66,6 @@ SCHEMA = [
         owner TEXT NOT NULL,
         kind TEXT NOT NULL
     )""",
-    *VERSIONS_SCHEMA,
 ]
 
 _NAME_RE = r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$"  # one repository name component: business/<name>/…
@@ -235,6 +235,7 @@ class ChainRegistry:
         """Load API chains and the chains file. A file that doesn't parse stops start-up
         (an edit mistake); plugins that don't resolve only reject the file's chains, with
         the error logged and shown by the API, so a deleted plugin tag can't stop the registry."""
+        await versions.migrate(self.db)  # changes are announced to other replicas there
         await self._load_api()
         if self.file is None:
             return

@@ -17,7 +17,7 @@ from proxy.auth import tokens
 from proxy.auth.passwords import hash_password, verify_password
 from proxy.auth.patterns import compile_pattern, validate_pattern
 from proxy.auth.permissions import Permissions, grant_access
-from proxy.auth.ratelimit import SCHEMA as THROTTLE_SCHEMA, LoginThrottle, Throttled
+from proxy.auth.ratelimit import LoginThrottle, Throttled, migrate as migrate_throttle
 from proxy.auth.keyring import KeyRing, libtrust_kid, rotate
 from proxy.auth.registry_token import Scope, TokenError, TokenSigner, parse_scopes
 from proxy.meta import Database
@@ -104,7 +104,7 @@ async def test_login_throttle_grows_per_user_and_address_and_never_locks(tmp_pat
     now = [1000.0]
     db = Database(tmp_path / "meta.db")
     await db.open()
-    await db.migrate(THROTTLE_SCHEMA)
+    await migrate_throttle(db)
     throttle = LoginThrottle(db, free=2, base_delay=1, max_delay=8, window=60, max_waiting=2, clock=lambda: now[0])
     # A second replica on the same store: failures and turns are shared, held attempts are its own.
     other = LoginThrottle(db, free=2, base_delay=1, max_delay=8, window=60, max_waiting=2, clock=lambda: now[0])

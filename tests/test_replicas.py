@@ -354,6 +354,25 @@ async def test_assembly_finishes_on_another_replica_when_its_replica_is_killed(
         cluster.restart(victim)
 
 
+async def test_a_restarting_replica_leaves_a_live_replicas_job_alone(
+        cluster: Cluster, lb: aiohttp.ClientSession, tmp_path: Path):
+    uid = uuid.uuid4().hex[:8]
+    await _plugin(lb, f"slow-{uid}", "job", {"command": [sys.executable, "-c", SLOW_JOB]})
+    await _chain(lb, f"live{uid}", f"generic/live-{uid}", f"slow-{uid}")
+    await wait_for(lambda: _chain_everywhere(cluster, f"live{uid}"), timeout=3)
+    await asyncio.to_thread(_oras_push, cluster.host, f"generic/live-{uid}", "1.0", DESCRIPTOR, {"a": b"a"},
+                            tmp_path / "push")
+    job = await wait_for(lambda: _job(lb, f"generic/live-{uid}"), timeout=10)
+    await wait_for(lambda: _is(lb, job["id"], "running"), timeout=15)
+    owner = await _lease_owner(cluster, "assembly", str(job["id"]))
+    other = (cluster.index_of(owner) + 1) % 3
+    cluster.replicas[other].process.terminate()  # a rolling restart of another replica
+    cluster.replicas[other].process.wait(15)
+    await asyncio.to_thread(cluster.restart, other)
+    done = await wait_for(lambda: _finished(lb, job["id"]), timeout=30, interval=0.2)
+    assert done["status"] == "succeeded" and done["runs"] == 1  # never taken from its live replica
+
+
 async def _chain_everywhere(cluster: Cluster, name: str) -> bool:
     for i in range(3):
         async with _direct(cluster, i) as http:

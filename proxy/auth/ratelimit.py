@@ -29,7 +29,7 @@ from typing import AsyncIterator, Callable
 
 from ..meta import Database
 
-__all__ = ["SCHEMA", "Hold", "LoginThrottle", "Throttled"]
+__all__ = ["SCHEMA", "Hold", "LoginThrottle", "Throttled", "migrate"]
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS login_failures (
@@ -44,6 +44,10 @@ SCHEMA = [
 ]
 
 _PURGE_EVERY = 60.0  # seconds between removals of pairs past their window (per replica)
+
+
+async def migrate(db: Database) -> None:
+    await db.migrate(SCHEMA)
 
 
 class Throttled(Exception):

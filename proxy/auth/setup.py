@@ -16,14 +16,14 @@ from typing import AsyncIterator, Mapping
 from aiohttp import web
 
 from ..api.state import CONFIG, DATABASE, POLICY, VERSIONS
-from ..cluster.versions import AUTH as AUTH_VERSION
+from ..cluster.versions import AUTH as AUTH_VERSION, migrate as migrate_versions
 from ..config import Config, ConfigError
 from ..meta import Database
 from .authenticator import Authenticator
 from .envsecret import take_env_secret
 from .passwords import hash_password
 from .permissions import PermissionPolicy
-from .ratelimit import SCHEMA as THROTTLE_SCHEMA, LoginThrottle
+from .ratelimit import LoginThrottle, migrate as migrate_throttle
 from .keyring import KeyRing
 from .registry_token import TokenSigner
 from .state import AUTH, AUTH_STORE, SIGNER
@@ -74,7 +74,9 @@ def setup_auth(app: web.Application) -> None:
         password = None
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        await store.db.migrate(SCHEMA + THROTTLE_SCHEMA)
+        await store.db.migrate(SCHEMA)
+        await migrate_versions(store.db)  # every change is announced to other replicas there
+        await migrate_throttle(store.db)
         if config.auth.enabled:
             await bootstrap_admin(store, password)
         yield

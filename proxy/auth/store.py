@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..cluster.versions import AUTH, SCHEMA as VERSIONS_SCHEMA, bump
+from ..cluster.versions import AUTH, bump
 from ..meta import Database
 from ..meta.db import Transaction
 from ..service.policy import Principal
@@ -58,7 +58,6 @@ SCHEMA = [
         created_by TEXT NOT NULL,
         UNIQUE (subject, role, pattern)
     )""",
-    *VERSIONS_SCHEMA,
 ]
 
 _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")

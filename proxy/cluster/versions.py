@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable
 from ..meta import Database, MetadataError
 from ..meta.db import Transaction
 
-__all__ = ["SCHEMA", "VersionWatch", "bump", "AUTH", "CHAINS", "MANIFESTS"]
+__all__ = ["SCHEMA", "VersionWatch", "bump", "migrate", "AUTH", "CHAINS", "MANIFESTS"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,11 @@ SCHEMA = [
 ]
 
 Callback = Callable[[], Awaitable[Any] | Any]
+
+
+async def migrate(db: Database) -> None:
+    """Create the counters' table (every component that bumps calls this first)."""
+    await db.migrate(SCHEMA)
 
 
 async def bump(tx: Transaction, name: str) -> None:
@@ -59,7 +64,7 @@ class VersionWatch:
         self._callbacks.setdefault(name, []).append(callback)
 
     async def start(self) -> None:
-        await self.db.migrate(SCHEMA)
+        await migrate(self.db)
         self._seen = await self._read()
         self._task = asyncio.create_task(self._run(), name="cluster-versions")
 
