@@ -2,7 +2,7 @@
 docker-registry: real clients through the balancer, and failover — a replica SIGKILLed
 in the middle of an assembly, a full build and a webhook delivery loses nothing.
 
-Leases are short here (2 s, heartbeat 0.4 s), so a dead replica's job moves within
+Leases are short here (4 s, heartbeat 0.5 s), so a dead replica's job moves within
 seconds; production defaults are in docs/deploy.md."""
 
 from __future__ import annotations
@@ -357,8 +357,8 @@ async def test_assembly_finishes_on_another_replica_when_its_replica_is_killed(
 async def test_a_restarting_replica_leaves_a_live_replicas_job_alone(
         cluster: Cluster, lb: aiohttp.ClientSession, tmp_path: Path):
     uid = uuid.uuid4().hex[:8]
-    await _plugin(lb, f"slow-{uid}", "job", {"command": [sys.executable, "-c", SLOW_JOB]})
-    await _chain(lb, f"live{uid}", f"generic/live-{uid}", f"slow-{uid}")
+    await _plugin(lb, f"slower-{uid}", "job", {"command": [sys.executable, "-c", SLOW_JOB.replace("sleep(4)", "sleep(8)")]})
+    await _chain(lb, f"live{uid}", f"generic/live-{uid}", f"slower-{uid}")
     await wait_for(lambda: _chain_everywhere(cluster, f"live{uid}"), timeout=3)
     await asyncio.to_thread(_oras_push, cluster.host, f"generic/live-{uid}", "1.0", DESCRIPTOR, {"a": b"a"},
                             tmp_path / "push")
@@ -369,6 +369,9 @@ async def test_a_restarting_replica_leaves_a_live_replicas_job_alone(
     cluster.replicas[other].process.terminate()  # a rolling restart of another replica
     cluster.replicas[other].process.wait(15)
     await asyncio.to_thread(cluster.restart, other)
+    await asyncio.sleep(1)  # the restarted replica's workers have polled the queue
+    assert await _lease_owner(cluster, "assembly", str(job["id"])) == owner
+    assert await _is(lb, job["id"], "running")
     done = await wait_for(lambda: _finished(lb, job["id"]), timeout=30, interval=0.2)
     assert done["status"] == "succeeded" and done["runs"] == 1  # never taken from its live replica
 

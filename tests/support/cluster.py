@@ -111,8 +111,8 @@ enabled = true
 signing_keys_dir = "{root / 'auth-keys'}"
 cache_ttl = 30
 [cluster]
-lease = "2s"
-heartbeat = "0.4s"
+lease = "4s"
+heartbeat = "0.5s"
 poll_interval = "0.25s"
 [assembly]
 poll_interval = 0.3
