@@ -223,7 +223,7 @@ async def measure_costs(work: Path, registry_url: str, metadata_url: str | None)
 
 
 # -- throughput through the balancer ---------------------------------------------------------
-async def throughput(url: str, auth: dict[str, str], seconds: float, concurrency: int) -> tuple[float, float, int]:
+async def throughput(url: str, auth: dict[str, str], seconds: float, concurrency: int) -> tuple[float, float, dict]:
     """Manifest PUTs then GETs per second over ``concurrency`` clients, and the requests
     that failed (counted, not in the rates)."""
     config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
@@ -238,11 +238,13 @@ async def throughput(url: str, auth: dict[str, str], seconds: float, concurrency
                                "layers": [], "annotations": {"n": n}}).encode()
 
         failed: list[int] = []
+        made = [0] * concurrency
 
         async def run(worker: int, op: str, done: list[int]) -> None:
             deadline, i = time.monotonic() + seconds, 0
             while time.monotonic() < deadline:
-                tag = f"w{worker}-{i % 50}"
+                # PUTs cycle over 50 tags per client; GETs over those its PUTs made.
+                tag = f"w{worker}-{i % (50 if op == 'put' else max(1, min(50, made[worker])))}"
                 if op == "put":
                     resp = await http.put(f"/v2/{repo}/manifests/{tag}", data=doc(f"{worker}-{i}"),
                                           headers={"Content-Type": OCI_MANIFEST})
@@ -251,6 +253,8 @@ async def throughput(url: str, auth: dict[str, str], seconds: float, concurrency
                 await resp.read()
                 (done if resp.status in (200, 201) else failed).append(resp.status)
                 i += 1
+                if op == "put":
+                    made[worker] = i
 
         rates = []
         for op in ("put", "get"):
@@ -258,7 +262,7 @@ async def throughput(url: str, auth: dict[str, str], seconds: float, concurrency
             started = time.monotonic()
             await asyncio.gather(*(run(w, op, done) for w in range(concurrency)))
             rates.append(len(done) / (time.monotonic() - started))
-    return rates[0], rates[1], len(failed)
+    return rates[0], rates[1], dict(Counter(failed))
 
 
 async def assembly_rate(url: str, auth: dict[str, str], jobs: int) -> float:
@@ -319,7 +323,7 @@ def main() -> None:
                 puts, gets, failed = asyncio.run(throughput(cluster.url, auth, args.seconds, args.concurrency))
                 jobs = asyncio.run(assembly_rate(cluster.url, auth, args.jobs))
             print(f"\n{replicas} replica(s) behind the balancer, {args.store}: manifest PUT {puts:.0f}/s, "
-                  f"GET {gets:.0f}/s ({args.concurrency} clients, {failed} failed); assembly {jobs:.0f} jobs/min")
+                  f"GET {gets:.0f}/s ({args.concurrency} clients; failed by status: {failed or 'none'}); assembly {jobs:.0f} jobs/min")
 
 
 if __name__ == "__main__":
