@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -39,6 +40,21 @@ SLOW_JOB = (f"# {SLOW}\nimport time, pathlib\ntime.sleep(4)\n"
             "pathlib.Path('files/slow.txt').write_text('finished')\n")
 
 
+@contextlib.contextmanager
+def _shared_store(root: Path) -> Iterator[str]:
+    """A PostgreSQL database in a throwaway cluster (the production topology); a SQLite
+    file every replica opens (WAL) only where PostgreSQL cannot be started."""
+    try:
+        from tests.support.postgres import pg_binary, run_postgres
+    except ImportError:
+        pg_binary = None  # type: ignore[assignment]
+    if pg_binary is None or pg_binary("initdb") is None:
+        yield str(root / "metadata.db")
+        return
+    with run_postgres() as server:
+        yield server.create_database()
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, distribution: Distribution) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("cluster")
@@ -46,7 +62,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, distribution: Distribution
     assert cli_main(["keygen", "--out", str(prefix)]) == 0
     extra = (f'[licenses.soft]\nscheme = "x25519"\npublic_key = "{prefix.with_suffix(".pub")}"\n'
              'chunk_size = 4096\n[full_builds]\npoll_interval = 0.3\n')
-    with run_cluster(root, distribution, str(root / "metadata.db"), extra=extra) as running:
+    with _shared_store(root) as store, run_cluster(root, distribution, store, extra=extra) as running:
         yield running
 
 
@@ -66,8 +82,9 @@ async def _ok(resp: aiohttp.ClientResponse, *statuses: int) -> Any:
     return json.loads(text) if text and resp.content_type.endswith("json") else text
 
 
-async def _run(*argv: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+async def _run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                                                env={**os.environ, **(env or {})})
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode(errors="replace")
 
@@ -483,7 +500,9 @@ async def test_the_audit_chain_written_by_every_replica_verifies(cluster: Cluste
     writers = await asyncio.to_thread(cluster.query, "SELECT COUNT(*) FROM audit_log")
     assert writers[0][0] > 9
     config = cluster.root / "r0" / "algomint.toml"
-    code, out = await _run(sys.executable, "-m", "proxy.cli", "audit", "verify", "--config", str(config), "--json")
+    store = {"ALGOMINT_METADATA__URL": cluster.store} if cluster.store.startswith("postgresql://") else {}
+    code, out = await _run(sys.executable, "-m", "proxy.cli", "audit", "verify", "--config", str(config), "--json",
+                           env=store)
     assert code == 0, out
     assert json.loads(out)["ok"] is True
 

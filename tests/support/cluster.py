@@ -57,7 +57,7 @@ class Cluster:
         if self.replicas[i].process.poll() is None:
             self.kill(i)
         workdir = self.root / self.ids[i]
-        self.replicas[i] = start_server(workdir, self.configs[i], env=_env(), port=_port_of(self.replicas[i]))
+        self.replicas[i] = start_server(workdir, self.configs[i], env=_env(self.store), port=_port_of(self.replicas[i]))
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Read the shared metadata store directly (what the replicas agree on)."""
@@ -67,8 +67,11 @@ class Cluster:
             return conn.execute(sql, params).fetchall()
 
 
-def _env() -> dict[str, str]:
-    return {"ALGOMINT_ADMIN_PASSWORD": ADMIN_PASSWORD}
+def _env(store: str) -> dict[str, str]:
+    env = {"ALGOMINT_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    if store.startswith("postgresql://"):
+        env["ALGOMINT_METADATA__URL"] = store  # wins over any per-test database the harness names
+    return env
 
 
 def _port_of(server: Server) -> int:
@@ -221,7 +224,7 @@ def run_cluster(root: Path, dist: Distribution, store: str, replicas: int = 3, e
     balancer = None
     try:
         for rid, config in zip(ids, configs):
-            servers.append(start_server(root / rid, config, env=_env()))
+            servers.append(start_server(root / rid, config, env=_env(store)))
         balancer = _start_balancer(root / "lb", lb_port, [_port_of(s) for s in servers])
         yield Cluster(root, public_url, servers, configs, store, balancer, ids)
     finally:
