@@ -160,7 +160,8 @@ class AuthConfig(_Section):
     max_failure_delay: float = Field(30.0, gt=0, le=600)
     failure_window: float = Field(300.0, gt=0)
     # How long users, grants and API tokens read from the store are reused (seconds);
-    # changes made through this server take effect at once regardless.
+    # changes take effect at once regardless: on this replica directly, on the others
+    # within [cluster] poll_interval (they watch the shared auth version).
     cache_ttl: float = Field(5.0, ge=0, le=60)
 
     @model_validator(mode="after")
