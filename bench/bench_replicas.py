@@ -253,8 +253,8 @@ async def throughput(url: str, auth: dict[str, str], seconds: float, concurrency
                 await resp.read()
                 (done if resp.status in (200, 201) else failed).append(resp.status)
                 i += 1
-                if op == "put":
-                    made[worker] = i
+                if op == "put" and resp.status == 201:
+                    made[worker] = max(made[worker], i)  # tags up to here exist (a failed one is retried later)
 
         rates = []
         for op in ("put", "get"):
