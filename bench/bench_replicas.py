@@ -271,9 +271,11 @@ async def assembly_rate(url: str, auth: dict[str, str], jobs: int) -> float:
     async with aiohttp.ClientSession(url, headers=auth) as http:
         plugin = {"name": f"stamp{uid}", "version": "1.0", "kind": "file", "options": {},
                   "files": [{"path": "stamp.txt", "data": base64.b64encode(b"stamp").decode()}]}
-        assert (await http.post("/api/v1/plugins", json=plugin)).status == 201
+        resp = await http.post("/api/v1/plugins", json=plugin)
+        assert resp.status == 201, await resp.text()
         chain = {"name": f"b{uid}", "match": [f"generic/b{uid}"], "plugins": [f"plugins/stamp{uid}:1.0"], "params": {}}
-        assert (await http.post("/api/v1/chains", json=chain)).status == 201
+        resp = await http.post("/api/v1/chains", json=chain)
+        assert resp.status == 201, await resp.text()
         await asyncio.sleep(1)  # every replica has seen the chain
         repo = f"generic/b{uid}"
         await http.post(f"/v2/{repo}/blobs/uploads/?digest={_digest(descriptor)}", data=descriptor)
