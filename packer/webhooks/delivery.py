@@ -105,14 +105,26 @@ class WebhookDelivery:
                 await asyncio.sleep(self.settings.poll_interval)
 
     async def _pass(self, limit: asyncio.Semaphore) -> None:
-        due = await self._claim(await self._due(self.settings.concurrency * 4))
+        due = await self._due(self.settings.concurrency * 4)
+        sent = 0
         for row in due:
-            self._in_flight.add(row["id"])
             await limit.acquire()
+            # Claimed only once a slot is free: a claimed delivery is sent (and its lease
+            # renewed) at once, never left to expire while waiting here.
+            try:
+                claimed = await self._claim(row)
+            except BaseException:
+                limit.release()
+                raise
+            if not claimed:
+                limit.release()
+                continue
+            sent += 1
+            self._in_flight.add(row["id"])
             task = asyncio.create_task(self._deliver(row))
             self._tasks.add(task)
             task.add_done_callback(lambda t: (self._tasks.discard(t), limit.release()))
-        if due:
+        if sent:
             return
         self._wake.clear()
         pause = await self._sleep_time()
@@ -141,16 +153,10 @@ class WebhookDelivery:
         )
         return [r for r in rows if r["id"] not in self._in_flight][:limit]
 
-    async def _claim(self, rows: list[Any]) -> list[Any]:
-        """The due deliveries this replica now holds (others may have taken some)."""
-        if not rows:
-            return rows
-        claimed = []
+    async def _claim(self, row: Any) -> bool:
+        """Lease a due delivery to this replica; False when another replica holds it."""
         async with self.db.transaction() as tx:
-            for row in rows:
-                if await self.leases.claim(tx, LEASE, str(row["id"])) is not False:
-                    claimed.append(row)
-        return claimed
+            return await self.leases.claim(tx, LEASE, str(row["id"])) is not False
 
     async def _deliver(self, row: Any) -> None:
         try:
