@@ -19,7 +19,7 @@ import bisect
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 from proxy.backend import Backend, BlobReader
 from proxy.oci import mediatypes as mt
@@ -118,6 +118,14 @@ class _Builder:
             self.offset += size
         self._literal(b"\0" * (-size % BLOCK))
 
+    def inline(self, name: str, segments: list[Segment], size: int) -> None:
+        """A blob made of other segments (a synthesised layer), placed at this offset."""
+        self.names.append(name)
+        self._literal(ustar_header(name, size))
+        self.segments += [Segment(self.offset + s.offset, s.size, s.data, s.digest) for s in segments]
+        self.offset += size
+        self._literal(b"\0" * (-size % BLOCK))
+
     def finish(self) -> None:
         self._literal(b"\0" * (2 * BLOCK))
 
@@ -127,9 +135,16 @@ def _blob_name(digest: str) -> str:
     return f"blobs/{algorithm}/{encoded}"
 
 
+# A blob the repository serves without storing it (a runnable image's package layer or config):
+# its segments (offsets from 0) and size, or None for an ordinary blob.
+Synthetic = Callable[[str], Awaitable[tuple[list[Segment], int] | None]]
+_SYNTHESISED = (mt.OCI_LAYER_TAR, "application/vnd.docker.image.rootfs.diff.tar", *_IMAGE_CONFIGS)
+
+
 async def plan_archive(service: RegistryService, repo: str, reference: str,
-                       limits: ArchiveLimits = ArchiveLimits()) -> ArchivePlan:
-    """Walk the artifact's manifests (held, verified, in memory) and lay out the tar."""
+                       limits: ArchiveLimits = ArchiveLimits(), synthetic: Synthetic | None = None) -> ArchivePlan:
+    """Walk the artifact's manifests (held, verified, in memory) and lay out the tar;
+    a config or uncompressed layer that ``synthetic`` knows is laid out from its parts."""
     root_data = await service.get_manifest(repo, reference)
     if sha256_digest(root_data.data) != root_data.digest and root_data.digest.startswith("sha256:"):
         raise RegistryError(Errors.UNAVAILABLE, message="backend returned a manifest that fails its digest")
@@ -200,6 +215,10 @@ async def plan_archive(service: RegistryService, repo: str, reference: str,
         seen.add(blob.digest)
         if len(seen) > limits.max_blobs:
             raise ArchiveError(f"more than {limits.max_blobs} blobs")
+        made = await synthetic(blob.digest) if synthetic is not None and blob.media_type in _SYNTHESISED else None
+        if made is not None and made[1] == blob.size:
+            out.inline(_blob_name(blob.digest), *made)
+            continue
         out.blob(_blob_name(blob.digest), blob.digest, blob.size)
     out.finish()
     return ArchivePlan(repo, ref_name, root, out.segments, out.offset, out.names)

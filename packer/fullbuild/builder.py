@@ -63,6 +63,7 @@ from .names import (
 )
 from .package_files import check_no_clear_copies, model_layers, seal_files
 from .rights import IMAGE_CONFIGS, BuildInputs, BuildRights, refused
+from .runnable import Runnable, reserved_runnable, runnable_tag
 from .settings import FullBuildConfig
 from .store import BuildRecord, BuildStore, Frozen, LayerProgress
 
@@ -150,6 +151,7 @@ class FullBuilder:
         self.settings = settings
         self.ns = namespaces
         self.codec = Codec(settings.gzip_level, settings.zstd_level, settings.threads)
+        self.runnable = Runnable(service, store)
 
     # -- request validation (before anything is queued) ------------------------------------
     async def check(self, package: str, license: str, requester: Principal = SYSTEM) -> tuple[PackageName, str]:
@@ -163,6 +165,8 @@ class FullBuilder:
             if name.version.endswith(f"-{kind}"):
                 raise BuildInputError(422, f"{package} is itself a full package (tag ends in -{kind})",
                                       {"field": "package"})
+        if reserved_runnable(name.version, [f"-{kind}" for kind in self.licensers]):
+            raise BuildInputError(422, f"{package} is itself a runnable full image", {"field": "package"})
         try:
             # Before anything is looked up: whether the package exists is for its readers.
             await self.policy.check(PolicyRequest(requester, Action.PULL, name.repository, name.version))
@@ -312,6 +316,11 @@ class FullBuilder:
         }
         index_data = _json(index)
         index_digest = await self._put_manifest(name.repository, sha256_digest(index_data), index_data, mt.OCI_INDEX)
+        # The runnable form: each licensed image plus the package as one synthesised layer.
+        layer, runnables = await self.runnable.build(
+            name.repository, ManifestData(thin_digest, package.media_type, thin_data), record.id,
+            [(r.licensed, [c for c, _ in r.licensed_children]) for r in runtimes.values() if r.licensed is not None],
+            self.rights.small_blob)
 
         # Tags last: every image first, the full package at the very end. Frozen: the
         # business tag, the exact generic source version, the licensed tags, and every
@@ -345,12 +354,22 @@ class FullBuilder:
                 "key_id": runtime.key_id.hex() if runtime.key_id else None, "encrypted_files": runtime.encrypted,
                 "license_key": licenser.describe(), "models": list(runtime.ref.models),
             })
+        runnable_out = []
+        for position, runnable in enumerate(runnables):
+            tag = runnable_tag(name.version, record.license, position)
+            await self.policy.check(PolicyRequest(SYSTEM, Action.PUSH, name.repository, tag))  # freezes
+            await self.runnable.tag(name.repository, tag, runnable.digest)
+            freezes.append(Frozen(name.repository, tag, runnable.digest, record.id, label))
+            await hold(name.repository, tag, runnable)
+            runnable_out.append({"tag": f"{name.repository}:{tag}", "digest": runnable.digest})
         full_tag = name.full_tag(record.license)
         await self._put_manifest(name.repository, full_tag, index_data, mt.OCI_INDEX)
         freezes.append(Frozen(name.repository, full_tag, index_digest, record.id, label))
         await hold(name.repository, full_tag, ManifestData(index_digest, mt.OCI_INDEX, index_data))
         result = {"tag": f"{name.repository}:{full_tag}", "digest": index_digest, "descriptor": thin_digest,
                   "images": images_out}
+        if runnable_out:
+            result["runnable"] = {"images": runnable_out, "layer": layer}
         if inputs.models:
             result["package"] = {"models": list(inputs.models), "encrypted_files": sealed_paths,
                                  "key_id": package_key_id.hex() if package_key_id else None}

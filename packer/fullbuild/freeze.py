@@ -19,6 +19,7 @@ from proxy.oci.reference import is_digest
 from proxy.service.policy import Action, Request
 
 from .names import Namespaces
+from .runnable import reserved_runnable
 from .store import BuildStore
 
 __all__ = ["FreezePolicy"]
@@ -56,7 +57,8 @@ class FreezePolicy:
         # algomint itself writes the -<license> tags; frozen tags refuse it too (assembly
         # asks before re-writing a business tag).
         if request.action is Action.PUSH and request.principal.kind != "system" and repo.startswith(self.thin_namespaces):
-            suffix = next((s for s in self.suffixes() if reference.endswith(s)), None)
+            suffix = next((s for s in self.suffixes() if reference.endswith(s)), None) \
+                or reserved_runnable(reference, self.suffixes())
             if suffix is not None:
                 raise RegistryError(
                     Errors.TAG_INVALID, {"tag": reference, "reserved_suffix": suffix},

@@ -89,6 +89,30 @@ SCHEMA = [
         name TEXT NOT NULL,
         kind TEXT NOT NULL
     )""",
+    # The synthesised package layer of each runnable image (``runnable.py``): never
+    # stored, laid out again from the licensed thin manifest it was made from.
+    """CREATE TABLE IF NOT EXISTS runnable_layers (
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        package_digest TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        PRIMARY KEY (repository, digest)
+    )""",
+    # A runnable image's manifests (or index) and configs (KB, JSON), by digest, and its tags.
+    """CREATE TABLE IF NOT EXISTS runnable_objects (
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (repository, digest)
+    )""",
+    """CREATE TABLE IF NOT EXISTS runnable_tags (
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        PRIMARY KEY (repository, tag)
+    )""",
 ]
 
 
@@ -329,3 +353,41 @@ class BuildStore:
             "SELECT * FROM frozen_blobs WHERE repository = ? AND digest = ?", (repository, digest)
         )
         return Frozen(row["repository"], row["tag"], row["digest"], row["build_id"], row["package"]) if row else None
+
+    async def record_runnable(self, repository: str, digest: str, size: int, package_digest: str,
+                              build_id: str) -> None:
+        """The synthesised layer ``digest`` of ``repository``, made from the licensed thin
+        manifest ``package_digest`` (the latest build that made it is its source)."""
+        await self.db.execute(
+            "INSERT INTO runnable_layers (repository, digest, size, package_digest, build_id) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (repository, digest) DO UPDATE SET size = excluded.size, "
+            "package_digest = excluded.package_digest, build_id = excluded.build_id",
+            (repository, digest, size, package_digest, build_id),
+        )
+
+    async def runnable_layer(self, repository: str, digest: str) -> dict[str, Any] | None:
+        row = await self.db.fetchone(
+            "SELECT size, package_digest, build_id FROM runnable_layers WHERE repository = ? AND digest = ?",
+            (repository, digest))
+        return {"size": row["size"], "package_digest": row["package_digest"], "build_id": row["build_id"]} if row else None
+
+    async def hold_runnable(self, repository: str, digest: str, media_type: str, data: bytes) -> None:
+        """A runnable image's manifest or config (UTF-8 JSON, as it was written)."""
+        await self.db.execute(
+            "INSERT INTO runnable_objects (repository, digest, media_type, data) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (repository, digest) DO NOTHING", (repository, digest, media_type, data.decode()))
+
+    async def runnable_object(self, repository: str, digest: str) -> tuple[str, bytes] | None:
+        row = await self.db.fetchone(
+            "SELECT media_type, data FROM runnable_objects WHERE repository = ? AND digest = ?", (repository, digest))
+        return (row["media_type"], row["data"].encode()) if row else None
+
+    async def tag_runnable(self, repository: str, tag: str, digest: str) -> None:
+        await self.db.execute(
+            "INSERT INTO runnable_tags (repository, tag, digest) VALUES (?, ?, ?) "
+            "ON CONFLICT (repository, tag) DO UPDATE SET digest = excluded.digest", (repository, tag, digest))
+
+    async def runnable_tag(self, repository: str, tag: str) -> str | None:
+        row = await self.db.fetchone(
+            "SELECT digest FROM runnable_tags WHERE repository = ? AND tag = ?", (repository, tag))
+        return str(row["digest"]) if row else None

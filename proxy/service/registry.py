@@ -13,7 +13,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Coroutine, Sequence
+from typing import Any, AsyncGenerator, Callable, Coroutine, Protocol, Sequence
 
 from ..backend import Backend, ManifestData, ManifestInfo
 from ..oci.errors import Errors, RegistryError
@@ -26,7 +26,7 @@ from .immutable import ImmutableTags
 from .journal import Change, ChangeJournal
 from .referrers import ReferrersIndex
 
-__all__ = ["RegistryService", "StoredManifest"]
+__all__ = ["RegistryService", "StoredManifest", "VirtualBlob", "VirtualContent"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,28 @@ _CHECK_CONCURRENCY = 16
 class StoredManifest:
     digest: str
     manifest: ParsedManifest
+
+
+class VirtualBlob(Protocol):
+    """A blob a repository serves without storing it: its bytes are made on request."""
+
+    size: int
+
+    def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+        """Bytes ``[start, end]`` (inclusive); raises ``RegistryError`` mid-stream when
+        they can't be made right (the response must then be aborted)."""
+
+
+class VirtualContent(Protocol):
+    """Content a repository serves beside its storage, never written to it (a full
+    build's runnable images: manifests and configs from the metadata store, a layer
+    synthesised). Asked only where the storage has nothing under the name."""
+
+    async def find(self, repo: str, digest: str) -> VirtualBlob | None:
+        """The blob ``digest`` when ``repo`` serves it virtually, else None."""
+
+    async def manifest(self, repo: str, reference: str) -> ManifestData | None:
+        """The manifest at tag or digest ``reference`` when ``repo`` serves it virtually."""
 
 
 class _ManifestCache:
@@ -106,6 +128,9 @@ class RegistryService:
         self.fence = WriteFence()
         # Shielded writes still running (their client may be gone): shutdown waits for them.
         self._writes: set[asyncio.Task[None]] = set()
+        # Content served beside the storage (runnable full images): manifest reads and
+        # blob reads fall back to it where the storage has nothing.
+        self.virtual: VirtualContent | None = None
 
     # -- manifests -------------------------------------------------------------
     async def get_manifest(self, repo: str, reference: str, accept: Sequence[str] = ()) -> ManifestData:
@@ -133,14 +158,35 @@ class RegistryService:
                 return item.info
         else:
             _known_tag(repo, reference)
-        info = await self._manifest_stats.run(
-            (repo, reference), lambda: self.backend.stat_manifest(repo, reference)
-        )
+        info = await self._manifest_stats.run((repo, reference), lambda: self._backend_stat(repo, reference))
         self._negotiate(info.media_type, accept, reference)
         return info
 
     async def _read_manifest(self, repo: str, reference: str) -> ManifestData:
-        return await self._manifest_reads.run((repo, reference), lambda: self.backend.get_manifest(repo, reference))
+        return await self._manifest_reads.run((repo, reference), lambda: self._backend_read(repo, reference))
+
+    async def _backend_read(self, repo: str, reference: str) -> ManifestData:
+        try:
+            return await self.backend.get_manifest(repo, reference)
+        except RegistryError as exc:
+            item = await self._virtual_manifest(repo, reference, exc)
+            if item is None:
+                raise
+            return item
+
+    async def _backend_stat(self, repo: str, reference: str) -> ManifestInfo:
+        try:
+            return await self.backend.stat_manifest(repo, reference)
+        except RegistryError as exc:
+            item = await self._virtual_manifest(repo, reference, exc)
+            if item is None:
+                raise
+            return item.info
+
+    async def _virtual_manifest(self, repo: str, reference: str, exc: RegistryError) -> ManifestData | None:
+        if self.virtual is None or exc.error not in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
+            return None
+        return await self.virtual.manifest(repo, reference)
 
     @staticmethod
     def _negotiate(media_type: str, accept: Sequence[str], reference: str) -> None:

@@ -33,6 +33,7 @@ from proxy.service.policy import Action
 from ..state import CONFIG, REGISTRY
 from ..streaming import parse_range, send_direct, send_stream
 from .errors import ApiError
+from .fullbuilds import FULL_BUILDS
 from .router import Access, ApiRouter, Query, authorize, enum_query
 
 __all__ = ["router"]
@@ -118,7 +119,10 @@ async def get_archive(request: web.Request) -> web.StreamResponse:
     if compress not in (None, "", "zstd"):
         raise ApiError(400, "compress must be zstd", {"compress": compress[:20]})
     try:
-        plan = await plan_archive(request.app[REGISTRY], repo, reference)
+        # A runnable full image's package layer is laid out from the thin package's blobs.
+        runnable = request.app[FULL_BUILDS].builder.runnable
+        plan = await plan_archive(request.app[REGISTRY], repo, reference,
+                                  synthetic=lambda digest: runnable.segments(repo, digest))
     except ArchiveError as exc:
         raise ApiError(422, str(exc)) from None
     backend = request.app[REGISTRY].backend
