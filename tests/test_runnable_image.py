@@ -6,7 +6,6 @@ attacks on it (rights, tampered blobs, freezes, garbage collection)."""
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -49,7 +48,7 @@ def _ls_layer() -> bytes | None:
     ls = shutil.which("ls")
     if ls is None:
         return None
-    out = subprocess.run(["ldd", ls], capture_output=True, text=True)
+    out = subprocess.run(["ldd", ls], check=False, capture_output=True, text=True)
     libs = [part for line in out.stdout.splitlines() for part in line.split() if part.startswith("/")]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -263,7 +262,7 @@ async def test_a_changed_thin_blob_is_never_served_as_the_layer(fb, backend_kind
 
 
 async def test_frozen_and_collected_like_the_full_package(fb, backend_kind):
-    pkg, _, image, digest, layer = await _built(fb)
+    pkg, _, image, digest, _ = await _built(fb)
     last = image["layers"][-1]["digest"]
     for path in (f"/v2/{pkg.business}/manifests/1.0-soft-image", f"/v2/{pkg.business}/manifests/{digest}",
                  f"/v2/{pkg.business}/blobs/{last}"):
@@ -323,7 +322,7 @@ async def test_who_may_pull_the_full_package_may_pull_the_layer_and_no_one_else(
     door, lobby = basic(f"door{uid}"), basic(f"lobby{uid}")
 
     # Who may pull the full package pulls the runnable image whole.
-    for path in (f"manifests/1.0-soft", f"manifests/1.0-soft-image", f"blobs/{layer}", f"blobs/{config}"):
+    for path in ("manifests/1.0-soft", "manifests/1.0-soft-image", f"blobs/{layer}", f"blobs/{config}"):
         resp = await client.get(f"/v2/{pkg.business}/{path}", headers={**door, **ACCEPT})
         assert resp.status == 200, (path, await resp.text())
     # Anyone else: not by tag, not by digest, not by HEAD, not in the archive.
@@ -419,3 +418,42 @@ async def test_the_layer_is_the_same_after_a_restart_and_a_second_build_pass(aio
                                         fb.server.app[FULL_BUILDS].builder.rights.small_blob)
     assert facts == build["result"]["runnable"]["layer"]
     assert [r.digest for r in roots] == [digest]
+
+
+async def test_an_index_runtime_image_gives_a_runnable_index(fb, tmp_path):
+    """Each platform's licensed manifest gets the package layer; the index keeps platforms."""
+    uid = uuid.uuid4().hex[:10]
+    repo = f"images/multi{uid}"
+    children = []
+    for arch in ("amd64", "arm64"):
+        image = runnable_source_image()
+        config = json.loads(image.config)
+        config["architecture"] = arch
+        image = type(image)(image.layers, json.dumps(config).encode(), b"")
+        doc = json.loads(_assemble(image.layers).manifest)
+        doc["config"] = {"mediaType": mt.OCI_CONFIG, "digest": digest_of(image.config), "size": len(image.config)}
+        image = type(image)(image.layers, image.config, json.dumps(doc).encode())
+        await push_image(fb, repo, image, tag=image.digest)
+        children.append({"mediaType": mt.OCI_MANIFEST, "digest": image.digest, "size": len(image.manifest),
+                         "platform": {"os": "linux", "architecture": arch}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": children}).encode()
+    resp = await fb.put(f"/v2/{repo}/manifests/v1", data=index, headers={"Content-Type": mt.OCI_INDEX})
+    assert resp.status == 201, await resp.text()
+    business = f"business/door/multi{uid}"
+    await write_business(fb, business, "1.0", descriptor(f"{repo}:v1"), {"README.md": b"multi\n"})
+    build = await run_build(fb, f"{business}:1.0")
+    runnable, digest = await manifest(fb, business, "1.0-soft-image")
+    licensed, _ = await manifest(fb, repo, "v1-soft")
+    assert runnable["mediaType"] == mt.OCI_INDEX and build["result"]["runnable"]["images"][0]["digest"] == digest
+    assert [m["platform"] for m in runnable["manifests"]] == [m["platform"] for m in licensed["manifests"]]
+    layer = build["result"]["runnable"]["layer"]["digest"]
+    for child, source in zip(runnable["manifests"], licensed["manifests"], strict=True):
+        image, _ = await manifest(fb, business, child["digest"])
+        source_image, _ = await manifest(fb, repo, source["digest"])
+        assert image["layers"] == [*source_image["layers"], {"mediaType": mt.OCI_LAYER_TAR, "digest": layer,
+                                                             "size": build["result"]["runnable"]["layer"]["size"]}]
+    host = f"127.0.0.1:{fb.server.port}"
+    out = await run(SKOPEO, "copy", "--src-tls-verify=false", "--override-os", "linux", "--override-arch", "arm64",
+                    f"docker://{host}/{business}:1.0-soft-image", f"dir:{tmp_path / 'arm'}")
+    assert out.returncode == 0, out.stderr
+    assert members((tmp_path / "arm" / layer.split(":")[1]).read_bytes())["algomint/package/README.md"][1] == b"multi\n"
