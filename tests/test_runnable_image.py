@@ -275,6 +275,18 @@ async def test_frozen_and_collected_like_the_full_package(fb, backend_kind):
     assert resp.status == 422
     if backend_kind == "filesystem":
         await _gc(fb)
+    # Listed with the storage's tags, in order, page by page.
+    resp = await fb.get(f"/v2/{pkg.business}/tags/list")
+    assert (await resp.json())["tags"] == ["1.0", "1.0-soft", "1.0-soft-image"]
+    walked, last = [], None
+    for _ in range(5):
+        resp = await fb.get(f"/v2/{pkg.business}/tags/list", params={"n": "1", **({"last": last} if last else {})})
+        page = (await resp.json())["tags"]
+        walked += page
+        if "Link" not in resp.headers:
+            break
+        last = page[-1]
+    assert walked == ["1.0", "1.0-soft", "1.0-soft-image"]
     # Whatever was collected, HEAD, GET and the image agree.
     again, _ = await manifest(fb, pkg.business, "1.0-soft-image")
     assert again == image

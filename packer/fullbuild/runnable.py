@@ -313,6 +313,9 @@ class Runnable:
             return None
         return ManifestData(digest, held[0], held[1])  # type: ignore[arg-type]
 
+    async def tags(self, repo: str) -> list[str]:
+        return await self.store.runnable_tags(repo)
+
     async def find(self, repo: str, digest: str) -> RunnableLayer | HeldBlob | None:
         """The synthesised layer (while its source manifest is in ``repo``) or a held
         config ``digest`` of ``repo``; None for any other digest."""

@@ -391,3 +391,8 @@ class BuildStore:
         row = await self.db.fetchone(
             "SELECT digest FROM runnable_tags WHERE repository = ? AND tag = ?", (repository, tag))
         return str(row["digest"]) if row else None
+
+    async def runnable_tags(self, repository: str) -> list[str]:
+        """Sorted here, in code-point order as ``tags/list`` is, whatever the database collation."""
+        rows = await self.db.fetchall("SELECT tag FROM runnable_tags WHERE repository = ?", (repository,))
+        return sorted(str(row["tag"]) for row in rows)

@@ -61,6 +61,9 @@ class VirtualContent(Protocol):
     async def manifest(self, repo: str, reference: str) -> ManifestData | None:
         """The manifest at tag or digest ``reference`` when ``repo`` serves it virtually."""
 
+    async def tags(self, repo: str) -> list[str]:
+        """The tags ``repo`` serves virtually (a few; listed beside the storage's)."""
+
 
 class _ManifestCache:
     """LRU of digest-addressed manifests: immutable, so safe to serve from memory."""
@@ -405,6 +408,14 @@ class RegistryService:
     # is the final one); the backend answers one page, not the whole listing.
     async def tags(self, repo: str, n: int | None, last: str | None) -> tuple[list[str], str | None]:
         page, more = await self.backend.tags_page(repo, n, last)
+        extra = await self.virtual.tags(repo) if self.virtual is not None else []
+        extra = [t for t in extra if last is None or t > last]
+        if extra:
+            if more and page:  # tags past the storage's page belong to a later one
+                extra = [t for t in extra if t <= page[-1]]
+            page = sorted({*page, *extra})
+            if n is not None and len(page) > n:
+                page, more = page[:n], True
         return page, (page[-1] if more and page else None)
 
     async def catalog(self, n: int | None, last: str | None) -> tuple[list[str], str | None]:
