@@ -21,8 +21,8 @@ records them (``BuildStore.record_runnable``); a blob GET of that digest in that
 repository lays it out again and streams it from the thin blobs, ``Range`` included.
 What is streamed is checked: a whole GET against the recorded digest (the last bytes are
 held back until it matches), a range blob by blob (each blob it touches is read whole
-and hashed, whatever the storage vouches for), so a changed thin blob ends the
-response with an error instead of wrong bytes.
+and hashed, unless the storage vouches for it: ``[storage] verify_reads``), so a changed
+thin blob ends the response with an error instead of wrong bytes.
 
 Liveness follows the thin manifest: the layer is served while its recorded source
 manifest is in the repository, which keeps every blob it is made of; garbage collection
@@ -48,7 +48,7 @@ from proxy.oci.manifest import parse_manifest
 from proxy.oci.reference import is_digest, sha256_digest
 from proxy.service.registry import RegistryService
 
-from ..archive import ArchiveError, BlobPart, Segment, open_part
+from ..archive import ArchiveError, BlobPart, Segment, open_part, read_part
 from ..layers import OUTPUT_MEDIA_TYPES
 from ..package import PackageError, validate_path
 from ..tarstream import BLOCK, ustar_header
@@ -188,9 +188,15 @@ async def _literal(data: bytes) -> AsyncGenerator[bytes, None]:
 
 async def _slice(backend: Backend, part: BlobPart) -> AsyncGenerator[bytes, None]:
     """Part of a blob, after checking the whole blob: bytes past the slice are read and
-    hashed, and the slice's last piece waits for the match. The storage's word
-    (``verified``) is not taken: a hostile upstream may change a blob after it was checked."""
+    hashed, and the slice's last piece waits for the match; unless the storage vouches for
+    the blob (``[storage] verify_reads``: ``always``, the default for a registry backend,
+    never does), when only the slice is read and its length checked."""
     reader = await open_part(backend, BlobPart(part.repository, part.digest, 0, part.size, part.size))
+    if reader.verified:
+        await reader.close()
+        async for chunk in read_part(await open_part(backend, part), part):
+            yield chunk
+        return
     hasher = hashlib.new(part.digest.split(":", 1)[0])
     held: bytes | None = None
     seen = 0
@@ -231,11 +237,13 @@ async def _plain(backend: Backend, part: BlobPart) -> AsyncGenerator[bytes, None
 
 
 async def stream_layer(backend: Backend, repo: str, layout: LayerLayout, start: int = 0, end: int | None = None,
-                       expected: str | None = None) -> AsyncGenerator[bytes, None]:
+                       expected: str | None = None, *, vouched: bool = False) -> AsyncGenerator[bytes, None]:
     """Layer bytes ``[start, end]``. The whole layer with ``expected`` is hashed and its
     last piece sent only once the digest matches; otherwise blobs are checked one by one
-    (a range reads each blob it touches whole). Raises ``RegistryError(UNAVAILABLE)`` on
-    a mismatch or a storage failure: the caller must not end cleanly."""
+    (a range reads each blob it touches whole unless the storage vouches for it), with
+    ``vouched`` (the build's one whole pass) as any whole blob read is. Raises
+    ``RegistryError(UNAVAILABLE)`` on a mismatch or a storage failure: the caller must
+    not end cleanly."""
     end = layout.size - 1 if end is None else end
     hasher = hashlib.sha256() if expected and start == 0 and end == layout.size - 1 else None
     held: bytes | None = None
@@ -245,8 +253,10 @@ async def stream_layer(backend: Backend, repo: str, layout: LayerLayout, start: 
                 source = _literal(part)
             elif hasher is not None:
                 source = _plain(backend, part)  # the layer's digest covers it
+            elif vouched and part.whole:
+                source = read_part(await open_part(backend, part), part)
             else:
-                source = _slice(backend, part)  # whole or not: hashed, whatever the storage says
+                source = _slice(backend, part)
             async with contextlib.aclosing(source):
                 async for chunk in source:
                     if hasher is not None:
@@ -362,7 +372,7 @@ class Runnable:
             raise BuildError(f"the runnable image's package layer: {exc}") from None
         hasher = hashlib.sha256()
         try:
-            async for chunk in stream_layer(self.service.backend, repo, layout):
+            async for chunk in stream_layer(self.service.backend, repo, layout, vouched=True):
                 await _hash(hasher, chunk)
         except RegistryError as exc:
             raise BuildError(f"the runnable image's package layer: {exc.message}") from None
