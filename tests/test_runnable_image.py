@@ -411,7 +411,9 @@ async def test_layout_is_a_valid_deterministic_tar(tmp_path):
         # Hostile manifests: a clash or an unsafe path is refused, not laid out.
         for bad in ([{**layers[0]}, {**layers[0]}],
                     [{**layers[0], "annotations": {mt.ANNOTATION_TITLE: "../etc/passwd"}}],
-                    [{**layers[0], "annotations": {}}]):
+                    [{**layers[0], "annotations": {}}],
+                    [{**layers[0], "annotations": {mt.ANNOTATION_TITLE: "a"}},
+                     {**layers[1], "annotations": {mt.ANNOTATION_TITLE: "a/b"}}]):
             raw = json.dumps({**doc, "layers": bad}).encode()
             with pytest.raises(LayoutError):
                 layer_layout(ManifestData(digest_of(raw), mt.OCI_MANIFEST, raw))

@@ -131,6 +131,9 @@ def layer_layout(thin: ManifestData) -> LayerLayout:
             raise LayoutError(f"package file {title!r} appears twice")
         files[path] = (layer.digest, layer.size)
     directories = {"/".join(path.split("/")[:i]) + "/" for path in files for i in range(1, path.count("/") + 1)}
+    clash = sorted(d for d in directories if d[:-1] in files)
+    if clash:
+        raise LayoutError(f"package file {clash[0][len(PACKAGE_DIR) + 1 : -1]!r} is also a directory of other files")
     entries = sorted([*directories, *files], key=lambda n: n.encode())
     segments: list[Segment] = []
     offset = 0
