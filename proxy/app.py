@@ -96,7 +96,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         app[REGISTRY], app[DATABASE], config.full_builds, config.licenses, _namespaces(config), policy=app[POLICY]
     )
     app[POLICY].add(FreezePolicy(builds.store, lambda: builds.license_suffixes, builds.namespaces))
-    app[REGISTRY].virtual = builds.builder.runnable  # runnable full images' package layers
+    app[REGISTRY].virtual = builds.builder.runnable  # runnable full images: manifests, configs, package layers
     app.cleanup_ctx.append(_full_builds)  # after storage: needs the database and backend open
     app[PACKER] = Packer(config, app[DATABASE], app[REGISTRY], app[EVENTS], policy=app[POLICY])
     builds.on_emit = app[PACKER].webhooks.notify  # full.built is sent at once, like assembly events
