@@ -93,8 +93,9 @@ class BuildRights:
             raise BuildInputError(422, f"the package's source {source_repo}@{source_digest} is not a generic package")
         generic = load_descriptor(await self.small_blob(source_repo, source_parsed.config.digest))
         owned = runtime_images(generic, self.ns)
-        if [(r.ref, r.models) for r in owned] != [(r.ref, r.models) for r in runtime_images(descriptor, self.ns)]:
-            raise BuildInputError(422, f"{name}'s runtime.images (refs or models) differ from its generic source "
+        if [(r.ref, r.models, r.platforms) for r in owned] != \
+                [(r.ref, r.models, r.platforms) for r in runtime_images(descriptor, self.ns)]:
+            raise BuildInputError(422, f"{name}'s runtime.images (refs, models or platforms) differ from its generic source "
                                   f"{source_repo}@{source_digest}; only the generic package decides them",
                                   {"field": "runtime.images"})
         declared = package_models(generic)
@@ -107,7 +108,7 @@ class BuildRights:
             raise BuildInputError(422, "the package's descriptor has no runtime images (runtime.images is empty) "
                                   "and names no model files in the package (models is empty)",
                                   {"field": "runtime.images"})
-        refs = [RuntimeImageRef(r.index, r.ref, r.reference, self.models(r)) for r in owned]
+        refs = [RuntimeImageRef(r.index, r.ref, r.reference, self.models(r), r.platforms) for r in owned]
         plugins = [ref.split("@", 1)[0] for ref in (notes.get(PKG_PLUGINS) or "").split(",") if ref]
         return BuildInputs(parsed, descriptor, source_repo, source_digest, plugins, refs, models, bool(declared))
 
@@ -124,6 +125,9 @@ class BuildRights:
         try:
             data = await self.service.get_manifest(repo, tag)
             parsed = parse_manifest(data.data, data.media_type)
+            named = (parsed.annotations or {}).get(LABEL_BUILD) if parsed.is_index else None
+            if named:
+                return named  # a licensed OCI index names its build (its platforms may be reused ones)
             if parsed.is_index and parsed.manifests:
                 data = await self.service.get_manifest(repo, parsed.manifests[0].digest)
                 parsed = parse_manifest(data.data, data.media_type)
