@@ -22,8 +22,8 @@ from typing import Any, Mapping
 __all__ = ["ANNOTATION_FEATURES", "Platform", "PlatformError"]
 
 ANNOTATION_FEATURES = "org.algomint.platform.features"
-_PART = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_FEATURE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_PART = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_FEATURE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_FEATURES = 16
 
 
@@ -44,9 +44,9 @@ class Platform:
             raise PlatformError("a platform is a string os/arch[/variant][+feature...] (linux/amd64+cuda12)")
         base, *features = name.split("+")
         parts = base.split("/")
-        if len(parts) not in (2, 3) or not all(_PART.match(p) for p in parts):
+        if len(parts) not in (2, 3) or not all(_PART.fullmatch(p) for p in parts):
             raise PlatformError(f"{name[:100]!r} is not os/arch[/variant][+feature...] (linux/arm64, linux/amd64+cuda12)")
-        if len(features) > MAX_FEATURES or not all(_FEATURE.match(f) for f in features):
+        if len(features) > MAX_FEATURES or not all(_FEATURE.fullmatch(f) for f in features):
             raise PlatformError(f"{name[:100]!r}: features are +name, letters, digits, '.', '_' or '-' "
                                 f"(at most {MAX_FEATURES})")
         return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else "", frozenset(features))
