@@ -51,9 +51,15 @@ def _gz(tar: bytes) -> bytes:
     return gzip.compress(tar, mtime=0)
 
 
+DOCKER = {"index": mt.DOCKER_MANIFEST_LIST, "manifest": mt.DOCKER_MANIFEST, "config": mt.DOCKER_CONFIG,
+          "layer": mt.DOCKER_LAYER_GZIP}
+OCI = {"index": mt.OCI_INDEX, "manifest": mt.OCI_MANIFEST, "config": mt.OCI_CONFIG, "layer": mt.OCI_LAYER_GZIP}
+
+
 async def push_runtime(client, tmp_path: Path, repo: str | None = None, tag: str = "v1",
-                       platforms=PLATFORMS, note: str | None = None) -> Runtime:
-    """A shared base layer and one layer per platform (its ``etc/arch`` and a model)."""
+                       platforms=PLATFORMS, note: str | None = None, types: dict[str, str] = OCI) -> Runtime:
+    """A shared base layer and one layer per platform (its ``etc/arch`` and a model); a
+    Docker manifest list (``types=DOCKER``) carries features in ``platform.features``."""
     repo = repo or f"images/multi{uuid.uuid4().hex[:10]}"
     base = _gz(plain_layer({"etc/os-release": b"ID=test\n"}))
     await push_blob(client, repo, base)
@@ -67,27 +73,29 @@ async def push_runtime(client, tmp_path: Path, repo: str | None = None, tag: str
                              "config": {"Labels": {"arch": arch.decode().strip()}},
                              "rootfs": {"type": "layers", "diff_ids": [
                                  digest_of(gzip.decompress(base)), digest_of(tar)]}}).encode()
-        doc = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
-                          "config": {"mediaType": mt.OCI_CONFIG, "digest": digest_of(config), "size": len(config)},
-                          "layers": [{"mediaType": mt.OCI_LAYER_GZIP, "digest": digest_of(b), "size": len(b)}
+        doc = json.dumps({"schemaVersion": 2, "mediaType": types["manifest"],
+                          "config": {"mediaType": types["config"], "digest": digest_of(config), "size": len(config)},
+                          "layers": [{"mediaType": types["layer"], "digest": digest_of(b), "size": len(b)}
                                      for b in (base, layer)]}).encode()
         for blob in (config, layer):
             await push_blob(client, repo, blob)
         resp = await client.put(f"/v2/{repo}/manifests/{digest_of(doc)}", data=doc,
-                                headers={"Content-Type": mt.OCI_MANIFEST})
+                                headers={"Content-Type": types["manifest"]})
         assert resp.status == 201, await resp.text()
-        entry = {"mediaType": mt.OCI_MANIFEST, "digest": digest_of(doc), "size": len(doc), "platform": platform}
-        if notes:
+        entry = {"mediaType": types["manifest"], "digest": digest_of(doc), "size": len(doc), "platform": platform}
+        if notes and types is DOCKER:
+            entry["platform"] = {**platform, "features": notes[ANNOTATION_FEATURES].split(",")}
+        elif notes:
             entry["annotations"] = notes
         entries.append(entry)
         children.append(digest_of(doc))
         models.append(model)
         layers.append(digest_of(layer))
-    index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
+    index = {"schemaVersion": 2, "mediaType": types["index"], "manifests": entries}
     if note:
         index["annotations"] = {"org.example.note": note}
     data = json.dumps(index).encode()
-    resp = await client.put(f"/v2/{repo}/manifests/{tag}", data=data, headers={"Content-Type": mt.OCI_INDEX})
+    resp = await client.put(f"/v2/{repo}/manifests/{tag}", data=data, headers={"Content-Type": types["index"]})
     assert resp.status == 201, await resp.text()
     return Runtime(repo, digest_of(data), children, models, layers)
 
@@ -318,3 +326,39 @@ async def test_single_image_named_with_another_platform_is_refused(fb, tmp_path)
     assert "linux/arm64" in (await resp.json())["error"]["message"]
     ok = await run_build(fb, await business(fb, single, ["linux/amd64"]))
     assert ok["result"]["images"][0]["platforms"][0]["platform"] == "linux/amd64"
+
+
+async def test_a_docker_manifest_list(fb, tmp_path):  # noqa: F811
+    """The same with a Docker manifest list, the accelerator named in ``platform.features``."""
+    runtime = await push_runtime(fb, tmp_path, types=DOCKER)
+    package = await business(fb, f"{runtime.repo}:v1", ["linux/arm64", "linux/amd64+cuda12"])
+    build = await run_build(fb, package)
+    image = build["result"]["images"][0]
+    assert [p["platform"] for p in image["platforms"]] == ["linux/arm64/v8", "linux/amd64+cuda12"]
+    licensed = await fb.get(f"/v2/{runtime.repo}/manifests/{image['licensed'].split(':', 1)[1]}",
+                            headers={"Accept": mt.DOCKER_MANIFEST_LIST})
+    doc = json.loads(await licensed.read())
+    assert doc["mediaType"] == mt.DOCKER_MANIFEST_LIST
+    assert [m["mediaType"] for m in doc["manifests"]] == [mt.DOCKER_MANIFEST] * 2
+    assert doc["manifests"][1]["platform"]["features"] == ["cuda12"]
+    full, full_digest = await manifest(fb, package.split(":")[0], "1.0-soft")
+    assert [e["platform"] for e in full["manifests"] if "platform" in e] == [m["platform"] for m in doc["manifests"]]
+    host = f"127.0.0.1:{fb.server.port}"
+    files = await skopeo_pull(f"docker://{host}/{package.split(':')[0]}@{full_digest}", tmp_path / "arm",
+                              "--override-os", "linux", "--override-arch", "arm64", "--override-variant", "v8")
+    assert files["etc/arch"] == b"arm64\n"
+    cuda = await fb.get(f"/api/v1/archive/{package}-soft", params={"platform": "linux/amd64+cuda12"})
+    assert cuda.status == 200
+    # (this skopeo loads only OCI-typed manifests from an OCI layout: check the layout itself)
+    with tarfile.open(fileobj=io.BytesIO(await cuda.read())) as tf:
+        layout = json.loads(tf.extractfile("index.json").read())
+        named = {m["annotations"]["org.opencontainers.image.ref.name"]: m for m in layout["manifests"]}
+        chosen = named[image["licensed"]]
+        assert chosen["digest"] == image["platforms"][1]["digest"] and chosen["mediaType"] == mt.DOCKER_MANIFEST
+        child = json.loads(tf.extractfile(f"blobs/sha256/{chosen['digest'].split(':')[1]}").read())
+        arch_layer = tf.extractfile(f"blobs/sha256/{child['layers'][1]['digest'].split(':')[1]}").read()
+        assert layer_files(arch_layer)["etc/arch"] == b"amd64+cuda12\n"
+        arm = image["platforms"][0]["digest"].split(":")[1]
+        assert f"blobs/sha256/{arm}" not in tf.getnames()
+    plain = await fb.get(f"/api/v1/archive/{package}-soft", params={"platform": "linux/amd64"})
+    assert plain.status == 404  # the subset left the plain amd64 build out
