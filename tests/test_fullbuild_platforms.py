@@ -362,3 +362,25 @@ async def test_a_docker_manifest_list(fb, tmp_path):  # noqa: F811
         assert f"blobs/sha256/{arm}" not in tf.getnames()
     plain = await fb.get(f"/api/v1/archive/{package}-soft", params={"platform": "linux/amd64"})
     assert plain.status == 404  # the subset left the plain amd64 build out
+
+
+async def test_a_reused_platform_left_tagged_by_an_unfinished_build_is_not_in_the_way(fb, tmp_path):  # noqa: F811
+    """A build that reused a platform manifest and tagged it, then never succeeded (a
+    crash): the tag holds a manifest labelled with the earlier, succeeded build. The next
+    build of the same inputs takes the tag over instead of refusing it."""
+    runtime = await push_runtime(fb, tmp_path, platforms=PLATFORMS[:1])
+    single = f"{runtime.repo}@{runtime.children[0]}"
+    first = await run_build(fb, await business(fb, single))
+    licensed = first["result"]["images"][0]["digest"]
+    source, _ = await manifest(fb, runtime.repo, runtime.children[0])
+    resp = await fb.put(f"/v2/{runtime.repo}/manifests/v9", data=json.dumps(source).encode(),
+                        headers={"Content-Type": mt.OCI_MANIFEST})
+    assert resp.status == 201
+    body, _ = await manifest(fb, runtime.repo, licensed)
+    resp = await fb.put(f"/v2/{runtime.repo}/manifests/v9-soft", data=json.dumps(body, separators=(",", ":")).encode(),
+                        headers={"Content-Type": mt.OCI_MANIFEST})
+    assert resp.status == 201, await resp.text()
+    again = await run_build(fb, await business(fb, f"{runtime.repo}:v9"))
+    image = again["result"]["images"][0]
+    assert image["licensed"] == f"{runtime.repo}:v9-soft" and image["digest"] == licensed
+    assert image["platforms"][0]["reused_from"] == first["id"]

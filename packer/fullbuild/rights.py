@@ -168,7 +168,7 @@ class BuildRights:
         exactly this image, license, key and models; ``DENIED`` otherwise."""
         repo, tag = ref.repository, ref.licensed_tag(license)
         try:
-            await self.service.stat_manifest(repo, tag)
+            current = await self.service.stat_manifest(repo, tag)
         except RegistryError as exc:
             if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
                 return None
@@ -179,6 +179,8 @@ class BuildRights:
             previous = await self.store.get(maker, layers=False) if maker else None
             if previous is not None and previous.state != "succeeded":
                 return None  # written by a build that never finished (a crash, a refusal): not in use
+            if await self.store.is_licensed(repo, current.digest):
+                return None  # a licensed manifest reused per platform, tagged by a build that never finished
             raise RegistryError(Errors.DENIED, {"repository": repo, "tag": tag},
                                 message=f"{repo}:{tag} already exists and was not made by a full build; "
                                         "a build never moves a licensed tag")

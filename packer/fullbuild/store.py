@@ -96,6 +96,7 @@ SCHEMA = [
         build_id TEXT NOT NULL,
         PRIMARY KEY (repository, source_digest, license_key, models)
     )""",
+    "CREATE INDEX IF NOT EXISTS licensed_platforms_digest ON licensed_platforms (repository, digest)",
     # Whose rights a build reads and writes with (a build without a row predates this
     # table, when only registry-wide admins could start builds).
     """CREATE TABLE IF NOT EXISTS full_build_requesters (
@@ -354,6 +355,12 @@ class BuildStore:
             "SELECT digest, platform, key_id, encrypted, build_id FROM licensed_platforms WHERE repository = ?"
             " AND source_digest = ? AND license_key = ? AND models = ?", (repository, source_digest, license_key, models))
         return {k: row[k] for k in ("digest", "platform", "key_id", "encrypted", "build_id")} if row else None
+
+    async def is_licensed(self, repository: str, digest: str) -> bool:
+        """Whether ``digest`` is a licensed manifest a succeeded build made (the ledger)."""
+        row = await self.db.fetchone("SELECT 1 AS found FROM licensed_platforms WHERE repository = ? AND digest = ?"
+                                     " LIMIT 1", (repository, digest))
+        return row is not None
 
     async def frozen_tag(self, repository: str, tag: str) -> Frozen | None:
         row = await self.db.fetchone("SELECT * FROM frozen_tags WHERE repository = ? AND tag = ?", (repository, tag))
