@@ -1,6 +1,7 @@
 """The algorithm descriptor: the JSON config blob of generic and business packages.
 
-Contract (DESIGN §3): an object with at least ``name``, ``version``, ``platform``,
+Contract (DESIGN §3): an object with at least ``name``, ``version``, ``platform`` (a
+``packer.platform`` name, ``linux/amd64+cuda12``, checked when given),
 ``inputs``/``outputs`` (lists of ``{name, type, description}``), ``parameters`` (object)
 and ``runtime.images`` (list of ``{ref, models}``: an image reference in this registry and
 glob patterns of model files inside that image's root filesystem). An embedded (device)
@@ -97,6 +98,17 @@ class AlgorithmDescriptor(_Open):
     runtime: Runtime = Runtime()
     # Globs of model files inside the package (file paths, ``model/*.rknn``).
     models: list[str] = []
+
+    @field_validator("platform")
+    @classmethod
+    def _platform(cls, value: str) -> str:
+        """The compute platform the package is for (chains may filter on it)."""
+        if value:
+            try:
+                Platform.parse(value)
+            except PlatformError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("models")
     @classmethod

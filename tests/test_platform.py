@@ -72,6 +72,14 @@ def test_descriptor_platforms_are_checked(platforms, message):
     assert message in err.value.message
 
 
+@pytest.mark.parametrize("platform", ["x86", "linux/amd64 cuda", "Linux/AMD64"])
+def test_the_package_platform_is_a_platform_name(platform):
+    with pytest.raises(DescriptorError) as err:
+        AlgorithmDescriptor.parse({**DESCRIPTOR, "platform": platform})
+    assert err.value.field == "platform"
+    assert AlgorithmDescriptor.parse({**DESCRIPTOR, "platform": "linux/arm64+npu"}).platform == "linux/arm64+npu"
+
+
 def test_descriptor_platforms_are_kept_and_name_the_licensed_tag():
     doc = AlgorithmDescriptor.parse(_descriptor(platforms=["linux/arm64", "linux/amd64+cuda12"])).to_dict()
     assert doc["runtime"]["images"][0]["platforms"] == ["linux/arm64", "linux/amd64+cuda12"]
