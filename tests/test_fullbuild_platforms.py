@@ -248,7 +248,8 @@ async def test_archive_for_one_platform_or_all(fb, tmp_path):  # noqa: F811
     assert body["code"] == "not_found"
     assert body["detail"]["available"] == ["linux/amd64", "linux/amd64+cuda12", "linux/arm64/v8"]
     assert "linux/s390x" in body["message"]
-    for bad in ("linux", "Linux/AMD64", "linux/amd64/v8/x", "linux/amd64+", "../../etc"):
+    for bad in ("linux", "Linux/AMD64", "linux/amd64/v8/x", "linux/amd64+", "../../etc", "linux/" + "a" * 5000,
+                "linux/amd64\x00", "linux/amd64%0a"):
         resp = await fb.get(url, params={"platform": bad})
         assert resp.status == 400, bad
     # A package without platform-specific manifests has no platform to choose.

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from packer.chains import ChainSpec
+from packer.chains import ChainError, ChainSpec, load_chains_file
 from packer.descriptor import AlgorithmDescriptor, DescriptorError
 from packer.fullbuild.names import Namespaces, runtime_images
 from packer.platform import ANNOTATION_FEATURES, Platform, PlatformError
@@ -105,6 +105,19 @@ def test_chain_platform_filter_rule():
     assert ChainSpec(name="all", match=["generic/*"], plugins=["plugins/x:1"]).takes_platform(None)
     with pytest.raises(ValueError):
         ChainSpec(name="bad", match=["generic/*"], plugins=["plugins/x:1"], platforms=["amd64"])
+
+
+def test_chains_file_platforms(tmp_path):
+    path = tmp_path / "chains.toml"
+    path.write_text('[[chain]]\nname = "edge"\nmatch = ["generic/*"]\nplugins = ["plugins/x:1"]\n'
+                    'platforms = ["linux/arm64", "linux/amd64+cuda12"]\n')
+    (spec, line), = load_chains_file(path)
+    assert spec.platforms == ["linux/arm64", "linux/amd64+cuda12"] and line == 1
+    path.write_text('[[chain]]\nname = "edge"\nmatch = ["generic/*"]\nplugins = ["plugins/x:1"]\n'
+                    'platforms = ["arm64"]\n')
+    with pytest.raises(ChainError) as err:
+        load_chains_file(path)
+    assert err.value.field and err.value.field.startswith("platforms") and err.value.line == 1
 
 
 async def test_a_chain_assembles_only_its_platforms(client, tmp_path):
