@@ -148,11 +148,13 @@ async def _fetch(service: RegistryService, repo: str, digest: str) -> Any:
 
 
 async def _one_platform(service: RegistryService, repo: str, children: list[Descriptor], platform: Platform,
-                        available: set[str]) -> list[tuple[Descriptor, str | None]]:
+                        available: set[str], limits: ArchiveLimits) -> list[tuple[Descriptor, str | None]]:
     """The root's children for one platform, each with the name ``index.json`` gives it:
     entries of another platform are left out, and a named multi-platform image (a full
-    package's licensed index) is replaced by its manifest for ``platform``, under its name."""
+    package's licensed index) is replaced by its manifest for ``platform``, under its name.
+    Those indexes are read too: they count against ``max_manifests`` and ``max_manifest_bytes``."""
     out: list[tuple[Descriptor, str | None]] = []
+    read = held = 0
     for child in children:
         name = (child.annotations or {}).get(ANNOTATION_IMAGE_REF)
         own = Platform.of_entry(child.platform, child.annotations)
@@ -162,7 +164,13 @@ async def _one_platform(service: RegistryService, repo: str, children: list[Desc
                 out.append((child, name))
             continue
         if name and child.media_type in mt.INDEX_MANIFESTS:
+            read += 1
+            if read > limits.max_manifests:
+                raise ArchiveError(f"more than {limits.max_manifests} manifests")
             index = await _fetch(service, repo, child.digest)
+            held += len(index.data)
+            if held > limits.max_manifest_bytes:
+                raise ArchiveError(f"manifests exceed {limits.max_manifest_bytes} bytes")
             parsed = parse_manifest(index.data, index.media_type)
             found = []
             for grandchild in parsed.manifests:
@@ -207,7 +215,7 @@ async def plan_archive(service: RegistryService, repo: str, reference: str,
             if depth >= limits.max_depth:
                 raise ArchiveError(f"manifest graph deeper than {limits.max_depth}")
             if depth == 0 and platform is not None:
-                chosen = await _one_platform(service, repo, parsed.manifests, platform, available)
+                chosen = await _one_platform(service, repo, parsed.manifests, platform, available, limits)
                 matched = [c for c, _ in chosen if c.platform]
             else:
                 chosen = [(c, (c.annotations or {}).get(ANNOTATION_IMAGE_REF) if depth == 0 else None)

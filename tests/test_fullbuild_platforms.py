@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from packer.archive import ArchiveError, ArchiveLimits, plan_archive
 from packer.fullbuild.platforms import ANNOTATION_PLATFORM_OF
 from packer.licensing.settings import LicenseConfig
-from packer.platform import ANNOTATION_FEATURES
+from packer.platform import ANNOTATION_FEATURES, Platform
+from proxy.api.state import REGISTRY
 from proxy.oci import mediatypes as mt
 from tests.support.oci import digest_of, push_blob
 from tests.support.podman import PODMAN, Podman
@@ -385,3 +387,31 @@ async def test_a_reused_platform_left_tagged_by_an_unfinished_build_is_not_in_th
     image = again["result"]["images"][0]
     assert image["licensed"] == f"{runtime.repo}:v9-soft" and image["digest"] == licensed
     assert image["platforms"][0]["reused_from"] == first["id"]
+
+
+async def test_nested_indexes_read_for_one_platform_count_against_the_limits(fb, tmp_path):  # noqa: F811
+    """Anyone who may push can make an index whose entries claim to be named runtime
+    images: reading them for ``?platform=`` is bounded like the rest of the walk."""
+    runtime = await push_runtime(fb, tmp_path, platforms=PLATFORMS[:2])
+    source, _ = await manifest(fb, runtime.repo, runtime.index_digest)
+    nested = []
+    for i in range(3):
+        doc = json.dumps({**source, "annotations": {"n": str(i)}}).encode()
+        resp = await fb.put(f"/v2/{runtime.repo}/manifests/{digest_of(doc)}", data=doc,
+                            headers={"Content-Type": mt.OCI_INDEX})
+        assert resp.status == 201
+        nested.append({"mediaType": mt.OCI_INDEX, "digest": digest_of(doc), "size": len(doc),
+                       "annotations": {"org.algomint.image.ref": f"{runtime.repo}:n{i}"}})
+    outer = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": nested}).encode()
+    resp = await fb.put(f"/v2/{runtime.repo}/manifests/outer", data=outer, headers={"Content-Type": mt.OCI_INDEX})
+    assert resp.status == 201
+    service = fb.server.app[REGISTRY]
+    arm = Platform.parse("linux/arm64")
+    plan = await plan_archive(service, runtime.repo, "outer", platform=arm)
+    assert [n for n in plan.names if n.endswith(runtime.children[1].split(":")[1])]
+    assert not [n for n in plan.names if n.endswith(runtime.children[0].split(":")[1])]
+    with pytest.raises(ArchiveError, match="more than 2 manifests"):
+        await plan_archive(service, runtime.repo, "outer", ArchiveLimits(max_manifests=2), platform=arm)
+    with pytest.raises(ArchiveError, match="exceed"):
+        await plan_archive(service, runtime.repo, "outer", ArchiveLimits(max_manifest_bytes=len(outer) + 100),
+                           platform=arm)
