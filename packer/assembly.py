@@ -52,7 +52,7 @@ __all__ = ["SCHEMA", "AssemblyError", "AssemblyService", "JobLog", "RequestError
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("queued", "running", "succeeded", "failed")
+STATUSES = ("queued", "running", "succeeded", "failed", "skipped")  # skipped: a chain platform filter
 MAX_REQUESTED_JOBS = 10_000
 _LIST_BATCH = 500  # names per listing page while walking a chain's repositories
 # How long shutdown waits for workers finishing a shielded write.
@@ -417,7 +417,8 @@ class AssemblyService:
         started = time.perf_counter()
         try:
             await asyncio.wait_for(self._execute(row, job_log, outcome), self.settings.job_timeout)
-            outcome.status = "succeeded"
+            if outcome.status != "skipped":
+                outcome.status = "succeeded"
         except asyncio.TimeoutError:
             outcome.error = AssemblyError(f"job timed out after {self.settings.job_timeout:g}s")
         except AssemblyError as exc:
@@ -432,6 +433,8 @@ class AssemblyService:
         elapsed = time.perf_counter() - started
         if outcome.error is not None:
             job_log.write(f"failed after {elapsed * 1000:.0f} ms: {outcome.error.reason}")
+        elif outcome.status == "skipped":
+            pass  # _execute said why
         else:
             job_log.write(f"succeeded in {elapsed * 1000:.0f} ms: {row['target_repo']}:{row['target_tag']}@{outcome.digest}"
                           + ("" if outcome.written else " (unchanged, tag not rewritten)"))
@@ -450,7 +453,9 @@ class AssemblyService:
                     json.dumps(outcome.error.to_json()) if outcome.error else None, job_log.text(), row["id"],
                 ),
             )
-            if outcome.error is None:
+            if outcome.status == "skipped":
+                pass  # nothing was assembled: no event
+            elif outcome.error is None:
                 await emit(tx, "business.assembled", row["target_repo"], {
                     "job": row["id"], "chain": row["chain"], "repository": row["target_repo"],
                     "tag": row["target_tag"], "digest": outcome.digest, "changed": bool(outcome.written),
@@ -494,6 +499,12 @@ class AssemblyService:
             _check_descriptor(loaded.package, "source package")
         except PackageError as exc:
             raise AssemblyError(exc.reason) from None
+        declared = loaded.package.descriptor.get("platform") if isinstance(loaded.package.descriptor, dict) else None
+        if not chain.spec.takes_platform(declared):
+            outcome.status = "skipped"
+            job_log.write(f"skipped: the package's platform {declared!r} is not one of the chain's "
+                          f"platforms {chain.spec.platforms}")
+            return
         package = loaded.package.copy()
         for i, plugin_ref in enumerate(resolved):
             package = await self._apply(plugin_ref, outcome.plugins[i], package, row, chain, job_log)
@@ -580,7 +591,8 @@ def _model_fields(package: Package) -> tuple[Any, Any]:
     doc = package.descriptor if isinstance(package.descriptor, dict) else {}
     runtime = doc.get("runtime") if isinstance(doc.get("runtime"), dict) else {}
     images = runtime.get("images") if isinstance(runtime.get("images"), list) else []
-    return doc.get("models"), [(i.get("ref"), i.get("models")) if isinstance(i, dict) else i for i in images]
+    return doc.get("models"), [(i.get("ref"), i.get("models"), i.get("platforms")) if isinstance(i, dict) else i
+                               for i in images]
 
 
 def _check_models_kept(was: tuple[Any, Any], after: Package) -> None:
@@ -590,7 +602,7 @@ def _check_models_kept(was: tuple[Any, Any], after: Package) -> None:
     if was[0] != now[0]:
         raise PackageError("changed the descriptor's models; plugins may not change which files are models")
     if was[1] != now[1]:
-        raise PackageError("changed the descriptor's runtime.images (refs or models); plugins may not change "
+        raise PackageError("changed the descriptor's runtime.images (refs, models or platforms); plugins may not change "
                            "which runtime images run or which of their files are models")
 
 

@@ -225,6 +225,20 @@ async def test_chain_create_edit_and_reassemble_through_the_api_checks(auth_env)
     assert resp.status == 303, await resp.text()
     chain = await (await client.get("/api/v1/chains/door", headers=basic(ADMIN))).json()
     assert chain["match"] == ["generic/face*"]
+    # A platform filter: a malformed name shows beside its field; a good one is kept, shown,
+    # and survives an edit that leaves it as it is.
+    resp = await client.post("/ui/systems/door/edit", data={"csrf": csrf, "match": "generic/face*", "params": "{}",
+                                                            "plugins": "plugins/door-form:1.0", "platforms": "arm64"})
+    assert resp.status == 422 and 'id="err-platforms"' in await resp.text()
+    resp = await client.post("/ui/systems/door/edit", data={"csrf": csrf, "match": "generic/face*", "params": "{}",
+                                                            "plugins": "plugins/door-form:1.0",
+                                                            "platforms": "linux/arm64\nlinux/amd64+cuda12\n"},
+                             allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+    chain = await (await client.get("/api/v1/chains/door", headers=basic(ADMIN))).json()
+    assert chain["platforms"] == ["linux/arm64", "linux/amd64+cuda12"]
+    assert "linux/amd64+cuda12" in await (await client.get("/ui/systems/door/edit")).text()
+    assert "<code>linux/arm64</code>" in await (await client.get("/ui/systems/door")).text()
     resp = await client.post("/ui/systems/door/assemble", data={"csrf": csrf}, allow_redirects=False)
     assert resp.status == 303 and resp.headers["Location"] == "/ui/assemblies?chain=door"
     # Without the token nothing changes.

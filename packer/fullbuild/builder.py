@@ -62,6 +62,7 @@ from .names import (
     RuntimeImageRef,
 )
 from .package_files import check_no_clear_copies, model_layers, seal_files
+from .platforms import PlatformMismatch, check_single, choose, ledger_key, platform_entries
 from .rights import IMAGE_CONFIGS, BuildInputs, BuildRights, refused
 from .runnable import Runnable, reserved_runnable, runnable_tag
 from .settings import FullBuildConfig
@@ -113,6 +114,7 @@ class _Image:
     data: ManifestData
     parsed: ParsedManifest
     layers: list[LayerProgress] = field(default_factory=list)
+    platform: str = ""  # its platform's name (packer.platform), "" when it declares none
 
 
 @dataclass
@@ -127,6 +129,8 @@ class _Runtime:
     encrypted: int = 0
     reused: dict[str, Any] | None = None  # the earlier build's image entry when the tag is reused
     build_id: str = ""  # labelled on licensed configs: whose leftover a tag is after a crash
+    platforms: list[dict[str, Any]] = field(default_factory=list)  # each licensed manifest, for the ledger
+    sources: dict[str, str] = field(default_factory=dict)  # licensed manifest digest -> source digest
 
 
 def _json(doc: Any) -> bytes:
@@ -185,6 +189,11 @@ class FullBuilder:
                     raise BuildInputError(422, f"runtime image {image.ref} does not exist",
                                           {"field": f"runtime.images.{image.index}.ref"}) from None
                 raise
+            if image.platforms:
+                try:
+                    await self._images(image, await self.service.get_manifest(image.repository, roots[image.ref]))
+                except PlatformMismatch as exc:
+                    raise BuildInputError(422, str(exc), {"field": f"runtime.images.{image.index}.platforms"}) from None
         try:
             reused = {ref.ref for ref in inputs.refs
                       if await self.rights.existing(ref, license, roots[ref.ref]) is not None}
@@ -305,6 +314,8 @@ class FullBuilder:
             if platform:
                 entry["platform"] = platform
             entries.append(entry)
+            entries.extend(platform_entries(licensed, entry["annotations"][ANNOTATION_IMAGE_REF],
+                                            runtime.ref.repository, runtime.sources))
         index = {
             "schemaVersion": 2,
             "mediaType": mt.OCI_INDEX,
@@ -353,6 +364,8 @@ class FullBuilder:
                 "licensed": f"{repo}:{tag}", "digest": runtime.licensed.digest,
                 "key_id": runtime.key_id.hex() if runtime.key_id else None, "encrypted_files": runtime.encrypted,
                 "license_key": licenser.describe(), "models": list(runtime.ref.models),
+                **({"platforms_named": list(runtime.ref.platforms)} if runtime.ref.platforms else {}),
+                "platforms": runtime.platforms,
             })
         runnable_out = []
         for position, runnable in enumerate(runnables):
@@ -418,6 +431,7 @@ class FullBuilder:
         runtime.licensed = await self.service.get_manifest(repo, entry["digest"])
         runtime.key_id = bytes.fromhex(entry["key_id"]) if entry.get("key_id") else b""
         runtime.encrypted = int(entry.get("encrypted_files") or 0)
+        runtime.sources = {p["digest"]: p["source_digest"] for p in entry.get("platforms") or []}
         parsed = parse_manifest(runtime.licensed.data, runtime.licensed.media_type)
         if parsed.is_index:
             for child in parsed.manifests:
@@ -433,26 +447,57 @@ class FullBuilder:
             root = await self.service.get_manifest(ref.repository, ref.reference.reference)
         except RegistryError as exc:
             raise BuildError(f"runtime image {ref.ref}: {exc.message}") from None
-        parsed = parse_manifest(root.data, root.media_type)
-        images: list[_Image] = []
-        if parsed.is_index:
-            for child in parsed.manifests:
-                if child.media_type not in mt.IMAGE_MANIFESTS:
-                    continue
-                if (child.platform or {}).get("os") == "unknown":
-                    continue  # attestations (buildkit): they describe the source image, not this one
-                data = await self.service.get_manifest(ref.repository, child.digest)
-                platform = child.platform or {}
-                label = f"{ref.ref} [{platform.get('os', '?')}/{platform.get('architecture', '?')}]"
-                images.append(_Image(label, ref.repository, data, parse_manifest(data.data, data.media_type)))
-            if not images:
-                raise BuildError(f"runtime image {ref.ref} is an index without image manifests")
-        else:
-            images.append(_Image(ref.ref, ref.repository, root, parsed))
+        try:
+            images = await self._images(ref, root)
+        except PlatformMismatch as exc:
+            raise BuildError(str(exc)) from None
         for image in images:
             for position, layer in enumerate(image.parsed.layers):
                 image.layers.append(tracker.add(image.label, position, layer.digest, layer.size))
         return _Runtime(ref, root, images, principal)
+
+    async def _images(self, ref: RuntimeImageRef, root: ManifestData) -> list[_Image]:
+        """The image manifests to license: the root, or the platforms of an index that
+        the descriptor names (all of them when it names none)."""
+        parsed = parse_manifest(root.data, root.media_type)
+        if not parsed.is_index:
+            image = _Image(ref.ref, ref.repository, root, parsed)
+            if parsed.config is not None and parsed.config.media_type in IMAGE_CONFIGS:
+                config = json.loads(await self.rights.small_blob(ref.repository, parsed.config.digest))
+                image.platform = check_single(ref, config if isinstance(config, dict) else {})
+            return [image]
+        choice = choose(ref, parsed)
+        if not choice.children:
+            raise BuildError(f"runtime image {ref.ref} is an index without image manifests")
+        images = []
+        for child, name in zip(choice.children, choice.names):
+            data = await self.service.get_manifest(ref.repository, child.digest)
+            image = _Image(f"{ref.ref} [{name or '?'}]", ref.repository, data, parse_manifest(data.data, data.media_type))
+            image.platform = name
+            images.append(image)
+        return images
+
+    async def _licensed_before(self, image: _Image, runtime: _Runtime, licenser: Licenser,
+                               tracker: Tracker) -> ManifestData | None:
+        """The licensed manifest a succeeded build made of this very platform manifest
+        with the same license key and models (the ledger), its layers marked reused."""
+        row = await self.store.licensed_platform(image.repo, image.data.digest,
+                                                 *ledger_key(licenser.describe(), runtime.ref.models))
+        if row is None:
+            return None
+        try:
+            licensed = await self.service.get_manifest(image.repo, row["digest"])
+        except RegistryError as exc:
+            if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
+                return None
+            raise
+        for layer in image.layers:
+            tracker.set(layer, "reused", layer.size)
+        runtime.encrypted += int(row["encrypted"])
+        runtime.platforms.append({"platform": image.platform, "source_digest": image.data.digest,
+                                  "digest": licensed.digest, "key_id": row["key_id"],
+                                  "encrypted_files": int(row["encrypted"]), "reused_from": row["build_id"]})
+        return licensed
 
     async def _license_runtime(self, runtime: _Runtime, licenser: Licenser, settings: LicenseConfig,
                                tracker: Tracker, warnings: list[str]) -> None:
@@ -466,8 +511,18 @@ class FullBuilder:
             tar += b"\0" * (-len(tar) % BLOCK) + b"\0" * (2 * BLOCK)
             license_layer = gzip.compress(tar, compresslevel=9, mtime=0)
         for image in runtime.images:
-            licensed = await self._license_image(image, ref, licenser, settings, key, runtime, license_layer, tracker)
+            licensed = await self._licensed_before(image, runtime, licenser, tracker)
+            if licensed is None:
+                before = runtime.encrypted
+                licensed = await self._license_image(image, ref, licenser, settings, key, runtime, license_layer, tracker)
+                runtime.platforms.append({"platform": image.platform, "source_digest": image.data.digest,
+                                          "digest": licensed.digest,
+                                          "key_id": runtime.key_id.hex() if runtime.key_id else None,
+                                          "encrypted_files": runtime.encrypted - before})
+            runtime.sources[licensed.digest] = image.data.digest
             runtime.licensed_children.append((licensed, image))
+        if all("reused_from" in p for p in runtime.platforms):
+            runtime.key_id = b""  # every platform was licensed before, under its own key
         root = parse_manifest(runtime.root.data, runtime.root.media_type)
         if not root.is_index:
             runtime.licensed = runtime.licensed_children[0][0]
@@ -482,8 +537,9 @@ class FullBuilder:
             manifests.append({**child, "digest": new.digest, "size": len(new.data), "mediaType": new.media_type})
         doc["manifests"] = manifests
         if root.media_type == mt.OCI_INDEX:
+            # The build is named here too: a platform reused from an earlier build carries that one's label.
             doc["annotations"] = {**(doc.get("annotations") or {}), ANNOTATION_LICENSE: licenser.kind,
-                                  ANNOTATION_SOURCE: runtime.root.digest}
+                                  ANNOTATION_SOURCE: runtime.root.digest, LABEL_BUILD: runtime.build_id}
         data = _json(doc)
         digest = await self._put_manifest(ref.repository, sha256_digest(data), data, root.media_type, runtime.principal)
         runtime.licensed = ManifestData(digest, root.media_type, data)

@@ -82,6 +82,21 @@ SCHEMA = [
         build_id TEXT NOT NULL,
         PRIMARY KEY (repository, tag)
     )""",
+    # Each licensed image manifest (one platform) a succeeded build made, by what it was
+    # made from: a later build with the same source, license key and models reuses it.
+    """CREATE TABLE IF NOT EXISTS licensed_platforms (
+        repository TEXT NOT NULL,
+        source_digest TEXT NOT NULL,
+        license_key TEXT NOT NULL,
+        models TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        platform TEXT NOT NULL,
+        key_id TEXT,
+        encrypted INTEGER NOT NULL,
+        build_id TEXT NOT NULL,
+        PRIMARY KEY (repository, source_digest, license_key, models)
+    )""",
+    "CREATE INDEX IF NOT EXISTS licensed_platforms_digest ON licensed_platforms (repository, digest)",
     # Whose rights a build reads and writes with (a build without a row predates this
     # table, when only registry-wide admins could start builds).
     """CREATE TABLE IF NOT EXISTS full_build_requesters (
@@ -186,6 +201,19 @@ def _record(row: Any) -> BuildRecord:
         result=json.loads(row["result"]) if row["result"] else None, error=row["error"],
         warnings=json.loads(row["warnings"] or "[]"),
     )
+
+
+def _platform_rows(build_id: str, result: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Ledger rows for the licensed platform manifests of a build's result."""
+    rows = []
+    for image in result.get("images") or []:
+        repository = str(image.get("licensed", "")).rsplit(":", 1)[0]
+        license_key = json.dumps(image.get("license_key"), sort_keys=True, separators=(",", ":"))
+        models = json.dumps(list(image.get("models") or []), separators=(",", ":"))
+        for one in image.get("platforms") or []:
+            rows.append((repository, one["source_digest"], license_key, models, one["digest"], one["platform"],
+                         one.get("key_id"), int(one.get("encrypted_files") or 0), build_id))
+    return rows
 
 
 class BuildStore:
@@ -328,6 +356,12 @@ class BuildStore:
                 "INSERT OR IGNORE INTO frozen_blobs (repository, digest, tag, build_id, package) VALUES (?, ?, ?, ?, ?)",
                 [(f.repository, f.digest, f.tag, f.build_id, f.package) for f in content],
             )
+            await tx.executemany(
+                "INSERT INTO licensed_platforms (repository, source_digest, license_key, models, digest, platform,"
+                " key_id, encrypted, build_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (repository, source_digest, license_key, models) DO NOTHING",
+                _platform_rows(build_id, result),
+            )
             if also is not None:
                 await also(tx)
 
@@ -336,6 +370,21 @@ class BuildStore:
             "UPDATE full_builds SET state = 'failed', finished_at = ?, error = ?, warnings = ? WHERE id = ?",
             (time.time(), error[:4000], json.dumps(warnings), build_id),
         )
+
+    async def licensed_platform(self, repository: str, source_digest: str, license_key: str,
+                                models: str) -> dict[str, Any] | None:
+        """The licensed manifest a succeeded build made from ``source_digest`` with this
+        license key and these models (``platforms.ledger_key``), if any."""
+        row = await self.db.fetchone(
+            "SELECT digest, platform, key_id, encrypted, build_id FROM licensed_platforms WHERE repository = ?"
+            " AND source_digest = ? AND license_key = ? AND models = ?", (repository, source_digest, license_key, models))
+        return {k: row[k] for k in ("digest", "platform", "key_id", "encrypted", "build_id")} if row else None
+
+    async def is_licensed(self, repository: str, digest: str) -> bool:
+        """Whether ``digest`` is a licensed manifest a succeeded build made (the ledger)."""
+        row = await self.db.fetchone("SELECT 1 AS found FROM licensed_platforms WHERE repository = ? AND digest = ?"
+                                     " LIMIT 1", (repository, digest))
+        return row is not None
 
     async def frozen_tag(self, repository: str, tag: str) -> Frozen | None:
         row = await self.db.fetchone("SELECT * FROM frozen_tags WHERE repository = ? AND tag = ?", (repository, tag))

@@ -18,7 +18,7 @@ from .context import SESSION, page, render
 
 __all__ = ["add_routes"]
 
-_STATUSES = ("queued", "running", "succeeded", "failed")
+_STATUSES = ("queued", "running", "succeeded", "failed", "skipped")
 
 
 def _partial(request: web.Request) -> bool:

@@ -38,7 +38,7 @@ async def system(request: web.Request) -> web.StreamResponse:
                                            "packages": packages, "next": following, "jobs": jobs["items"]})
 
 
-_FORM_FIELDS = ("name", "match", "plugins", "params")
+_FORM_FIELDS = ("name", "match", "plugins", "params", "platforms")
 
 
 def _lines(value: object) -> list[str]:
@@ -56,12 +56,13 @@ async def _save(request: web.Request, creating: bool) -> web.StreamResponse:
     form = await request.post()
     name = request.match_info.get("name") or str(form.get("name", "")).strip()
     values = {"name": name, "match": str(form.get("match", "")), "plugins": str(form.get("plugins", "")),
-              "params": str(form.get("params", "") or "{}")}
+              "params": str(form.get("params", "") or "{}"), "platforms": str(form.get("platforms", ""))}
     try:
         params = json.loads(values["params"])
     except ValueError as exc:
         return _chain_form(request, values, {"params": f"not valid JSON: {exc}"}, creating, 422)
-    body = {"match": _lines(values["match"]), "plugins": _lines(values["plugins"]), "params": params}
+    body = {"match": _lines(values["match"]), "plugins": _lines(values["plugins"]), "params": params,
+            "platforms": _lines(values["platforms"])}
     try:
         if creating:
             await request.app[BRIDGE].call(request, chains.create_chain, body={"name": name, **body})
@@ -79,7 +80,8 @@ async def _save(request: web.Request, creating: bool) -> web.StreamResponse:
 async def new_system(request: web.Request) -> web.StreamResponse:
     if request.method == "POST":
         return await _save(request, creating=True)
-    return _chain_form(request, {"name": "", "match": "generic/*", "plugins": "", "params": "{}"}, {}, True)
+    return _chain_form(request, {"name": "", "match": "generic/*", "plugins": "", "params": "{}", "platforms": ""}, {},
+                       True)
 
 
 @page()
@@ -88,7 +90,7 @@ async def edit_system(request: web.Request) -> web.StreamResponse:
         return await _save(request, creating=False)
     chain = await request.app[BRIDGE].call(request, chains.get_chain)
     values = {"name": chain["name"], "match": "\n".join(chain["match"]), "plugins": "\n".join(chain["plugins"]),
-              "params": json.dumps(chain["params"], indent=2)}
+              "params": json.dumps(chain["params"], indent=2), "platforms": "\n".join(chain.get("platforms") or [])}
     return _chain_form(request, values, {}, False)
 
 

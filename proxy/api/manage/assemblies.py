@@ -47,7 +47,7 @@ class PluginRun(BaseModel):
 class AssemblyOut(BaseModel):
     id: int
     chain: str
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: Literal["queued", "running", "succeeded", "failed", "skipped"]
     trigger: Literal["push", "api"]
     runs: int
     source: PackageRef | None = Field(description="null when the caller may not pull the source")
