@@ -39,8 +39,9 @@ class Upstream:
     """A minimal HTTP/1.1 registry on a raw socket: every fault is exactly what it says."""
 
     def __init__(self) -> None:
-        self.faults: list[str] = []  # consumed one per request (after the first ``/v2/``)
+        self.faults: list[str] = []  # consumed one per request ("" for none)
         self.requests: list[tuple[str, str]] = []
+        self.bearer: str | None = None  # a token realm: requests without its token get 401
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -56,6 +57,10 @@ class Upstream:
                 if fault == "reset":
                     return _reset(writer)
                 status, body, extra = self._answer(method, target)
+                if self.bearer and target.startswith("/token"):
+                    status, body, extra = 200, b'{"token": "t", "expires_in": 300}', {}
+                elif self.bearer and headers.get("authorization") != "Bearer t":
+                    status, body, extra = 401, b"{}", {"WWW-Authenticate": f'Bearer realm="{self.bearer}"'}
                 if fault == "500":
                     status, body, extra = 500, b'{"errors":[{"code":"UNKNOWN","message":"boom"}]}', {}
                 head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n"
@@ -164,6 +169,17 @@ async def test_writes_are_never_retried(backend, fault) -> None:
     with pytest.raises(RegistryError):
         await b.delete_manifest("a/b", MANIFEST_DIGEST)
     assert [m for m, _ in fake.requests] == ["PUT", "DELETE"] and retried == []
+
+
+async def test_token_request_on_a_reset_connection_is_sent_again(upstream, backend) -> None:
+    fake, url = upstream
+    _, b, retried = backend
+    fake.bearer = url + "/token"
+    fake.faults = ["", "reset"]  # the anonymous try is answered 401; the token GET is reset
+    assert (await b.get_manifest("a/b", "v1")).data == MANIFEST
+    assert [t.split("?")[0] for _, t in fake.requests] == ["/v2/a/b/manifests/v1", "/token", "/token",
+                                                            "/v2/a/b/manifests/v1"]
+    assert retried == []  # the read itself met no failure
 
 
 async def test_client_gets_the_manifest_and_the_retry_is_counted(upstream, aiohttp_client, tmp_path) -> None:

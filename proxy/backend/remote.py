@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import errno
 import hashlib
 import logging
 import os
@@ -55,7 +54,7 @@ from ..oci.mediatypes import MANIFEST_TYPES
 from ..oci.reference import is_digest
 from .base import Backend, BlobInfo, BlobReader, ManifestData, ManifestInfo, SocketSource, UploadStatus
 from .ledger import VerifiedBlobs
-from .remote_auth import Authenticator, invalid_response, parse_challenges, unreachable
+from .remote_auth import Authenticator, invalid_response, is_reset, parse_challenges, unreachable
 
 __all__ = ["RegistryBackend"]
 
@@ -119,12 +118,6 @@ _BY_STATUS: Mapping[int, ErrorCode] = MappingProxyType(
 class _ResetConnection(Exception):
     """A bodiless request's connection was reset or closed before its answer (the cause
     is the transport error)."""
-
-
-def _is_reset(exc: BaseException) -> bool:
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError, BrokenPipeError)):
-        return True
-    return isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)
 
 
 # -- scopes (token.md §Requesting a Token; actions as distribution's app.go derives them) --
@@ -503,7 +496,7 @@ class RegistryBackend(Backend):
         except (aiohttp.ClientError, OSError) as exc:
             if isinstance(body, _BodySource) and body.error is not None:
                 raise body.error from None
-            if retryable and _is_reset(exc):
+            if retryable and is_reset(exc):
                 raise _ResetConnection() from exc  # ``_open`` decides: retry or report
             raise unreachable(exc) from None
 
