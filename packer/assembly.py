@@ -27,7 +27,7 @@ from proxy.meta import Database, MetadataError
 from proxy.oci import mediatypes as mt
 from proxy.oci.errors import RegistryError
 from proxy.oci.manifest import parse_manifest
-from proxy.oci.reference import is_digest, parse_reference
+from proxy.oci.reference import is_digest, parse_reference, sha256_digest
 from proxy.service.events import Event, ManifestDeleted, ManifestStored
 from proxy.service.policy import SYSTEM, Action, PolicyChain, Request as PolicyRequest
 from proxy.service.registry import RegistryService
@@ -41,6 +41,7 @@ from .package import (
     ANNOTATION_SOURCE_REPOSITORY,
     Package,
     PackageError,
+    build_manifest,
     read_package,
     write_package,
 )
@@ -378,6 +379,10 @@ class AssemblyService:
                 "SELECT * FROM assembly_jobs j WHERE j.status = 'queued' AND NOT EXISTS ("
                 " SELECT 1 FROM assembly_jobs o WHERE o.target_repo = j.target_repo AND o.target_tag = j.target_tag"
                 " AND (o.status = 'running' OR (o.status = 'queued' AND o.id < j.id)))"
+                # A target an accepted full build is made from waits for it: frozen if it
+                # succeeds (the job then fails, or is a no-op), written if it fails.
+                " AND NOT EXISTS (SELECT 1 FROM full_build_holds h JOIN full_builds b ON b.id = h.build_id"
+                " WHERE h.repository = j.target_repo AND h.tag = j.target_tag AND b.state IN ('queued', 'running'))"
                 " ORDER BY j.id LIMIT 1"
             )
             if row is None:
@@ -519,8 +524,14 @@ class AssemblyService:
             ANNOTATION_SOURCE_REPOSITORY: source_repo,
         })
         if self.policy is not None:
-            # The same check a push gets (a frozen business tag refuses even algomint).
-            await self.policy.check(PolicyRequest(SYSTEM, Action.PUSH, row["target_repo"], row["target_tag"]))
+            # The same check a push gets (a frozen business tag refuses even algomint) —
+            # unless the tag already holds exactly this result: re-assembling identical
+            # content onto a frozen package is the no-op it would be anywhere else.
+            try:
+                await self.policy.check(PolicyRequest(SYSTEM, Action.PUSH, row["target_repo"], row["target_tag"]))
+            except RegistryError:
+                if not await self._holds(row["target_repo"], row["target_tag"], package):
+                    raise
         try:
             result = await write_package(self.registry, row["target_repo"], row["target_tag"], package, cap=cap,
                                          source_repo=source_repo)
@@ -531,6 +542,13 @@ class AssemblyService:
         await self.registry.referrers.record(source_repo, result.digest, result.size,
                                              parse_manifest(result.manifest, mt.OCI_MANIFEST))
         outcome.digest, outcome.written = result.digest, result.written
+
+    async def _holds(self, repo: str, tag: str, package: Package) -> bool:
+        digest = sha256_digest(build_manifest(package))
+        try:
+            return (await self.registry.stat_manifest(repo, tag)).digest == digest
+        except RegistryError:
+            return False
 
     async def _check_owner(self, chain: Chain, row: Any, plugins: list[ResolvedPlugin]) -> None:
         """The chain reads with its owner's rights of now: a revoked grant stops it here."""

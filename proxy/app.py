@@ -39,6 +39,7 @@ from .auth.setup import setup_auth
 from .backend import Backend
 from .backend.factory import create_backend
 from .backend.filesystem import FilesystemBackend
+from .backend.remote import RegistryBackend
 from .config import Config, ConfigError
 from .meta import Database, MetadataError
 from .metrics import Metrics
@@ -79,6 +80,9 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         app[BACKEND] = backend = backend or create_backend(config.storage)
     except ValueError as exc:  # a URL the config model could not judge on its own
         raise ConfigError(f"storage.url: {exc}") from None
+    if isinstance(backend, RegistryBackend):
+        retries = app[METRICS].backend_retries
+        backend.on_retry = lambda method, reason: retries.labels(method, reason).inc()
     app[REGISTRY] = RegistryService(
         backend,
         referrers.ReferrersIndex(app[DATABASE], backend),

@@ -159,6 +159,9 @@ class AuthConfig(_Section):
     # How long users, grants and API tokens read from the store are reused (seconds);
     # changes made through this server take effect at once regardless.
     cache_ttl: float = Field(5.0, ge=0, le=60)
+    # Password (scrypt) checks running at once; each holds 16 MiB while it runs. More
+    # wait their turn; concurrent identical credentials share one check.
+    password_checks: int = Field(4, ge=1, le=64)
 
     @model_validator(mode="after")
     def _token_ttls(self) -> "AuthConfig":

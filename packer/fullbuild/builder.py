@@ -158,22 +158,12 @@ class FullBuilder:
         self.runnable = Runnable(service, store)
 
     # -- request validation (before anything is queued) ------------------------------------
-    async def check(self, package: str, license: str, requester: Principal = SYSTEM) -> tuple[PackageName, str]:
-        """Resolve a request to (package, source manifest digest) or raise ``BuildInputError``
-        (403 when ``requester`` may not read a source or write a target)."""
-        if license not in self.licensers:
-            raise BuildInputError(422, f"unknown license kind {license!r}",
-                                  {"field": "license", "known": sorted(self.licensers)})
-        name = PackageName.parse(package, self.ns)
-        for kind in self.licensers:
-            if name.version.endswith(f"-{kind}"):
-                raise BuildInputError(422, f"{package} is itself a full package (tag ends in -{kind})",
-                                      {"field": "package"})
-        if reserved_runnable(name.version, [f"-{kind}" for kind in self.licensers]):
-            raise BuildInputError(422, f"{package} is itself a runnable full image", {"field": "package"})
+    async def check(self, package: str, license: str,
+                    requester: Principal = SYSTEM) -> tuple[PackageName, str, str]:
+        """Resolve a request to (package, source manifest digest, generic source repository)
+        or raise ``BuildInputError`` (403 when ``requester`` may not read a source or write a target)."""
+        name = await self.readable(package, license, requester)
         try:
-            # Before anything is looked up: whether the package exists is for its readers.
-            await self.policy.check(PolicyRequest(requester, Action.PULL, name.repository, name.version))
             data = await self.service.get_manifest(name.repository, name.version)
         except RegistryError as exc:
             if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
@@ -200,7 +190,26 @@ class FullBuilder:
             await self.rights.authorize(requester, name, inputs, license, reused)
         except RegistryError as exc:
             raise refused(exc) from None
-        return name, data.digest
+        return name, data.digest, inputs.source_repo
+
+    async def readable(self, package: str, license: str, requester: Principal = SYSTEM) -> PackageName:
+        """The request's package name, once the license is known and ``requester`` may read it."""
+        if license not in self.licensers:
+            raise BuildInputError(422, f"unknown license kind {license!r}",
+                                  {"field": "license", "known": sorted(self.licensers)})
+        name = PackageName.parse(package, self.ns)
+        for kind in self.licensers:
+            if name.version.endswith(f"-{kind}"):
+                raise BuildInputError(422, f"{package} is itself a full package (tag ends in -{kind})",
+                                      {"field": "package"})
+        if reserved_runnable(name.version, [f"-{kind}" for kind in self.licensers]):
+            raise BuildInputError(422, f"{package} is itself a runnable full image", {"field": "package"})
+        try:
+            # Before anything is looked up: whether the package exists is for its readers.
+            await self.policy.check(PolicyRequest(requester, Action.PULL, name.repository, name.version))
+        except RegistryError as exc:
+            raise refused(exc) from None
+        return name
 
     async def _put_blob(self, repo: str, data: bytes) -> str:
         digest = sha256_digest(data)
@@ -375,6 +384,7 @@ class FullBuilder:
             freezes.append(Frozen(name.repository, tag, runnable.digest, record.id, label))
             await hold(name.repository, tag, runnable)
             runnable_out.append({"tag": f"{name.repository}:{tag}", "digest": runnable.digest})
+        await self._unchanged(name, record.source_digest, inputs)
         full_tag = name.full_tag(record.license)
         await self._put_manifest(name.repository, full_tag, index_data, mt.OCI_INDEX)
         freezes.append(Frozen(name.repository, full_tag, index_digest, record.id, label))
@@ -387,6 +397,17 @@ class FullBuilder:
             result["package"] = {"models": list(inputs.models), "encrypted_files": sealed_paths,
                                  "key_id": package_key_id.hex() if package_key_id else None}
         return result, freezes, content
+
+    async def _unchanged(self, name: PackageName, digest: str, inputs: BuildInputs) -> None:
+        """Just before the full tag: the package and its generic source still hold what the
+        build was made from. Pushes to both are refused while the build is active; this
+        catches one that passed its check before the build was accepted and landed since,
+        so the build fails rather than freeze content the tags no longer hold."""
+        for repo, expected in ((name.repository, digest), (inputs.source_repo, inputs.source_digest)):
+            current = (await self.service.stat_manifest(repo, name.version)).digest
+            if current != expected:
+                raise BuildError(f"{repo}:{name.version} changed during the build (now {current}, built from "
+                                 f"{expected}); nothing was frozen: request the build again")
 
     def _plan_files(self, name: PackageName, inputs: BuildInputs, files: list[dict[str, Any]], licenser: Licenser,
                     tracker: Tracker) -> dict[int, LayerProgress]:

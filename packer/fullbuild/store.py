@@ -97,6 +97,16 @@ SCHEMA = [
         PRIMARY KEY (repository, source_digest, license_key, models)
     )""",
     "CREATE INDEX IF NOT EXISTS licensed_platforms_digest ON licensed_platforms (repository, digest)",
+    # The tags an active (queued or running) build is made from: the business tag and the
+    # same version of its generic source. Pushes to them are refused while the build is
+    # active, and assembly jobs for the business tag wait for it.
+    """CREATE TABLE IF NOT EXISTS full_build_holds (
+        build_id TEXT NOT NULL REFERENCES full_builds(id) ON DELETE CASCADE,
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        PRIMARY KEY (build_id, repository, tag)
+    )""",
+    "CREATE INDEX IF NOT EXISTS full_build_holds_tag ON full_build_holds (repository, tag)",
     # Whose rights a build reads and writes with (a build without a row predates this
     # table, when only registry-wide admins could start builds).
     """CREATE TABLE IF NOT EXISTS full_build_requesters (
@@ -223,10 +233,27 @@ class BuildStore:
     async def migrate(self) -> None:
         await self.db.migrate(SCHEMA)
 
+    async def pending_assemblies(self, repository: str, tag: str) -> list[tuple[int, str]]:
+        """Assembly jobs (id, status) still queued or running for the business tag ``repository:tag``."""
+        rows = await self.db.fetchall(
+            "SELECT id, status FROM assembly_jobs WHERE target_repo = ? AND target_tag = ?"
+            " AND status IN ('queued', 'running') ORDER BY id", (repository, tag))
+        return [(int(r["id"]), str(r["status"])) for r in rows]
+
     async def create(self, package: str, repository: str, tag: str, license: str, source_digest: str,
-                     requester: Principal) -> BuildRecord:
+                     requester: Principal, holds: Sequence[tuple[str, str]] = ()
+                     ) -> BuildRecord | list[tuple[int, str]]:
+        """Queue a build holding ``holds`` (repository, tag); with holds, returns the pending
+        assembly jobs of the business tag instead when there are any. Checked and written in one
+        transaction, so no job queued before the build is ever overtaken by it."""
         record = BuildRecord(uuid.uuid4().hex, package, repository, tag, license, source_digest, "queued", time.time())
         async with self.db.transaction() as tx:
+            if holds:
+                pending = await tx.fetchall(
+                    "SELECT id, status FROM assembly_jobs WHERE target_repo = ? AND target_tag = ?"
+                    " AND status IN ('queued', 'running') ORDER BY id", (repository, tag))
+                if pending:
+                    return [(int(r["id"]), str(r["status"])) for r in pending]
             await tx.execute(
                 "INSERT INTO full_builds (id, package, repository, tag, license, source_digest, state, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -234,6 +261,8 @@ class BuildStore:
             )
             await tx.execute("INSERT INTO full_build_requesters (build_id, name, kind) VALUES (?, ?, ?)",
                              (record.id, requester.name, requester.kind))
+            await tx.executemany("INSERT OR IGNORE INTO full_build_holds (build_id, repository, tag) VALUES (?, ?, ?)",
+                                 [(record.id, repo, held) for repo, held in holds])
         return record
 
     async def claim_tag(self, repository: str, tag: str, build_id: str) -> str | None:
@@ -389,6 +418,13 @@ class BuildStore:
     async def frozen_tag(self, repository: str, tag: str) -> Frozen | None:
         row = await self.db.fetchone("SELECT * FROM frozen_tags WHERE repository = ? AND tag = ?", (repository, tag))
         return Frozen(row["repository"], row["tag"], row["digest"], row["build_id"], row["package"]) if row else None
+
+    async def held_tag(self, repository: str, tag: str) -> BuildRecord | None:
+        """The active build made from ``repository:tag``, if any."""
+        row = await self.db.fetchone(
+            "SELECT b.* FROM full_build_holds h JOIN full_builds b ON b.id = h.build_id"
+            " WHERE h.repository = ? AND h.tag = ? AND b.state IN ('queued', 'running') LIMIT 1", (repository, tag))
+        return _record(row) if row else None
 
     async def frozen_digest(self, repository: str, digest: str) -> Frozen | None:
         row = await self.db.fetchone(

@@ -59,7 +59,7 @@ def setup_auth(app: web.Application) -> None:
         app[SIGNER] = signer = TokenSigner(keys, config.auth.service)
         throttle = LoginThrottle(config.auth.free_failures, config.auth.failure_delay, config.auth.max_failure_delay,
                                  config.auth.failure_window)
-        app[AUTH] = Authenticator(store, signer, throttle)
+        app[AUTH] = Authenticator(store, signer, throttle, config.auth.password_checks)
         app[POLICY].add(PermissionPolicy(store))
         add_token_routes(app)
 
