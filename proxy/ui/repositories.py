@@ -21,8 +21,9 @@ from ..api.state import CONFIG, REGISTRY
 from ..oci import mediatypes as mt
 from ..oci.errors import Errors, RegistryError
 from ..oci.manifest import Descriptor, parse_manifest
-from ..oci.reference import NAME_RE, parse_digest
+from ..oci.reference import NAME_RE
 from ..service.policy import Action
+from ..service.registry import BlobContentError
 from .bridge import BRIDGE
 from .catalog import RepositoryIndex
 from .context import page, render
@@ -64,20 +65,15 @@ async def algorithms(request: web.Request) -> web.StreamResponse:
 
 async def _read_config(request: web.Request, repo: str, config: Descriptor) -> dict[str, Any] | None:
     """The package's descriptor (its config blob), verified against its digest; None when unreadable."""
-    if config.size > _MAX_CONFIG:
-        return None
-    parsed = parse_digest(config.digest)
-    hasher, chunks = parsed.hasher(), []
-    async with await request.app[REGISTRY].backend.open_blob(repo, config.digest) as reader:
-        async for chunk in reader:
-            hasher.update(chunk)
-            chunks.append(chunk)
-    if f"{parsed.algorithm}:{hasher.hexdigest()}" != config.digest:
-        return None
     try:
-        value = json.loads(b"".join(chunks))
-    except ValueError:
+        raw = await request.app[REGISTRY].read_small_blob(repo, config.digest, _MAX_CONFIG, size=config.size)
+        value = json.loads(raw)
+    except (BlobContentError, ValueError):
         return None
+    except RegistryError as exc:
+        if exc.error is Errors.BLOB_UNKNOWN:
+            return None
+        raise
     return value if isinstance(value, dict) else None
 
 
