@@ -143,7 +143,7 @@ async def test_business_dev_sees_only_readable_repositories(auth_env):
     assert (await client.get("/ui/archive/generic/secret:1.0")).status in (403, 404)
     assert (await client.get("/ui/repositories/generic/visible?tag=1.0")).status == 200
     # Admin pages are the API's admins-only routes.
-    for path in ("/ui/admin/users", "/ui/admin/grants", "/ui/admin/audit", "/ui/builds"):
+    for path in ("/ui/admin/users", "/ui/admin/grants", "/ui/admin/audit", "/ui/admin/subscriptions"):
         resp = await client.get(path)
         assert resp.status == 403, path
 
@@ -477,7 +477,10 @@ async def test_assembly_status_fragment_polls_until_done(auth_env):
     assert "business/door/polled:1.0" in fragment
     # A job's number guessed by someone who may not read its business package.
     await sign_in(client, "alg")
-    assert (await client.get(f"/ui/assemblies/{job['id']}")).status == 403
+    guessed, missing = await client.get(f"/ui/assemblies/{job['id']}"), await client.get("/ui/assemblies/999999")
+    assert guessed.status == missing.status == 404
+    said = [re.search(r'<p class="error">([^<]*)</p>', await r.text()).group(1) for r in (guessed, missing)]
+    assert said == [f"no assembly job {job['id']}", "no assembly job 999999"]
 
 
 def test_running_job_and_build_blocks_ask_for_themselves():
@@ -557,8 +560,8 @@ async def test_listings_paginate_and_pages_hold_only_readable_names(auth_env):
     await sign_in(client, ADMIN)
     first = await (await client.get("/ui/algorithms")).text()
     assert "generic/p000" in first and "generic/p049" in first and "generic/p050" not in first
-    after = re.search(r'href="\?after=([^"]+)"', first).group(1)
-    second = await (await client.get(f"/ui/algorithms?after={after}")).text()
+    cursor = re.search(r'href="\?cursor=([^"]+)"', first).group(1)
+    second = await (await client.get(f"/ui/algorithms?cursor={cursor}")).text()
     assert "generic/p050" in second and "generic/q002" in second and "generic/p049" not in second
     assert 'rel="next"' not in second
     await sign_in(client, "biz")
@@ -619,3 +622,96 @@ def test_assembly_status_renders_jobs_without_timings():
            "plugins": [{"ref": "plugins/door-form:1.0", "digest": "sha256:" + "b" * 64}]}
     html = env.get_template("assembly_status.html").render(job=job)
     assert "plugins/door-form:1.0" in html and "—" in html
+
+
+async def _builds(app, repository: str, count: int, requester: str = ADMIN) -> list[str]:
+    """Full-build records of ``repository:1.0`` as the build store holds them (state as it goes)."""
+    from proxy.api.manage.fullbuilds import FULL_BUILDS
+    from proxy.service.policy import Principal
+    store = app[FULL_BUILDS].store
+    return [(await store.create(f"{repository}:1.0", repository, "1.0", "full", "sha256:" + "0" * 64,
+                                Principal(requester, "user"))).id for _ in range(count)]
+
+
+async def _listed_builds(client, query: str = "") -> tuple[str, list[str]]:
+    """Every page of /ui/builds, following the pager; the build ids listed."""
+    ids: list[str] = []
+    url, text = f"/ui/builds?{query}", ""
+    for _ in range(50):
+        resp = await client.get(url)
+        assert resp.status == 200, await resp.text()
+        page = await resp.text()
+        text += page
+        ids += re.findall(r'href="/ui/builds/([0-9a-f]{32})"', page)
+        following = re.search(r'rel="next" href="([^"]+)"', page)
+        if following is None:
+            return text, ids
+        url = "/ui/builds" + following.group(1).replace("&amp;", "&")
+    raise AssertionError("the pager never ends")
+
+
+async def test_full_builds_are_listed_to_whoever_may_read_their_package(auth_env):
+    app, client = auth_env.app, auth_env.client
+    await auth_env.create_user("door-dev", [])
+    resp = await client.post("/api/v1/grants", json={"subject": "door-dev", "role": "business-dev",
+                                                     "pattern": "business/door/**"}, headers=basic(ADMIN))
+    assert resp.status == 201, await resp.text()
+    door = await _builds(app, "business/door/face", 3, requester="door-dev")
+    gate = await _builds(app, "business/gate/face", 3)
+    # The API's listing stays admins-only; the console lists each user's share of it.
+    assert (await client.get("/api/v1/full-builds", headers=basic("door-dev"))).status == 403
+    await sign_in(client, "door-dev")
+    text, ids = await _listed_builds(client, "limit=1")
+    assert sorted(ids) == sorted(door) and "business/gate" not in text
+    _, ids = await _listed_builds(client, "package=business/gate/face:1.0")
+    assert ids == []
+    # A build of a package it may not read answers like one that does not exist.
+    guessed, missing = await client.get(f"/ui/builds/{gate[0]}"), await client.get(f"/ui/builds/{'f' * 32}")
+    assert guessed.status == missing.status == 404
+    assert (await client.get(f"/ui/builds/{door[0]}")).status == 200
+    await sign_in(client, ADMIN)
+    _, ids = await _listed_builds(client, "limit=2")
+    assert set(door + gate) <= set(ids)
+    _, ids = await _listed_builds(client, "package=business/gate/face:1.0")
+    assert sorted(ids) == sorted(gate)
+
+
+async def test_a_long_run_of_unreadable_builds_ends_a_page_early(auth_env, monkeypatch):
+    from proxy.ui import jobs
+    app, client = auth_env.app, auth_env.client
+    await auth_env.create_user("door-dev", [])
+    resp = await client.post("/api/v1/grants", json={"subject": "door-dev", "role": "consumer",
+                                                     "pattern": "business/door/**"}, headers=basic(ADMIN))
+    assert resp.status == 201
+    door = await _builds(app, "business/door/face", 1)
+    await _builds(app, "business/gate/face", 12)  # newer: listed first
+    monkeypatch.setattr(jobs, "_BATCH", 2)
+    monkeypatch.setattr(jobs, "_MAX_BATCHES", 3)  # 6 builds looked at per page
+    await sign_in(client, "door-dev")
+    first = await (await client.get("/ui/builds")).text()
+    assert "/ui/builds/" not in first.split("<main", 1)[1] and 'rel="next"' in first
+    assert "in this stretch of builds" in first
+    text, ids = await _listed_builds(client)
+    assert ids == door and "business/gate" not in text
+
+
+async def test_a_long_run_of_unreadable_repositories_ends_a_page_early(auth_env, monkeypatch):
+    from proxy.ui import repositories
+    app, client = auth_env.app, auth_env.client
+    for i in range(7):
+        await seed_image(app, f"generic/a{i}", "1.0")
+    await seed_image(app, "generic/z-readable", "1.0")
+    resp = await client.post("/api/v1/grants", json={"subject": "biz", "role": "consumer",
+                                                     "pattern": "generic/z-*"}, headers=basic(ADMIN))
+    assert resp.status == 201
+    monkeypatch.setattr(repositories, "SCAN", 3)
+    await sign_in(client, "biz")
+    pages, url = [], "/ui/algorithms"
+    while url:
+        page = await (await client.get(url)).text()
+        pages.append(page)
+        following = re.search(r'rel="next" href="([^"]+)"', page)
+        url = "/ui/algorithms" + following.group(1) if following else None
+    # The pager's cursor is sealed: it never spells the unreadable name a page stopped at.
+    assert len(pages) == 3 and not re.search(r"generic/a\d", "".join(pages))
+    assert "generic/z-readable" in pages[-1] and "in this stretch of names" in pages[0]

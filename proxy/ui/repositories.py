@@ -2,7 +2,7 @@
 
 Every repository shown passes the policy's ``pull`` check for this caller; one it may not
 read answers 404 exactly like one that does not exist, so guessing URLs learns nothing.
-Listings page by name (``after``), so a page costs the same with 10 000 repositories."""
+Listings page by name (a sealed cursor), so a page costs the same with 10 000 repositories."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ..api.manage import audit
 from ..api.manage.access import may
 from ..api.manage.errors import ApiError
 from ..api.manage.fullbuilds import FULL_BUILDS
-from ..api.manage.router import authorize
+from ..api.manage.router import authorize, next_cursor, page_params
 from ..api.state import CONFIG, REGISTRY
 from ..oci import mediatypes as mt
 from ..oci.errors import Errors, RegistryError
@@ -31,15 +31,30 @@ from .context import page, render
 __all__ = ["add_routes", "readable_repositories", "PAGE", "REPOSITORIES"]
 
 PAGE = 50
+SCAN = 2000  # repository names one listing page checks at most
 REPOSITORIES = web.AppKey("ui_repositories", RepositoryIndex)
 _MAX_CONFIG = 256 * 1024  # a descriptor larger than this is not shown
 
 
-async def readable_repositories(request: web.Request, prefix: str, after: str | None,
-                                limit: int = PAGE) -> tuple[list[str], str | None]:
-    """Repositories under ``prefix`` the caller may pull, after ``after``; and the next ``after``."""
+async def readable_repositories(request: web.Request, prefix: str, limit: int = PAGE) -> tuple[list[str], str | None]:
+    """A page of the repositories under ``prefix`` the caller may pull, from the request's
+    ``cursor``; and the next page's cursor.
+
+    At most ``SCAN`` names are looked at per page: a caller who may read few of many
+    repositories gets a short (even empty) page and a next page that goes on from there.
+    The cursor is sealed (``next_cursor``): it may name a repository the caller may not read."""
+    _, after = page_params(request, cursor=str)
+    names, following = await _readable(request, prefix, after, limit)
+    return names, next_cursor(request, following) if following is not None else None
+
+
+async def _readable(request: web.Request, prefix: str, after: str | None, limit: int) -> tuple[list[str], str | None]:
     found: list[str] = []
+    scanned, previous = 0, after
     for name in await request.app[REPOSITORIES].page(prefix, after):
+        if scanned == SCAN:
+            return found, previous
+        scanned, previous = scanned + 1, name
         if await may(request, Action.PULL, name):
             if len(found) == limit:
                 return found, found[-1]
@@ -59,7 +74,7 @@ async def _require_pull(request: web.Request, repo: str) -> None:
 @page()
 async def algorithms(request: web.Request) -> web.StreamResponse:
     prefix = request.app[CONFIG].assembly.generic_prefix
-    names, following = await readable_repositories(request, prefix, request.query.get("after"))
+    names, following = await readable_repositories(request, prefix)
     return render(request, "algorithms.html", {"title": "Algorithms", "repositories": names, "next": following})
 
 
@@ -98,16 +113,13 @@ async def repository(request: web.Request) -> web.StreamResponse:
     await _require_pull(request, repo)
     tag = request.query.get("tag")
     if tag is None:
-        try:
-            tags = await request.app[REGISTRY].backend.list_tags(repo)
+        try:  # a page of the tags index, as tags/list answers it
+            tags, following = await request.app[REGISTRY].tags(repo, PAGE, request.query.get("after") or None)
         except RegistryError as exc:
             if exc.error is Errors.NAME_UNKNOWN:
                 raise _not_found(repo) from None
             raise
-        after = request.query.get("after")
-        tags = sorted(t for t in tags if after is None or t > after)
-        following = tags[PAGE - 1] if len(tags) > PAGE else None
-        return render(request, "repository.html", {"title": repo, "repository": repo, "tags": tags[:PAGE],
+        return render(request, "repository.html", {"title": repo, "repository": repo, "tags": tags,
                                                    "next": following, "kind": _kind(request, repo)})
     await authorize(request, Action.PULL, repo, tag)
     item = await request.app[REGISTRY].get_manifest(repo, tag)

@@ -32,7 +32,7 @@ async def system(request: web.Request) -> web.StreamResponse:
     bridge = request.app[BRIDGE]
     chain = await bridge.call(request, chains.get_chain)
     prefix = f"{request.app[CONFIG].assembly.business_prefix}{chain['name']}/"
-    packages, following = await readable_repositories(request, prefix, request.query.get("after"))
+    packages, following = await readable_repositories(request, prefix)
     jobs = await bridge.call(request, assemblies.list_assemblies, {"chain": chain["name"], "limit": "20"})
     return render(request, "system.html", {"title": f"Business system {chain['name']}", "chain": chain,
                                            "packages": packages, "next": following, "jobs": jobs["items"]})
