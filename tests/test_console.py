@@ -295,6 +295,10 @@ async def test_descriptor_page_and_diff_between_versions(auth_env):
     await sign_in(client, ADMIN)
     page = await (await client.get("/ui/repositories/generic/edge?tag=1.0")).text()
     assert "linux/arm64" in page and "image/nv12" in page and "model.onnx" in page
+    terminal = page.split("From a terminal", 1)[1].split("</dl>", 1)[0]
+    host = f"127.0.0.1:{client.server.port}"
+    assert f"oras pull --plain-http {host}/generic/edge:1.0 -u {ADMIN}" in terminal
+    assert "podman" not in terminal  # a thin package is no container image
     resp = await client.get("/ui/diff/generic/edge", params={"a": "1.0", "b": "2.0"})
     text = await resp.text()
     assert resp.status == 200
@@ -715,3 +719,127 @@ async def test_a_long_run_of_unreadable_repositories_ends_a_page_early(auth_env,
     # The pager's cursor is sealed: it never spells the unreadable name a page stopped at.
     assert len(pages) == 3 and not re.search(r"generic/a\d", "".join(pages))
     assert "generic/z-readable" in pages[-1] and "in this stretch of names" in pages[0]
+
+
+async def test_admin_subscribes_a_url_pauses_and_deletes_it(aiohttp_client, tmp_path):
+    from tests.support.auth import AuthEnv, auth_config
+    app = create_app(auth_config(tmp_path, "filesystem", webhooks__allow=["http://127.0.0.1:9/hooks"]))
+    env = AuthEnv(await aiohttp_client(app), app)
+    await env.create_user("biz", ["business-dev"])
+    client = env.client
+    await sign_in(client, ADMIN)
+    csrf = await csrf_of(client, "/ui/admin/subscriptions")
+    # The API's refusals beside the fields: a URL outside the allow-list, no event chosen.
+    resp = await client.post("/ui/admin/subscriptions", data={"csrf": csrf, "url": "http://127.0.0.1:9/elsewhere",
+                                                               "events": "business.assembled", "repositories": "**"})
+    assert resp.status == 422 and 'id="err-url"' in await resp.text()
+    resp = await client.post("/ui/admin/subscriptions", data={"csrf": csrf, "url": "http://127.0.0.1:9/hooks/ci",
+                                                               "repositories": "**"})
+    assert resp.status == 422 and "Error:" in await resp.text()
+    form = [("csrf", csrf), ("url", "http://127.0.0.1:9/hooks/ci"), ("events", "business.assembled"),
+            ("events", "assembly.failed"), ("repositories", "business/door/**\nbusiness/gate/**")]
+    resp = await client.post("/ui/admin/subscriptions", data=form)
+    text = await resp.text()
+    assert resp.status == 201
+    secret = re.search(r'id="new-secret" readonly size="60" value="([^"]+)"', text).group(1)
+    sub_id = re.search(r'href="/ui/admin/subscriptions/([^"]+)"', text).group(1)
+    api = await (await client.get(f"/api/v1/subscriptions/{sub_id}", headers=basic(ADMIN))).json()
+    assert api["events"] == ["business.assembled", "assembly.failed"] and api["active"] is True
+    assert api["repositories"] == ["business/door/**", "business/gate/**"]
+    assert secret not in await (await client.get(f"/ui/admin/subscriptions/{sub_id}")).text()
+    resp = await client.post(f"/ui/admin/subscriptions/{sub_id}/active", data={"csrf": csrf, "active": "false"},
+                             allow_redirects=False)
+    assert resp.status == 303
+    api = await (await client.get(f"/api/v1/subscriptions/{sub_id}", headers=basic(ADMIN))).json()
+    assert api["active"] is False
+    # Not for business developers, whatever the URL.
+    await sign_in(client, "biz")
+    biz_csrf = await csrf_of(client)
+    for path, data in ((f"/ui/admin/subscriptions/{sub_id}/active", {"active": "true"}),
+                       (f"/ui/admin/subscriptions/{sub_id}/delete", {}), ("/ui/admin/subscriptions", dict(form))):
+        assert (await client.post(path, data={**data, "csrf": biz_csrf})).status == 403, path
+    await sign_in(client, ADMIN)
+    csrf = await csrf_of(client)
+    resp = await client.post(f"/ui/admin/subscriptions/{sub_id}/delete", data={"csrf": csrf}, allow_redirects=False)
+    assert resp.status == 303
+    assert (await client.get(f"/api/v1/subscriptions/{sub_id}", headers=basic(ADMIN))).status == 404
+    created = await env.audit(action="subscriptions.create_subscription")
+    assert any(r["actor"] == ADMIN and r["outcome"] == "success" for r in created)
+
+
+async def test_changing_your_password_keeps_this_session_and_ends_the_others(auth_env):
+    from aiohttp.test_utils import TestClient
+    client = auth_env.client
+    async with TestClient(client.server) as other:
+        await sign_in(other, "alg")
+        await sign_in(client, "alg")
+        page = await (await client.get("/ui/account")).text()
+        assert "algorithm-dev on <code>generic/**</code>" in page
+        csrf = await csrf_of(client, "/ui/account")
+        new = "a-new-password-for-alg"
+        resp = await client.post("/ui/users/alg/password", data={"csrf": csrf, "current_password": "wrong",
+                                                                 "password": new, "repeat": new})
+        assert resp.status == 403 and "current password is wrong" in await resp.text()
+        resp = await client.post("/ui/users/alg/password", data={"csrf": csrf, "current_password": password_of("alg"),
+                                                                 "password": new, "repeat": new + "x"})
+        assert resp.status == 422 and 'id="err-repeat"' in await resp.text()
+        resp = await client.post("/ui/users/alg/password", data={"csrf": csrf, "current_password": password_of("alg"),
+                                                                 "password": new, "repeat": new}, allow_redirects=False)
+        assert resp.status == 303, await resp.text()
+        assert (await client.get("/ui/account", allow_redirects=False)).status == 200
+        assert (await other.get("/ui/account", allow_redirects=False)).status == 303  # the other session ended
+        assert (await client.get("/api/v1/whoami", headers=basic("alg", new))).status == 200
+        # Someone else's password: the API's rule (admins only).
+        resp = await client.post("/ui/users/biz/password", data={"csrf": csrf, "password": new, "repeat": new})
+        assert resp.status == 403
+        assert (await client.get("/api/v1/whoami", headers=basic("biz"))).status == 200
+
+
+async def test_a_system_is_deleted_by_whoever_may_manage_it(auth_env):
+    client = auth_env.client
+    await _plugin(client)
+    resp = await client.post("/api/v1/chains", json={"name": "door", "match": ["generic/*"],
+                                                     "plugins": ["plugins/door-form:1.0"]}, headers=basic(ADMIN))
+    assert resp.status == 201
+    await sign_in(client, "alg")
+    csrf = await csrf_of(client)
+    assert (await client.post("/ui/systems/door/delete", data={"csrf": csrf})).status == 403
+    await sign_in(client, "biz")
+    csrf = await csrf_of(client)
+    assert 'action="/ui/systems/door/delete"' in await (await client.get("/ui/systems/door")).text()
+    resp = await client.post("/ui/systems/door/delete", data={"csrf": csrf}, allow_redirects=False)
+    assert resp.status == 303
+    assert (await client.get("/api/v1/chains/door", headers=basic(ADMIN))).status == 404
+
+
+async def test_business_packages_page_is_a_consumers_way_in(auth_env):
+    app, client = auth_env.app, auth_env.client
+    for name in ("business/door/face", "business/door/edge", "business/gate/face"):
+        await seed_image(app, name, "1.0")
+    await auth_env.create_user("door-reader", [])
+    resp = await client.post("/api/v1/grants", json={"subject": "door-reader", "role": "consumer",
+                                                     "pattern": "business/door/**"}, headers=basic(ADMIN))
+    assert resp.status == 201
+    await sign_in(client, "door-reader")
+    assert (await client.get("/ui/systems/door")).status == 403  # the chain itself is not theirs to read
+    text = await (await client.get("/ui/packages")).text()
+    assert "business/door/face" in text and "business/door/edge" in text and "business/gate" not in text
+    narrowed = await (await client.get("/ui/packages", params={"start": "door/e"})).text()
+    assert "business/door/edge" in narrowed and "business/door/face" not in narrowed
+    # A filter is a name prefix, never a pattern: anything else is ignored.
+    assert "business/door/face" in await (await client.get("/ui/packages", params={"start": "*"})).text()
+    page = await (await client.get("/ui/repositories/business/door/face?tag=1.0")).text()
+    host = f"127.0.0.1:{client.server.port}"
+    assert f"curl -fLOJ -u door-reader http://{host}/api/v1/archive/business/door/face:1.0" in page
+    assert f"podman pull --tls-verify=false {host}/business/door/face:1.0" in page  # an image: podman pulls it
+    assert (await client.get("/ui/repositories/business/gate/face?tag=1.0")).status == 404
+
+
+async def test_algorithms_page_shows_the_push_commands(auth_env):
+    client = auth_env.client
+    await sign_in(client, "alg")
+    text = await (await client.get("/ui/algorithms")).text()
+    host = f"127.0.0.1:{client.server.port}"
+    assert f"oras login --plain-http -u alg {host}" in text
+    assert f"oras push --plain-http {host}/generic/face-recog:1.0" in text
+    assert f"docker://{host}/images/face-recog:v1" in text

@@ -1,5 +1,5 @@
 """Business systems: the chains the caller may read, each with its business packages and
-recent assembly jobs; creating, editing and re-assembling them. Everything goes through
+recent assembly jobs; creating, editing, re-assembling and deleting them. Everything goes through
 the API's own chain and assembly handlers (``Bridge``): the same validation, the same
 rights checks, and the API's field errors shown beside the form's fields."""
 
@@ -103,6 +103,14 @@ async def reassemble(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"/ui/assemblies?chain={quote(name, safe='')}")
 
 
+@page()
+async def delete_system(request: web.Request) -> web.StreamResponse:
+    await request.app[BRIDGE].call(request, chains.delete_chain, body=None)
+    request[SESSION].flash.append(f"Business system {request.match_info['name']} deleted; "
+                                  "its business packages and assembly jobs stay.")
+    raise web.HTTPSeeOther("/ui/systems")
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/ui/systems", systems, name="ui.systems")
     app.router.add_get("/ui/new/system", new_system, name="ui.system_new_form")
@@ -111,3 +119,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/ui/systems/{name}/edit", edit_system, name="ui.system_edit_form")
     app.router.add_post("/ui/systems/{name}/edit", edit_system, name="ui.system_edit")
     app.router.add_post("/ui/systems/{name}/assemble", reassemble, name="ui.system_assemble")
+    app.router.add_post("/ui/systems/{name}/delete", delete_system, name="ui.system_delete")
