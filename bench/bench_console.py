@@ -4,8 +4,8 @@
 Seeds ``--packages`` business packages of one system (``business/door/alg-NNNNN:1.0``, each
 its own repository, each a real business manifest with its descriptor and one file) and a
 tenth as many generic ones, written straight into the embedded storage (the listing index
-is built from the files at start); then, in SQLite, one succeeded assembly job per
-business package, a full build for every tenth and the referrers linking each generic
+is built from the files at start); then, in SQLite, one succeeded assembly job and one
+full build per business package, and the referrers linking each generic
 version to its business package. The console is then asked for its main pages (median of
 ``--repeat`` requests), and each request's server time is taken by a middleware around
 every other: from the request's arrival to its response, without the client. Three
@@ -129,7 +129,7 @@ def seed_metadata(db: Path, packages: int, linked: list[tuple[str, str, str, str
             " VALUES ('door', ?, '1.0', ?, ?, '1.0', 'succeeded', 'push', 1, ?, ?, ?, '[]', ?, 1)",
             [(f"generic/alg-{i:05d}", "sha256:" + "2" * 64, f"business/door/alg-{i:05d}", now + i, now + i,
               now + i + 0.05, "sha256:" + "3" * 64) for i in range(packages)])
-        builds = [(uuid.uuid4().hex, i) for i in range(0, packages, 10)]
+        builds = [(uuid.uuid4().hex, i) for i in range(packages)]
         conn.executemany(
             "INSERT INTO full_builds (id, package, repository, tag, license, source_digest, state, created_at,"
             " started_at, finished_at, attempts, bytes_total, bytes_done)"
@@ -170,10 +170,10 @@ async def _sign_in(client: TestClient, user: str) -> None:
 
 
 PAGES = [
-    "/ui/algorithms", "/ui/systems", "/ui/systems/door", "/ui/repositories/business/door/alg-00990",
+    "/ui/algorithms", "/ui/packages", "/ui/systems", "/ui/systems/door", "/ui/repositories/business/door/alg-00990",
     "/ui/repositories/business/door/alg-00990?tag=1.0", "/ui/repositories/generic/alg-00990?tag=1.0",
     "/ui/assemblies", "/ui/assemblies?chain=door&status=succeeded", "/ui/builds", "/ui/plugins",
-    "/ui/admin/audit",
+    "/ui/account", "/ui/admin/audit",
 ]
 
 
@@ -188,7 +188,7 @@ async def main(packages: int, repeat: int) -> None:
         await runner.cleanup()
         seed_metadata(work / "metadata.db", packages, linked)
         print(f"seeded {packages} business and {len(linked)} generic packages, {packages} assembly jobs and "
-              f"{len(linked)} full builds in {time.perf_counter() - started:.1f} s", flush=True)
+              f"{packages} full builds in {time.perf_counter() - started:.1f} s", flush=True)
         app = create_app(config)
         times: list[float] = []
         server_times(app, times)

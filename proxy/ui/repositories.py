@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from ..api.manage import audit
-from ..api.manage.access import may
+from ..api.manage.access import may, pull_prefixes
 from ..api.manage.errors import ApiError
 from ..api.manage.fullbuilds import FULL_BUILDS
 from ..api.manage.router import authorize, next_cursor, page_params
@@ -46,18 +46,20 @@ async def readable_repositories(request: web.Request, prefix: str, limit: int = 
     repositories gets a short (even empty) page and a next page that goes on from there.
     The cursor is sealed (``next_cursor``): it may name a repository the caller may not read."""
     _, after = page_params(request, cursor=str)
-    names, following = await _readable(request, prefix, after, limit)
+    names, following = await _readable(request, prefix, after, limit, await pull_prefixes(request))
     return names, next_cursor(request, following) if following is not None else None
 
 
-async def _readable(request: web.Request, prefix: str, after: str | None, limit: int) -> tuple[list[str], str | None]:
+async def _readable(request: web.Request, prefix: str, after: str | None, limit: int,
+                    prefixes: tuple[str, ...] | None) -> tuple[list[str], str | None]:
     found: list[str] = []
     scanned, previous = 0, after
     for name in await request.app[REPOSITORIES].page(prefix, after):
         if scanned == SCAN:
             return found, previous
         scanned, previous = scanned + 1, name
-        if await may(request, Action.PULL, name):
+        # A name no grant's prefix covers is skipped at once; the policy decides the others.
+        if (prefixes is None or name.startswith(prefixes)) and await may(request, Action.PULL, name):
             if len(found) == limit:
                 return found, found[-1]
             found.append(name)
