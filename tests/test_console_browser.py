@@ -116,8 +116,8 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
             push()
 
             def package_listed(b) -> bool:
-                b.refresh()
-                return f"business/door/{algo}" in b.page_source
+                b.refresh()  # listed among the system's packages (the jobs table names it sooner)
+                return f'href="/ui/repositories/business/door/{algo}"' in b.page_source
 
             WebDriverWait(browser, 60, poll_frequency=0.5).until(package_listed)
             seen["system_after_push"] = browser.page_source
@@ -139,6 +139,12 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
             until(lambda b: "tag=1.0" in b.current_url and "Digest" in b.page_source)
             seen["business"] = browser.page_source
             browser.save_screenshot(str(shots / "business-package.png"))
+            browser.execute_script("document.getElementById('delivery').scrollIntoView()")
+            browser.save_screenshot(str(shots / "business-package-delivery.png"))
+            package_url = browser.current_url
+            browser.get(f"{base}/ui/packages")  # the package exists now: its page was shown
+            seen["packages"] = browser.page_source
+            browser.get(package_url)
             # A full build started from the package page; its progress updates in place (htmx).
             Select(browser.find_element(By.ID, "license")).select_by_visible_text("full")
             browser.find_element(By.CSS_SELECTOR, "form[action='/ui/builds'] button[type=submit]").click()
@@ -202,6 +208,9 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
     assert f"business/door/{algo}" in str(seen["system"])
     business = str(seen["business"])
     assert "Provenance" in business and f"plugins/{form}@sha256:" in business and "/ui/archive/" in business
+    assert f"oras pull --plain-http {host}/business/door/{algo}:1.0" in business
+    assert f"business/door/{algo}" in str(seen["packages"])
+    assert f"oras push --plain-http {host}/generic/" in str(seen["algorithms"])
     assert "succeeded" in str(seen["assembly"])
     assert "hq2" in str(seen["edited"]) and "Business system door saved" in str(seen["edited"])
     assert "job(s) queued" in str(seen["reassembled"])
