@@ -845,3 +845,27 @@ async def test_algorithms_page_shows_the_push_commands(auth_env):
     assert f"oras login --plain-http -u alg {host}" in text
     assert f"oras push --plain-http {host}/generic/face-recog:1.0" in text
     assert f"docker://{host}/images/face-recog:v1" in text
+
+
+async def test_token_lifetime_roles_table_and_chains_file_reload(auth_env):
+    client = auth_env.client
+    await sign_in(client, "alg")
+    csrf = await csrf_of(client, "/ui/tokens")
+    resp = await client.post("/ui/tokens", data={"csrf": csrf, "name": "short", "days": "2"})
+    assert resp.status == 201
+    created = re.search(r"expires (\S+)\. Copy it now", await resp.text()).group(1)
+    listing = await (await client.get("/api/v1/tokens", headers=basic(ADMIN), params={"owner": "alg"})).json()
+    token = next(t for t in listing["items"] if t["name"] == "short")
+    from datetime import datetime, timezone
+    left = datetime.fromisoformat(token["expires_at"].replace("Z", "+00:00")) - datetime.now(timezone.utc)
+    assert created == token["expires_at"] and 1.9 * 86400 < left.total_seconds() <= 2 * 86400
+    assert (await client.post("/ui/tokens", data={"csrf": csrf, "name": "bad", "days": "-1"})).status == 422
+    assert (await client.post("/ui/systems/reload", data={"csrf": csrf})).status == 403  # admins only
+    assert "Re-read the chains file" not in await (await client.get("/ui/systems")).text()
+    await sign_in(client, ADMIN)
+    grants_page = await (await client.get("/ui/admin/grants")).text()
+    assert "<caption>Roles</caption>" in grants_page and "business-dev" in grants_page
+    csrf = await csrf_of(client, "/ui/systems")
+    resp = await client.post("/ui/systems/reload", data={"csrf": csrf}, allow_redirects=False)
+    assert resp.status == 303
+    assert "re-read" in await (await client.get("/ui/systems")).text()

@@ -65,7 +65,8 @@ async def grant_list(request: web.Request) -> web.StreamResponse:
     query = {k: v for k, v in request.query.items() if k in ("subject", "role", "cursor") and v}
     listing = await request.app[BRIDGE].call(request, grants.index, {**query, "limit": "100"})
     return render(request, "grants.html", {"title": "Grants", "grants": listing["items"], "next": listing["next"],
-                                           "query": query, "values": {}, "errors": {}})
+                                           "query": query, "values": {}, "errors": {},
+                                           "roles": await request.app[BRIDGE].call(request, grants.roles)})
 
 
 @page()
@@ -79,7 +80,8 @@ async def create_grant(request: web.Request) -> web.StreamResponse:
             raise
         listing = await request.app[BRIDGE].call(request, grants.index)
         return render(request, "grants.html", {"title": "Grants", "grants": listing["items"], "next": listing["next"],
-                                               "query": {}, "values": values, "errors": field_errors(exc, values)},
+                                               "query": {}, "values": values, "errors": field_errors(exc, values),
+                                               "roles": await request.app[BRIDGE].call(request, grants.roles)},
                       status=exc.status)
     request[SESSION].flash.append(f"Granted {values['role']} on {values['pattern']} to {values['subject']}.")
     raise web.HTTPSeeOther("/ui/admin/grants")

@@ -24,7 +24,17 @@ __all__ = ["add_routes"]
 @page()
 async def systems(request: web.Request) -> web.StreamResponse:
     listing = await request.app[BRIDGE].call(request, chains.list_chains)
-    return render(request, "systems.html", {"title": "Business systems", "chains": listing["items"]})
+    return render(request, "systems.html", {"title": "Business systems", "chains": listing["items"],
+                                            "file": listing.get("file")})
+
+
+@page()
+async def reload_file(request: web.Request) -> web.StreamResponse:
+    """Re-read the chains file (admins), as ``POST /api/v1/chains/reload`` or SIGHUP does."""
+    listing = await request.app[BRIDGE].call(request, chains.reload_chains, body=None)
+    status = listing.get("file") or {}
+    request[SESSION].flash.append(f"Chains file {status.get('file') or ''} re-read: {status.get('chains', 0)} chain(s).")
+    raise web.HTTPSeeOther("/ui/systems")
 
 
 @page()
@@ -113,6 +123,7 @@ async def delete_system(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/ui/systems", systems, name="ui.systems")
+    app.router.add_post("/ui/systems/reload", reload_file, name="ui.systems_reload")
     app.router.add_get("/ui/new/system", new_system, name="ui.system_new_form")
     app.router.add_post("/ui/new/system", new_system, name="ui.system_new")
     app.router.add_get("/ui/systems/{name}", system, name="ui.system")
