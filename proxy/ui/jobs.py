@@ -19,15 +19,15 @@ from ..api.manage.errors import ApiError
 from ..api.manage.fullbuilds import FULL_BUILDS
 from ..api.manage.router import next_cursor, page_params, time_id_cursor
 from ..api.manage.times import iso_times
-from ..service.policy import Action
 from ..oci.errors import Errors, RegistryError
+from ..service.policy import Action
 from .bridge import BRIDGE, Handler
 from .context import SESSION, page, render
 
 __all__ = ["add_routes"]
 
 _STATUSES = ("queued", "running", "succeeded", "failed")
-_BATCH, _MAX_BATCHES = 200, 10  # builds looked at per page: at most 2 000
+_BATCH, _MAX_BATCHES = 200, 10  # builds looked at per page: at most 2,000
 
 
 def _partial(request: web.Request) -> bool:
