@@ -869,3 +869,35 @@ async def test_token_lifetime_roles_table_and_chains_file_reload(auth_env):
     resp = await client.post("/ui/systems/reload", data={"csrf": csrf}, allow_redirects=False)
     assert resp.status == 303
     assert "re-read" in await (await client.get("/ui/systems")).text()
+
+
+async def test_a_full_package_names_only_the_licensed_images_its_reader_may_pull(auth_env):
+    from packer.fullbuild.store import Frozen
+    from proxy.api.manage.fullbuilds import FULL_BUILDS
+    from proxy.api.state import REGISTRY
+    from proxy.oci import mediatypes as mt
+    app, client = auth_env.app, auth_env.client
+    repo = "business/door/face"
+    thin = await seed_image(app, repo, "1.0")
+    child = await app[REGISTRY].get_manifest(repo, thin)
+    index = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "artifactType": mt.FULL,
+                        "manifests": [{"mediaType": mt.OCI_MANIFEST, "digest": thin, "size": len(child.data)}]})
+    full = (await app[REGISTRY].put_manifest(repo, "1.0-full", index.encode(), mt.OCI_INDEX)).digest
+    [build] = await _builds(app, repo, 1)
+    images = [{"ref": f"images/{n}:v1", "licensed": f"images/{n}:v1-full", "digest": "sha256:" + "4" * 64}
+              for n in ("open", "secret")]
+    await app[FULL_BUILDS].store.succeed(build, {"tag": f"{repo}:1.0-full", "digest": full, "images": images}, [],
+                                         [Frozen(repo, "1.0-full", full, build, f"{repo}:1.0")])
+    await auth_env.create_user("door-reader", [])
+    for pattern in ("business/door/**", "images/open"):
+        resp = await client.post("/api/v1/grants", json={"subject": "door-reader", "role": "consumer",
+                                                         "pattern": pattern}, headers=basic(ADMIN))
+        assert resp.status == 201
+    host = f"127.0.0.1:{client.server.port}"
+    await sign_in(client, "door-reader")
+    page = await (await client.get(f"/ui/repositories/{repo}", params={"tag": "1.0-full"})).text()
+    assert f"skopeo copy --all --src-tls-verify=false --src-creds door-reader docker://{host}/{repo}:1.0-full" in page
+    assert f"podman pull --tls-verify=false {host}/images/open:v1-full" in page and "images/secret" not in page
+    await sign_in(client, ADMIN)
+    page = await (await client.get(f"/ui/repositories/{repo}", params={"tag": "1.0-full"})).text()
+    assert f"{host}/images/open:v1-full" in page and f"{host}/images/secret:v1-full" in page
