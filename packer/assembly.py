@@ -21,7 +21,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from proxy.meta import Database, MetadataError
 from proxy.oci import mediatypes as mt
@@ -347,8 +347,12 @@ class AssemblyService:
         return _job_json(row, with_logs=True) if row else None
 
     async def list(self, limit: int, before: int | None = None, status: str | None = None, chain: str | None = None,
-                   repository: str | None = None) -> list[dict[str, Any]]:
+                   repository: str | None = None, prefixes: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Newest first. ``prefixes``: only jobs whose business repository starts with one of them."""
         where, params = "", []  # type: str, list[Any]
+        if prefixes is not None:
+            where += " AND (" + (" OR ".join("substr(target_repo, 1, ?) = ?" for _ in prefixes) or "0") + ")"
+            params += [v for p in prefixes for v in (len(p), p)]
         if before is not None:
             where += " AND id < ?"
             params.append(before)

@@ -18,9 +18,8 @@ from proxy.backend import ManifestData
 from proxy.oci import mediatypes as mt
 from proxy.oci.errors import Errors, RegistryError
 from proxy.oci.manifest import ParsedManifest, parse_manifest
-from proxy.oci.reference import sha256_digest
 from proxy.service.policy import Action, PolicyChain, Principal, Request as PolicyRequest
-from proxy.service.registry import RegistryService
+from proxy.service.registry import BlobContentError, RegistryService
 
 from ..chains import glob_match
 from ..licensing.licenser import Licenser
@@ -211,16 +210,10 @@ class BuildRights:
 
     async def small_blob(self, repo: str, digest: str, limit: int = MAX_SMALL_BLOB) -> bytes:
         """A config or descriptor, read whole and verified (up to ``limit`` bytes)."""
-        reader = await self.service.backend.open_blob(repo, digest)
         try:
-            if reader.size > limit:
-                raise BuildError(f"blob {digest} in {repo} is {reader.size} bytes; the limit is {limit}")
-            data = b"".join([chunk async for chunk in reader])
-        finally:
-            await reader.close()
-        if sha256_digest(data) != digest:
-            raise BuildError(f"blob {digest} in {repo} failed digest verification")
-        return data
+            return await self.service.read_small_blob(repo, digest, limit)
+        except BlobContentError as exc:
+            raise BuildError(exc.message) from None
 
     async def reachable(self, repo: str, data: ManifestData, depth: int = 0) -> set[str]:
         """Every digest in ``repo`` a manifest needs: itself, child manifests, configs, layers."""

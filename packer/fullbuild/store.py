@@ -311,9 +311,13 @@ class BuildStore:
         return record
 
     async def list(self, limit: int, before: tuple[float, str] | None = None, *, package: str | None = None,
-                   state: str | None = None) -> list[BuildRecord]:
-        """Newest first; ``before`` is the (created_at, id) of the last item already seen."""
+                   state: str | None = None, prefixes: Sequence[str] | None = None) -> list[BuildRecord]:
+        """Newest first; ``before`` is the (created_at, id) of the last item already seen;
+        ``prefixes``: only builds whose business repository starts with one of them."""
         where, params = [], []  # type: list[str], list[Any]
+        if prefixes is not None:
+            where.append("(" + (" OR ".join("substr(repository, 1, ?) = ?" for _ in prefixes) or "0") + ")")
+            params += [v for p in prefixes for v in (len(p), p)]
         if before is not None:
             where.append("(created_at, id) < (?, ?)")  # a row value: the index seeks to it
             params += [before[0], before[1]]

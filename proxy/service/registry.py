@@ -27,12 +27,21 @@ from .immutable import ImmutableTags
 from .journal import Change, ChangeJournal
 from .referrers import ReferrersIndex
 
-__all__ = ["RegistryService", "StoredManifest", "VirtualBlob", "VirtualContent"]
+__all__ = ["BlobContentError", "RegistryService", "StoredManifest", "VirtualBlob", "VirtualContent"]
 
 log = logging.getLogger(__name__)
 
 # Child presence checks run concurrently, but not unboundedly against the backend.
 _CHECK_CONCURRENCY = 16
+
+
+class BlobContentError(Exception):
+    """A blob read whole that is over its size limit or does not match its digest or size."""
+
+    def __init__(self, message: str, detail: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -422,6 +431,33 @@ class RegistryService:
         parse_digest(digest)
         page, more = await self.referrers.list(repo, digest, artifact_type, n, last)
         return page, (page[-1].digest if more and page else None)
+
+    # -- small blobs ---------------------------------------------------------------
+    async def read_small_blob(self, repo: str, digest: str, limit: int, size: int | None = None) -> bytes:
+        """A blob (a config, a descriptor, a plugin file) read whole into memory: at most
+        ``limit`` bytes, exactly ``size`` when the referencing descriptor states one, and
+        checked against its digest before a byte is returned (``BlobContentError``
+        otherwise). The read stops as soon as the blob proves too long."""
+        parsed = parse_digest(digest)
+        detail: dict[str, Any] = {"repository": repo, "digest": digest}
+        if size is not None and size > limit:
+            raise BlobContentError(f"blob {digest} in {repo} is {size} bytes; the limit is {limit}", detail)
+        bound = limit if size is None else size
+        hasher, chunks, received = parsed.hasher(), [], 0
+        async with await self.backend.open_blob(repo, digest) as reader:
+            if reader.size > bound:
+                said = f"its descriptor says {size}" if size is not None else f"the limit is {limit}"
+                raise BlobContentError(f"blob {digest} in {repo} is {reader.size} bytes; {said}", detail)
+            async for chunk in reader:
+                received += len(chunk)
+                if received > bound:
+                    raise BlobContentError(f"blob {digest} in {repo} is longer than {bound} bytes", detail)
+                hasher.update(chunk)
+                chunks.append(chunk)
+            if (size is not None and received != size) or f"{parsed.algorithm}:{hasher.hexdigest()}" != digest:
+                raise BlobContentError(f"blob {digest} in {repo} does not match its digest or size", detail)
+            reader.confirm()
+        return b"".join(chunks)
 
     # -- listings ----------------------------------------------------------------
     # Each returns the page and the ``last`` value of the next page (``None`` when this
