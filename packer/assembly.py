@@ -235,12 +235,11 @@ class AssemblyService:
         return f"{self.settings.business_prefix}{chain.name}/{self.algorithm_of(repository)}"
 
     async def _insert(self, tx: Any, chain: Chain, repo: str, tag: str, digest: str, trigger: str) -> int:
-        await tx.execute(
+        row = await tx.fetchone(
             "INSERT INTO assembly_jobs (chain, source_repo, source_tag, source_digest, target_repo, target_tag,"
-            " status, trigger, created) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+            " status, trigger, created) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?) RETURNING id",
             (chain.name, repo, tag, digest, self.target_of(chain, repo), tag, trigger, time.time()),
         )
-        row = await tx.fetchone("SELECT last_insert_rowid() AS id")
         return int(row["id"])
 
     async def on_event(self, event: Event) -> None:

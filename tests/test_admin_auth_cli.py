@@ -31,6 +31,7 @@ def cli(*argv: str, stdin: str | None = None, env: dict[str, str] | None = None)
                           timeout=60, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.sqlite_only
 def test_bootstrap_prints_a_one_time_admin_token(tmp_path: Path):
     config = _config(tmp_path)
     first = cli("admin", "bootstrap", "--config", str(config))
@@ -49,6 +50,7 @@ def test_bootstrap_prints_a_one_time_admin_token(tmp_path: Path):
     conn.close()
 
 
+@pytest.mark.sqlite_only
 def test_admin_commands_against_a_running_server(tmp_path: Path):
     config = _config(tmp_path)
     token = cli("admin", "bootstrap", "--config", str(config)).stdout.strip()
