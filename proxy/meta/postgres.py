@@ -175,10 +175,25 @@ class PostgresDatabase(db.Database):
     async def transaction(self, *, durable: bool = False) -> AsyncIterator[db.Transaction]:
         async with self._write_lock:
             with self._translated():
-                async with self.pool.acquire() as conn:
-                    async with conn.transaction():
-                        await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
-                        yield _Transaction(conn, self._translated)
+                conn = await self.pool.acquire()
+            try:
+                # Only the store's own steps are translated: an OSError or timeout of the
+                # caller's body stays what it is.
+                with self._translated():
+                    transaction = conn.transaction()
+                    await transaction.start()
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                try:
+                    yield _Transaction(conn, self._translated)
+                except BaseException:
+                    # A broken connection cannot roll back; the pool resets or drops it.
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(transaction.rollback())
+                    raise
+                with self._translated():
+                    await asyncio.shield(transaction.commit())
+            finally:
+                await asyncio.shield(self.pool.release(conn))
 
 
 class _Transaction(db.Transaction):
