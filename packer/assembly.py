@@ -363,7 +363,7 @@ class AssemblyService:
         else:
             # A job names the repository as its source or its target: two index seeks,
             # each newest first and cut at the page, then merged (an OR would scan).
-            side = "SELECT * FROM (SELECT * FROM assembly_jobs WHERE {} = ?" + where + " ORDER BY id DESC LIMIT ?)"
+            side = "SELECT * FROM (SELECT * FROM assembly_jobs WHERE {0} = ?" + where + " ORDER BY id DESC LIMIT ?) AS by_{0}"
             rows = await self.db.fetchall(
                 side.format("source_repo") + " UNION " + side.format("target_repo") + " ORDER BY id DESC LIMIT ?",
                 (repository, *params, limit, repository, *params, limit, limit),
