@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import metadata_url
 from tests.support.server import run_server
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "algomint.toml"
+    url = metadata_url(tmp_path / "metadata.db")  # the CLI and the server share the test's store
     path.write_text(f'[storage]\npath = "{tmp_path / "storage"}"\n[metadata]\npath = "{tmp_path / "metadata.db"}"\n'
-                    f'[auth]\nenabled = true\n{extra}')
+                    + (f'url = "{url}"\n' if url else "") + f'[auth]\nenabled = true\n{extra}')
     return path
 
 
