@@ -236,12 +236,11 @@ class AssemblyService:
         return f"{self.settings.business_prefix}{chain.name}/{self.algorithm_of(repository)}"
 
     async def _insert(self, tx: Any, chain: Chain, repo: str, tag: str, digest: str, trigger: str) -> int:
-        await tx.execute(
+        row = await tx.fetchone(
             "INSERT INTO assembly_jobs (chain, source_repo, source_tag, source_digest, target_repo, target_tag,"
-            " status, trigger, created) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+            " status, trigger, created) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?) RETURNING id",
             (chain.name, repo, tag, digest, self.target_of(chain, repo), tag, trigger, time.time()),
         )
-        row = await tx.fetchone("SELECT last_insert_rowid() AS id")
         return int(row["id"])
 
     async def on_event(self, event: Event) -> None:
@@ -369,7 +368,7 @@ class AssemblyService:
         else:
             # A job names the repository as its source or its target: two index seeks,
             # each newest first and cut at the page, then merged (an OR would scan).
-            side = "SELECT * FROM (SELECT * FROM assembly_jobs WHERE {} = ?" + where + " ORDER BY id DESC LIMIT ?)"
+            side = "SELECT * FROM (SELECT * FROM assembly_jobs WHERE {0} = ?" + where + " ORDER BY id DESC LIMIT ?) AS by_{0}"
             rows = await self.db.fetchall(
                 side.format("source_repo") + " UNION " + side.format("target_repo") + " ORDER BY id DESC LIMIT ?",
                 (repository, *params, limit, repository, *params, limit, limit),

@@ -358,7 +358,7 @@ class ChainRegistry:
         async with self.db.transaction() as tx:
             row = await tx.fetchone("SELECT COALESCE(MAX(position), 0) + 1 AS next FROM chains")
             changed = await tx.execute(
-                "INSERT OR IGNORE INTO chains (name, position, spec, created, updated) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO chains (name, position, spec, created, updated) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (spec.name, row["next"], spec.model_dump_json(), now, now),
             )
             if changed:
@@ -396,5 +396,6 @@ class ChainRegistry:
 
     @staticmethod
     async def _set_owner(tx: Any, name: str, owner: Principal) -> None:
-        await tx.execute("INSERT OR REPLACE INTO chain_owners (name, owner, kind) VALUES (?, ?, ?)",
+        await tx.execute("INSERT INTO chain_owners (name, owner, kind) VALUES (?, ?, ?)"
+                         " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, kind = excluded.kind",
                          (name, owner.name, owner.kind))

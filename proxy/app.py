@@ -41,7 +41,7 @@ from .backend.factory import create_backend
 from .backend.filesystem import FilesystemBackend
 from .backend.remote import RegistryBackend
 from .config import Config, ConfigError
-from .meta import Database, MetadataError
+from .meta import MetadataError, create_database
 from .metrics import Metrics
 from .oci.errors import RegistryError
 from .service import immutable, journal, referrers
@@ -73,7 +73,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app[IN_FLIGHT] = InFlight()
     app[EVENTS] = EventBus()
     app[POLICY] = PolicyChain([AllowAll()])
-    app[DATABASE] = Database(config.metadata.path)
+    app[DATABASE] = create_database(config.metadata)
     # Plugin versions are named by provenance: their tags never change content (DESIGN §7).
     immutable_tags = immutable.ImmutableTags(app[DATABASE], (config.assembly.plugins_prefix,))
     try:
@@ -131,9 +131,11 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     db, backend, config = app[DATABASE], app[BACKEND], app[CONFIG]
     try:
         await db.open()
-        await db.migrate(referrers.SCHEMA + journal.SCHEMA + immutable.SCHEMA)
+        await db.migrate("referrers", referrers.SCHEMA)
+        await db.migrate("journal", journal.SCHEMA)
+        await db.migrate("immutable", immutable.SCHEMA)
     except (OSError, MetadataError) as exc:
-        raise StartupError(f"metadata.path {config.metadata.path}: {_reason(exc)}") from exc
+        raise StartupError(f"{db.where}: {_reason(exc)}") from exc
     try:
         await backend.start()
     except (OSError, RegistryError) as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -121,6 +122,34 @@ class StorageConfig(_Section):
 
 class MetadataConfig(_Section):
     path: Path = Path("./data/metadata.db")
+    # PostgreSQL shared by replicas (postgresql://user@host:port/db, or ?host=/socket/dir);
+    # unset: the SQLite file at `path`. The password comes from `password` (env
+    # ALGOMINT_METADATA__PASSWORD), else `password_file`, else PGPASSWORD.
+    url: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    pool_size: int = Field(10, ge=1, le=200)
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("postgresql", "postgres"):
+                raise ValueError("must be a postgresql:// URL")
+            if parts.password is not None:
+                raise ValueError("must not hold the password; set metadata.password_file or ALGOMINT_METADATA__PASSWORD")
+        return value
+
+    def resolved_password(self) -> str | None:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"metadata.password_file {self.password_file}: {exc.strerror}") from None
+        return None  # asyncpg falls back to PGPASSWORD and ~/.pgpass
 
 
 # Repository-name patterns (`*` within one segment, `**` any depth), checked on load.

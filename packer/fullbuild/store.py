@@ -231,7 +231,7 @@ class BuildStore:
         self.db = db
 
     async def migrate(self) -> None:
-        await self.db.migrate(SCHEMA)
+        await self.db.migrate("full_builds", SCHEMA)
 
     async def pending_assemblies(self, repository: str, tag: str) -> list[tuple[int, str]]:
         """Assembly jobs (id, status) still queued or running for the business tag ``repository:tag``."""
@@ -275,7 +275,8 @@ class BuildStore:
                 " WHERE c.repository = ? AND c.tag = ?", (repository, tag))
             if row is not None and row["build_id"] != build_id and row["state"] in (*ACTIVE, "succeeded"):
                 return str(row["build_id"])
-            await tx.execute("INSERT OR REPLACE INTO licensed_claims (repository, tag, build_id) VALUES (?, ?, ?)",
+            await tx.execute("INSERT INTO licensed_claims (repository, tag, build_id) VALUES (?, ?, ?)"
+                             " ON CONFLICT (repository, tag) DO UPDATE SET build_id = excluded.build_id",
                              (repository, tag, build_id))
         return None
 
@@ -382,11 +383,13 @@ class BuildStore:
                 (time.time(), json.dumps(result), json.dumps(warnings), build_id),
             )
             await tx.executemany(
-                "INSERT OR REPLACE INTO frozen_tags (repository, tag, digest, build_id, package) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO frozen_tags (repository, tag, digest, build_id, package) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (repository, tag) DO UPDATE SET digest = excluded.digest, build_id = excluded.build_id,"
+                " package = excluded.package",
                 [(f.repository, f.tag, f.digest, f.build_id, f.package) for f in freezes],
             )
             await tx.executemany(
-                "INSERT OR IGNORE INTO frozen_blobs (repository, digest, tag, build_id, package) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO frozen_blobs (repository, digest, tag, build_id, package) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [(f.repository, f.digest, f.tag, f.build_id, f.package) for f in content],
             )
             await tx.executemany(

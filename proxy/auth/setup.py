@@ -71,7 +71,7 @@ def setup_auth(app: web.Application) -> None:
         password = None
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        await store.db.migrate(SCHEMA)
+        await store.db.migrate("auth", SCHEMA)
         if config.auth.enabled:
             await bootstrap_admin(store, password)
         yield
