@@ -253,7 +253,7 @@ async def step_costs(directory: Path, n: int = 20_000) -> dict[str, float]:
     from proxy.auth.registry_token import TokenSigner
     from proxy.auth.store import SCHEMA, AuthStore
     from proxy.cluster import versions
-    from proxy.meta import Database
+    from proxy.meta import SqliteDatabase
     from proxy.service.policy import Action, Request
 
     def timed(fn: Callable[[], object]) -> float:
@@ -268,10 +268,10 @@ async def step_costs(directory: Path, n: int = 20_000) -> dict[str, float]:
             await fn()
         return (time.process_time() - started) / n * 1e6
 
-    db = Database(directory / "metadata.db")
+    db = SqliteDatabase(directory / "metadata.db")
     await db.open()
     try:
-        await db.migrate(SCHEMA)
+        await db.migrate("auth", SCHEMA)
         await versions.migrate(db)  # changes are announced to other replicas there
         store = AuthStore(db, system_namespaces=["business/**"])
         await store.create_user("admin", kind="user", password_hash=None, roles=["admin"], created_by="bench")

@@ -1,11 +1,12 @@
 """Any artifact as one deterministic tar in OCI image-layout form, planned up front.
 
 Layout: ``oci-layout``, ``index.json`` (the root manifest and, for a full package, each
-runtime image manifest, named with ``org.opencontainers.image.ref.name``), the
+runtime image manifest, named with ``org.opencontainers.image.ref.name``; asked for one
+platform, each runtime image's manifest for that platform only, under the same name), the
 ``blobs/`` directories, then ``blobs/<alg>/<hex>`` for manifests, configs, thin-package
 layers and image layers, in that order, each blob once. Every header is a fixed ustar
 header written here (mtime 0, uid/gid 0, no owner names, modes 0644/0755), so the
-archive's bytes depend only on the root digest: its size is known before the first byte
+archive's bytes depend only on the root digest (and the platform asked for): its size is known before the first byte
 and any byte range maps onto a list of segments (header bytes, blob byte ranges,
 padding). A range asks the backend for only the blob bytes it covers; whole blobs are
 digest-verified as they stream, unless the storage vouches for them
@@ -19,7 +20,7 @@ import bisect
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 from proxy.backend import Backend, BlobReader
 from proxy.oci import mediatypes as mt
@@ -29,6 +30,7 @@ from proxy.oci.reference import is_digest, sha256_digest
 from proxy.service.registry import RegistryService
 
 from .fullbuild.names import ANNOTATION_IMAGE_REF
+from .platform import Platform
 from .tarstream import BLOCK, ustar_header
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "ArchiveLimits",
     "ArchivePlan",
     "BlobPart",
+    "PlatformUnknown",
     "Segment",
     "iter_parts",
     "open_part",
@@ -50,6 +53,15 @@ BATCH = 1024 * 1024  # bytes per write and per hash step
 
 class ArchiveError(Exception):
     """The artifact can't be archived (too big a graph) or a blob failed mid-stream."""
+
+
+class PlatformUnknown(ArchiveError):
+    """``?platform=`` names a platform no manifest of the artifact has."""
+
+    def __init__(self, platform: Platform, available: list[str]) -> None:
+        have = ", ".join(available) if available else "no platform-specific manifests"
+        super().__init__(f"no manifest for platform {platform} (the artifact has {have})")
+        self.platform, self.available = platform, available
 
 
 @dataclass(frozen=True)
@@ -80,10 +92,11 @@ class ArchivePlan:
     segments: list[Segment]
     size: int
     names: list[str]  # tar member names, in order
+    platform: Platform | None = None  # one platform's runtime images only
 
     @property
     def etag(self) -> str:
-        return f'"{self.root.digest}"'
+        return f'"{self.root.digest}"' if self.platform is None else f'"{self.root.digest};platform={self.platform}"'
 
     def locate(self, offset: int) -> int:
         """Index of the segment holding archive byte ``offset``."""
@@ -118,6 +131,14 @@ class _Builder:
             self.offset += size
         self._literal(b"\0" * (-size % BLOCK))
 
+    def inline(self, name: str, segments: list[Segment], size: int) -> None:
+        """A blob made of other segments (a synthesised layer), placed at this offset."""
+        self.names.append(name)
+        self._literal(ustar_header(name, size))
+        self.segments += [Segment(self.offset + s.offset, s.size, s.data, s.digest) for s in segments]
+        self.offset += size
+        self._literal(b"\0" * (-size % BLOCK))
+
     def finish(self) -> None:
         self._literal(b"\0" * (2 * BLOCK))
 
@@ -127,9 +148,65 @@ def _blob_name(digest: str) -> str:
     return f"blobs/{algorithm}/{encoded}"
 
 
+# A blob the repository serves without storing it (a runnable image's package layer or config):
+# its segments (offsets from 0) and size, or None for an ordinary blob.
+Synthetic = Callable[[str], Awaitable[tuple[list[Segment], int] | None]]
+_SYNTHESISED = (mt.OCI_LAYER_TAR, "application/vnd.docker.image.rootfs.diff.tar", *_IMAGE_CONFIGS)
+
+
+async def _fetch(service: RegistryService, repo: str, digest: str) -> Any:
+    data = await service.get_manifest(repo, digest)
+    if digest.startswith("sha256:") and sha256_digest(data.data) != digest:
+        raise RegistryError(Errors.UNAVAILABLE, message=f"manifest {digest} fails its digest")
+    return data
+
+
+async def _one_platform(service: RegistryService, repo: str, children: list[Descriptor], platform: Platform,
+                        available: set[str], limits: ArchiveLimits) -> list[tuple[Descriptor, str | None]]:
+    """The root's children for one platform, each with the name ``index.json`` gives it:
+    entries of another platform are left out, and a named multi-platform image (a full
+    package's licensed index) is replaced by its manifest for ``platform``, under its name.
+    Those indexes are read too: they count against ``max_manifests`` and ``max_manifest_bytes``."""
+    out: list[tuple[Descriptor, str | None]] = []
+    read = held = 0
+    for child in children:
+        name = (child.annotations or {}).get(ANNOTATION_IMAGE_REF)
+        own = Platform.of_entry(child.platform, child.annotations)
+        if own is not None:
+            available.add(str(own))
+            if platform.selects(own):
+                out.append((child, name))
+            continue
+        if name and child.media_type in mt.INDEX_MANIFESTS:
+            read += 1
+            if read > limits.max_manifests:
+                raise ArchiveError(f"more than {limits.max_manifests} manifests")
+            index = await _fetch(service, repo, child.digest)
+            held += len(index.data)
+            if held > limits.max_manifest_bytes:
+                raise ArchiveError(f"manifests exceed {limits.max_manifest_bytes} bytes")
+            parsed = parse_manifest(index.data, index.media_type)
+            found = []
+            for grandchild in parsed.manifests:
+                theirs = Platform.of_entry(grandchild.platform, grandchild.annotations)
+                if theirs is not None:
+                    available.add(str(theirs))
+                    if platform.selects(theirs):
+                        found.append(grandchild)
+            if found:
+                out.append((found[0], name))  # the one a client would pick, named like the image
+            continue
+        out.append((child, name))
+    return out
+
+
 async def plan_archive(service: RegistryService, repo: str, reference: str,
-                       limits: ArchiveLimits = ArchiveLimits()) -> ArchivePlan:
-    """Walk the artifact's manifests (held, verified, in memory) and lay out the tar."""
+                       limits: ArchiveLimits = ArchiveLimits(), platform: Platform | None = None,
+                       synthetic: Synthetic | None = None) -> ArchivePlan:
+    """Walk the artifact's manifests (held, verified, in memory) and lay out the tar.
+    With ``platform``, the runtime images are that platform's only (``_one_platform``):
+    the root manifest is unchanged, so the layout holds the blobs of one platform.
+    A config or uncompressed layer that ``synthetic`` knows is laid out from its parts."""
     root_data = await service.get_manifest(repo, reference)
     if sha256_digest(root_data.data) != root_data.digest and root_data.digest.startswith("sha256:"):
         raise RegistryError(Errors.UNAVAILABLE, message="backend returned a manifest that fails its digest")
@@ -146,28 +223,34 @@ async def plan_archive(service: RegistryService, repo: str, reference: str,
     named: list[dict[str, Any]] = []
     held = len(root_data.data)
     queue = [(root_parsed, 0)]
+    available: set[str] = set()
+    matched: list[Descriptor] = []
     while queue:
         parsed, depth = queue.pop(0)
         if parsed.is_index:
             if depth >= limits.max_depth:
                 raise ArchiveError(f"manifest graph deeper than {limits.max_depth}")
-            for child in parsed.manifests:
+            if depth == 0 and platform is not None:
+                chosen = await _one_platform(service, repo, parsed.manifests, platform, available, limits)
+                matched = [c for c, _ in chosen if c.platform]
+            else:
+                chosen = [(c, (c.annotations or {}).get(ANNOTATION_IMAGE_REF) if depth == 0 else None)
+                          for c in parsed.manifests]
+            for child, name in chosen:
                 if child.digest in manifests:
                     continue
                 if len(manifests) >= limits.max_manifests:
                     raise ArchiveError(f"more than {limits.max_manifests} manifests")
-                data = await service.get_manifest(repo, child.digest)
-                if child.digest.startswith("sha256:") and sha256_digest(data.data) != child.digest:
-                    raise RegistryError(Errors.UNAVAILABLE, message=f"manifest {child.digest} fails its digest")
+                data = await _fetch(service, repo, child.digest)
                 held += len(data.data)
                 if held > limits.max_manifest_bytes:
                     raise ArchiveError(f"manifests exceed {limits.max_manifest_bytes} bytes")
                 manifests[child.digest] = data.data
                 order.append(child.digest)
                 queue.append((parse_manifest(data.data, data.media_type), depth + 1))
-                if depth == 0 and (child.annotations or {}).get(ANNOTATION_IMAGE_REF):
+                if name:
                     entry = {"mediaType": data.media_type, "digest": child.digest, "size": len(data.data),
-                             "annotations": {mt.ANNOTATION_REF_NAME: child.annotations[ANNOTATION_IMAGE_REF]}}  # type: ignore[index]
+                             "annotations": {mt.ANNOTATION_REF_NAME: name}}
                     if child.platform:
                         entry["platform"] = child.platform
                     named.append(entry)
@@ -177,6 +260,8 @@ async def plan_archive(service: RegistryService, repo: str, reference: str,
             image = parsed.config.media_type in _IMAGE_CONFIGS
             (image_layers if image else thin_layers).extend(parsed.layers)
 
+    if platform is not None and not matched:
+        raise PlatformUnknown(platform, sorted(available))
     root_entry: dict[str, Any] = {"mediaType": root.media_type, "digest": root.digest, "size": root.size}
     if root.artifact_type:
         root_entry["artifactType"] = root.artifact_type
@@ -200,9 +285,13 @@ async def plan_archive(service: RegistryService, repo: str, reference: str,
         seen.add(blob.digest)
         if len(seen) > limits.max_blobs:
             raise ArchiveError(f"more than {limits.max_blobs} blobs")
+        made = await synthetic(blob.digest) if synthetic is not None and blob.media_type in _SYNTHESISED else None
+        if made is not None and made[1] == blob.size:
+            out.inline(_blob_name(blob.digest), *made)
+            continue
         out.blob(_blob_name(blob.digest), blob.digest, blob.size)
     out.finish()
-    return ArchivePlan(repo, ref_name, root, out.segments, out.offset, out.names)
+    return ArchivePlan(repo, ref_name, root, out.segments, out.offset, out.names, platform)
 
 
 @dataclass(frozen=True)

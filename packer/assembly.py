@@ -26,14 +26,14 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from proxy.cluster.leases import LeaseLost, Leases
 from proxy.meta import Database, MetadataError
 from proxy.oci import mediatypes as mt
 from proxy.oci.errors import RegistryError
 from proxy.oci.manifest import parse_manifest
-from proxy.oci.reference import is_digest, parse_reference
+from proxy.oci.reference import is_digest, parse_reference, sha256_digest
 from proxy.service.events import Event, ManifestDeleted, ManifestStored
 from proxy.service.policy import SYSTEM, Action, PolicyChain, Request as PolicyRequest
 from proxy.service.registry import RegistryService
@@ -47,6 +47,7 @@ from .package import (
     ANNOTATION_SOURCE_REPOSITORY,
     Package,
     PackageError,
+    build_manifest,
     read_package,
     write_package,
 )
@@ -58,7 +59,7 @@ __all__ = ["SCHEMA", "AssemblyError", "AssemblyService", "JobLog", "RequestError
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("queued", "running", "succeeded", "failed")
+STATUSES = ("queued", "running", "succeeded", "failed", "skipped")  # skipped: a chain platform filter
 LEASE = "assembly"
 MAX_REQUESTED_JOBS = 10_000
 _LIST_BATCH = 500  # names per listing page while walking a chain's repositories
@@ -244,12 +245,11 @@ class AssemblyService:
         return f"{self.settings.business_prefix}{chain.name}/{self.algorithm_of(repository)}"
 
     async def _insert(self, tx: Any, chain: Chain, repo: str, tag: str, digest: str, trigger: str) -> int:
-        await tx.execute(
+        row = await tx.fetchone(
             "INSERT INTO assembly_jobs (chain, source_repo, source_tag, source_digest, target_repo, target_tag,"
-            " status, trigger, created) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+            " status, trigger, created) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?) RETURNING id",
             (chain.name, repo, tag, digest, self.target_of(chain, repo), tag, trigger, time.time()),
         )
-        row = await tx.fetchone("SELECT last_insert_rowid() AS id")
         return int(row["id"])
 
     async def on_event(self, event: Event) -> None:
@@ -355,8 +355,12 @@ class AssemblyService:
         return _job_json(row, with_logs=True) if row else None
 
     async def list(self, limit: int, before: int | None = None, status: str | None = None, chain: str | None = None,
-                   repository: str | None = None) -> list[dict[str, Any]]:
+                   repository: str | None = None, prefixes: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Newest first. ``prefixes``: only jobs whose business repository starts with one of them."""
         where, params = "", []  # type: str, list[Any]
+        if prefixes is not None:
+            where += " AND (" + (" OR ".join("substr(target_repo, 1, ?) = ?" for _ in prefixes) or "0") + ")"
+            params += [v for p in prefixes for v in (len(p), p)]
         if before is not None:
             where += " AND id < ?"
             params.append(before)
@@ -373,7 +377,7 @@ class AssemblyService:
         else:
             # A job names the repository as its source or its target: two index seeks,
             # each newest first and cut at the page, then merged (an OR would scan).
-            side = "SELECT * FROM (SELECT * FROM assembly_jobs WHERE {} = ?" + where + " ORDER BY id DESC LIMIT ?)"
+            side = "SELECT * FROM (SELECT * FROM assembly_jobs WHERE {0} = ?" + where + " ORDER BY id DESC LIMIT ?) AS by_{0}"
             rows = await self.db.fetchall(
                 side.format("source_repo") + " UNION " + side.format("target_repo") + " ORDER BY id DESC LIMIT ?",
                 (repository, *params, limit, repository, *params, limit, limit),
@@ -392,6 +396,10 @@ class AssemblyService:
                 " SELECT 1 FROM assembly_jobs o WHERE o.target_repo = j.target_repo AND o.target_tag = j.target_tag"
                 " AND o.id <> j.id AND ((o.status = 'running' AND " + self.leases.live(LEASE, "CAST(o.id AS TEXT)") + ")"
                 " OR (o.id < j.id AND o.status IN ('queued', 'running'))))"
+                # A target an accepted full build is made from waits for it: frozen if it
+                # succeeds (the job then fails, or is a no-op), written if it fails.
+                " AND NOT EXISTS (SELECT 1 FROM full_build_holds h JOIN full_builds b ON b.id = h.build_id"
+                " WHERE h.repository = j.target_repo AND h.tag = j.target_tag AND b.state IN ('queued', 'running'))"
                 " ORDER BY j.id LIMIT 1", (now, now)
             )
             if row is None:
@@ -443,7 +451,8 @@ class AssemblyService:
         started = time.perf_counter()
         try:
             await asyncio.wait_for(self._execute(row, job_log, outcome), self.settings.job_timeout)
-            outcome.status = "succeeded"
+            if outcome.status != "skipped":
+                outcome.status = "succeeded"
         except asyncio.TimeoutError:
             outcome.error = AssemblyError(f"job timed out after {self.settings.job_timeout:g}s")
         except AssemblyError as exc:
@@ -458,6 +467,8 @@ class AssemblyService:
         elapsed = time.perf_counter() - started
         if outcome.error is not None:
             job_log.write(f"failed after {elapsed * 1000:.0f} ms: {outcome.error.reason}")
+        elif outcome.status == "skipped":
+            pass  # _execute said why
         else:
             job_log.write(f"succeeded in {elapsed * 1000:.0f} ms: {row['target_repo']}:{row['target_tag']}@{outcome.digest}"
                           + ("" if outcome.written else " (unchanged, tag not rewritten)"))
@@ -478,7 +489,9 @@ class AssemblyService:
                     json.dumps(outcome.error.to_json()) if outcome.error else None, job_log.text(), row["id"],
                 ),
             )
-            if outcome.error is None:
+            if outcome.status == "skipped":
+                pass  # nothing was assembled: no event
+            elif outcome.error is None:
                 await emit(tx, "business.assembled", row["target_repo"], {
                     "job": row["id"], "chain": row["chain"], "repository": row["target_repo"],
                     "tag": row["target_tag"], "digest": outcome.digest, "changed": bool(outcome.written),
@@ -522,6 +535,12 @@ class AssemblyService:
             _check_descriptor(loaded.package, "source package")
         except PackageError as exc:
             raise AssemblyError(exc.reason) from None
+        declared = loaded.package.descriptor.get("platform") if isinstance(loaded.package.descriptor, dict) else None
+        if not chain.spec.takes_platform(declared):
+            outcome.status = "skipped"
+            job_log.write(f"skipped: the package's platform {declared!r} is not one of the chain's "
+                          f"platforms {chain.spec.platforms}")
+            return
         package = loaded.package.copy()
         for i, plugin_ref in enumerate(resolved):
             package = await self._apply(plugin_ref, outcome.plugins[i], package, row, chain, job_log)
@@ -536,8 +555,14 @@ class AssemblyService:
             ANNOTATION_SOURCE_REPOSITORY: source_repo,
         })
         if self.policy is not None:
-            # The same check a push gets (a frozen business tag refuses even algomint).
-            await self.policy.check(PolicyRequest(SYSTEM, Action.PUSH, row["target_repo"], row["target_tag"]))
+            # The same check a push gets (a frozen business tag refuses even algomint) —
+            # unless the tag already holds exactly this result: re-assembling identical
+            # content onto a frozen package is the no-op it would be anywhere else.
+            try:
+                await self.policy.check(PolicyRequest(SYSTEM, Action.PUSH, row["target_repo"], row["target_tag"]))
+            except RegistryError:
+                if not await self._holds(row["target_repo"], row["target_tag"], package):
+                    raise
         try:
             result = await write_package(self.registry, row["target_repo"], row["target_tag"], package, cap=cap,
                                          source_repo=source_repo)
@@ -548,6 +573,13 @@ class AssemblyService:
         await self.registry.referrers.record(source_repo, result.digest, result.size,
                                              parse_manifest(result.manifest, mt.OCI_MANIFEST))
         outcome.digest, outcome.written = result.digest, result.written
+
+    async def _holds(self, repo: str, tag: str, package: Package) -> bool:
+        digest = sha256_digest(build_manifest(package))
+        try:
+            return (await self.registry.stat_manifest(repo, tag)).digest == digest
+        except RegistryError:
+            return False
 
     async def _check_owner(self, chain: Chain, row: Any, plugins: list[ResolvedPlugin]) -> None:
         """The chain reads with its owner's rights of now: a revoked grant stops it here."""
@@ -608,7 +640,8 @@ def _model_fields(package: Package) -> tuple[Any, Any]:
     doc = package.descriptor if isinstance(package.descriptor, dict) else {}
     runtime = doc.get("runtime") if isinstance(doc.get("runtime"), dict) else {}
     images = runtime.get("images") if isinstance(runtime.get("images"), list) else []
-    return doc.get("models"), [(i.get("ref"), i.get("models")) if isinstance(i, dict) else i for i in images]
+    return doc.get("models"), [(i.get("ref"), i.get("models"), i.get("platforms")) if isinstance(i, dict) else i
+                               for i in images]
 
 
 def _check_models_kept(was: tuple[Any, Any], after: Package) -> None:
@@ -618,7 +651,7 @@ def _check_models_kept(was: tuple[Any, Any], after: Package) -> None:
     if was[0] != now[0]:
         raise PackageError("changed the descriptor's models; plugins may not change which files are models")
     if was[1] != now[1]:
-        raise PackageError("changed the descriptor's runtime.images (refs or models); plugins may not change "
+        raise PackageError("changed the descriptor's runtime.images (refs, models or platforms); plugins may not change "
                            "which runtime images run or which of their files are models")
 
 

@@ -1,4 +1,4 @@
-"""Chains (business systems): ``{name, match, plugins, params}``, from a file and the API.
+"""Chains (business systems): ``{name, match, plugins, params, platforms}``, from a file and the API.
 
 The chains file (``[chains] file``, TOML) is an ordered list of ``[[chain]]`` tables,
 human-edited and reloaded on SIGHUP or by API; a reload is all-or-nothing and its errors
@@ -16,7 +16,10 @@ against the owner's rights at the time, before every run.
 ``match`` globs are matched against repository names: ``*`` and ``?`` stay inside one
 path component, ``**`` crosses components (``generic/*`` matches ``generic/face-recog``).
 A chain only ever matches generic packages (``generic/``): never its own output, plugins
-or images, and every source has one collision-free business name.
+or images, and every source has one collision-free business name. A chain with
+``platforms`` (``["linux/arm64", "linux/amd64+cuda12"]``) also filters on the generic
+package's descriptor ``platform``: a package for another platform (or none) is not
+assembled for it, and its job ends ``skipped`` saying why.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from proxy.cluster import versions
 from proxy.cluster.versions import CHAINS, bump
 from proxy.meta import Database
 from proxy.service.policy import SYSTEM, Principal
+
+from .platform import Platform, PlatformError
 
 __all__ = [
     "SCHEMA",
@@ -103,11 +108,35 @@ class ChainSpec(BaseModel):
     match: list[str] = Field(min_length=1, max_length=100)
     plugins: list[str] = Field(min_length=1, max_length=50)
     params: dict[str, Any] = {}
+    # Only packages whose descriptor ``platform`` one of these names selects
+    # (``packer.platform``); empty: every package the globs match.
+    platforms: list[str] = Field(default=[], max_length=64)
 
     @field_validator("match")
     @classmethod
     def _globs(cls, value: list[str]) -> list[str]:
         return validate_globs(value)
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, value: list[str]) -> list[str]:
+        for name in value:
+            try:
+                Platform.parse(name)
+            except PlatformError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    def takes_platform(self, declared: Any) -> bool:
+        """Whether a package whose descriptor says ``platform: declared`` is for this
+        chain: always without a filter; never when it declares none or not a valid name."""
+        if not self.platforms:
+            return True
+        try:
+            platform = Platform.parse(declared)
+        except PlatformError:
+            return False
+        return any(Platform.parse(name).selects(platform) for name in self.platforms)
 
 
 @dataclass(frozen=True)
@@ -348,7 +377,7 @@ class ChainRegistry:
         async with self.db.transaction() as tx:
             row = await tx.fetchone("SELECT COALESCE(MAX(position), 0) + 1 AS next FROM chains")
             changed = await tx.execute(
-                "INSERT OR IGNORE INTO chains (name, position, spec, created, updated) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO chains (name, position, spec, created, updated) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (spec.name, row["next"], spec.model_dump_json(), now, now),
             )
             if changed:
@@ -389,5 +418,6 @@ class ChainRegistry:
 
     @staticmethod
     async def _set_owner(tx: Any, name: str, owner: Principal) -> None:
-        await tx.execute("INSERT OR REPLACE INTO chain_owners (name, owner, kind) VALUES (?, ?, ?)",
+        await tx.execute("INSERT INTO chain_owners (name, owner, kind) VALUES (?, ?, ?)"
+                         " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, kind = excluded.kind",
                          (name, owner.name, owner.kind))

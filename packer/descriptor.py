@@ -1,6 +1,7 @@
 """The algorithm descriptor: the JSON config blob of generic and business packages.
 
-Contract (DESIGN §3): an object with at least ``name``, ``version``, ``platform``,
+Contract (DESIGN §3): an object with at least ``name``, ``version``, ``platform`` (a
+``packer.platform`` name, ``linux/amd64+cuda12``, checked when given),
 ``inputs``/``outputs`` (lists of ``{name, type, description}``), ``parameters`` (object)
 and ``runtime.images`` (list of ``{ref, models}``: an image reference in this registry and
 glob patterns of model files inside that image's root filesystem). An embedded (device)
@@ -16,6 +17,8 @@ Stable API for other packer modules (assembly, full builds):
 - ``descriptor.to_dict()`` returns the JSON object, unknown fields included, without
   adding defaults the original did not have;
 - ``RuntimeImage.ref`` / ``.models`` are the fields a full build rewrites;
+  ``RuntimeImage.platforms`` (optional) names the platforms of a multi-platform image
+  a full build licenses (``packer.platform`` names; omitted: all of them);
   ``AlgorithmDescriptor.models`` are the package's own model files a full build seals.
 """
 
@@ -26,6 +29,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from proxy import safejson
+
+from .platform import Platform, PlatformError
 
 __all__ = ["AlgorithmDescriptor", "DescriptorError", "IOField", "Runtime", "RuntimeImage"]
 
@@ -56,6 +61,27 @@ class RuntimeImage(_Open):
 
     ref: str = Field(min_length=1)
     models: list[str] = []
+    # The platforms of a multi-platform image to build licensed images of (names as in
+    # ``packer.platform``); omitted: every platform the image index has.
+    platforms: list[str] | None = None
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("name at least one platform, or leave platforms out for every platform")
+        if len(value) > 64:
+            raise ValueError("at most 64 platforms")
+        for name in value:
+            try:
+                Platform.parse(name)
+            except PlatformError as exc:
+                raise ValueError(str(exc)) from None
+        if len({str(Platform.parse(n)) for n in value}) != len(value):
+            raise ValueError("a platform is named twice")
+        return value
 
 
 class Runtime(_Open):
@@ -72,6 +98,17 @@ class AlgorithmDescriptor(_Open):
     runtime: Runtime = Runtime()
     # Globs of model files inside the package (file paths, ``model/*.rknn``).
     models: list[str] = []
+
+    @field_validator("platform")
+    @classmethod
+    def _platform(cls, value: str) -> str:
+        """The compute platform the package is for (chains may filter on it)."""
+        if value:
+            try:
+                Platform.parse(value)
+            except PlatformError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("models")
     @classmethod

@@ -24,8 +24,7 @@ from proxy import safejson
 from proxy.oci import mediatypes as mt
 from proxy.oci.errors import Errors, RegistryError
 from proxy.oci.manifest import Descriptor, ParsedManifest, parse_manifest
-from proxy.oci.reference import parse_digest
-from proxy.service.registry import RegistryService
+from proxy.service.registry import BlobContentError, RegistryService
 
 __all__ = [
     "ANNOTATION_CHAIN",
@@ -225,23 +224,12 @@ class LoadedPackage:
         return Descriptor(self.media_type, self.digest, self.size)
 
 
-async def read_blob(service: RegistryService, repo: str, descriptor: Descriptor) -> bytes:
-    """A small blob read whole, checked against its descriptor's size and digest."""
-    parsed = parse_digest(descriptor.digest)
-    hasher = parsed.hasher()
-    chunks: list[bytes] = []
-    received = 0
-    async with await service.backend.open_blob(repo, descriptor.digest) as reader:
-        async for chunk in reader:
-            received += len(chunk)
-            if received > descriptor.size:
-                raise PackageError(f"blob {descriptor.digest} is larger than its descriptor says",
-                                   {"digest": descriptor.digest, "size": descriptor.size})
-            hasher.update(chunk)
-            chunks.append(chunk)
-    if received != descriptor.size or f"{parsed.algorithm}:{hasher.hexdigest()}" != descriptor.digest:
-        raise PackageError(f"blob {descriptor.digest} does not match its descriptor", {"digest": descriptor.digest})
-    return b"".join(chunks)
+async def read_blob(service: RegistryService, repo: str, descriptor: Descriptor, limit: int = DEFAULT_CAP) -> bytes:
+    """A package's blob read whole, checked against its descriptor's size and digest."""
+    try:
+        return await service.read_small_blob(repo, descriptor.digest, limit, size=descriptor.size)
+    except BlobContentError as exc:
+        raise PackageError(exc.message, {"digest": descriptor.digest, "size": descriptor.size}) from None
 
 
 async def read_package(service: RegistryService, repo: str, reference: str, cap: int = DEFAULT_CAP) -> LoadedPackage:

@@ -70,7 +70,9 @@ class Packer:
         await self.plugins.check(ref, self.env)
 
     async def start(self) -> None:
-        await self.db.migrate(chains.SCHEMA + assembly.SCHEMA + webhooks.SCHEMA)
+        await self.db.migrate("chains", chains.SCHEMA)
+        await self.db.migrate("assembly", assembly.SCHEMA)
+        await self.db.migrate("webhooks", webhooks.SCHEMA)
         await asyncio.to_thread(self._clean_workdir)
         await self._probe_sandbox()
         self.env.http = guarded_session(self.env.deny)

@@ -40,10 +40,11 @@ from .auth.setup import setup_auth
 from .backend import Backend
 from .backend.factory import create_backend
 from .backend.filesystem import FilesystemBackend
+from .backend.remote import RegistryBackend
 from .cluster import EmbeddedStorageLock, Leases, StorageInUse, VersionWatch, bump, replica_id
 from .cluster.versions import MANIFESTS
 from .config import Config, ConfigError
-from .meta import Database, MetadataError
+from .meta import MetadataError, create_database
 from .metrics import Metrics
 from .oci.errors import RegistryError
 from .service import immutable, journal, referrers
@@ -76,7 +77,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     app[IN_FLIGHT] = InFlight()
     app[EVENTS] = EventBus()
     app[POLICY] = PolicyChain([AllowAll()])
-    app[DATABASE] = Database(config.metadata.path)
+    app[DATABASE] = create_database(config.metadata)
     app[REPLICA] = replica = replica_id(config.server.replica_id)
     app[METRICS].replica_info.labels(replica).set(1)
     app[LEASES] = Leases(app[DATABASE], replica, config.cluster.lease, config.cluster.heartbeat)
@@ -87,6 +88,9 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         app[BACKEND] = backend = backend or create_backend(config.storage)
     except ValueError as exc:  # a URL the config model could not judge on its own
         raise ConfigError(f"storage.url: {exc}") from None
+    if isinstance(backend, RegistryBackend):
+        retries = app[METRICS].backend_retries
+        backend.on_retry = lambda method, reason: retries.labels(method, reason).inc()
     app[REGISTRY] = RegistryService(
         backend,
         referrers.ReferrersIndex(app[DATABASE], backend),
@@ -106,6 +110,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         leases=app[LEASES],
     )
     app[POLICY].add(FreezePolicy(builds.store, lambda: builds.license_suffixes, builds.namespaces))
+    app[REGISTRY].virtual = builds.builder.runnable  # runnable full images: manifests, configs, package layers
     app.cleanup_ctx.append(_full_builds)  # after storage: needs the database and backend open
     app[PACKER] = Packer(config, app[DATABASE], app[REGISTRY], app[EVENTS], policy=app[POLICY], leases=app[LEASES],
                          versions=app[VERSIONS])
@@ -163,11 +168,13 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     lock = _lock_embedded(app)
     try:
         await db.open()
-        await db.migrate(referrers.SCHEMA + journal.SCHEMA + immutable.SCHEMA)
+        await db.migrate("referrers", referrers.SCHEMA)
+        await db.migrate("journal", journal.SCHEMA)
+        await db.migrate("immutable", immutable.SCHEMA)
     except (OSError, MetadataError) as exc:
         if lock is not None:
             lock.release()
-        raise StartupError(f"metadata.path {config.metadata.path}: {_reason(exc)}") from exc
+        raise StartupError(f"{db.where}: {_reason(exc)}") from exc
     try:
         await backend.start()
     except (OSError, RegistryError) as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -124,6 +125,34 @@ class StorageConfig(_Section):
 
 class MetadataConfig(_Section):
     path: Path = Path("./data/metadata.db")
+    # PostgreSQL shared by replicas (postgresql://user@host:port/db, or ?host=/socket/dir);
+    # unset: the SQLite file at `path`. The password comes from `password` (env
+    # ALGOMINT_METADATA__PASSWORD), else `password_file`, else PGPASSWORD.
+    url: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    pool_size: int = Field(10, ge=1, le=200)
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("postgresql", "postgres"):
+                raise ValueError("must be a postgresql:// URL")
+            if parts.password is not None:
+                raise ValueError("must not hold the password; set metadata.password_file or ALGOMINT_METADATA__PASSWORD")
+        return value
+
+    def resolved_password(self) -> str | None:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"metadata.password_file {self.password_file}: {exc.strerror}") from None
+        return None  # asyncpg falls back to PGPASSWORD and ~/.pgpass
 
 
 # Repository-name patterns (`*` within one segment, `**` any depth), checked on load.
@@ -163,6 +192,9 @@ class AuthConfig(_Section):
     # changes take effect at once regardless: on this replica directly, on the others
     # within [cluster] poll_interval (they watch the shared auth version).
     cache_ttl: float = Field(5.0, ge=0, le=60)
+    # Password (scrypt) checks running at once; each holds 16 MiB while it runs. More
+    # wait their turn; concurrent identical credentials share one check.
+    password_checks: int = Field(4, ge=1, le=64)
 
     @model_validator(mode="after")
     def _token_ttls(self) -> "AuthConfig":

@@ -40,6 +40,10 @@ class Metrics:
         self.backend_errors = Counter(
             "algomint_backend_errors", "Backend failures seen by requests", ["code"], registry=self.registry
         )
+        self.backend_retries = Counter(
+            "algomint_backend_retries", "Safe reads (GET/HEAD) sent to the backend registry again, by method and "
+            "what the first attempt met (5xx, reset)", ["method", "reason"], registry=self.registry,
+        )
 
         self.gc_runs = Counter(
             "algomint_gc_runs", "Garbage collection runs by outcome", ["status", "dry_run"], registry=self.registry

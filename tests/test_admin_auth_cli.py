@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import metadata_url
 from tests.support.server import run_server
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "algomint.toml"
+    url = metadata_url(tmp_path / "metadata.db")  # the CLI and the server share the test's store
     path.write_text(f'[storage]\npath = "{tmp_path / "storage"}"\n[metadata]\npath = "{tmp_path / "metadata.db"}"\n'
-                    f'[auth]\nenabled = true\n{extra}')
+                    + (f'url = "{url}"\n' if url else "") + f'[auth]\nenabled = true\n{extra}')
     return path
 
 
@@ -31,6 +33,7 @@ def cli(*argv: str, stdin: str | None = None, env: dict[str, str] | None = None)
                           timeout=60, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.sqlite_only
 def test_bootstrap_prints_a_one_time_admin_token(tmp_path: Path):
     config = _config(tmp_path)
     first = cli("admin", "bootstrap", "--config", str(config))
@@ -49,6 +52,7 @@ def test_bootstrap_prints_a_one_time_admin_token(tmp_path: Path):
     conn.close()
 
 
+@pytest.mark.sqlite_only
 def test_admin_commands_against_a_running_server(tmp_path: Path):
     config = _config(tmp_path)
     token = cli("admin", "bootstrap", "--config", str(config)).stdout.strip()

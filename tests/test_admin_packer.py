@@ -60,6 +60,13 @@ async def test_admin_cli_drives_the_whole_flow(client, tmp_path):
     assert "plugins.0" in failed.stderr and "not found" in failed.stderr
     chains = await _cli(client, "chains", "list")
     assert f"door-{uid}" in chains.stdout
+    await _cli(client, "chains", "create", f"arm-{uid}", "--match", f"generic/a-{uid}",
+               "--plugin", f"plugins/form-{uid}:1.0", "--platform", "linux/arm64", "--platform", "linux/arm64+npu")
+    shown = json.loads((await _cli(client, "--json", "chains", "show", f"arm-{uid}")).stdout)
+    assert shown["platforms"] == ["linux/arm64", "linux/arm64+npu"]
+    refused = await _cli(client, "chains", "create", f"bad2-{uid}", "--match", "generic/*",
+                         "--plugin", f"plugins/form-{uid}:1.0", "--platform", "arm64", ok=False)
+    assert "platforms" in refused.stderr
 
     sub = json.loads((await _cli(client, "--json", "subscriptions", "create", "http://127.0.0.1:9/hook",
                                  "--event", "business.assembled", "--repository", "business/**")).stdout)
@@ -67,6 +74,8 @@ async def test_admin_cli_drives_the_whole_flow(client, tmp_path):
 
     await push_generic(client, f"generic/a-{uid}", "1.0", {"m": b"m"}, tmp_path / "g")
     [job] = await wait_jobs_done(client, chain=f"door-{uid}")
+    [skipped] = await wait_jobs_done(client, chain=f"arm-{uid}")
+    assert skipped["status"] == "skipped"  # the package is for linux/amd64+cuda12
     jobs = json.loads((await _cli(client, "--json", "assemblies", "list", "--chain", f"door-{uid}")).stdout)
     assert [j["id"] for j in jobs] == [job["id"]] and jobs[0]["status"] == "succeeded"
     shown = await _cli(client, "assemblies", "show", str(job["id"]))

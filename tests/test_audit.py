@@ -15,6 +15,7 @@ import pytest
 from proxy.audit import AuditEvent, AuditLog, AuditQuery, verify_chain
 from proxy.audit.records import GENESIS, record_hash
 from proxy.meta import Database, MetadataError
+from tests.conftest import metadata_database
 from tests.support.auth import ADMIN, AuthEnv, auth_env, basic, seed_image  # noqa: F401
 from tests.support.oci import digest_of, image_manifest
 from tests.support.server import run_server
@@ -22,7 +23,7 @@ from tests.support.server import run_server
 
 @pytest.fixture
 async def db(tmp_path: Path):
-    database = Database(tmp_path / "audit.db")
+    database = metadata_database(tmp_path / "audit.db")
     await database.open()
     yield database
     await database.close()
@@ -119,6 +120,7 @@ async def test_the_log_is_append_only(db: Database):
     ("swapped", 5, "reordered"),
     ("first-deleted", 1, "removed"),
 ])
+@pytest.mark.sqlite_only
 async def test_verify_names_the_first_broken_record(db: Database, tmp_path: Path, case: str, seq: int, kind: str):
     await _filled(db, 12)
     path = tmp_path / "audit.db"
@@ -144,6 +146,7 @@ async def test_verify_names_the_first_broken_record(db: Database, tmp_path: Path
     assert result.records == seq - 1
 
 
+@pytest.mark.sqlite_only
 async def test_verify_with_an_anchor_catches_truncation(db: Database, tmp_path: Path):
     await _filled(db, 10)
     head = await verify_chain(db)
@@ -274,6 +277,7 @@ async def test_audit_api_validates_its_query(auth_env: AuthEnv):
     assert (await auth_env.client.get("/api/v1/audit", headers=basic("cons"))).status == 403
 
 
+@pytest.mark.sqlite_only
 def test_records_written_just_before_a_clean_shutdown_are_kept(tmp_path: Path):
     """SIGTERM with a long flush interval: the records still reach the database."""
     import urllib.request

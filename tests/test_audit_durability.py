@@ -17,7 +17,7 @@ import pytest
 
 from proxy.api.state import DATABASE
 from proxy.oci import mediatypes as mt
-from tests.conftest import BACKENDS
+from tests.conftest import BACKENDS, metadata_database
 from tests.support.oci import digest_of, image_manifest
 from tests.support.server import Server, start_server
 
@@ -63,6 +63,7 @@ async def _push_until_killed(server: Server, repo: str) -> list[str]:
     return acked
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("backend,sync", [(b, "full") for b in BACKENDS] + [("filesystem", "normal")])
 async def test_every_acknowledged_push_has_a_durable_record_after_sigkill(tmp_path: Path, backend: str, sync: str,
                                                                            request: pytest.FixtureRequest):
@@ -139,9 +140,7 @@ async def test_a_change_whose_record_cannot_be_written_is_not_acknowledged(aioht
 async def test_waiters_are_answered_by_one_write_for_many_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Group commit: records awaited together are written together, without the interval."""
     from proxy.audit import AuditEvent, AuditLog
-    from proxy.meta import Database
-
-    db = Database(tmp_path / "a.db")
+    db = metadata_database(tmp_path / "a.db")
     await db.open()
     log = AuditLog(db, flush_interval=5)  # the interval would make this test time out
     await log.start()
@@ -165,9 +164,7 @@ async def test_waiters_are_answered_by_one_write_for_many_records(tmp_path: Path
 
 async def test_a_backlog_larger_than_one_write_is_written_in_order(tmp_path: Path):
     from proxy.audit import AuditEvent, AuditLog, verify_chain
-    from proxy.meta import Database
-
-    db = Database(tmp_path / "a.db")
+    db = metadata_database(tmp_path / "a.db")
     await db.open()
     log = AuditLog(db, flush_interval=5, batch_size=10_000)
     await log.start()

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from proxy.audit import AuditQuery
 from proxy.audit.middleware import AUDIT
-from proxy.auth import authenticator as authenticator_module
+from proxy.auth import passwords as passwords_module
 from proxy.auth.keyring import KeyRing
 from proxy.auth.registry_token import TokenSigner
 from proxy.auth.state import SIGNER
@@ -314,13 +314,13 @@ async def test_api_token_with_another_users_name_is_refused(auth_env: AuthEnv):
 
 async def test_unknown_users_cost_a_full_password_check(auth_env: AuthEnv, monkeypatch: pytest.MonkeyPatch):
     calls: list[tuple[str, str | None]] = []
-    real = authenticator_module.verify_password
+    real = passwords_module.verify_password
 
     def spy(password: str, encoded: str | None) -> bool:
         calls.append((password, encoded))
         return real(password, encoded)
 
-    monkeypatch.setattr(authenticator_module, "verify_password", spy)
+    monkeypatch.setattr(passwords_module, "verify_password", spy)
     resp = await auth_env.client.get("/v2/", headers=basic("nobody-at-all", "whatever-password"))
     assert resp.status == 401
     assert calls == [("whatever-password", None)]  # scrypt ran on a dummy: same cost as a real user

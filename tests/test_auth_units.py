@@ -20,8 +20,8 @@ from proxy.auth.permissions import Permissions, grant_access
 from proxy.auth.ratelimit import LoginThrottle, Throttled, migrate as migrate_throttle
 from proxy.auth.keyring import KeyRing, libtrust_kid, rotate
 from proxy.auth.registry_token import Scope, TokenError, TokenSigner, parse_scopes
-from proxy.meta import Database
 from proxy.service.policy import Action
+from tests.conftest import metadata_database
 
 
 @pytest.mark.parametrize("pattern, name, matches", [
@@ -102,7 +102,7 @@ def test_permissions_and_down_scoping():
 
 async def test_login_throttle_grows_per_user_and_address_and_never_locks(tmp_path: Path):
     now = [1000.0]
-    db = Database(tmp_path / "meta.db")
+    db = metadata_database(tmp_path / "meta.db")
     await db.open()
     await migrate_throttle(db)
     throttle = LoginThrottle(db, free=2, base_delay=1, max_delay=8, window=60, max_waiting=2, clock=lambda: now[0])

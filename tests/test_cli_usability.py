@@ -12,6 +12,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from tests.conftest import metadata_url
 from tests.support.server import run_server
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
@@ -19,8 +20,9 @@ EPOCH = re.compile(r"\b1\d{9}(\.\d+)?\b")
 
 
 def _config(tmp_path: Path) -> str:
+    url = metadata_url(tmp_path / "metadata.db")  # the CLI and the server share the test's store
     return (f'[storage]\npath = "{tmp_path / "storage"}"\n[metadata]\npath = "{tmp_path / "metadata.db"}"\n'
-            f'[auth]\nenabled = true\n'
+            + (f'url = "{url}"\n' if url else "") + '[auth]\nenabled = true\n'
             '[webhooks]\nallow = ["http://127.0.0.1:*/"]\n')  # subscriptions point at loopback
 
 

@@ -143,7 +143,7 @@ async def test_business_dev_sees_only_readable_repositories(auth_env):
     assert (await client.get("/ui/archive/generic/secret:1.0")).status in (403, 404)
     assert (await client.get("/ui/repositories/generic/visible?tag=1.0")).status == 200
     # Admin pages are the API's admins-only routes.
-    for path in ("/ui/admin/users", "/ui/admin/grants", "/ui/admin/audit", "/ui/builds"):
+    for path in ("/ui/admin/users", "/ui/admin/grants", "/ui/admin/audit", "/ui/admin/subscriptions"):
         resp = await client.get(path)
         assert resp.status == 403, path
 
@@ -225,6 +225,20 @@ async def test_chain_create_edit_and_reassemble_through_the_api_checks(auth_env)
     assert resp.status == 303, await resp.text()
     chain = await (await client.get("/api/v1/chains/door", headers=basic(ADMIN))).json()
     assert chain["match"] == ["generic/face*"]
+    # A platform filter: a malformed name shows beside its field; a good one is kept, shown,
+    # and survives an edit that leaves it as it is.
+    resp = await client.post("/ui/systems/door/edit", data={"csrf": csrf, "match": "generic/face*", "params": "{}",
+                                                            "plugins": "plugins/door-form:1.0", "platforms": "arm64"})
+    assert resp.status == 422 and 'id="err-platforms"' in await resp.text()
+    resp = await client.post("/ui/systems/door/edit", data={"csrf": csrf, "match": "generic/face*", "params": "{}",
+                                                            "plugins": "plugins/door-form:1.0",
+                                                            "platforms": "linux/arm64\nlinux/amd64+cuda12\n"},
+                             allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+    chain = await (await client.get("/api/v1/chains/door", headers=basic(ADMIN))).json()
+    assert chain["platforms"] == ["linux/arm64", "linux/amd64+cuda12"]
+    assert "linux/amd64+cuda12" in await (await client.get("/ui/systems/door/edit")).text()
+    assert "<code>linux/arm64</code>" in await (await client.get("/ui/systems/door")).text()
     resp = await client.post("/ui/systems/door/assemble", data={"csrf": csrf}, allow_redirects=False)
     assert resp.status == 303 and resp.headers["Location"] == "/ui/assemblies?chain=door"
     # Without the token nothing changes.
@@ -295,6 +309,10 @@ async def test_descriptor_page_and_diff_between_versions(auth_env):
     await sign_in(client, ADMIN)
     page = await (await client.get("/ui/repositories/generic/edge?tag=1.0")).text()
     assert "linux/arm64" in page and "image/nv12" in page and "model.onnx" in page
+    terminal = page.split("From a terminal", 1)[1].split("</dl>", 1)[0]
+    host = f"127.0.0.1:{client.server.port}"
+    assert f"oras pull --plain-http {host}/generic/edge:1.0 -u {ADMIN}" in terminal
+    assert "podman" not in terminal  # a thin package is no container image
     resp = await client.get("/ui/diff/generic/edge", params={"a": "1.0", "b": "2.0"})
     text = await resp.text()
     assert resp.status == 200
@@ -477,7 +495,10 @@ async def test_assembly_status_fragment_polls_until_done(auth_env):
     assert "business/door/polled:1.0" in fragment
     # A job's number guessed by someone who may not read its business package.
     await sign_in(client, "alg")
-    assert (await client.get(f"/ui/assemblies/{job['id']}")).status == 403
+    guessed, missing = await client.get(f"/ui/assemblies/{job['id']}"), await client.get("/ui/assemblies/999999")
+    assert guessed.status == missing.status == 404
+    said = [re.search(r'<p class="error">([^<]*)</p>', await r.text()).group(1) for r in (guessed, missing)]
+    assert said == [f"no assembly job {job['id']}", "no assembly job 999999"]
 
 
 def test_running_job_and_build_blocks_ask_for_themselves():
@@ -557,8 +578,8 @@ async def test_listings_paginate_and_pages_hold_only_readable_names(auth_env):
     await sign_in(client, ADMIN)
     first = await (await client.get("/ui/algorithms")).text()
     assert "generic/p000" in first and "generic/p049" in first and "generic/p050" not in first
-    after = re.search(r'href="\?after=([^"]+)"', first).group(1)
-    second = await (await client.get(f"/ui/algorithms?after={after}")).text()
+    cursor = re.search(r'href="\?cursor=([^"]+)"', first).group(1)
+    second = await (await client.get(f"/ui/algorithms?cursor={cursor}")).text()
     assert "generic/p050" in second and "generic/q002" in second and "generic/p049" not in second
     assert 'rel="next"' not in second
     await sign_in(client, "biz")
@@ -619,3 +640,278 @@ def test_assembly_status_renders_jobs_without_timings():
            "plugins": [{"ref": "plugins/door-form:1.0", "digest": "sha256:" + "b" * 64}]}
     html = env.get_template("assembly_status.html").render(job=job)
     assert "plugins/door-form:1.0" in html and "—" in html
+
+
+async def _builds(app, repository: str, count: int, requester: str = ADMIN) -> list[str]:
+    """Full-build records of ``repository:1.0`` as the build store holds them (state as it goes)."""
+    from proxy.api.manage.fullbuilds import FULL_BUILDS
+    from proxy.service.policy import Principal
+    store = app[FULL_BUILDS].store
+    return [(await store.create(f"{repository}:1.0", repository, "1.0", "full", "sha256:" + "0" * 64,
+                                Principal(requester, "user"))).id for _ in range(count)]
+
+
+async def _listed_builds(client, query: str = "") -> tuple[str, list[str]]:
+    """Every page of /ui/builds, following the pager; the build ids listed."""
+    ids: list[str] = []
+    url, text = f"/ui/builds?{query}", ""
+    for _ in range(50):
+        resp = await client.get(url)
+        assert resp.status == 200, await resp.text()
+        page = await resp.text()
+        text += page
+        ids += re.findall(r'href="/ui/builds/([0-9a-f]{32})"', page)
+        following = re.search(r'rel="next" href="([^"]+)"', page)
+        if following is None:
+            return text, ids
+        url = "/ui/builds" + following.group(1).replace("&amp;", "&")
+    raise AssertionError("the pager never ends")
+
+
+async def test_full_builds_are_listed_to_whoever_may_read_their_package(auth_env):
+    app, client = auth_env.app, auth_env.client
+    await auth_env.create_user("door-dev", [])
+    resp = await client.post("/api/v1/grants", json={"subject": "door-dev", "role": "business-dev",
+                                                     "pattern": "business/door/**"}, headers=basic(ADMIN))
+    assert resp.status == 201, await resp.text()
+    door = await _builds(app, "business/door/face", 3, requester="door-dev")
+    gate = await _builds(app, "business/gate/face", 3)
+    # The API's listing stays admins-only; the console lists each user's share of it.
+    assert (await client.get("/api/v1/full-builds", headers=basic("door-dev"))).status == 403
+    await sign_in(client, "door-dev")
+    text, ids = await _listed_builds(client, "limit=1")
+    assert sorted(ids) == sorted(door) and "business/gate" not in text
+    _, ids = await _listed_builds(client, "package=business/gate/face:1.0")
+    assert ids == []
+    # A build of a package it may not read answers like one that does not exist.
+    guessed, missing = await client.get(f"/ui/builds/{gate[0]}"), await client.get(f"/ui/builds/{'f' * 32}")
+    assert guessed.status == missing.status == 404
+    assert (await client.get(f"/ui/builds/{door[0]}")).status == 200
+    await sign_in(client, ADMIN)
+    _, ids = await _listed_builds(client, "limit=2")
+    assert set(door + gate) <= set(ids)
+    _, ids = await _listed_builds(client, "package=business/gate/face:1.0")
+    assert sorted(ids) == sorted(gate)
+
+
+async def test_a_long_run_of_unreadable_builds_ends_a_page_early(auth_env, monkeypatch):
+    from proxy.ui import jobs
+    app, client = auth_env.app, auth_env.client
+    await auth_env.create_user("door-dev", [])
+    resp = await client.post("/api/v1/grants", json={"subject": "door-dev", "role": "consumer",
+                                                     "pattern": "business/door/*"}, headers=basic(ADMIN))
+    assert resp.status == 201
+    door = await _builds(app, "business/door/face", 1)
+    # Newer, so listed first, and under the grant's literal prefix (business/door/), so only
+    # the policy can tell they are unreadable: one segment deeper than the grant's "*".
+    await _builds(app, "business/door/team-b/face", 12)
+    monkeypatch.setattr(jobs, "_BATCH", 2)
+    monkeypatch.setattr(jobs, "_MAX_BATCHES", 3)  # 6 builds looked at per page
+    await sign_in(client, "door-dev")
+    first = await (await client.get("/ui/builds")).text()
+    assert "/ui/builds/" not in first.split("<main", 1)[1] and 'rel="next"' in first
+    assert "in this stretch of builds" in first
+    text, ids = await _listed_builds(client)
+    assert ids == door and "team-b" not in text
+
+
+async def test_a_long_run_of_unreadable_repositories_ends_a_page_early(auth_env, monkeypatch):
+    from proxy.ui import repositories
+    app, client = auth_env.app, auth_env.client
+    for i in range(7):
+        await seed_image(app, f"generic/a{i}", "1.0")
+    await seed_image(app, "generic/z-readable", "1.0")
+    resp = await client.post("/api/v1/grants", json={"subject": "biz", "role": "consumer",
+                                                     "pattern": "generic/z-*"}, headers=basic(ADMIN))
+    assert resp.status == 201
+    monkeypatch.setattr(repositories, "SCAN", 3)
+    await sign_in(client, "biz")
+    pages, url = [], "/ui/algorithms"
+    while url:
+        page = await (await client.get(url)).text()
+        pages.append(page)
+        following = re.search(r'rel="next" href="([^"]+)"', page)
+        url = "/ui/algorithms" + following.group(1) if following else None
+    # The pager's cursor is sealed: it never spells the unreadable name a page stopped at.
+    assert len(pages) == 3 and not re.search(r"generic/a\d", "".join(pages))
+    assert "generic/z-readable" in pages[-1] and "in this stretch of names" in pages[0]
+
+
+async def test_admin_subscribes_a_url_pauses_and_deletes_it(aiohttp_client, tmp_path):
+    from tests.support.auth import AuthEnv, auth_config
+    app = create_app(auth_config(tmp_path, "filesystem", webhooks__allow=["http://127.0.0.1:9/hooks"]))
+    env = AuthEnv(await aiohttp_client(app), app)
+    await env.create_user("biz", ["business-dev"])
+    client = env.client
+    await sign_in(client, ADMIN)
+    csrf = await csrf_of(client, "/ui/admin/subscriptions")
+    # The API's refusals beside the fields: a URL outside the allow-list, no event chosen.
+    resp = await client.post("/ui/admin/subscriptions", data={"csrf": csrf, "url": "http://127.0.0.1:9/elsewhere",
+                                                               "events": "business.assembled", "repositories": "**"})
+    assert resp.status == 422 and 'id="err-url"' in await resp.text()
+    resp = await client.post("/ui/admin/subscriptions", data={"csrf": csrf, "url": "http://127.0.0.1:9/hooks/ci",
+                                                               "repositories": "**"})
+    assert resp.status == 422 and "Error:" in await resp.text()
+    form = [("csrf", csrf), ("url", "http://127.0.0.1:9/hooks/ci"), ("events", "business.assembled"),
+            ("events", "assembly.failed"), ("repositories", "business/door/**\nbusiness/gate/**")]
+    resp = await client.post("/ui/admin/subscriptions", data=form)
+    text = await resp.text()
+    assert resp.status == 201
+    secret = re.search(r'id="new-secret" readonly size="60" value="([^"]+)"', text).group(1)
+    sub_id = re.search(r'href="/ui/admin/subscriptions/([^"]+)"', text).group(1)
+    api = await (await client.get(f"/api/v1/subscriptions/{sub_id}", headers=basic(ADMIN))).json()
+    assert api["events"] == ["business.assembled", "assembly.failed"] and api["active"] is True
+    assert api["repositories"] == ["business/door/**", "business/gate/**"]
+    assert secret not in await (await client.get(f"/ui/admin/subscriptions/{sub_id}")).text()
+    resp = await client.post(f"/ui/admin/subscriptions/{sub_id}/active", data={"csrf": csrf, "active": "false"},
+                             allow_redirects=False)
+    assert resp.status == 303
+    api = await (await client.get(f"/api/v1/subscriptions/{sub_id}", headers=basic(ADMIN))).json()
+    assert api["active"] is False
+    # Not for business developers, whatever the URL.
+    await sign_in(client, "biz")
+    biz_csrf = await csrf_of(client)
+    for path, data in ((f"/ui/admin/subscriptions/{sub_id}/active", {"active": "true"}),
+                       (f"/ui/admin/subscriptions/{sub_id}/delete", {}), ("/ui/admin/subscriptions", dict(form))):
+        assert (await client.post(path, data={**data, "csrf": biz_csrf})).status == 403, path
+    await sign_in(client, ADMIN)
+    csrf = await csrf_of(client)
+    resp = await client.post(f"/ui/admin/subscriptions/{sub_id}/delete", data={"csrf": csrf}, allow_redirects=False)
+    assert resp.status == 303
+    assert (await client.get(f"/api/v1/subscriptions/{sub_id}", headers=basic(ADMIN))).status == 404
+    created = await env.audit(action="subscriptions.create_subscription")
+    assert any(r["actor"] == ADMIN and r["outcome"] == "success" for r in created)
+
+
+async def test_changing_your_password_keeps_this_session_and_ends_the_others(auth_env):
+    from aiohttp.test_utils import TestClient
+    client = auth_env.client
+    async with TestClient(client.server) as other:
+        await sign_in(other, "alg")
+        await sign_in(client, "alg")
+        page = await (await client.get("/ui/account")).text()
+        assert "algorithm-dev on <code>generic/**</code>" in page
+        csrf = await csrf_of(client, "/ui/account")
+        new = "a-new-password-for-alg"
+        resp = await client.post("/ui/users/alg/password", data={"csrf": csrf, "current_password": "wrong",
+                                                                 "password": new, "repeat": new})
+        assert resp.status == 403 and "current password is wrong" in await resp.text()
+        resp = await client.post("/ui/users/alg/password", data={"csrf": csrf, "current_password": password_of("alg"),
+                                                                 "password": new, "repeat": new + "x"})
+        assert resp.status == 422 and 'id="err-repeat"' in await resp.text()
+        resp = await client.post("/ui/users/alg/password", data={"csrf": csrf, "current_password": password_of("alg"),
+                                                                 "password": new, "repeat": new}, allow_redirects=False)
+        assert resp.status == 303, await resp.text()
+        assert (await client.get("/ui/account", allow_redirects=False)).status == 200
+        assert (await other.get("/ui/account", allow_redirects=False)).status == 303  # the other session ended
+        assert (await client.get("/api/v1/whoami", headers=basic("alg", new))).status == 200
+        # Someone else's password: the API's rule (admins only).
+        resp = await client.post("/ui/users/biz/password", data={"csrf": csrf, "password": new, "repeat": new})
+        assert resp.status == 403
+        assert (await client.get("/api/v1/whoami", headers=basic("biz"))).status == 200
+
+
+async def test_a_system_is_deleted_by_whoever_may_manage_it(auth_env):
+    client = auth_env.client
+    await _plugin(client)
+    resp = await client.post("/api/v1/chains", json={"name": "door", "match": ["generic/*"],
+                                                     "plugins": ["plugins/door-form:1.0"]}, headers=basic(ADMIN))
+    assert resp.status == 201
+    await sign_in(client, "alg")
+    csrf = await csrf_of(client)
+    assert (await client.post("/ui/systems/door/delete", data={"csrf": csrf})).status == 403
+    await sign_in(client, "biz")
+    csrf = await csrf_of(client)
+    assert 'action="/ui/systems/door/delete"' in await (await client.get("/ui/systems/door")).text()
+    resp = await client.post("/ui/systems/door/delete", data={"csrf": csrf}, allow_redirects=False)
+    assert resp.status == 303
+    assert (await client.get("/api/v1/chains/door", headers=basic(ADMIN))).status == 404
+
+
+async def test_business_packages_page_is_a_consumers_way_in(auth_env):
+    app, client = auth_env.app, auth_env.client
+    for name in ("business/door/face", "business/door/edge", "business/gate/face"):
+        await seed_image(app, name, "1.0")
+    await auth_env.create_user("door-reader", [])
+    resp = await client.post("/api/v1/grants", json={"subject": "door-reader", "role": "consumer",
+                                                     "pattern": "business/door/**"}, headers=basic(ADMIN))
+    assert resp.status == 201
+    await sign_in(client, "door-reader")
+    assert (await client.get("/ui/systems/door")).status == 403  # the chain itself is not theirs to read
+    text = await (await client.get("/ui/packages")).text()
+    assert "business/door/face" in text and "business/door/edge" in text and "business/gate" not in text
+    narrowed = await (await client.get("/ui/packages", params={"start": "door/e"})).text()
+    assert "business/door/edge" in narrowed and "business/door/face" not in narrowed
+    # A filter is a name prefix, never a pattern: anything else is ignored.
+    assert "business/door/face" in await (await client.get("/ui/packages", params={"start": "*"})).text()
+    page = await (await client.get("/ui/repositories/business/door/face?tag=1.0")).text()
+    host = f"127.0.0.1:{client.server.port}"
+    assert f"curl -fLOJ -u door-reader http://{host}/api/v1/archive/business/door/face:1.0" in page
+    assert f"podman pull --tls-verify=false {host}/business/door/face:1.0" in page  # an image: podman pulls it
+    assert (await client.get("/ui/repositories/business/gate/face?tag=1.0")).status == 404
+
+
+async def test_algorithms_page_shows_the_push_commands(auth_env):
+    client = auth_env.client
+    await sign_in(client, "alg")
+    text = await (await client.get("/ui/algorithms")).text()
+    host = f"127.0.0.1:{client.server.port}"
+    assert f"oras login --plain-http -u alg {host}" in text
+    assert f"oras push --plain-http {host}/generic/face-recog:1.0" in text
+    assert f"docker://{host}/images/face-recog:v1" in text
+
+
+async def test_token_lifetime_roles_table_and_chains_file_reload(auth_env):
+    client = auth_env.client
+    await sign_in(client, "alg")
+    csrf = await csrf_of(client, "/ui/tokens")
+    resp = await client.post("/ui/tokens", data={"csrf": csrf, "name": "short", "days": "2"})
+    assert resp.status == 201
+    created = re.search(r"expires (\S+)\. Copy it now", await resp.text()).group(1)
+    listing = await (await client.get("/api/v1/tokens", headers=basic(ADMIN), params={"owner": "alg"})).json()
+    token = next(t for t in listing["items"] if t["name"] == "short")
+    from datetime import UTC, datetime
+    left = datetime.fromisoformat(token["expires_at"]) - datetime.now(UTC)
+    assert created == token["expires_at"] and 1.9 * 86400 < left.total_seconds() <= 2 * 86400
+    assert (await client.post("/ui/tokens", data={"csrf": csrf, "name": "bad", "days": "-1"})).status == 422
+    assert (await client.post("/ui/systems/reload", data={"csrf": csrf})).status == 403  # admins only
+    assert "Re-read the chains file" not in await (await client.get("/ui/systems")).text()
+    await sign_in(client, ADMIN)
+    grants_page = await (await client.get("/ui/admin/grants")).text()
+    assert "<caption>Roles</caption>" in grants_page and "business-dev" in grants_page
+    csrf = await csrf_of(client, "/ui/systems")
+    resp = await client.post("/ui/systems/reload", data={"csrf": csrf}, allow_redirects=False)
+    assert resp.status == 303
+    assert "re-read" in await (await client.get("/ui/systems")).text()
+
+
+async def test_a_full_package_names_only_the_licensed_images_its_reader_may_pull(auth_env):
+    from packer.fullbuild.store import Frozen
+    from proxy.api.manage.fullbuilds import FULL_BUILDS
+    from proxy.api.state import REGISTRY
+    from proxy.oci import mediatypes as mt
+    app, client = auth_env.app, auth_env.client
+    repo = "business/door/face"
+    thin = await seed_image(app, repo, "1.0")
+    child = await app[REGISTRY].get_manifest(repo, thin)
+    index = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "artifactType": mt.FULL,
+                        "manifests": [{"mediaType": mt.OCI_MANIFEST, "digest": thin, "size": len(child.data)}]})
+    full = (await app[REGISTRY].put_manifest(repo, "1.0-full", index.encode(), mt.OCI_INDEX)).digest
+    [build] = await _builds(app, repo, 1)
+    images = [{"ref": f"images/{n}:v1", "licensed": f"images/{n}:v1-full", "digest": "sha256:" + "4" * 64}
+              for n in ("open", "secret")]
+    await app[FULL_BUILDS].store.succeed(build, {"tag": f"{repo}:1.0-full", "digest": full, "images": images}, [],
+                                         [Frozen(repo, "1.0-full", full, build, f"{repo}:1.0")])
+    await auth_env.create_user("door-reader", [])
+    for pattern in ("business/door/**", "images/open"):
+        resp = await client.post("/api/v1/grants", json={"subject": "door-reader", "role": "consumer",
+                                                         "pattern": pattern}, headers=basic(ADMIN))
+        assert resp.status == 201
+    host = f"127.0.0.1:{client.server.port}"
+    await sign_in(client, "door-reader")
+    page = await (await client.get(f"/ui/repositories/{repo}", params={"tag": "1.0-full"})).text()
+    assert f"skopeo copy --all --src-tls-verify=false --src-creds door-reader docker://{host}/{repo}:1.0-full" in page
+    assert f"podman pull --tls-verify=false {host}/images/open:v1-full" in page and "images/secret" not in page
+    await sign_in(client, ADMIN)
+    page = await (await client.get(f"/ui/repositories/{repo}", params={"tag": "1.0-full"})).text()
+    assert f"{host}/images/open:v1-full" in page and f"{host}/images/secret:v1-full" in page

@@ -116,8 +116,8 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
             push()
 
             def package_listed(b) -> bool:
-                b.refresh()
-                return f"business/door/{algo}" in b.page_source
+                b.refresh()  # listed among the system's packages (the jobs table names it sooner)
+                return f'href="/ui/repositories/business/door/{algo}"' in b.page_source
 
             WebDriverWait(browser, 60, poll_frequency=0.5).until(package_listed)
             seen["system_after_push"] = browser.page_source
@@ -139,6 +139,12 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
             until(lambda b: "tag=1.0" in b.current_url and "Digest" in b.page_source)
             seen["business"] = browser.page_source
             browser.save_screenshot(str(shots / "business-package.png"))
+            browser.execute_script("document.getElementById('delivery').scrollIntoView()")
+            browser.save_screenshot(str(shots / "business-package-delivery.png"))
+            package_url = browser.current_url
+            browser.get(f"{base}/ui/packages")  # the package exists now: its page was shown
+            seen["packages"] = browser.page_source
+            browser.get(package_url)
             # A full build started from the package page; its progress updates in place (htmx).
             Select(browser.find_element(By.ID, "license")).select_by_visible_text("full")
             browser.find_element(By.CSS_SELECTOR, "form[action='/ui/builds'] button[type=submit]").click()
@@ -178,10 +184,20 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
             browser.save_screenshot(str(shots / "assembly.png"))
             browser.get(f"{base}/ui/admin/users")
             browser.save_screenshot(str(shots / "admin-users.png"))
-            browser.set_window_size(390, 844)  # a phone
-            browser.get(f"{base}/ui/systems/door")
-            seen["phone_overflow"] = browser.execute_script(
-                "return document.documentElement.scrollWidth > window.innerWidth + 1")
+            # A phone: no page scrolls sideways (wide tables scroll inside); every control has a label.
+            browser.set_window_size(390, 844)
+            overflowing, unlabelled = [], []
+            for path in ("/ui/algorithms", "/ui/packages", f"/ui/repositories/business/door/{algo}?tag=1.0",
+                         "/ui/builds", "/ui/assemblies", "/ui/tokens", "/ui/account", "/ui/admin/grants",
+                         "/ui/admin/subscriptions", "/ui/systems/door"):
+                browser.get(f"{base}{path}")
+                if browser.execute_script("return document.documentElement.scrollWidth > window.innerWidth + 1"):
+                    overflowing.append(path)
+                unlabelled += [f"{path} {name}" for name in browser.execute_script(
+                    "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]"
+                    ".filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')"
+                    " && !(e.tagName === 'BUTTON' && e.textContent.trim())).map(e => e.name || e.id)")]
+            seen["phone_overflow"], seen["unlabelled"] = overflowing, unlabelled
             browser.save_screenshot(str(shots / "phone-business-system.png"))
             browser.set_window_size(1280, 900)
             browser.find_element(By.CSS_SELECTOR, "form.signout button").click()
@@ -202,13 +218,16 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
     assert f"business/door/{algo}" in str(seen["system"])
     business = str(seen["business"])
     assert "Provenance" in business and f"plugins/{form}@sha256:" in business and "/ui/archive/" in business
+    assert f"oras pull --plain-http {host}/business/door/{algo}:1.0" in business
+    assert f"business/door/{algo}" in str(seen["packages"])
+    assert f"oras push --plain-http {host}/generic/" in str(seen["algorithms"])
     assert "succeeded" in str(seen["assembly"])
     assert "hq2" in str(seen["edited"]) and "Business system door saved" in str(seen["edited"])
     assert "job(s) queued" in str(seen["reassembled"])
     assert "was made from it" in str(seen["refused_job"])  # the freeze, named in the job's error
     chain = await (await client.get("/api/v1/chains/door", headers=basic(ADMIN))).json()
     assert chain["params"] == {"site": "hq2"}
-    assert seen["phone_overflow"] is False
+    assert seen["phone_overflow"] == [] and seen["unlabelled"] == []
     assert seen["build_state"] == "succeeded", seen["build_url"]
     # The archive through the console link is byte for byte the API's.
     link = str(seen["archive_link"])

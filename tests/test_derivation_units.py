@@ -13,6 +13,7 @@ from packer.fullbuild.names import Namespaces, PackageName
 from packer.package import Package, PackageError
 from proxy.auth.coverage import MAX_STATES, CoverageError, uncovered
 from proxy.auth.patterns import compile_pattern
+from tests.conftest import metadata_database
 
 # A repository name (distribution-spec grammar).
 NAME = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*")
@@ -98,10 +99,9 @@ def test_other_descriptor_changes_are_allowed():
 
 async def test_one_build_at_a_time_creates_a_licensed_tag(tmp_path):
     from packer.fullbuild.store import BuildStore
-    from proxy.meta import Database
     from proxy.service.policy import SYSTEM
 
-    db = Database(tmp_path / "m.db")
+    db = metadata_database(tmp_path / "m.db")
     await db.open()
     try:
         store = BuildStore(db)

@@ -476,7 +476,7 @@ async def test_admin_cli(fb, tmp_path, capsys):
 async def test_interrupted_build_runs_again_after_restart(fb, aiohttp_client, fb_config, tmp_path):
     pkg = await make_package(fb, tmp_path)
     service = fb.server.app[FULL_BUILDS]
-    _, digest = await service.builder.check(pkg.name, "soft")
+    _, digest, _ = await service.builder.check(pkg.name, "soft")
     # A build a crash left half-way: "running", nothing tagged.
     await service.store.db.execute(
         "INSERT INTO full_builds (id, package, repository, tag, license, source_digest, state, created_at, attempts) "

@@ -406,9 +406,9 @@ async def test_a_stop_mid_sweep_puts_quarantined_content_back(aiohttp_client, tm
     release.set()
     assert digest in _content_files(storage)
     assert list((storage / "_gc").iterdir()) == []
-    from proxy.meta import Database
+    from proxy.meta import create_database
 
-    db = Database(config.metadata.path)
+    db = create_database(config.metadata)
     await db.open()
     try:
         row = await db.fetchone("SELECT status, error FROM gc_runs WHERE id = ?", (run_id,))

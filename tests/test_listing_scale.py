@@ -334,11 +334,12 @@ async def _steps_for(size: int, tmp_path: Path) -> dict[str, int]:
     from packer.assembly import AssemblyService
     from packer.fullbuild.store import SCHEMA as BUILD_SCHEMA
     from packer.fullbuild.store import BuildStore
-    from proxy.meta import Database
+    from proxy.meta import SqliteDatabase
 
-    db = Database(tmp_path / f"meta-{size}.db")
+    db = SqliteDatabase(tmp_path / f"meta-{size}.db")
     await db.open()
-    await db.migrate(ASSEMBLY_SCHEMA + BUILD_SCHEMA)
+    await db.migrate("assembly", ASSEMBLY_SCHEMA)
+    await db.migrate("full_builds", BUILD_SCHEMA)
     async with db.transaction() as tx:
         jobs = [(f"generic/other{i}", f"business/other{i}") for i in range(size)]
         jobs[size // 3 : size // 3] = [("generic/mine", "business/x/mine")] * 15

@@ -6,14 +6,15 @@ import asyncio
 
 import pytest
 
-from proxy.meta import Database, MetadataError
+from proxy.meta import MetadataError
+from tests.conftest import metadata_database
 
 
 @pytest.fixture
 async def db(tmp_path):
-    database = Database(tmp_path / "m.db")
+    database = metadata_database(tmp_path / "m.db")
     await database.open()
-    await database.migrate(["CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v INTEGER)"])
+    await database.migrate("test", ["CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v INTEGER)"])
     yield database
     await database.close()
 

@@ -11,7 +11,7 @@ from packer.chains import ChainError, ChainRegistry, ChainSpec, glob_match, load
 from packer.plugin import PluginError
 from packer.settings import ChainsConfig
 from proxy.app import create_app
-from proxy.meta import Database
+from tests.conftest import metadata_database
 from proxy.service.policy import SYSTEM
 from packer.chains import SCHEMA
 from tests.support.packer import push_plugin
@@ -90,9 +90,9 @@ class FakePlugins:
 
 @pytest.fixture
 async def db(tmp_path):
-    database = Database(tmp_path / "m.db")
+    database = metadata_database(tmp_path / "m.db")
     await database.open()
-    await database.migrate(SCHEMA)
+    await database.migrate("chains", SCHEMA)
     yield database
     await database.close()
 

@@ -92,6 +92,7 @@ async def test_concurrent_pushes_of_different_content_to_a_new_tag_have_one_winn
     assert sorted(statuses) == [201] + [403] * 7
 
 
+@pytest.mark.sqlite_only
 async def test_tags_pushed_before_the_rule_are_protected_too(client, config):
     repo = f"plugins/old-{uuid.uuid4().hex[:8]}"
     resp = await _raw_plugin(client, repo, "1.0", "a")

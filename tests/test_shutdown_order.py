@@ -12,7 +12,7 @@ from pathlib import Path
 
 from proxy.backend.filesystem import FilesystemBackend
 from proxy.app import create_app
-from proxy.meta import Database
+from proxy.meta import create_database
 from proxy.oci import mediatypes as mt
 from tests.conftest import make_config
 from tests.support.oci import descriptor, digest_of, image_manifest, push_blob
@@ -58,7 +58,7 @@ async def test_stop_waits_for_a_shielded_manifest_write(aiohttp_client, tmp_path
     await client.close()
     assert backend.release.is_set()
 
-    db = Database(config.metadata.path)
+    db = create_database(config.metadata)
     await db.open()
     try:
         pending = await db.fetchall("SELECT * FROM manifest_changes")

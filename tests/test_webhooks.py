@@ -14,7 +14,7 @@ from aiohttp import web
 from packer.settings import AssemblyConfig, WebhooksConfig
 from packer.webhooks import SIGNATURE_HEADER, backoff_delay, emit
 from proxy.app import create_app
-from proxy.meta import Database
+from tests.conftest import metadata_database
 from packer.webhooks import SCHEMA
 from tests.support.distribution import free_port
 from tests.support.packer import create_chain, push_generic, push_plugin, wait_for, wait_jobs_done
@@ -191,9 +191,9 @@ async def test_subscription_api_validation_and_crud(client):
 
 
 async def test_emit_is_part_of_the_callers_transaction(tmp_path):
-    db = Database(tmp_path / "m.db")
+    db = metadata_database(tmp_path / "m.db")
     await db.open()
-    await db.migrate(SCHEMA)
+    await db.migrate("webhooks", SCHEMA)
     await db.execute("INSERT INTO subscriptions (id, url, events, repositories, secret, created, updated)"
                      " VALUES ('s', 'http://127.0.0.1:1/', '[\"full.built\"]', '[\"business/**\"]', 'x', 0, 0)")
     with pytest.raises(RuntimeError):

@@ -62,7 +62,9 @@ from .names import (
     RuntimeImageRef,
 )
 from .package_files import check_no_clear_copies, model_layers, seal_files
+from .platforms import PlatformMismatch, check_single, choose, ledger_key, platform_entries
 from .rights import IMAGE_CONFIGS, BuildInputs, BuildRights, refused
+from .runnable import Runnable, reserved_runnable, runnable_tag
 from .settings import FullBuildConfig
 from .store import BuildRecord, BuildStore, Frozen, LayerProgress
 
@@ -112,6 +114,7 @@ class _Image:
     data: ManifestData
     parsed: ParsedManifest
     layers: list[LayerProgress] = field(default_factory=list)
+    platform: str = ""  # its platform's name (packer.platform), "" when it declares none
 
 
 @dataclass
@@ -126,6 +129,8 @@ class _Runtime:
     encrypted: int = 0
     reused: dict[str, Any] | None = None  # the earlier build's image entry when the tag is reused
     build_id: str = ""  # labelled on licensed configs: whose leftover a tag is after a crash
+    platforms: list[dict[str, Any]] = field(default_factory=list)  # each licensed manifest, for the ledger
+    sources: dict[str, str] = field(default_factory=dict)  # licensed manifest digest -> source digest
 
 
 def _json(doc: Any) -> bytes:
@@ -150,22 +155,15 @@ class FullBuilder:
         self.settings = settings
         self.ns = namespaces
         self.codec = Codec(settings.gzip_level, settings.zstd_level, settings.threads)
+        self.runnable = Runnable(service, store)
 
     # -- request validation (before anything is queued) ------------------------------------
-    async def check(self, package: str, license: str, requester: Principal = SYSTEM) -> tuple[PackageName, str]:
-        """Resolve a request to (package, source manifest digest) or raise ``BuildInputError``
-        (403 when ``requester`` may not read a source or write a target)."""
-        if license not in self.licensers:
-            raise BuildInputError(422, f"unknown license kind {license!r}",
-                                  {"field": "license", "known": sorted(self.licensers)})
-        name = PackageName.parse(package, self.ns)
-        for kind in self.licensers:
-            if name.version.endswith(f"-{kind}"):
-                raise BuildInputError(422, f"{package} is itself a full package (tag ends in -{kind})",
-                                      {"field": "package"})
+    async def check(self, package: str, license: str,
+                    requester: Principal = SYSTEM) -> tuple[PackageName, str, str]:
+        """Resolve a request to (package, source manifest digest, generic source repository)
+        or raise ``BuildInputError`` (403 when ``requester`` may not read a source or write a target)."""
+        name = await self.readable(package, license, requester)
         try:
-            # Before anything is looked up: whether the package exists is for its readers.
-            await self.policy.check(PolicyRequest(requester, Action.PULL, name.repository, name.version))
             data = await self.service.get_manifest(name.repository, name.version)
         except RegistryError as exc:
             if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
@@ -181,13 +179,37 @@ class FullBuilder:
                     raise BuildInputError(422, f"runtime image {image.ref} does not exist",
                                           {"field": f"runtime.images.{image.index}.ref"}) from None
                 raise
+            if image.platforms:
+                try:
+                    await self._images(image, await self.service.get_manifest(image.repository, roots[image.ref]))
+                except PlatformMismatch as exc:
+                    raise BuildInputError(422, str(exc), {"field": f"runtime.images.{image.index}.platforms"}) from None
         try:
             reused = {ref.ref for ref in inputs.refs
                       if await self.rights.existing(ref, license, roots[ref.ref]) is not None}
             await self.rights.authorize(requester, name, inputs, license, reused)
         except RegistryError as exc:
             raise refused(exc) from None
-        return name, data.digest
+        return name, data.digest, inputs.source_repo
+
+    async def readable(self, package: str, license: str, requester: Principal = SYSTEM) -> PackageName:
+        """The request's package name, once the license is known and ``requester`` may read it."""
+        if license not in self.licensers:
+            raise BuildInputError(422, f"unknown license kind {license!r}",
+                                  {"field": "license", "known": sorted(self.licensers)})
+        name = PackageName.parse(package, self.ns)
+        for kind in self.licensers:
+            if name.version.endswith(f"-{kind}"):
+                raise BuildInputError(422, f"{package} is itself a full package (tag ends in -{kind})",
+                                      {"field": "package"})
+        if reserved_runnable(name.version, [f"-{kind}" for kind in self.licensers]):
+            raise BuildInputError(422, f"{package} is itself a runnable full image", {"field": "package"})
+        try:
+            # Before anything is looked up: whether the package exists is for its readers.
+            await self.policy.check(PolicyRequest(requester, Action.PULL, name.repository, name.version))
+        except RegistryError as exc:
+            raise refused(exc) from None
+        return name
 
     async def _put_blob(self, repo: str, data: bytes) -> str:
         digest = sha256_digest(data)
@@ -301,6 +323,8 @@ class FullBuilder:
             if platform:
                 entry["platform"] = platform
             entries.append(entry)
+            entries.extend(platform_entries(licensed, entry["annotations"][ANNOTATION_IMAGE_REF],
+                                            runtime.ref.repository, runtime.sources))
         index = {
             "schemaVersion": 2,
             "mediaType": mt.OCI_INDEX,
@@ -312,6 +336,11 @@ class FullBuilder:
         }
         index_data = _json(index)
         index_digest = await self._put_manifest(name.repository, sha256_digest(index_data), index_data, mt.OCI_INDEX)
+        # The runnable form: each licensed image plus the package as one synthesised layer.
+        layer, runnables = await self.runnable.build(
+            name.repository, ManifestData(thin_digest, package.media_type, thin_data), record.id,
+            [(r.licensed, [c for c, _ in r.licensed_children]) for r in runtimes.values() if r.licensed is not None],
+            self.rights.small_blob)
 
         # Tags last: every image first, the full package at the very end. Frozen: the
         # business tag, the exact generic source version, the licensed tags, and every
@@ -344,17 +373,41 @@ class FullBuilder:
                 "licensed": f"{repo}:{tag}", "digest": runtime.licensed.digest,
                 "key_id": runtime.key_id.hex() if runtime.key_id else None, "encrypted_files": runtime.encrypted,
                 "license_key": licenser.describe(), "models": list(runtime.ref.models),
+                **({"platforms_named": list(runtime.ref.platforms)} if runtime.ref.platforms else {}),
+                "platforms": runtime.platforms,
             })
+        runnable_out = []
+        for position, runnable in enumerate(runnables):
+            tag = runnable_tag(name.version, record.license, position)
+            await self.policy.check(PolicyRequest(SYSTEM, Action.PUSH, name.repository, tag))  # freezes
+            await self.runnable.tag(name.repository, tag, runnable.digest)
+            freezes.append(Frozen(name.repository, tag, runnable.digest, record.id, label))
+            await hold(name.repository, tag, runnable)
+            runnable_out.append({"tag": f"{name.repository}:{tag}", "digest": runnable.digest})
+        await self._unchanged(name, record.source_digest, inputs)
         full_tag = name.full_tag(record.license)
         await self._put_manifest(name.repository, full_tag, index_data, mt.OCI_INDEX)
         freezes.append(Frozen(name.repository, full_tag, index_digest, record.id, label))
         await hold(name.repository, full_tag, ManifestData(index_digest, mt.OCI_INDEX, index_data))
         result = {"tag": f"{name.repository}:{full_tag}", "digest": index_digest, "descriptor": thin_digest,
                   "images": images_out}
+        if runnable_out:
+            result["runnable"] = {"images": runnable_out, "layer": layer}
         if inputs.models:
             result["package"] = {"models": list(inputs.models), "encrypted_files": sealed_paths,
                                  "key_id": package_key_id.hex() if package_key_id else None}
         return result, freezes, content
+
+    async def _unchanged(self, name: PackageName, digest: str, inputs: BuildInputs) -> None:
+        """Just before the full tag: the package and its generic source still hold what the
+        build was made from. Pushes to both are refused while the build is active; this
+        catches one that passed its check before the build was accepted and landed since,
+        so the build fails rather than freeze content the tags no longer hold."""
+        for repo, expected in ((name.repository, digest), (inputs.source_repo, inputs.source_digest)):
+            current = (await self.service.stat_manifest(repo, name.version)).digest
+            if current != expected:
+                raise BuildError(f"{repo}:{name.version} changed during the build (now {current}, built from "
+                                 f"{expected}); nothing was frozen: request the build again")
 
     def _plan_files(self, name: PackageName, inputs: BuildInputs, files: list[dict[str, Any]], licenser: Licenser,
                     tracker: Tracker) -> dict[int, LayerProgress]:
@@ -399,6 +452,7 @@ class FullBuilder:
         runtime.licensed = await self.service.get_manifest(repo, entry["digest"])
         runtime.key_id = bytes.fromhex(entry["key_id"]) if entry.get("key_id") else b""
         runtime.encrypted = int(entry.get("encrypted_files") or 0)
+        runtime.sources = {p["digest"]: p["source_digest"] for p in entry.get("platforms") or []}
         parsed = parse_manifest(runtime.licensed.data, runtime.licensed.media_type)
         if parsed.is_index:
             for child in parsed.manifests:
@@ -414,26 +468,57 @@ class FullBuilder:
             root = await self.service.get_manifest(ref.repository, ref.reference.reference)
         except RegistryError as exc:
             raise BuildError(f"runtime image {ref.ref}: {exc.message}") from None
-        parsed = parse_manifest(root.data, root.media_type)
-        images: list[_Image] = []
-        if parsed.is_index:
-            for child in parsed.manifests:
-                if child.media_type not in mt.IMAGE_MANIFESTS:
-                    continue
-                if (child.platform or {}).get("os") == "unknown":
-                    continue  # attestations (buildkit): they describe the source image, not this one
-                data = await self.service.get_manifest(ref.repository, child.digest)
-                platform = child.platform or {}
-                label = f"{ref.ref} [{platform.get('os', '?')}/{platform.get('architecture', '?')}]"
-                images.append(_Image(label, ref.repository, data, parse_manifest(data.data, data.media_type)))
-            if not images:
-                raise BuildError(f"runtime image {ref.ref} is an index without image manifests")
-        else:
-            images.append(_Image(ref.ref, ref.repository, root, parsed))
+        try:
+            images = await self._images(ref, root)
+        except PlatformMismatch as exc:
+            raise BuildError(str(exc)) from None
         for image in images:
             for position, layer in enumerate(image.parsed.layers):
                 image.layers.append(tracker.add(image.label, position, layer.digest, layer.size))
         return _Runtime(ref, root, images, principal)
+
+    async def _images(self, ref: RuntimeImageRef, root: ManifestData) -> list[_Image]:
+        """The image manifests to license: the root, or the platforms of an index that
+        the descriptor names (all of them when it names none)."""
+        parsed = parse_manifest(root.data, root.media_type)
+        if not parsed.is_index:
+            image = _Image(ref.ref, ref.repository, root, parsed)
+            if parsed.config is not None and parsed.config.media_type in IMAGE_CONFIGS:
+                config = json.loads(await self.rights.small_blob(ref.repository, parsed.config.digest))
+                image.platform = check_single(ref, config if isinstance(config, dict) else {})
+            return [image]
+        choice = choose(ref, parsed)
+        if not choice.children:
+            raise BuildError(f"runtime image {ref.ref} is an index without image manifests")
+        images = []
+        for child, name in zip(choice.children, choice.names):
+            data = await self.service.get_manifest(ref.repository, child.digest)
+            image = _Image(f"{ref.ref} [{name or '?'}]", ref.repository, data, parse_manifest(data.data, data.media_type))
+            image.platform = name
+            images.append(image)
+        return images
+
+    async def _licensed_before(self, image: _Image, runtime: _Runtime, licenser: Licenser,
+                               tracker: Tracker) -> ManifestData | None:
+        """The licensed manifest a succeeded build made of this very platform manifest
+        with the same license key and models (the ledger), its layers marked reused."""
+        row = await self.store.licensed_platform(image.repo, image.data.digest,
+                                                 *ledger_key(licenser.describe(), runtime.ref.models))
+        if row is None:
+            return None
+        try:
+            licensed = await self.service.get_manifest(image.repo, row["digest"])
+        except RegistryError as exc:
+            if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
+                return None
+            raise
+        for layer in image.layers:
+            tracker.set(layer, "reused", layer.size)
+        runtime.encrypted += int(row["encrypted"])
+        runtime.platforms.append({"platform": image.platform, "source_digest": image.data.digest,
+                                  "digest": licensed.digest, "key_id": row["key_id"],
+                                  "encrypted_files": int(row["encrypted"]), "reused_from": row["build_id"]})
+        return licensed
 
     async def _license_runtime(self, runtime: _Runtime, licenser: Licenser, settings: LicenseConfig,
                                tracker: Tracker, warnings: list[str]) -> None:
@@ -447,8 +532,18 @@ class FullBuilder:
             tar += b"\0" * (-len(tar) % BLOCK) + b"\0" * (2 * BLOCK)
             license_layer = gzip.compress(tar, compresslevel=9, mtime=0)
         for image in runtime.images:
-            licensed = await self._license_image(image, ref, licenser, settings, key, runtime, license_layer, tracker)
+            licensed = await self._licensed_before(image, runtime, licenser, tracker)
+            if licensed is None:
+                before = runtime.encrypted
+                licensed = await self._license_image(image, ref, licenser, settings, key, runtime, license_layer, tracker)
+                runtime.platforms.append({"platform": image.platform, "source_digest": image.data.digest,
+                                          "digest": licensed.digest,
+                                          "key_id": runtime.key_id.hex() if runtime.key_id else None,
+                                          "encrypted_files": runtime.encrypted - before})
+            runtime.sources[licensed.digest] = image.data.digest
             runtime.licensed_children.append((licensed, image))
+        if all("reused_from" in p for p in runtime.platforms):
+            runtime.key_id = b""  # every platform was licensed before, under its own key
         root = parse_manifest(runtime.root.data, runtime.root.media_type)
         if not root.is_index:
             runtime.licensed = runtime.licensed_children[0][0]
@@ -463,8 +558,9 @@ class FullBuilder:
             manifests.append({**child, "digest": new.digest, "size": len(new.data), "mediaType": new.media_type})
         doc["manifests"] = manifests
         if root.media_type == mt.OCI_INDEX:
+            # The build is named here too: a platform reused from an earlier build carries that one's label.
             doc["annotations"] = {**(doc.get("annotations") or {}), ANNOTATION_LICENSE: licenser.kind,
-                                  ANNOTATION_SOURCE: runtime.root.digest}
+                                  ANNOTATION_SOURCE: runtime.root.digest, LABEL_BUILD: runtime.build_id}
         data = _json(doc)
         digest = await self._put_manifest(ref.repository, sha256_digest(data), data, root.media_type, runtime.principal)
         runtime.licensed = ManifestData(digest, root.media_type, data)

@@ -1,6 +1,9 @@
 """The freeze policy (DESIGN §5): what a successful full build makes immutable.
 
-After a full build, the business tag it was made from, the same version of the generic
+From the moment a full build is accepted until it ends, the business tag and the same
+version of its generic source are held: pushing or deleting them is refused (``DENIED``
+naming the build), so a build always freezes the content it read; a failed build
+releases them. After a full build, the business tag it was made from, the same version of the generic
 algorithm, the full package tag and the licensed image tags can no longer be
 overwritten or deleted through the registry API (``DENIED`` naming the build), and no
 manifest or blob they reference (child manifests, configs, layers) can be deleted by
@@ -19,6 +22,7 @@ from proxy.oci.reference import is_digest
 from proxy.service.policy import Action, Request
 
 from .names import Namespaces
+from .runnable import reserved_runnable
 from .store import BuildStore
 
 __all__ = ["FreezePolicy"]
@@ -53,10 +57,20 @@ class FreezePolicy:
         frozen = await self.store.frozen_tag(repo, reference)
         if frozen is not None:
             raise self._denied(repo, reference, frozen.build_id, frozen.package)
+        held = await self.store.held_tag(repo, reference)
+        if held is not None:
+            # Held from the build's acceptance, so the package it freezes is the one it read.
+            raise RegistryError(
+                Errors.DENIED, {"repository": repo, "tag": reference, "full_build": held.id,
+                                "package": held.package, "state": held.state},
+                message=f"{repo}:{reference} is held by full build {held.id} of {held.package} ({held.state}): "
+                        "it is frozen if the build succeeds and can be pushed again if it fails",
+            )
         # algomint itself writes the -<license> tags; frozen tags refuse it too (assembly
         # asks before re-writing a business tag).
         if request.action is Action.PUSH and request.principal.kind != "system" and repo.startswith(self.thin_namespaces):
-            suffix = next((s for s in self.suffixes() if reference.endswith(s)), None)
+            suffix = next((s for s in self.suffixes() if reference.endswith(s)), None) \
+                or reserved_runnable(reference, self.suffixes())
             if suffix is not None:
                 raise RegistryError(
                     Errors.TAG_INVALID, {"tag": reference, "reserved_suffix": suffix},

@@ -6,6 +6,7 @@ other field as it is."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ from proxy.oci.errors import RegistryError
 from proxy.oci.reference import Reference, parse_reference
 
 from ..descriptor import AlgorithmDescriptor, DescriptorError
+from ..platform import Platform
 
 __all__ = [
     "ANNOTATION_ENCRYPTED",
@@ -100,14 +102,28 @@ class RuntimeImageRef:
     ref: str
     reference: Reference
     models: tuple[str, ...]
+    platforms: tuple[str, ...] = ()  # the descriptor's names; empty: every platform
 
     @property
     def repository(self) -> str:
         return self.reference.name
 
     def licensed_tag(self, license: str) -> str:
+        """``<tag>-<license>``; with a chosen subset of platforms ``<tag>-<platforms>-<license>``
+        (``v1-linux-arm64-soft``), so images licensed for different subsets never share a tag."""
         base = self.reference.tag if self.reference.tag else "sha256-" + self.reference.digest.split(":", 1)[1][:16]  # type: ignore[union-attr]
-        return f"{base}-{license}"
+        subset = platform_slug(self.platforms)
+        return f"{base}-{subset}-{license}" if subset else f"{base}-{license}"
+
+
+def platform_slug(names: tuple[str, ...]) -> str:
+    """Platform names as tag characters, sorted (``linux-amd64.linux-arm64``); a digest of
+    them (``p`` + 12 hex) when that would make the tag long."""
+    if not names:
+        return ""
+    canonical = sorted(str(Platform.parse(n)) for n in names)
+    slug = ".".join(Platform.parse(n).slug for n in canonical)
+    return slug if len(slug) <= 60 else "p" + hashlib.sha256("\n".join(canonical).encode()).hexdigest()[:12]
 
 
 def load_descriptor(data: bytes) -> dict[str, Any]:
@@ -136,7 +152,7 @@ def runtime_images(descriptor: dict[str, Any], ns: Namespaces) -> list[RuntimeIm
                                   {"field": f"{where}.ref"}) from None
         if not reference.name.startswith(ns.images):
             raise BuildInputError(422, f"{where}.ref {image.ref!r} is not in {ns.images}", {"field": f"{where}.ref"})
-        out.append(RuntimeImageRef(i, image.ref, reference, tuple(image.models)))
+        out.append(RuntimeImageRef(i, image.ref, reference, tuple(image.models), tuple(image.platforms or ())))
     return out
 
 

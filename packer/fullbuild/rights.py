@@ -18,9 +18,8 @@ from proxy.backend import ManifestData
 from proxy.oci import mediatypes as mt
 from proxy.oci.errors import Errors, RegistryError
 from proxy.oci.manifest import ParsedManifest, parse_manifest
-from proxy.oci.reference import sha256_digest
 from proxy.service.policy import Action, PolicyChain, Principal, Request as PolicyRequest
-from proxy.service.registry import RegistryService
+from proxy.service.registry import BlobContentError, RegistryService
 
 from ..chains import glob_match
 from ..licensing.licenser import Licenser
@@ -93,8 +92,9 @@ class BuildRights:
             raise BuildInputError(422, f"the package's source {source_repo}@{source_digest} is not a generic package")
         generic = load_descriptor(await self.small_blob(source_repo, source_parsed.config.digest))
         owned = runtime_images(generic, self.ns)
-        if [(r.ref, r.models) for r in owned] != [(r.ref, r.models) for r in runtime_images(descriptor, self.ns)]:
-            raise BuildInputError(422, f"{name}'s runtime.images (refs or models) differ from its generic source "
+        if [(r.ref, r.models, r.platforms) for r in owned] != \
+                [(r.ref, r.models, r.platforms) for r in runtime_images(descriptor, self.ns)]:
+            raise BuildInputError(422, f"{name}'s runtime.images (refs, models or platforms) differ from its generic source "
                                   f"{source_repo}@{source_digest}; only the generic package decides them",
                                   {"field": "runtime.images"})
         declared = package_models(generic)
@@ -107,7 +107,7 @@ class BuildRights:
             raise BuildInputError(422, "the package's descriptor has no runtime images (runtime.images is empty) "
                                   "and names no model files in the package (models is empty)",
                                   {"field": "runtime.images"})
-        refs = [RuntimeImageRef(r.index, r.ref, r.reference, self.models(r)) for r in owned]
+        refs = [RuntimeImageRef(r.index, r.ref, r.reference, self.models(r), r.platforms) for r in owned]
         plugins = [ref.split("@", 1)[0] for ref in (notes.get(PKG_PLUGINS) or "").split(",") if ref]
         return BuildInputs(parsed, descriptor, source_repo, source_digest, plugins, refs, models, bool(declared))
 
@@ -124,6 +124,9 @@ class BuildRights:
         try:
             data = await self.service.get_manifest(repo, tag)
             parsed = parse_manifest(data.data, data.media_type)
+            named = (parsed.annotations or {}).get(LABEL_BUILD) if parsed.is_index else None
+            if named:
+                return named  # a licensed OCI index names its build (its platforms may be reused ones)
             if parsed.is_index and parsed.manifests:
                 data = await self.service.get_manifest(repo, parsed.manifests[0].digest)
                 parsed = parse_manifest(data.data, data.media_type)
@@ -164,7 +167,7 @@ class BuildRights:
         exactly this image, license, key and models; ``DENIED`` otherwise."""
         repo, tag = ref.repository, ref.licensed_tag(license)
         try:
-            await self.service.stat_manifest(repo, tag)
+            current = await self.service.stat_manifest(repo, tag)
         except RegistryError as exc:
             if exc.error in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
                 return None
@@ -175,6 +178,8 @@ class BuildRights:
             previous = await self.store.get(maker, layers=False) if maker else None
             if previous is not None and previous.state != "succeeded":
                 return None  # written by a build that never finished (a crash, a refusal): not in use
+            if await self.store.is_licensed(repo, current.digest):
+                return None  # a licensed manifest reused per platform, tagged by a build that never finished
             raise RegistryError(Errors.DENIED, {"repository": repo, "tag": tag},
                                 message=f"{repo}:{tag} already exists and was not made by a full build; "
                                         "a build never moves a licensed tag")
@@ -205,16 +210,10 @@ class BuildRights:
 
     async def small_blob(self, repo: str, digest: str, limit: int = MAX_SMALL_BLOB) -> bytes:
         """A config or descriptor, read whole and verified (up to ``limit`` bytes)."""
-        reader = await self.service.backend.open_blob(repo, digest)
         try:
-            if reader.size > limit:
-                raise BuildError(f"blob {digest} in {repo} is {reader.size} bytes; the limit is {limit}")
-            data = b"".join([chunk async for chunk in reader])
-        finally:
-            await reader.close()
-        if sha256_digest(data) != digest:
-            raise BuildError(f"blob {digest} in {repo} failed digest verification")
-        return data
+            return await self.service.read_small_blob(repo, digest, limit)
+        except BlobContentError as exc:
+            raise BuildError(exc.message) from None
 
     async def reachable(self, repo: str, data: ManifestData, depth: int = 0) -> set[str]:
         """Every digest in ``repo`` a manifest needs: itself, child manifests, configs, layers."""

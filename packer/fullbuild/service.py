@@ -24,7 +24,7 @@ from ..webhooks.outbox import emit
 from ..licensing.licenser import Licenser, build_licensers
 from ..licensing.settings import LicenseConfig
 from .builder import BuildError, FullBuilder, Tracker
-from .names import BuildInputError, Namespaces
+from .names import BuildInputError, Namespaces, PackageName
 from .settings import FullBuildConfig
 from .store import LEASE, BuildRecord, BuildStore
 
@@ -32,6 +32,7 @@ __all__ = ["FullBuildService", "BuildInputError"]
 
 log = logging.getLogger(__name__)
 _FLUSH_INTERVAL = 1.0
+_PENDING_POLL = 0.1  # how often a waiting build request looks at the assembly queue again
 
 
 class FullBuildService:
@@ -77,13 +78,37 @@ class FullBuildService:
         """Queue a build as ``requester``; returns (record, created). The same package
         content and license already queued, running or built returns that build instead
         (once the requester is known to hold every right the build needs)."""
-        name, digest = await self.builder.check(package, license, requester)
-        existing = await self.store.find_reusable(name.repository, name.version, license, digest)
-        if existing is not None:
-            return existing, False
-        record = await self.store.create(str(name), name.repository, name.version, license, digest, requester)
-        self._wake.set()
-        return record, True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.assembly_wait
+        parsed = await self.builder.readable(package, license, requester)
+        while True:
+            # Pending assembly jobs of the package first: the package they write is the one
+            # to build, and checking before they finish would judge content about to change.
+            pending = await self.store.pending_assemblies(parsed.repository, parsed.version)
+            if not pending:
+                name, digest, source_repo = await self.builder.check(package, license, requester)
+                existing = await self.store.find_reusable(name.repository, name.version, license, digest)
+                if existing is not None:
+                    return existing, False
+                holds = [(name.repository, name.version), (source_repo, name.version)]
+                created = await self.store.create(str(name), name.repository, name.version, license, digest,
+                                                  requester, holds)
+                if isinstance(created, BuildRecord):
+                    self._wake.set()
+                    return created, True
+                pending = created  # a push queued a job since the check: wait for it too
+            if loop.time() >= deadline:
+                raise self._pending_error(parsed, pending)
+            await asyncio.sleep(min(_PENDING_POLL, max(0.0, deadline - loop.time())))
+
+    def _pending_error(self, name: PackageName, pending: list[tuple[int, str]]) -> BuildInputError:
+        jobs = ", ".join(f"{job} ({status})" for job, status in pending)
+        return BuildInputError(
+            409, f"{name} has assembly jobs still to finish: {jobs}; a full build now would freeze the package "
+                 f"before they write it. Request the build again once they have finished "
+                 f"(waited {self.settings.assembly_wait:g}s)",
+            {"field": "package", "assemblies": [{"id": job, "status": status} for job, status in pending]},
+        )
 
     async def _worker(self, number: int) -> None:
         while True:

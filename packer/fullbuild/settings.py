@@ -43,6 +43,10 @@ class FullBuildConfig(BaseModel):
     # else the source's own codec; "none" always uncompressed; "gzip" / "zstd" always that.
     layer_compression: Literal["auto", "gzip", "zstd", "none"] = "auto"
     poll_interval: float = Field(5.0, gt=0)
+    # A build request whose package still has assembly jobs queued or running waits this
+    # many seconds for them (so the build freezes what they write), then answers 409
+    # naming them; 0 refuses at once.
+    assembly_wait: float = Field(30.0, ge=0, le=600)
     # Model globs always encrypted, by image repository glob ("images/team-b/**"), on top
     # of what the generic package's descriptor names: an owner's floor no package can lower.
     models: dict[str, list[str]] = {}

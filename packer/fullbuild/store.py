@@ -85,12 +85,61 @@ SCHEMA = [
         build_id TEXT NOT NULL,
         PRIMARY KEY (repository, tag)
     )""",
+    # Each licensed image manifest (one platform) a succeeded build made, by what it was
+    # made from: a later build with the same source, license key and models reuses it.
+    """CREATE TABLE IF NOT EXISTS licensed_platforms (
+        repository TEXT NOT NULL,
+        source_digest TEXT NOT NULL,
+        license_key TEXT NOT NULL,
+        models TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        platform TEXT NOT NULL,
+        key_id TEXT,
+        encrypted INTEGER NOT NULL,
+        build_id TEXT NOT NULL,
+        PRIMARY KEY (repository, source_digest, license_key, models)
+    )""",
+    "CREATE INDEX IF NOT EXISTS licensed_platforms_digest ON licensed_platforms (repository, digest)",
+    # The tags an active (queued or running) build is made from: the business tag and the
+    # same version of its generic source. Pushes to them are refused while the build is
+    # active, and assembly jobs for the business tag wait for it.
+    """CREATE TABLE IF NOT EXISTS full_build_holds (
+        build_id TEXT NOT NULL REFERENCES full_builds(id) ON DELETE CASCADE,
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        PRIMARY KEY (build_id, repository, tag)
+    )""",
+    "CREATE INDEX IF NOT EXISTS full_build_holds_tag ON full_build_holds (repository, tag)",
     # Whose rights a build reads and writes with (a build without a row predates this
     # table, when only registry-wide admins could start builds).
     """CREATE TABLE IF NOT EXISTS full_build_requesters (
         build_id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         kind TEXT NOT NULL
+    )""",
+    # The synthesised package layer of each runnable image (``runnable.py``): never
+    # stored, laid out again from the licensed thin manifest it was made from.
+    """CREATE TABLE IF NOT EXISTS runnable_layers (
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        package_digest TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        PRIMARY KEY (repository, digest)
+    )""",
+    # A runnable image's manifests (or index) and configs (KB, JSON), by digest, and its tags.
+    """CREATE TABLE IF NOT EXISTS runnable_objects (
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (repository, digest)
+    )""",
+    """CREATE TABLE IF NOT EXISTS runnable_tags (
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        PRIMARY KEY (repository, tag)
     )""",
 ]
 
@@ -167,17 +216,47 @@ def _record(row: Any) -> BuildRecord:
     )
 
 
+def _platform_rows(build_id: str, result: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Ledger rows for the licensed platform manifests of a build's result."""
+    rows = []
+    for image in result.get("images") or []:
+        repository = str(image.get("licensed", "")).rsplit(":", 1)[0]
+        license_key = json.dumps(image.get("license_key"), sort_keys=True, separators=(",", ":"))
+        models = json.dumps(list(image.get("models") or []), separators=(",", ":"))
+        for one in image.get("platforms") or []:
+            rows.append((repository, one["source_digest"], license_key, models, one["digest"], one["platform"],
+                         one.get("key_id"), int(one.get("encrypted_files") or 0), build_id))
+    return rows
+
+
 class BuildStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
     async def migrate(self) -> None:
-        await self.db.migrate(SCHEMA)
+        await self.db.migrate("full_builds", SCHEMA)
+
+    async def pending_assemblies(self, repository: str, tag: str) -> list[tuple[int, str]]:
+        """Assembly jobs (id, status) still queued or running for the business tag ``repository:tag``."""
+        rows = await self.db.fetchall(
+            "SELECT id, status FROM assembly_jobs WHERE target_repo = ? AND target_tag = ?"
+            " AND status IN ('queued', 'running') ORDER BY id", (repository, tag))
+        return [(int(r["id"]), str(r["status"])) for r in rows]
 
     async def create(self, package: str, repository: str, tag: str, license: str, source_digest: str,
-                     requester: Principal) -> BuildRecord:
+                     requester: Principal, holds: Sequence[tuple[str, str]] = ()
+                     ) -> BuildRecord | list[tuple[int, str]]:
+        """Queue a build holding ``holds`` (repository, tag); with holds, returns the pending
+        assembly jobs of the business tag instead when there are any. Checked and written in one
+        transaction, so no job queued before the build is ever overtaken by it."""
         record = BuildRecord(uuid.uuid4().hex, package, repository, tag, license, source_digest, "queued", time.time())
         async with self.db.transaction() as tx:
+            if holds:
+                pending = await tx.fetchall(
+                    "SELECT id, status FROM assembly_jobs WHERE target_repo = ? AND target_tag = ?"
+                    " AND status IN ('queued', 'running') ORDER BY id", (repository, tag))
+                if pending:
+                    return [(int(r["id"]), str(r["status"])) for r in pending]
             await tx.execute(
                 "INSERT INTO full_builds (id, package, repository, tag, license, source_digest, state, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -185,6 +264,8 @@ class BuildStore:
             )
             await tx.execute("INSERT INTO full_build_requesters (build_id, name, kind) VALUES (?, ?, ?)",
                              (record.id, requester.name, requester.kind))
+            await tx.executemany("INSERT OR IGNORE INTO full_build_holds (build_id, repository, tag) VALUES (?, ?, ?)",
+                                 [(record.id, repo, held) for repo, held in holds])
         return record
 
     async def claim_tag(self, repository: str, tag: str, build_id: str) -> str | None:
@@ -197,7 +278,8 @@ class BuildStore:
                 " WHERE c.repository = ? AND c.tag = ?", (repository, tag))
             if row is not None and row["build_id"] != build_id and row["state"] in (*ACTIVE, "succeeded"):
                 return str(row["build_id"])
-            await tx.execute("INSERT OR REPLACE INTO licensed_claims (repository, tag, build_id) VALUES (?, ?, ?)",
+            await tx.execute("INSERT INTO licensed_claims (repository, tag, build_id) VALUES (?, ?, ?)"
+                             " ON CONFLICT (repository, tag) DO UPDATE SET build_id = excluded.build_id",
                              (repository, tag, build_id))
         return None
 
@@ -233,9 +315,13 @@ class BuildStore:
         return record
 
     async def list(self, limit: int, before: tuple[float, str] | None = None, *, package: str | None = None,
-                   state: str | None = None) -> list[BuildRecord]:
-        """Newest first; ``before`` is the (created_at, id) of the last item already seen."""
+                   state: str | None = None, prefixes: Sequence[str] | None = None) -> list[BuildRecord]:
+        """Newest first; ``before`` is the (created_at, id) of the last item already seen;
+        ``prefixes``: only builds whose business repository starts with one of them."""
         where, params = [], []  # type: list[str], list[Any]
+        if prefixes is not None:
+            where.append("(" + (" OR ".join("substr(repository, 1, ?) = ?" for _ in prefixes) or "0") + ")")
+            params += [v for p in prefixes for v in (len(p), p)]
         if before is not None:
             where.append("(created_at, id) < (?, ?)")  # a row value: the index seeks to it
             params += [before[0], before[1]]
@@ -314,12 +400,20 @@ class BuildStore:
                 (time.time(), json.dumps(result), json.dumps(warnings), build_id),
             )
             await tx.executemany(
-                "INSERT OR REPLACE INTO frozen_tags (repository, tag, digest, build_id, package) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO frozen_tags (repository, tag, digest, build_id, package) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (repository, tag) DO UPDATE SET digest = excluded.digest, build_id = excluded.build_id,"
+                " package = excluded.package",
                 [(f.repository, f.tag, f.digest, f.build_id, f.package) for f in freezes],
             )
             await tx.executemany(
-                "INSERT OR IGNORE INTO frozen_blobs (repository, digest, tag, build_id, package) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO frozen_blobs (repository, digest, tag, build_id, package) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [(f.repository, f.digest, f.tag, f.build_id, f.package) for f in content],
+            )
+            await tx.executemany(
+                "INSERT INTO licensed_platforms (repository, source_digest, license_key, models, digest, platform,"
+                " key_id, encrypted, build_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (repository, source_digest, license_key, models) DO NOTHING",
+                _platform_rows(build_id, result),
             )
             if also is not None:
                 await also(tx)
@@ -333,9 +427,31 @@ class BuildStore:
                 (time.time(), error[:4000], json.dumps(warnings), build_id),
             )
 
+    async def licensed_platform(self, repository: str, source_digest: str, license_key: str,
+                                models: str) -> dict[str, Any] | None:
+        """The licensed manifest a succeeded build made from ``source_digest`` with this
+        license key and these models (``platforms.ledger_key``), if any."""
+        row = await self.db.fetchone(
+            "SELECT digest, platform, key_id, encrypted, build_id FROM licensed_platforms WHERE repository = ?"
+            " AND source_digest = ? AND license_key = ? AND models = ?", (repository, source_digest, license_key, models))
+        return {k: row[k] for k in ("digest", "platform", "key_id", "encrypted", "build_id")} if row else None
+
+    async def is_licensed(self, repository: str, digest: str) -> bool:
+        """Whether ``digest`` is a licensed manifest a succeeded build made (the ledger)."""
+        row = await self.db.fetchone("SELECT 1 AS found FROM licensed_platforms WHERE repository = ? AND digest = ?"
+                                     " LIMIT 1", (repository, digest))
+        return row is not None
+
     async def frozen_tag(self, repository: str, tag: str) -> Frozen | None:
         row = await self.db.fetchone("SELECT * FROM frozen_tags WHERE repository = ? AND tag = ?", (repository, tag))
         return Frozen(row["repository"], row["tag"], row["digest"], row["build_id"], row["package"]) if row else None
+
+    async def held_tag(self, repository: str, tag: str) -> BuildRecord | None:
+        """The active build made from ``repository:tag``, if any."""
+        row = await self.db.fetchone(
+            "SELECT b.* FROM full_build_holds h JOIN full_builds b ON b.id = h.build_id"
+            " WHERE h.repository = ? AND h.tag = ? AND b.state IN ('queued', 'running') LIMIT 1", (repository, tag))
+        return _record(row) if row else None
 
     async def frozen_digest(self, repository: str, digest: str) -> Frozen | None:
         row = await self.db.fetchone(
@@ -349,3 +465,46 @@ class BuildStore:
             "SELECT * FROM frozen_blobs WHERE repository = ? AND digest = ?", (repository, digest)
         )
         return Frozen(row["repository"], row["tag"], row["digest"], row["build_id"], row["package"]) if row else None
+
+    async def record_runnable(self, repository: str, digest: str, size: int, package_digest: str,
+                              build_id: str) -> None:
+        """The synthesised layer ``digest`` of ``repository``, made from the licensed thin
+        manifest ``package_digest`` (the latest build that made it is its source)."""
+        await self.db.execute(
+            "INSERT INTO runnable_layers (repository, digest, size, package_digest, build_id) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (repository, digest) DO UPDATE SET size = excluded.size, "
+            "package_digest = excluded.package_digest, build_id = excluded.build_id",
+            (repository, digest, size, package_digest, build_id),
+        )
+
+    async def runnable_layer(self, repository: str, digest: str) -> dict[str, Any] | None:
+        row = await self.db.fetchone(
+            "SELECT size, package_digest, build_id FROM runnable_layers WHERE repository = ? AND digest = ?",
+            (repository, digest))
+        return {"size": row["size"], "package_digest": row["package_digest"], "build_id": row["build_id"]} if row else None
+
+    async def hold_runnable(self, repository: str, digest: str, media_type: str, data: bytes) -> None:
+        """A runnable image's manifest or config (UTF-8 JSON, as it was written)."""
+        await self.db.execute(
+            "INSERT INTO runnable_objects (repository, digest, media_type, data) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (repository, digest) DO NOTHING", (repository, digest, media_type, data.decode()))
+
+    async def runnable_object(self, repository: str, digest: str) -> tuple[str, bytes] | None:
+        row = await self.db.fetchone(
+            "SELECT media_type, data FROM runnable_objects WHERE repository = ? AND digest = ?", (repository, digest))
+        return (row["media_type"], row["data"].encode()) if row else None
+
+    async def tag_runnable(self, repository: str, tag: str, digest: str) -> None:
+        await self.db.execute(
+            "INSERT INTO runnable_tags (repository, tag, digest) VALUES (?, ?, ?) "
+            "ON CONFLICT (repository, tag) DO UPDATE SET digest = excluded.digest", (repository, tag, digest))
+
+    async def runnable_tag(self, repository: str, tag: str) -> str | None:
+        row = await self.db.fetchone(
+            "SELECT digest FROM runnable_tags WHERE repository = ? AND tag = ?", (repository, tag))
+        return str(row["digest"]) if row else None
+
+    async def runnable_tags(self, repository: str) -> list[str]:
+        """Sorted here, in code-point order as ``tags/list`` is, whatever the database collation."""
+        rows = await self.db.fetchall("SELECT tag FROM runnable_tags WHERE repository = ?", (repository,))
+        return sorted(str(row["tag"]) for row in rows)

@@ -77,7 +77,7 @@ def add_offline_commands(commands: argparse._SubParsersAction) -> None:
 def _verify_offline(args: argparse.Namespace) -> int:
     from ..audit.verify import verify_chain
     from ..cli import load_cli_config
-    from ..meta import Database, MetadataError
+    from ..meta import MetadataError, create_database
 
     config = load_cli_config(args.config)
     if config is None:
@@ -91,10 +91,10 @@ def _verify_offline(args: argparse.Namespace) -> int:
         anchor = (int(seq), digest)
 
     async def run() -> dict[str, Any]:
-        db = Database(config.metadata.path)
+        db = create_database(config.metadata)
         await db.open()
         try:
-            if not await db.fetchone("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_log'"):
+            if not await db.has_table("audit_log"):
                 result = {"ok": anchor is None, "records": 0, "head_seq": 0, "head_hash": "0" * 64,
                           "problem": None if anchor is None else {"seq": anchor[0], "kind": "removed",
                                                                    "message": "there is no audit log"}}
@@ -107,7 +107,7 @@ def _verify_offline(args: argparse.Namespace) -> int:
                 "head_hash": outcome.head_hash,
                 "problem": {"seq": problem.seq, "kind": problem.kind, "message": problem.message} if problem else None}
 
-    if not Path(config.metadata.path).exists():
+    if config.metadata.url is None and not Path(config.metadata.path).exists():
         print(f"algomint: no metadata database at {config.metadata.path}", file=sys.stderr)
         return 2
     try:

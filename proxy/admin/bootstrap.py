@@ -37,7 +37,7 @@ def _bootstrap(args: argparse.Namespace, client: AdminClient, out: Output) -> in
     from ..service.policy import Action
     from ..cli import load_cli_config
     from ..config import ConfigError
-    from ..meta import Database
+    from ..meta import create_database
 
     config = load_cli_config(args.config)
     if config is None:
@@ -48,10 +48,10 @@ def _bootstrap(args: argparse.Namespace, client: AdminClient, out: Output) -> in
         raise AdminError(0, "config", str(exc)) from None
 
     async def run() -> dict[str, Any]:
-        db = Database(config.metadata.path)
+        db = create_database(config.metadata)
         await db.open()
         try:
-            await db.migrate(SCHEMA)
+            await db.migrate("auth", SCHEMA)
             store = new_store(config, db)
             if await store.count_users() == 0:
                 await store.create_user(ADMIN, kind="user", password_hash=hash_password(password) if password else None,

@@ -32,6 +32,8 @@ def register(areas: argparse._SubParsersAction) -> None:
                          help="plugins/<name>:<version> or @sha256:… (repeat, in order)")
         cmd.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                          help="chain parameter (VALUE parsed as JSON when it is JSON)")
+        cmd.add_argument("--platform", action="append", default=[], metavar="OS/ARCH",
+                         help="only packages whose descriptor platform this selects, e.g. linux/arm64 (repeat)")
         cmd.set_defaults(admin_func=_create if verb == "create" else _update)
 
     delete = commands.add_parser("delete", help="delete an API chain")
@@ -84,7 +86,8 @@ def _show(args: argparse.Namespace, client: AdminClient, out: Output) -> int:
 
 
 def _body(args: argparse.Namespace) -> dict[str, Any]:
-    return {"match": args.match, "plugins": args.plugin, "params": parse_pairs(args.param, "--param")}
+    return {"match": args.match, "plugins": args.plugin, "params": parse_pairs(args.param, "--param"),
+            "platforms": args.platform}
 
 
 def _create(args: argparse.Namespace, client: AdminClient, out: Output) -> int:

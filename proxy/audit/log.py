@@ -71,7 +71,7 @@ class AuditLog:
 
     # -- lifetime ---------------------------------------------------------------
     async def start(self) -> None:
-        await self.db.migrate(SCHEMA)
+        await self.db.migrate("audit", SCHEMA)
         self._task = asyncio.create_task(self._run(), name="audit-flusher")
 
     async def close(self) -> None:
@@ -153,6 +153,9 @@ class AuditLog:
             self._wake_waiters()
 
     async def _write(self, batch: list[AuditEvent]) -> None:
+        if self.db.dialect == "postgres":
+            await self._write_shared(batch)
+            return
         # The chain is extended from the head this log wrote last, hashed before the
         # transaction so the database's one writer is held only for the insert and the
         # synced commit. Several replicas append to one chain: when another one appended
@@ -192,6 +195,23 @@ class AuditLog:
         await self.db.execute_atomic(
             f"INSERT INTO audit_log ({', '.join(columns)}) VALUES {', '.join([placeholders] * len(rows))}",
             [row[c] for row in rows for c in columns], durable=self.sync)
+        self._head = (seq, prev)
+
+    async def _write_shared(self, batch: list[AuditEvent]) -> None:
+        # Several replicas append to one chain: the head is read inside the store's
+        # serialised write transaction, so no other writer extends it in between.
+        async with self.db.transaction() as tx:
+            head = await tx.fetchone("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            seq, prev = (head["seq"], head["hash"]) if head else (0, GENESIS)
+            rows = []
+            for event in batch:
+                seq += 1
+                row = event.row(seq, prev)
+                prev = row["hash"]
+                rows.append(row)
+            columns = list(rows[0])
+            await tx.executemany(f"INSERT INTO audit_log ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                                 [[row[c] for c in columns] for row in rows])
         self._head = (seq, prev)
 
     async def _run(self) -> None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, Mapping
 
+from ..meta import Dialects
+
 __all__ = ["AuditEvent", "AuditRecord", "Outcome", "GENESIS", "HASHED_FIELDS", "SCHEMA", "record_hash", "iso_time", "canonical"]
 
 GENESIS = "0" * 64
@@ -45,10 +47,18 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS audit_log_actor ON audit_log(actor, seq)",
     "CREATE INDEX IF NOT EXISTS audit_log_action ON audit_log(action, seq)",
     # Append-only: the server never updates or deletes; these make an accident loud too.
-    """CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
-        BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END""",
-    """CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
-        BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END""",
+    Dialects(
+        """CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
+            BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END""",
+        """CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql
+            AS $$ BEGIN RAISE EXCEPTION 'audit log is append-only'; END $$""",
+    ),
+    Dialects(
+        """CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
+            BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END""",
+        """CREATE OR REPLACE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_log
+            FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()""",
+    ),
 ]
 
 

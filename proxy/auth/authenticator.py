@@ -4,8 +4,9 @@ Layer boundary: callers pass the raw ``Authorization`` value and the client addr
 they get a principal or an ``AuthFailure`` whose ``reason`` is for the audit log and
 whose ``message`` is safe for the client (it never says whether a user exists).
 
-- Passwords: checked with scrypt off the event loop; unknown users, robots and
-  disabled users cost the same as a real check. A successful check is remembered for a
+- Passwords: checked with scrypt off the event loop, a bounded number at once, and
+  one check for concurrent identical credentials (``passwords.PasswordChecks``); unknown
+  users, robots and disabled users cost the same as a real check. A successful check is remembered for a
   minute (keyed by an HMAC of the password under a per-process key, tied to the stored
   hash) so clients sending Basic on every request don't pay scrypt every time; the
   account itself is re-read on every request.
@@ -17,7 +18,6 @@ whose ``message`` is safe for the client (it never says whether a user exists).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from ..service.policy import ANONYMOUS, Principal
 from . import tokens as api_tokens
 from .cache import TtlCache
-from .passwords import MAX_PASSWORD_BYTES, verify_password
+from .passwords import MAX_PASSWORD_BYTES, PasswordChecks
 from .permissions import TokenPrincipal
 from .ratelimit import Hold, LoginThrottle, Throttled
 from .registry_token import Claims, TokenError, TokenSigner, password_fingerprint
@@ -70,10 +70,12 @@ class Login:
 
 
 class Authenticator:
-    def __init__(self, store: AuthStore, signer: TokenSigner, throttle: LoginThrottle) -> None:
+    def __init__(self, store: AuthStore, signer: TokenSigner, throttle: LoginThrottle,
+                 password_checks: int = 4) -> None:
         self.store = store
         self.signer = signer
         self.throttle = throttle
+        self.passwords = PasswordChecks(password_checks)
         self._cache_key = os.urandom(32)
         # (user, HMAC of the password) -> the stored hash it was checked against
         self._verified: TtlCache[tuple[str, bytes], str] = TtlCache(_VERIFIED_TTL)
@@ -146,7 +148,7 @@ class Authenticator:
         hit, checked_against = self._verified.get(key)
         checked = not (hit and stored is not None and checked_against == stored)
         if checked:
-            ok = await asyncio.to_thread(verify_password, password, stored)
+            ok, checked = await self.passwords.verify(username, password, stored)
             if not ok:
                 await self.throttle.failed(username, address)
                 raise AuthFailure("unknown user" if identity is None else "wrong password", claimed=username)

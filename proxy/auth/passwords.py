@@ -3,16 +3,22 @@
 Encoded form: ``scrypt$<n>$<r>$<p>$<salt b64>$<key b64>``; the parameters travel with
 the hash so they can be raised later without invalidating stored passwords. Verifying
 against ``None`` (an unknown user, a robot without password) does the same work and
-fails, so response time never tells whether a user exists."""
+fails, so response time never tells whether a user exists.
+
+``PasswordChecks`` runs the checks for the server: off the event loop, at most
+``limit`` at once (each holds 16 MiB while it runs, so a burst of logins after the
+password cache expires cannot allocate 16 MiB per request), and single-flighted:
+concurrent checks of the same user, password and stored hash share one scrypt run."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import os
 
-__all__ = ["hash_password", "verify_password", "MAX_PASSWORD_BYTES"]
+__all__ = ["hash_password", "verify_password", "MAX_PASSWORD_BYTES", "PasswordChecks"]
 
 # 16 MiB and roughly 50 ms per hash on a current core: OWASP's scrypt baseline.
 _N, _R, _P = 2**14, 8, 1
@@ -62,3 +68,33 @@ def verify_password(password: str, encoded: str | None) -> bool:
         return False
     n, r, p, salt, expected = parsed
     return hmac.compare_digest(_scrypt(password, salt, n, r, p), expected)
+
+
+class PasswordChecks:
+    """``verify_password`` in threads, bounded and single-flighted (see the module doc)."""
+
+    def __init__(self, limit: int) -> None:
+        self._slots = asyncio.Semaphore(limit)
+        self._key = os.urandom(32)
+        # (user, HMAC of the password, stored hash) -> the check running for it
+        self._flights: dict[tuple[str, bytes, str | None], asyncio.Future[bool]] = {}
+        self.runs = 0  # scrypt checks started (what single-flight saves shows here)
+
+    async def verify(self, username: str, password: str, stored: str | None) -> tuple[bool, bool]:
+        """``(ok, ran)``: ``ran`` is False when the answer came from another caller's check."""
+        # Keyed by the password's HMAC, so a wrong password never joins (or poisons) a
+        # right one's flight, and the password itself is not kept as a key.
+        key = (username, hmac.new(self._key, password.encode(), hashlib.sha256).digest(), stored)
+        flight = self._flights.get(key)
+        if flight is not None:
+            return await asyncio.shield(flight), False
+        flight = asyncio.ensure_future(self._run(password, stored))
+        self._flights[key] = flight
+        flight.add_done_callback(lambda _: self._flights.pop(key, None))
+        # Shielded: a caller that goes away (client disconnect) leaves the check to the others.
+        return await asyncio.shield(flight), True
+
+    async def _run(self, password: str, stored: str | None) -> bool:
+        async with self._slots:
+            self.runs += 1
+            return await asyncio.to_thread(verify_password, password, stored)

@@ -47,7 +47,7 @@ _PURGE_EVERY = 60.0  # seconds between removals of pairs past their window (per 
 
 
 async def migrate(db: Database) -> None:
-    await db.migrate(SCHEMA)
+    await db.migrate("login_failures", SCHEMA)
 
 
 class Throttled(Exception):

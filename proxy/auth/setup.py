@@ -62,7 +62,7 @@ def setup_auth(app: web.Application) -> None:
         app[SIGNER] = signer = TokenSigner(keys, config.auth.service)
         throttle = LoginThrottle(app[DATABASE], config.auth.free_failures, config.auth.failure_delay,
                                  config.auth.max_failure_delay, config.auth.failure_window)
-        app[AUTH] = Authenticator(store, signer, throttle)
+        app[AUTH] = Authenticator(store, signer, throttle, config.auth.password_checks)
         app[POLICY].add(PermissionPolicy(store))
         add_token_routes(app)
 
@@ -74,7 +74,7 @@ def setup_auth(app: web.Application) -> None:
         password = None
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        await store.db.migrate(SCHEMA)
+        await store.db.migrate("auth", SCHEMA)
         await migrate_versions(store.db)  # every change is announced to other replicas there
         await migrate_throttle(store.db)
         if config.auth.enabled:

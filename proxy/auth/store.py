@@ -357,11 +357,10 @@ class AuthStore:
             "SELECT 1 FROM auth_grants WHERE subject = ? AND role = ? AND pattern = ?", (subject, role, pattern)
         ):
             raise Conflict(f"{subject!r} already holds {role!r} on {pattern!r}")
-        await tx.execute(
-            "INSERT INTO auth_grants (subject, role, pattern, created_at, created_by) VALUES (?, ?, ?, ?, ?)",
+        row = await tx.fetchone(
+            "INSERT INTO auth_grants (subject, role, pattern, created_at, created_by) VALUES (?, ?, ?, ?, ?) RETURNING id",
             (subject, role, pattern, now, created_by),
         )
-        row = await tx.fetchone("SELECT last_insert_rowid() AS id")
         return int(row["id"])
 
     @staticmethod

@@ -10,6 +10,9 @@ Every ``Backend`` call becomes one or a few requests of the distribution API
   another host.
 - **Manifests** pass through byte for byte, with the backend's ``Content-Type`` and
   digest; bodies are capped at 4 MiB.
+- **Safe reads** (GET/HEAD) that meet a 5xx or a reset connection before the answer's
+  headers are retried once after a short jittered pause (``_open``); writes and failures
+  inside a body (bytes may already be on their way to the client) never are.
 - **Errors**: the backend's spec error bodies are mapped onto our error table by code;
   transport failures, 5xx and garbage answers become ``UNAVAILABLE``. Nothing from
   ``aiohttp`` or the OS escapes.
@@ -32,12 +35,14 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import logging
 import os
+import random
 import re
 import socket
 from contextlib import asynccontextmanager
 from types import MappingProxyType
-from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Literal, Mapping, Sequence
+from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Literal, Mapping, Sequence
 from urllib.parse import quote, unquote
 
 import aiohttp
@@ -49,9 +54,11 @@ from ..oci.mediatypes import MANIFEST_TYPES
 from ..oci.reference import is_digest
 from .base import Backend, BlobInfo, BlobReader, ManifestData, ManifestInfo, SocketSource, UploadStatus
 from .ledger import VerifiedBlobs
-from .remote_auth import Authenticator, invalid_response, parse_challenges, unreachable
+from .remote_auth import Authenticator, invalid_response, is_reset, parse_challenges, unreachable
 
 __all__ = ["RegistryBackend"]
+
+log = logging.getLogger(__name__)
 
 _MANIFEST_LIMIT = 4 * 1024 * 1024
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -69,6 +76,8 @@ _SESSION_RE = re.compile(r"(?:[A-Za-z0-9._~=+:@!$&'()*,;-]|%[0-9A-Fa-f]{2})+")  
 _RANGE_RE = re.compile(r"\s*(?:bytes=)?0-(-?\d+)\s*")
 _CONTENT_RANGE_RE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*")
 _UNSATISFIED_RANGE_RE = re.compile(r"\s*bytes\s+\*/(\d+)\s*")
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
+_RETRY_PAUSE = (0.05, 0.25)  # seconds before a safe read's one retry, drawn uniformly
 
 # Backend error codes (distribution-spec §Error Codes) onto our table. ``SIZE_INVALID``
 # is registered twice in ours (400 and 413); the status decides (``_error``).
@@ -104,6 +113,11 @@ _BY_STATUS: Mapping[int, ErrorCode] = MappingProxyType(
         429: Errors.TOOMANYREQUESTS,
     }
 )
+
+
+class _ResetConnection(Exception):
+    """A bodiless request's connection was reset or closed before its answer (the cause
+    is the transport error)."""
 
 
 # -- scopes (token.md §Requesting a Token; actions as distribution's app.go derives them) --
@@ -325,6 +339,8 @@ class RegistryBackend(Backend):
         self._verified = VerifiedBlobs() if verify_reads == "once" else None
         self._session: aiohttp.ClientSession | None = None
         self._auth: Authenticator | None = None
+        # Told of each retried safe read (method, "5xx" | "reset"): the app counts them.
+        self.on_retry: Callable[[str, str], None] = lambda method, reason: None
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -343,6 +359,11 @@ class RegistryBackend(Backend):
             # Blob and manifest bytes must arrive exactly as stored: no content coding.
             headers={"Accept-Encoding": "identity", "User-Agent": "algomint"},
         )
+        if hasattr(self._session, "_retry_connection"):
+            # aiohttp re-sends any idempotent request (PUT and DELETE too) at once when its
+            # connection drops; the retry policy is ours alone (``_open``): reads once, with
+            # a pause, and writes never.
+            self._session._retry_connection = False
         self._auth = Authenticator(self._session, self._api("/"), self._username, self._password)
 
     async def close(self) -> None:
@@ -406,6 +427,37 @@ class RegistryBackend(Backend):
         body: bytes | _BodySource | None = None,
         follow_redirects: bool = False,
     ) -> aiohttp.ClientResponse:
+        """``_send``, and a safe read (GET/HEAD without a body) that meets a 5xx or a reset
+        connection before its answer's headers is sent once more after a jittered pause.
+        Nothing of the answer has been read then, let alone sent on; a failure inside a
+        body is never retried here, and writes never are (they may have taken effect)."""
+        if method not in _SAFE_METHODS or body is not None:
+            return await self._send(method, url, scopes, headers=headers, body=body, follow_redirects=follow_redirects)
+        try:
+            resp = await self._send(method, url, scopes, headers=headers, follow_redirects=follow_redirects,
+                                    retryable=True)
+            if resp.status < 500:
+                return resp
+            resp.release()
+            reason = "5xx"
+        except _ResetConnection:
+            reason = "reset"
+        self.on_retry(method, reason)
+        log.info("backend registry %s %s: %s, retrying once", method, url.path, reason)
+        await asyncio.sleep(random.uniform(*_RETRY_PAUSE))  # retries of one burst don't land at once
+        return await self._send(method, url, scopes, headers=headers, follow_redirects=follow_redirects)
+
+    async def _send(
+        self,
+        method: str,
+        url: URL,
+        scopes: Sequence[str],
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | _BodySource | None = None,
+        follow_redirects: bool = False,
+        retryable: bool = False,
+    ) -> aiohttp.ClientResponse:
         """Send a request with credentials; the caller releases the response.
 
         A 401 is answered once (new token or basic credentials) and retried, unless the
@@ -444,6 +496,8 @@ class RegistryBackend(Backend):
         except (aiohttp.ClientError, OSError) as exc:
             if isinstance(body, _BodySource) and body.error is not None:
                 raise body.error from None
+            if retryable and is_reset(exc):
+                raise _ResetConnection() from exc  # ``_open`` decides: retry or report
             raise unreachable(exc) from None
 
     async def _answer(self, request: Awaitable[aiohttp.ClientResponse], streamed: bool = False) -> aiohttp.ClientResponse:

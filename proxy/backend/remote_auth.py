@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import logging
 import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import aiohttp
 from yarl import URL
@@ -195,7 +196,7 @@ class Authenticator:
     async def _probe(self) -> None:
         """``GET /v2/`` anonymously: the version check answers with the challenge."""
         try:
-            async with self._session.get(self._probe_url, allow_redirects=False) as resp:
+            async with await _get(self._session, self._probe_url, allow_redirects=False) as resp:
                 if resp.status == 401:
                     challenges = {c.scheme: c for c in parse_challenges(resp.headers.get("WWW-Authenticate", ""))}
                     bearer = challenges.get("bearer")
@@ -249,7 +250,8 @@ class Authenticator:
         try:
             # aiohttp drops Authorization if the realm redirects to another origin.
             headers = {"Authorization": self._basic} if self._basic else {}
-            async with self._session.get(realm.extend_query(params), headers=headers, allow_redirects=True) as resp:
+            async with await _get(self._session, realm.extend_query(params), headers=headers,
+                                  allow_redirects=True) as resp:
                 if resp.status in (401, 403):
                     raise RegistryError(
                         Errors.UNAVAILABLE,
@@ -267,6 +269,25 @@ class Authenticator:
         if len(body) > _TOKEN_BODY_LIMIT:
             raise invalid_response("token response too large")
         return _parse_token(body)
+
+
+def is_reset(exc: BaseException) -> bool:
+    """A connection reset or closed by the other side before its answer."""
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError, BrokenPipeError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)
+
+
+async def _get(session: aiohttp.ClientSession, url: URL, **kwargs: Any) -> aiohttp.ClientResponse:
+    """A version-check or token GET, sent once more at once if its connection was reset
+    before the answer (a pooled connection the server had closed): aiohttp's own retry is
+    off in this session, as the backend's reads retry on their own terms."""
+    try:
+        return await session.get(url, **kwargs)
+    except (aiohttp.ClientError, OSError) as exc:
+        if not is_reset(exc):
+            raise
+    return await session.get(url, **kwargs)
 
 
 def _parse_token(body: bytes) -> tuple[str, float]:

@@ -75,7 +75,7 @@ class Leases:
 
     # -- lifetime -----------------------------------------------------------------
     async def start(self) -> None:
-        await self.db.migrate(SCHEMA)
+        await self.db.migrate("leases", SCHEMA)
         self._renewed = self._clock()
         self._task = asyncio.create_task(self._beat(), name="lease-heartbeat")
 

@@ -40,7 +40,7 @@ Callback = Callable[[], Awaitable[Any] | Any]
 
 async def migrate(db: Database) -> None:
     """Create the counters' table (every component that bumps calls this first)."""
-    await db.migrate(SCHEMA)
+    await db.migrate("cluster_versions", SCHEMA)
 
 
 async def bump(tx: Transaction, name: str) -> None:

@@ -1,163 +1,124 @@
-"""One SQLite database for all metadata, behind a small async interface.
+"""The metadata store's interface, shared by its SQLite and PostgreSQL implementations.
 
-Components own their tables: each declares its schema as ``CREATE … IF NOT EXISTS``
-statements and passes them to ``Database.migrate`` at start-up. Writes are serialised by
-one connection (SQLite allows a single writer); WAL lets reads run alongside. A shared
-SQL server can replace this class without touching its callers.
+Components own their tables: each declares versioned schemas (lists of statements, version
+1 being the ``CREATE … IF NOT EXISTS`` list a database created before versioning already
+has) and passes them to ``Database.migrate``. Component SQL is written once, portable to
+both dialects: ``?`` placeholders, ``INSERT … ON CONFLICT``, ``RETURNING``, SQLite type
+names (``INTEGER``/``REAL``/``BLOB``, mapped for PostgreSQL when tables are created); a
+statement that cannot be portable (a trigger) is given per dialect with ``Dialects``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import sqlite3
-from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Iterator, Sequence
+import abc
+import time
+from typing import Any, AsyncContextManager, Iterable, Literal, NamedTuple, Sequence
 
-import aiosqlite
+__all__ = ["Database", "Dialects", "MetadataError", "Row", "Statement", "Transaction"]
 
-__all__ = ["Database", "MetadataError"]
+# ``row["col"]`` and ``row[0]`` on both (sqlite3.Row, asyncpg.Record).
+Row = Any
+Dialect = Literal["sqlite", "postgres"]
 
 
 class MetadataError(Exception):
-    """The metadata store failed (disk full, locked, corrupt)."""
+    """The metadata store failed (unreachable, disk full, locked, corrupt, a constraint)."""
 
 
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise MetadataError(f"metadata store: {exc}") from exc
+class Dialects(NamedTuple):
+    """One schema statement written for each dialect."""
+
+    sqlite: str
+    postgres: str
 
 
-class Database:
-    def __init__(self, path: Path | str) -> None:
-        self.path = str(path)
-        self._conn: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
+Statement = str | Dialects
 
-    async def open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        with _translated():
-            self._conn = await aiosqlite.connect(self.path, isolation_level=None)
-            self._conn.row_factory = aiosqlite.Row
-            await self._conn.execute("PRAGMA journal_mode=WAL")
-            await self._conn.execute("PRAGMA synchronous=NORMAL")
-            await self._conn.execute("PRAGMA foreign_keys=ON")
-            await self._conn.execute("PRAGMA busy_timeout=5000")
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
-
-    @property
-    def conn(self) -> aiosqlite.Connection:
-        if self._conn is None:
-            raise MetadataError("metadata store is not open")
-        return self._conn
-
-    async def migrate(self, statements: Sequence[str]) -> None:
-        async with self.transaction() as tx:
-            for statement in statements:
-                await tx.execute(statement)
-
-    async def ping(self) -> None:
-        await self.fetchone("SELECT 1")
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one write statement in its own transaction; returns rows changed."""
-        async with self.transaction() as tx:
-            return await tx.execute(sql, params)
-
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        with _translated():
-            async with self.conn.execute(sql, params) as cursor:
-                return await cursor.fetchone()
-
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with _translated():
-            async with self.conn.execute(sql, params) as cursor:
-                return list(await cursor.fetchall())
-
-    async def execute_atomic(self, sql: str, params: Sequence[Any] = (), *, durable: bool = False) -> int:
-        """One write statement as its own transaction, without ``BEGIN``/``COMMIT`` round
-        trips (a single statement is atomic in SQLite); ``durable`` as in ``transaction``."""
-        async with self._write_lock:
-            with _translated():
-                if self.conn.in_transaction:
-                    await self.conn.rollback()  # what a cancelled transaction may have left open
-                if durable:
-                    await self.conn.execute("PRAGMA synchronous=FULL")
-                try:
-                    cursor = await self.conn.execute(sql, params)
-                    count = cursor.rowcount
-                    await cursor.close()
-                    return count
-                finally:
-                    if durable:
-                        await asyncio.shield(self.conn.execute("PRAGMA synchronous=NORMAL"))
-
-    @contextlib.asynccontextmanager
-    async def transaction(self, *, durable: bool = False) -> AsyncIterator["Transaction"]:
-        """An immediate (write) transaction: commits on success, rolls back on error.
-
-        ``durable`` syncs the commit to disk before returning (``synchronous=FULL`` for
-        this transaction): the default survives a killed process, not a power cut, which
-        is enough for most metadata but not for a record that acknowledges a change.
-
-        Cancellation can strike at any await; BEGIN, COMMIT and ROLLBACK still run in
-        the connection's thread, so the end of a transaction is shielded and a new one
-        first clears whatever a cancelled one may have left open."""
-        async with self._write_lock:
-            try:
-                with _translated():
-                    if self.conn.in_transaction:
-                        await self.conn.rollback()
-                    if durable:
-                        await self.conn.execute("PRAGMA synchronous=FULL")
-                    await self.conn.execute("BEGIN IMMEDIATE")
-                yield Transaction(self.conn)
-            except BaseException:
-                await asyncio.shield(self._end(commit=False, durable=durable))
-                raise
-            else:
-                await asyncio.shield(self._end(commit=True, durable=durable))
-
-    async def _end(self, *, commit: bool, durable: bool) -> None:
-        with _translated():
-            try:
-                await (self.conn.commit() if commit else self.conn.rollback())
-            finally:
-                if durable:
-                    await self.conn.execute("PRAGMA synchronous=NORMAL")
+_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    component TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    applied_at REAL NOT NULL,
+    PRIMARY KEY (component, version)
+)"""
 
 
-class Transaction:
+class Transaction(abc.ABC):
     """Statements inside one ``Database.transaction()``."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    @abc.abstractmethod
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
 
+    @abc.abstractmethod
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    @abc.abstractmethod
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+
+    @abc.abstractmethod
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+
+class Database(abc.ABC):
+    """Async metadata store. ``dialect`` is ``"sqlite"`` or ``"postgres"``; ``where`` names
+    the store for messages (never with a password)."""
+
+    dialect: Dialect
+    where: str
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise ``MetadataError`` unless the store answers within a short timeout."""
+
+    @abc.abstractmethod
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        with _translated():
-            cursor = await self._conn.execute(sql, params)
-            count = cursor.rowcount
-            await cursor.close()
-            return count
+        """Run one write statement in its own transaction; returns rows changed."""
 
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with _translated():
-            await self._conn.executemany(sql, rows)
+    @abc.abstractmethod
+    async def execute_atomic(self, sql: str, params: Sequence[Any] = (), *, durable: bool = False) -> int:
+        """One write statement, atomic on its own, with the fewest round trips."""
 
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        with _translated():
-            async with self._conn.execute(sql, params) as cursor:
-                return await cursor.fetchone()
+    @abc.abstractmethod
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
 
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with _translated():
-            async with self._conn.execute(sql, params) as cursor:
-                return list(await cursor.fetchall())
+    @abc.abstractmethod
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    @abc.abstractmethod
+    def transaction(self, *, durable: bool = False) -> AsyncContextManager[Transaction]:
+        """A write transaction, serialised against every other one on this store (as
+        SQLite's single writer does): commits on success, rolls back on error. ``durable``
+        syncs the commit to disk on SQLite; every PostgreSQL commit is durable."""
+
+    @abc.abstractmethod
+    async def has_table(self, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    def ddl(self, statement: Statement) -> str:
+        """A schema statement as this dialect spells it."""
+
+    async def migrate(self, component: str, *versions: Sequence[Statement]) -> None:
+        """Bring ``component``'s tables to the last of ``versions`` (1-based), applying each
+        missing version once, in order. The transaction's write lock (an advisory lock on
+        PostgreSQL) makes replicas that start together apply each version exactly once."""
+        async with self.transaction() as tx:
+            await tx.execute(self.ddl(_MIGRATIONS_TABLE))
+            row = await tx.fetchone("SELECT MAX(version) AS v FROM schema_migrations WHERE component = ?", (component,))
+            done = row["v"] or 0
+            for number, statements in enumerate(versions[done:], start=done + 1):
+                for statement in statements:
+                    await tx.execute(self.ddl(statement))
+                await tx.execute("INSERT INTO schema_migrations (component, version, applied_at) VALUES (?, ?, ?)",
+                                 (component, number, time.time()))
+
+    async def migrations(self) -> dict[str, int]:
+        """Each component's applied schema version."""
+        if not await self.has_table("schema_migrations"):
+            return {}
+        rows = await self.fetchall("SELECT component, MAX(version) AS v FROM schema_migrations GROUP BY component")
+        return {row["component"]: row["v"] for row in rows}

@@ -88,7 +88,7 @@ class GcRuns:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self.db.migrate(SCHEMA)
+        await self.db.migrate("gc_runs", SCHEMA)
         await self.db.execute(
             "UPDATE gc_runs SET status = 'failed', error = 'interrupted by a stop', finished_at = ? "
             "WHERE status = 'running'", (time.time(),))

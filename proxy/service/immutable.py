@@ -65,7 +65,7 @@ class ImmutableTags:
         if held is None:
             existing = await current()  # pushed before the table, or the claim was released
             taken = await self.db.execute(
-                "INSERT OR IGNORE INTO immutable_tags (repository, tag, digest) VALUES (?, ?, ?)",
+                "INSERT INTO immutable_tags (repository, tag, digest) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 (repository, tag, existing or digest)) == 1 and existing is None
             held = await self._held(repository, tag)  # a concurrent push may have won
         if held != digest:

@@ -58,13 +58,13 @@ class ChangeJournal:
         self, op: Literal["put", "delete"], repo: str, reference: str, digest: str | None, actor: str | None
     ) -> int:
         async with self.db.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO manifest_changes (op, repo, reference, digest, actor, created) VALUES (?, ?, ?, ?, ?, ?)",
+            row = await tx.fetchone(
+                "INSERT INTO manifest_changes (op, repo, reference, digest, actor, created)"
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (op, repo, reference, digest, actor, time.time()),
             )
-            row = await tx.fetchone("SELECT last_insert_rowid() AS id")
             assert row is not None
-            if self.leases is not None:
+            if self.leases is not None:  # in the same transaction: never a change without its lease
                 await self.leases.take_new(tx, LEASE, str(row["id"]))
         return int(row["id"])
 

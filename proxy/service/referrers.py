@@ -49,7 +49,10 @@ class ReferrersIndex:
         if manifest.subject is None:
             return
         await self.db.execute(
-            "INSERT OR REPLACE INTO referrers VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO referrers (repo, subject, digest, media_type, size, artifact_type, annotations)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repo, subject, digest) DO UPDATE SET"
+            " media_type = excluded.media_type, size = excluded.size, artifact_type = excluded.artifact_type,"
+            " annotations = excluded.annotations",
             (
                 repo,
                 manifest.subject.digest,

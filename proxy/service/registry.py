@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Coroutine, Sequence
+from typing import Any, AsyncGenerator, Callable, Coroutine, Protocol, Sequence
 
 from ..backend import Backend, ManifestData, ManifestInfo
 from ..oci.errors import Errors, RegistryError
@@ -26,12 +27,21 @@ from .immutable import ImmutableTags
 from .journal import Change, ChangeJournal
 from .referrers import ReferrersIndex
 
-__all__ = ["RegistryService", "StoredManifest"]
+__all__ = ["BlobContentError", "RegistryService", "StoredManifest", "VirtualBlob", "VirtualContent"]
 
 log = logging.getLogger(__name__)
 
 # Child presence checks run concurrently, but not unboundedly against the backend.
 _CHECK_CONCURRENCY = 16
+
+
+class BlobContentError(Exception):
+    """A blob read whole that is over its size limit or does not match its digest or size."""
+
+    def __init__(self, message: str, detail: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -40,40 +50,84 @@ class StoredManifest:
     manifest: ParsedManifest
 
 
+class VirtualBlob(Protocol):
+    """A blob a repository serves without storing it: its bytes are made on request."""
+
+    size: int
+
+    def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+        """Bytes ``[start, end]`` (inclusive); raises ``RegistryError`` mid-stream when
+        they can't be made right (the response must then be aborted)."""
+
+
+class VirtualContent(Protocol):
+    """Content a repository serves beside its storage, never written to it (a full
+    build's runnable images: manifests and configs from the metadata store, a layer
+    synthesised). Asked only where the storage has nothing under the name."""
+
+    async def find(self, repo: str, digest: str) -> VirtualBlob | None:
+        """The blob ``digest`` when ``repo`` serves it virtually, else None."""
+
+    async def manifest(self, repo: str, reference: str) -> ManifestData | None:
+        """The manifest at tag or digest ``reference`` when ``repo`` serves it virtually."""
+
+    async def tags(self, repo: str) -> list[str]:
+        """The tags ``repo`` serves virtually (a few; listed beside the storage's)."""
+
+
+# Per cached manifest beyond its objects' own sizes: the OrderedDict's hash slot and
+# linked-list node (measured with tracemalloc on CPython 3.11: ~100 bytes an entry).
+_ENTRY_OVERHEAD = 100
+
+
+def _entry_size(key: tuple[str, str], item: ManifestData) -> int:
+    """The memory an entry holds: bytes, strings, the record, the key and the slot, so
+    the cap bounds memory rather than manifest bytes (small manifests used to cost ~2.6x
+    their size). Strings shared with other entries are counted each time: an estimate
+    that errs on the side of holding less."""
+    return (sys.getsizeof(item.data) + sys.getsizeof(item.digest) + sys.getsizeof(item.media_type)
+            + sys.getsizeof(item) + sys.getsizeof(item.__dict__) + sys.getsizeof(key) + sys.getsizeof(key[0])
+            + _ENTRY_OVERHEAD)
+
+
 class _ManifestCache:
-    """LRU of digest-addressed manifests: immutable, so safe to serve from memory."""
+    """LRU of digest-addressed manifests: immutable, so safe to serve from memory.
+    ``max_bytes`` bounds the memory the entries hold (``_entry_size``), not just the
+    manifests' bytes."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, str], ManifestData] = OrderedDict()
-        self._bytes = 0
+        self._items: OrderedDict[tuple[str, str], tuple[ManifestData, int]] = OrderedDict()
+        self.bytes = 0
 
     def get(self, repo: str, digest: str) -> ManifestData | None:
-        item = self._items.get((repo, digest))
-        if item is not None:
-            self._items.move_to_end((repo, digest))
-        return item
+        entry = self._items.get((repo, digest))
+        if entry is None:
+            return None
+        self._items.move_to_end((repo, digest))
+        return entry[0]
 
     def put(self, repo: str, item: ManifestData) -> None:
-        if len(item.data) > self.max_bytes // 8:
-            return
         key = (repo, item.digest)
         if key in self._items:
             return
-        self._items[key] = item
-        self._bytes += len(item.data)
-        while self._bytes > self.max_bytes:
-            _, old = self._items.popitem(last=False)
-            self._bytes -= len(old.data)
+        size = _entry_size(key, item)
+        if size > self.max_bytes // 8:
+            return
+        self._items[key] = (item, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, old) = self._items.popitem(last=False)
+            self.bytes -= old
 
     def drop(self, repo: str, digest: str) -> None:
-        old = self._items.pop((repo, digest), None)
-        if old is not None:
-            self._bytes -= len(old.data)
+        entry = self._items.pop((repo, digest), None)
+        if entry is not None:
+            self.bytes -= entry[1]
 
     def clear(self) -> None:
         self._items.clear()
-        self._bytes = 0
+        self.bytes = 0
 
 
 def _known_tag(repo: str, reference: str) -> None:
@@ -110,6 +164,9 @@ class RegistryService:
         self.fence = WriteFence()
         # Shielded writes still running (their client may be gone): shutdown waits for them.
         self._writes: set[asyncio.Task[None]] = set()
+        # Content served beside the storage (runnable full images): manifest reads and
+        # blob reads fall back to it where the storage has nothing.
+        self.virtual: VirtualContent | None = None
 
     # -- manifests -------------------------------------------------------------
     async def get_manifest(self, repo: str, reference: str, accept: Sequence[str] = ()) -> ManifestData:
@@ -137,14 +194,35 @@ class RegistryService:
                 return item.info
         else:
             _known_tag(repo, reference)
-        info = await self._manifest_stats.run(
-            (repo, reference), lambda: self.backend.stat_manifest(repo, reference)
-        )
+        info = await self._manifest_stats.run((repo, reference), lambda: self._backend_stat(repo, reference))
         self._negotiate(info.media_type, accept, reference)
         return info
 
     async def _read_manifest(self, repo: str, reference: str) -> ManifestData:
-        return await self._manifest_reads.run((repo, reference), lambda: self.backend.get_manifest(repo, reference))
+        return await self._manifest_reads.run((repo, reference), lambda: self._backend_read(repo, reference))
+
+    async def _backend_read(self, repo: str, reference: str) -> ManifestData:
+        try:
+            return await self.backend.get_manifest(repo, reference)
+        except RegistryError as exc:
+            item = await self._virtual_manifest(repo, reference, exc)
+            if item is None:
+                raise
+            return item
+
+    async def _backend_stat(self, repo: str, reference: str) -> ManifestInfo:
+        try:
+            return await self.backend.stat_manifest(repo, reference)
+        except RegistryError as exc:
+            item = await self._virtual_manifest(repo, reference, exc)
+            if item is None:
+                raise
+            return item.info
+
+    async def _virtual_manifest(self, repo: str, reference: str, exc: RegistryError) -> ManifestData | None:
+        if self.virtual is None or exc.error not in (Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
+            return None
+        return await self.virtual.manifest(repo, reference)
 
     @staticmethod
     def _negotiate(media_type: str, accept: Sequence[str], reference: str) -> None:
@@ -366,11 +444,46 @@ class RegistryService:
         page, more = await self.referrers.list(repo, digest, artifact_type, n, last)
         return page, (page[-1].digest if more and page else None)
 
+    # -- small blobs ---------------------------------------------------------------
+    async def read_small_blob(self, repo: str, digest: str, limit: int, size: int | None = None) -> bytes:
+        """A blob (a config, a descriptor, a plugin file) read whole into memory: at most
+        ``limit`` bytes, exactly ``size`` when the referencing descriptor states one, and
+        checked against its digest before a byte is returned (``BlobContentError``
+        otherwise). The read stops as soon as the blob proves too long."""
+        parsed = parse_digest(digest)
+        detail: dict[str, Any] = {"repository": repo, "digest": digest}
+        if size is not None and size > limit:
+            raise BlobContentError(f"blob {digest} in {repo} is {size} bytes; the limit is {limit}", detail)
+        bound = limit if size is None else size
+        hasher, chunks, received = parsed.hasher(), [], 0
+        async with await self.backend.open_blob(repo, digest) as reader:
+            if reader.size > bound:
+                said = f"its descriptor says {size}" if size is not None else f"the limit is {limit}"
+                raise BlobContentError(f"blob {digest} in {repo} is {reader.size} bytes; {said}", detail)
+            async for chunk in reader:
+                received += len(chunk)
+                if received > bound:
+                    raise BlobContentError(f"blob {digest} in {repo} is longer than {bound} bytes", detail)
+                hasher.update(chunk)
+                chunks.append(chunk)
+            if (size is not None and received != size) or f"{parsed.algorithm}:{hasher.hexdigest()}" != digest:
+                raise BlobContentError(f"blob {digest} in {repo} does not match its digest or size", detail)
+            reader.confirm()
+        return b"".join(chunks)
+
     # -- listings ----------------------------------------------------------------
     # Each returns the page and the ``last`` value of the next page (``None`` when this
     # is the final one); the backend answers one page, not the whole listing.
     async def tags(self, repo: str, n: int | None, last: str | None) -> tuple[list[str], str | None]:
         page, more = await self.backend.tags_page(repo, n, last)
+        extra = await self.virtual.tags(repo) if self.virtual is not None else []
+        extra = [t for t in extra if last is None or t > last]
+        if extra:
+            if more and page:  # tags past the storage's page belong to a later one
+                extra = [t for t in extra if t <= page[-1]]
+            page = sorted({*page, *extra})
+            if n is not None and len(page) > n:
+                page, more = page[:n], True
         return page, (page[-1] if more and page else None)
 
     async def catalog(self, n: int | None, last: str | None) -> tuple[list[str], str | None]:

@@ -1,21 +1,24 @@
-"""Admin pages: users and robots (create), grants (create, remove), the audit log and its verification,
-subscriptions with their webhook deliveries (and retry of dead letters). Each is the API's admins-only
-route underneath, so a non-admin gets the API's 403 as a page, however the URL was found."""
+"""Admin pages: users and robots (create, disable), grants (create, remove), the audit log and
+its verification, subscriptions (create, pause, delete) with their webhook deliveries (and
+retry of dead letters). Each is the API's admins-only route underneath, so a non-admin gets
+the API's 403 as a page, however the URL was found."""
 
 from __future__ import annotations
 
-from aiohttp import web
-
 from urllib.parse import quote
 
+from aiohttp import web
+
 from ..api.manage import audit, grants, subscriptions, users
-from .bridge import BRIDGE
 from ..api.manage.errors import ApiError
+from .bridge import BRIDGE
 from .context import SESSION, page, render
 from .forms import field_errors
 
 __all__ = ["add_routes"]
 
+# The event names subscriptions take (DESIGN §6); the API refuses any other.
+EVENTS = ("generic.pushed", "business.assembled", "assembly.failed", "full.built")
 _AUDIT_FILTERS = ("actor", "action", "repository", "outcome", "since", "until", "cursor")
 
 
@@ -62,7 +65,8 @@ async def grant_list(request: web.Request) -> web.StreamResponse:
     query = {k: v for k, v in request.query.items() if k in ("subject", "role", "cursor") and v}
     listing = await request.app[BRIDGE].call(request, grants.index, {**query, "limit": "100"})
     return render(request, "grants.html", {"title": "Grants", "grants": listing["items"], "next": listing["next"],
-                                           "query": query, "values": {}, "errors": {}})
+                                           "query": query, "values": {}, "errors": {},
+                                           "roles": await request.app[BRIDGE].call(request, grants.roles)})
 
 
 @page()
@@ -76,7 +80,8 @@ async def create_grant(request: web.Request) -> web.StreamResponse:
             raise
         listing = await request.app[BRIDGE].call(request, grants.index)
         return render(request, "grants.html", {"title": "Grants", "grants": listing["items"], "next": listing["next"],
-                                               "query": {}, "values": values, "errors": field_errors(exc, values)},
+                                               "query": {}, "values": values, "errors": field_errors(exc, values),
+                                               "roles": await request.app[BRIDGE].call(request, grants.roles)},
                       status=exc.status)
     request[SESSION].flash.append(f"Granted {values['role']} on {values['pattern']} to {values['subject']}.")
     raise web.HTTPSeeOther("/ui/admin/grants")
@@ -105,10 +110,54 @@ async def verify_audit(request: web.Request) -> web.StreamResponse:
 
 @page()
 async def subscription_list(request: web.Request) -> web.StreamResponse:
-    query = {"limit": "100", **({"cursor": request.query["cursor"]} if request.query.get("cursor") else {})}
+    return await _subscriptions_page(request, {"repositories": "**"}, [], {})
+
+
+async def _subscriptions_page(request: web.Request, values: dict[str, str], events: list[str],
+                              errors: dict[str, str], status: int = 200) -> web.Response:
+    # After a form post the request cannot take another query: the first page, as the API pages it.
+    query = None if request.method == "POST" else {
+        "limit": "100", **({"cursor": request.query["cursor"]} if request.query.get("cursor") else {})}
     listing = await request.app[BRIDGE].call(request, subscriptions.list_subscriptions, query)
     return render(request, "subscriptions.html", {"title": "Subscriptions", "subscriptions": listing["items"],
-                                                  "next": listing["next"]})
+                                                  "next": listing["next"], "values": values, "chosen": events,
+                                                  "events": EVENTS, "errors": errors}, status=status)
+
+
+@page()
+async def create_subscription(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    values = {k: str(form.get(k, "")) for k in ("url", "repositories", "description", "secret")}
+    events = [str(e) for e in form.getall("events", [])]
+    body = {"url": values["url"].strip(), "events": events, "description": values["description"],
+            "repositories": [line.strip() for line in values["repositories"].splitlines() if line.strip()] or ["**"]}
+    if values["secret"]:
+        body["secret"] = values["secret"]
+    try:
+        created = await request.app[BRIDGE].call(request, subscriptions.create_subscription, body=body)
+    except ApiError as exc:
+        if exc.status in (401, 403):
+            raise
+        return await _subscriptions_page(request, {**values, "secret": ""}, events,
+                                         field_errors(exc, ["url", "events", "repositories", "description", "secret"]),
+                                         exc.status)
+    # The signing secret is shown on this response only, as the API answers it once.
+    return render(request, "subscription_created.html", {"title": "New subscription", "created": created}, status=201)
+
+
+@page()
+async def set_subscription_active(request: web.Request) -> web.StreamResponse:
+    active = (await request.post()).get("active") == "true"
+    await request.app[BRIDGE].call(request, subscriptions.update_subscription, body={"active": active})
+    request[SESSION].flash.append(f"Subscription {'resumed' if active else 'paused'}.")
+    raise web.HTTPSeeOther(f"/ui/admin/subscriptions/{quote(request.match_info['id'], safe='')}")
+
+
+@page()
+async def delete_subscription(request: web.Request) -> web.StreamResponse:
+    await request.app[BRIDGE].call(request, subscriptions.delete_subscription, body=None)
+    request[SESSION].flash.append("Subscription deleted, with its pending deliveries.")
+    raise web.HTTPSeeOther("/ui/admin/subscriptions")
 
 
 @page()
@@ -139,6 +188,11 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/ui/admin/audit", audit_log, name="ui.admin_audit")
     app.router.add_post("/ui/admin/audit/verify", verify_audit, name="ui.admin_audit_verify")
     app.router.add_get("/ui/admin/subscriptions", subscription_list, name="ui.admin_subscriptions")
+    app.router.add_post("/ui/admin/subscriptions", create_subscription, name="ui.admin_subscription_create")
     app.router.add_get("/ui/admin/subscriptions/{id}", subscription, name="ui.admin_subscription")
+    app.router.add_post("/ui/admin/subscriptions/{id}/active", set_subscription_active,
+                        name="ui.admin_subscription_active")
+    app.router.add_post("/ui/admin/subscriptions/{id}/delete", delete_subscription,
+                        name="ui.admin_subscription_delete")
     app.router.add_post("/ui/admin/subscriptions/{id}/deliveries/{delivery}/retry", retry_delivery,
                         name="ui.admin_delivery_retry")

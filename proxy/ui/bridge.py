@@ -19,7 +19,7 @@ from aiohttp.streams import StreamReader
 
 from ..api.manage.router import ApiRoute, ApiRouter, check_access
 
-__all__ = ["Bridge", "BRIDGE"]
+__all__ = ["Bridge", "BRIDGE", "Handler"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _NO_BODY: Any = object()

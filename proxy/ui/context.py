@@ -127,7 +127,11 @@ _AUDIT_ACTIONS = {"ui.build_start": "full-builds.create_full_build", "ui.logout"
                   "ui.token_create": "tokens.create", "ui.token_revoke": "tokens.revoke",
                   "ui.plugin_push": "plugins.push_plugin", "ui.admin_user_create": "users.create",
                   "ui.admin_grant_create": "grants.create", "ui.admin_grant_delete": "grants.delete",
-                  "ui.admin_user_disabled": "users.update"}
+                  "ui.admin_user_disabled": "users.update", "ui.user_password": "users.set_password",
+                  "ui.system_delete": "chains.delete_chain", "ui.systems_reload": "chains.reload_chains",
+                  "ui.admin_subscription_create": "subscriptions.create_subscription",
+                  "ui.admin_subscription_active": "subscriptions.update_subscription",
+                  "ui.admin_subscription_delete": "subscriptions.delete_subscription"}
 
 
 def _audit(request: web.Request, status: int) -> None:

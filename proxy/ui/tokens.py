@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..api.manage import tokens
+from ..api.manage.errors import ApiError
 from .context import SESSION, page, render
 from .bridge import BRIDGE
 
@@ -23,9 +24,14 @@ async def token_list(request: web.Request) -> web.StreamResponse:
 @page()
 async def create_token(request: web.Request) -> web.StreamResponse:
     form = await request.post()
-    body = {"name": str(form.get("name", ""))[:100]}
+    body: dict[str, object] = {"name": str(form.get("name", ""))[:100]}
     if form.get("owner"):
         body["owner"] = str(form["owner"])[:256]
+    days = str(form.get("days", "")).strip()
+    if days:
+        if not (days.isascii() and days.isdigit()) or not 0 < int(days) <= 36_500:
+            raise ApiError(422, "expires in: a whole number of days")
+        body["expires_in"] = int(days) * 86_400  # the API caps it at the configured maximum
     created = await request.app[BRIDGE].call(request, tokens.create, body=body)
     # The secret is shown on this response only, never stored in the session or a URL.
     return render(request, "token_created.html", {"title": "New API token", "created": created}, status=201)

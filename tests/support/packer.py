@@ -95,7 +95,7 @@ async def wait_jobs_done(client, count: int = 1, timeout: float = 20.0, **query:
 
     async def done() -> list[dict] | None:
         items = await jobs(client, **query)
-        if len(items) >= count and all(j["status"] in ("succeeded", "failed") for j in items):
+        if len(items) >= count and all(j["status"] in ("succeeded", "failed", "skipped") for j in items):
             return items
         return None
 

@@ -49,6 +49,11 @@ def start_server(
             or f'[storage]\npath = "{workdir / "storage"}"\n[metadata]\npath = "{workdir / "metadata.db"}"\n'
         )
         config_args = ["--config", str(config)]
+    from tests.conftest import metadata_url
+
+    # On the PostgreSQL run the server's metadata goes to the test's database instead.
+    if (url := metadata_url(workdir / "metadata.db")) is not None:
+        env = {"ALGOMINT_METADATA__URL": url, **(env or {})}
     log_path = workdir / "server.log"
     log = open(log_path, "ab")
     proc = subprocess.Popen(

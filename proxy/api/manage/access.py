@@ -19,7 +19,7 @@ from ..state import PRINCIPAL
 from .errors import ApiError
 from .router import authorize
 
-__all__ = ["may", "caller", "require_pull_all"]
+__all__ = ["may", "caller", "require_pull_all", "pull_prefixes"]
 
 
 async def may(request: web.Request, action: Action, repository: str) -> bool:
@@ -31,6 +31,23 @@ async def may(request: web.Request, action: Action, repository: str) -> bool:
             return False
         raise
     return True
+
+
+async def pull_prefixes(request: web.Request) -> tuple[str, ...] | None:
+    """Name prefixes that every repository the caller may pull starts with: the literal start
+    of each pull pattern, up to its first ``*``. None when any name may be readable (auth
+    off, the system, a pattern that starts with a wildcard). Listings use it to skip rows in
+    SQL before ``may`` decides each remaining one, never instead of ``may``."""
+    if AUTH not in request.app:
+        return None
+    principal = request.get(PRINCIPAL, ANONYMOUS)
+    if principal.kind == "system":
+        return None
+    perms = await request.app[AUTH_STORE].permissions_of(principal)
+    if perms is None:
+        raise ApiError(401, "credentials are no longer valid")
+    prefixes = {pattern.split("*", 1)[0] for pattern in perms.pull_patterns()}
+    return None if "" in prefixes else tuple(sorted(prefixes))
 
 
 def caller(request: web.Request) -> Principal:

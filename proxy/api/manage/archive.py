@@ -3,7 +3,9 @@
 Answers ``HEAD``, ``Range`` (one range; malformed, multi-range or past-the-end: 416),
 ``If-Range`` and ``If-None-Match`` against the ``ETag`` (the root digest), and
 ``?compress=zstd`` (a zstd stream compressed per request: no length known up front and
-``Accept-Ranges: none``, a ``Range`` is ignored and the whole stream sent)."""
+``Accept-Ranges: none``, a ``Range`` is ignored and the whole stream sent), and
+``?platform=linux/arm64`` (the runtime images of one platform only; a malformed name is
+a 400, a platform the artifact does not have a 404 listing those it has)."""
 
 from __future__ import annotations
 
@@ -19,12 +21,14 @@ from packer.archive import (
     ArchiveError,
     ArchivePlan,
     BlobPart,
+    PlatformUnknown,
     iter_parts,
     open_part,
     plan_archive,
     read_part,
     stream_archive,
 )
+from packer.platform import Platform, PlatformError
 from proxy.backend import Backend
 from proxy.oci.errors import RegistryError
 from proxy.oci.reference import DIGEST_RE, MAX_NAME_LENGTH, NAME_RE, TAG_RE, parse_reference
@@ -33,6 +37,7 @@ from proxy.service.policy import Action
 from ..state import CONFIG, REGISTRY
 from ..streaming import parse_range, send_direct, send_stream
 from .errors import ApiError
+from .fullbuilds import FULL_BUILDS
 from .router import Access, ApiRouter, Query, authorize, enum_query
 
 __all__ = ["router"]
@@ -63,7 +68,8 @@ def _filename(plan: ArchivePlan, reference: str, extension: str = ".tar") -> str
     becomes ``-``). Both come from the reference grammar ([a-z0-9._-], [\\w.-]), so the name
     needs no quoting and is safe for ``curl -OJ`` to write in the current directory."""
     base = posixpath.basename(plan.repository)
-    return f"{base}_{reference.replace(':', '-')}{extension}"
+    platform = f"_{plan.platform.slug}" if plan.platform else ""
+    return f"{base}_{reference.replace(':', '-')}{platform}{extension}"
 
 
 class _Blob:
@@ -109,7 +115,10 @@ async def _zstd(chunks: AsyncGenerator[bytes, None], threads: int) -> AsyncGener
 
 @router.route("GET", "/archive/{target:.+}", action=Access.REPOSITORY,
               summary="Stream an artifact (generic, business thin or full package) as an OCI image-layout tar",
-              query={"compress": enum_query("zstd: a zstd-compressed stream", ["zstd"])},
+              query={"compress": enum_query("zstd: a zstd-compressed stream", ["zstd"]),
+                     "platform": Query("one platform's runtime images only: os/arch[/variant][+feature...], "
+                                       "e.g. linux/arm64 or linux/amd64+cuda12 (default: every platform)",
+                                       {"type": "string", "maxLength": 300})},
               path_params={"target": Query("<repository>:<tag> or <repository>@<digest>", _TARGET_SCHEMA)})
 async def get_archive(request: web.Request) -> web.StreamResponse:
     repo, reference = _target(request)
@@ -117,8 +126,19 @@ async def get_archive(request: web.Request) -> web.StreamResponse:
     compress = request.query.get("compress")
     if compress not in (None, "", "zstd"):
         raise ApiError(400, "compress must be zstd", {"compress": compress[:20]})
+    platform = None
+    if request.query.get("platform"):
+        try:
+            platform = Platform.parse(request.query["platform"])
+        except PlatformError as exc:
+            raise ApiError(400, str(exc), {"platform": request.query["platform"][:100]}) from None
     try:
-        plan = await plan_archive(request.app[REGISTRY], repo, reference)
+        # A runnable full image's package layer is laid out from the thin package's blobs.
+        runnable = request.app[FULL_BUILDS].builder.runnable
+        plan = await plan_archive(request.app[REGISTRY], repo, reference, platform=platform,
+                                  synthetic=lambda digest: runnable.segments(repo, digest))
+    except PlatformUnknown as exc:
+        raise ApiError(404, str(exc), {"platform": str(exc.platform), "available": exc.available}) from None
     except ArchiveError as exc:
         raise ApiError(422, str(exc)) from None
     backend = request.app[REGISTRY].backend
@@ -132,7 +152,7 @@ async def get_archive(request: web.Request) -> web.StreamResponse:
     if compress == "zstd":
         # Compressed per request: no length is known up front and no byte can be found
         # again without compressing from the start, so Range is ignored and said to be.
-        headers.update({"Content-Type": "application/zstd", "ETag": f'"{plan.root.digest}+zstd"',
+        headers.update({"Content-Type": "application/zstd", "ETag": plan.etag[:-1] + '+zstd"',
                         "Accept-Ranges": "none",
                         "Content-Disposition": f'attachment; filename="{_filename(plan, reference, ".tar.zst")}"'})
         if request.method == "HEAD":

@@ -14,7 +14,7 @@ from packer.assembly import STATUSES
 
 from ...service.policy import Action
 from ..state import PACKER
-from .access import may
+from .access import may, pull_prefixes
 from .errors import ApiError
 from .times import iso_times
 from .router import Access, ApiRouter, Page, authorize, enum_query, next_cursor, page_params
@@ -25,7 +25,7 @@ router = ApiRouter("assemblies")
 _TIMES = ("created", "started", "finished")
 
 _BATCH = 200
-_MAX_BATCHES = 20
+_MAX_BATCHES = 10  # at most 2,000 jobs looked at per page: a page stays well under 200 ms
 
 
 class PackageRef(BaseModel):
@@ -47,7 +47,7 @@ class PluginRun(BaseModel):
 class AssemblyOut(BaseModel):
     id: int
     chain: str
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: Literal["queued", "running", "succeeded", "failed", "skipped"]
     trigger: Literal["push", "api"]
     runs: int
     source: PackageRef | None = Field(description="null when the caller may not pull the source")
@@ -77,10 +77,11 @@ async def list_assemblies(request: web.Request) -> web.Response:
     assembly = request.app[PACKER].assembly
     items: list[dict[str, Any]] = []
     before, more = cursor, False
+    prefixes = await pull_prefixes(request)  # jobs of repositories no grant can cover are skipped in SQL
     # Filter before paging, in bounded batches: ``next`` only when another visible job
     # exists, or when a long run of invisible ones ends the scan (then after the last scanned).
     for _ in range(_MAX_BATCHES):
-        batch = await assembly.list(_BATCH, before, status, request.query.get("chain"), repository)
+        batch = await assembly.list(_BATCH, before, status, request.query.get("chain"), repository, prefixes)
         for job in batch:
             visible = await may(request, Action.PULL, job["target"]["repository"])
             if visible and len(items) == limit:

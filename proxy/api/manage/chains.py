@@ -42,6 +42,7 @@ class ChainOut(BaseModel):
     match: list[str]
     plugins: list[str]
     params: dict[str, Any]
+    platforms: list[str] = []
     source: Literal["file", "api"]
     owner: ChainOwner | None = None  # whose rights it runs with; "system" for the chains file
     created: str | None = Field(None, description="ISO 8601, UTC")
@@ -66,6 +67,7 @@ class ChainUpdate(BaseModel):
     match: list[str] = Field(min_length=1, max_length=100)
     plugins: list[str] = Field(min_length=1, max_length=50)
     params: dict[str, Any] = {}
+    platforms: list[str] = []  # descriptor platforms the chain takes (packer.platform names); empty: all
 
 
 class AssembleRequest(BaseModel):

@@ -65,8 +65,8 @@ CURSORS = web.AppKey("cursors", CursorCodec)
 
 async def load_key(db: Database) -> bytes:
     """The cursor key stored in the metadata database, created on first use."""
-    await db.migrate(SCHEMA)
-    await db.execute("INSERT OR IGNORE INTO server_secrets (name, value, created_at) VALUES (?, ?, ?)",
+    await db.migrate("server_secrets", SCHEMA)
+    await db.execute("INSERT INTO server_secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                      (_KEY_NAME, os.urandom(32), time.time()))
     row = await db.fetchone("SELECT value FROM server_secrets WHERE name = ?", (_KEY_NAME,))
     assert row is not None

@@ -1,0 +1,58 @@
+"""Your account: who the console thinks you are (roles and grants, as ``GET /api/v1/whoami``)
+and changing your own password through ``PUT /api/v1/users/{user}/password`` (the current
+password is asked for, as the API asks). A changed password ends every other session of the
+account; this one carries on under the new password."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..api.manage import users, whoami
+from ..api.manage.errors import ApiError
+from ..api.state import PRINCIPAL
+from ..auth.registry_token import password_fingerprint
+from ..auth.state import AUTH_STORE
+from .bridge import BRIDGE
+from .context import SESSION, page, render
+from .forms import field_errors
+
+__all__ = ["add_routes"]
+
+
+async def _account_page(request: web.Request, errors: dict[str, str], status: int = 200) -> web.Response:
+    me = await request.app[BRIDGE].call(request, whoami.show)
+    return render(request, "account.html", {"title": "Your account", "me": me, "errors": errors}, status=status)
+
+
+@page()
+async def account(request: web.Request) -> web.StreamResponse:
+    return await _account_page(request, {})
+
+
+@page()
+async def set_password(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    name = request.match_info["user"]
+    body = {"password": str(form.get("password", ""))}
+    if form.get("current_password"):
+        body["current_password"] = str(form["current_password"])
+    if body["password"] != str(form.get("repeat", "")):
+        return await _account_page(request, {"repeat": "the two new passwords differ"}, 422)
+    try:
+        await request.app[BRIDGE].call(request, users.set_password, body=body)
+    except ApiError as exc:
+        if exc.status == 401:
+            raise
+        return await _account_page(request, field_errors(exc, ["password", "current_password"]), exc.status)
+    session = request[SESSION]
+    if name == request[PRINCIPAL].name:
+        identity = await request.app[AUTH_STORE].identity(name)
+        if identity is not None:  # this session goes on; the account's others end at their next request
+            session.fingerprint = password_fingerprint(identity.user.password_hash)
+    session.flash.append(f"Password of {name} changed.")
+    raise web.HTTPSeeOther("/ui/account")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/ui/account", account, name="ui.account")
+    app.router.add_post("/ui/users/{user}/password", set_password, name="ui.user_password")
