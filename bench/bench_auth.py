@@ -278,7 +278,7 @@ async def step_costs(directory: Path, n: int = 20_000) -> dict[str, float]:
         signer = TokenSigner(KeyRing.open(directory / "keys"), "algomint")
         token, _ = signer.issue("admin", "user", use="access", ttl=3600,
                                 access=[{"type": "repository", "name": GENERIC, "actions": ["pull"]}])
-        authenticator = Authenticator(store, signer, LoginThrottle(5, 1.0, 30.0, 300))
+        authenticator = Authenticator(store, signer, LoginThrottle(db, 5, 1.0, 30.0, 300))
         header = f"Bearer {token}"
         principal, _ = await authenticator.authorization(header, "127.0.0.1")
         policy = PermissionPolicy(store)
