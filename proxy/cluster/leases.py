@@ -166,15 +166,15 @@ class Leases:
                         log.warning("lease lost to another replica; job stopped", extra={"kind": key[0], "job": key[1]})
                         self._held.pop(key)()
             self._renewed = now
-        except MetadataError as exc:
+        except Exception as exc:  # noqa: BLE001 - the heartbeat must outlive any store failure
             if now - self._renewed > self.ttl and self._held:
                 # Others may take these jobs over by now: stop, rather than run them twice.
                 log.error("leases not renewed within their ttl; jobs stopped",
-                          extra={"error": str(exc), "jobs": len(self._held)})
+                          extra={"error": f"{type(exc).__name__}: {exc}", "jobs": len(self._held)})
                 for key in list(self._held):
                     self._held.pop(key)()
             else:
-                log.warning("lease renewal failed; will retry", extra={"error": str(exc)})
+                log.warning("lease renewal failed; will retry", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     async def _beat(self) -> None:
         while True:

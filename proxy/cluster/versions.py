@@ -17,7 +17,7 @@ import inspect
 import logging
 from typing import Any, Awaitable, Callable
 
-from ..meta import Database, MetadataError
+from ..meta import Database
 from ..meta.db import Transaction
 
 __all__ = ["SCHEMA", "VersionWatch", "bump", "migrate", "AUTH", "CHAINS", "MANIFESTS"]
@@ -99,5 +99,5 @@ class VersionWatch:
             await asyncio.sleep(self.poll_interval)
             try:
                 await self.check()
-            except MetadataError as exc:
-                log.warning("shared versions unreadable", extra={"error": str(exc)})
+            except Exception as exc:  # noqa: BLE001 - the watch must outlive any store failure
+                log.warning("shared versions unreadable", extra={"error": f"{type(exc).__name__}: {exc}"})
