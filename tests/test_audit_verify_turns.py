@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from proxy.audit import verify
 from proxy.audit.records import record_hash
 from proxy.audit.verify import _SLICE, verify_chain
@@ -42,6 +44,7 @@ async def test_verify_gives_the_loop_a_turn_every_slice(db, monkeypatch):  # noq
     assert 0 < longest <= verify._SLICE, longest
 
 
+@pytest.mark.sqlite_only  # breaks the chain by editing the SQLite file
 async def test_a_broken_record_inside_a_slice_is_still_named(db, tmp_path):  # noqa: F811
     import sqlite3
 

@@ -264,7 +264,8 @@ class BuildStore:
             )
             await tx.execute("INSERT INTO full_build_requesters (build_id, name, kind) VALUES (?, ?, ?)",
                              (record.id, requester.name, requester.kind))
-            await tx.executemany("INSERT OR IGNORE INTO full_build_holds (build_id, repository, tag) VALUES (?, ?, ?)",
+            await tx.executemany("INSERT INTO full_build_holds (build_id, repository, tag) VALUES (?, ?, ?) "
+                                 "ON CONFLICT DO NOTHING",
                                  [(record.id, repo, held) for repo, held in holds])
         return record
 
