@@ -106,7 +106,9 @@ class PostgresDatabase(db.Database):
 
         try:
             yield
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        # InternalClientError: a connection lost mid-operation ("another operation is in progress").
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                OSError, TimeoutError) as exc:
             raise MetadataError(f"metadata store: {self._safe(exc)}") from exc
 
     def _safe(self, exc: BaseException) -> str:
