@@ -43,7 +43,7 @@ from .config import Config, ConfigError
 from .meta import Database, MetadataError
 from .metrics import Metrics
 from .oci.errors import RegistryError
-from .service import immutable, journal, referrers
+from .service import immutable, journal, referrers, repositories
 from .service.events import EventBus
 from .service.gc import Collector
 from .service.gcruns import GcRun, GcRuns
@@ -79,6 +79,9 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         app[BACKEND] = backend = backend or create_backend(config.storage)
     except ValueError as exc:  # a URL the config model could not judge on its own
         raise ConfigError(f"storage.url: {exc}") from None
+    # A registry backend's catalog cannot resume a page in string order: algomint keeps its own.
+    catalog = (repositories.RepositoryCatalog(app[DATABASE], backend)
+               if config.storage.backend == "registry" else None)
     app[REGISTRY] = RegistryService(
         backend,
         referrers.ReferrersIndex(app[DATABASE], backend),
@@ -86,8 +89,10 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         journal.ChangeJournal(app[DATABASE]),
         max_manifest_bytes=config.server.max_manifest_bytes,
         immutable=immutable_tags,
+        catalog=catalog,
     )
     app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_catalog_walks)  # after storage: reads the database and the backend
     setup_cursors(app)  # after storage: the key lives in the database
     setup_audit(app)  # after storage: the log is flushed before the database closes
     setup_auth(app)  # users, tokens, grants; with [auth] enabled the permission policy and /token
@@ -126,7 +131,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     db, backend, config = app[DATABASE], app[BACKEND], app[CONFIG]
     try:
         await db.open()
-        await db.migrate(referrers.SCHEMA + journal.SCHEMA + immutable.SCHEMA)
+        await db.migrate(referrers.SCHEMA + journal.SCHEMA + immutable.SCHEMA + repositories.SCHEMA)
     except (OSError, MetadataError) as exc:
         raise StartupError(f"metadata.path {config.metadata.path}: {_reason(exc)}") from exc
     try:
@@ -147,6 +152,21 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await app[REGISTRY].drain()
     await backend.close()
     await db.close()
+
+
+async def _catalog_walks(app: web.Application) -> AsyncIterator[None]:
+    """The registry backend's catalog walked at start and every interval, in the background
+    (pages come from upstream's whole catalog until the first walk has finished)."""
+    catalog = app[REGISTRY].repository_catalog
+    if catalog is None:
+        yield
+        return
+    await catalog.load()
+    walks = asyncio.create_task(catalog.run(app[CONFIG].storage.catalog_reconcile_interval))
+    yield
+    walks.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await walks
 
 
 async def _drain_writes(app: web.Application) -> AsyncIterator[None]:
