@@ -12,6 +12,7 @@ from aiohttp import web
 from .api.state import IN_FLIGHT
 from .app import create_app
 from .config import Config
+from .memtrace import trace_memory
 from .startup import StartupError, listen_error, one_line
 from .tls import ServerTLS
 
@@ -66,5 +67,10 @@ async def _run(config: Config) -> None:
     log.info("stopped")
 
 
+async def _traced(config: Config) -> None:
+    async with trace_memory():
+        await _run(config)
+
+
 def serve(config: Config) -> None:
-    asyncio.run(_run(config))
+    asyncio.run(_traced(config))
