@@ -352,10 +352,10 @@ async def run_one(work: Path, backend: str, auth: bool, args: argparse.Namespace
             start_server, work / "algomint", _config(work, backend, registry_url, auth, hook_url), env, 60)
         try:
             pid = server.process.pid
-            basic = aiohttp.BasicAuth("admin", PASSWORD) if auth else None
+            basic = {"Authorization": aiohttp.encode_basic_auth("admin", PASSWORD)} if auth else {}
             connector = aiohttp.TCPConnector(limit=args.workers * 2)
             timeout = aiohttp.ClientTimeout(total=300)
-            async with aiohttp.ClientSession(server.url, auth=basic, connector=connector, timeout=timeout) as http:
+            async with aiohttp.ClientSession(server.url, headers=basic, connector=connector, timeout=timeout) as http:
                 c = Client(http, stats)
                 await setup(c, hook_url)
                 samples = [(0.0, rss_mib(pid), os.getloadavg()[0])]

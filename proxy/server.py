@@ -12,6 +12,7 @@ from aiohttp import web
 from .api.state import IN_FLIGHT
 from .app import create_app
 from .config import Config
+from .allocator import tune_malloc
 from .memtrace import trace_memory
 from .startup import StartupError, listen_error, one_line
 from .tls import ServerTLS
@@ -73,4 +74,5 @@ async def _traced(config: Config) -> None:
 
 
 def serve(config: Config) -> None:
+    tune_malloc()
     asyncio.run(_traced(config))
