@@ -5,6 +5,7 @@ algomint) and each auth mode (``--auth``: off, on), a fresh ``algomint serve`` p
 gets ``--workers`` (16) concurrent clients for ``--minutes`` (10), each picking at random:
 
 - push: a small image (one 1-32 KiB layer) into one of a few hundred repositories;
+- chunked push: an image whose 0.25-4 MiB layer is uploaded in PATCH chunks;
 - pull: a pushed image's manifest by tag and its layer, the bytes checked against the digest;
 - assembly: a generic package push that a chain assembles into a business package;
 - full build: a generic package naming a runtime image, waited for until assembled, then
@@ -67,7 +68,8 @@ TAR_GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
 PASSWORD = "soak-admin-password"
 IMAGE = "images/soak"
 # Operation weights: what a team's registry sees, reads ahead of writes.
-MIX = {"push": 25, "pull": 35, "assembly": 10, "delete": 8, "listing": 10, "archive": 6, "full_build": 3}
+MIX = {"push": 25, "pull": 35, "assembly": 10, "delete": 8, "listing": 10, "archive": 6, "full_build": 3,
+       "chunked_push": 4}
 
 
 @dataclass
@@ -195,6 +197,30 @@ async def push(c: Client, s: Shared, worker: int) -> None:
     del s.pushed[:-2000]  # a window of recent images to pull and delete
 
 
+async def chunked_push(c: Client, s: Shared, worker: int) -> None:
+    """An image whose 0.25-4 MiB layer goes up in PATCH chunks of up to 1 MiB."""
+    n = s.next()
+    repo, tag = f"soak/w{worker}-big{n % 5}", f"v{n}"
+    layer = os.urandom(random.randint(256 * 1024, 4 * 1024 * 1024))
+    _, _, headers = await c.call("POST", f"/v2/{repo}/blobs/uploads/", (202,))
+    location = headers["Location"]
+    offset = 0
+    while offset < len(layer):
+        piece = layer[offset:offset + random.randint(256 * 1024, 1024 * 1024)]
+        _, _, headers = await c.call("PATCH", location, (202,), data=piece, headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"{offset}-{offset + len(piece) - 1}"})
+        location = headers["Location"]
+        offset += len(piece)
+    digest = _digest(layer)
+    await c.call("PUT", location, (201,), params={"digest": digest})
+    config = json.dumps({"architecture": "amd64", "os": "linux", "n": n}).encode()
+    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+           "config": {"mediaType": IMAGE_CONFIG, **await c.blob(repo, config)},
+           "layers": [{"mediaType": TAR, "digest": digest, "size": len(layer)}]}
+    s.pushed.append((repo, tag, await c.manifest(repo, tag, doc), digest))
+
+
 async def pull(c: Client, s: Shared, worker: int) -> None:
     if not s.pushed:
         return await push(c, s, worker)
@@ -268,7 +294,7 @@ async def archive(c: Client, s: Shared, worker: int, reference: str | None = Non
             c.stats.wrong_bytes += 1
 
 
-OPS = {"push": push, "pull": pull, "assembly": assembly, "delete": delete, "listing": listing,
+OPS = {"push": push, "chunked_push": chunked_push, "pull": pull, "assembly": assembly, "delete": delete, "listing": listing,
        "archive": archive, "full_build": full_build}
 
 

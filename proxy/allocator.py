@@ -10,7 +10,8 @@ from 172 to 250 MiB and ``malloc_trim(0)`` gave 66 MiB of it back.
 
 A fixed threshold (which turns the sliding one off) keeps such buffers mapped per use.
 It is set at start unless ``MALLOC_MMAP_THRESHOLD_`` is in the environment (glibc reads
-that itself: an operator's choice wins). Elsewhere than glibc nothing is done."""
+that itself: an operator's choice wins) or ``ALGOMINT_MALLOC_TUNE=0`` (glibc's sliding
+threshold, e.g. to compare). Elsewhere than glibc nothing is done."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ _M_MMAP_THRESHOLD = -3  # glibc malloc.h
 
 def tune_malloc() -> bool:
     """Fix glibc's mmap threshold; True when it was set here."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or os.environ.get("ALGOMINT_MALLOC_TUNE") == "0":
         return False
     name = ctypes.util.find_library("c")
     if name is None:

@@ -59,3 +59,6 @@ def test_large_buffers_go_back_to_the_system() -> None:
 def test_operator_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     assert tune_malloc() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.setenv("ALGOMINT_MALLOC_TUNE", "0")
+    assert tune_malloc() is False
