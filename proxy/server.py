@@ -12,7 +12,7 @@ from aiohttp import web
 from .api.state import IN_FLIGHT
 from .app import create_app
 from .config import Config
-from .allocator import tune_malloc
+from .allocator import trim_when_quiet, tune_malloc
 from .memtrace import trace_memory
 from .startup import StartupError, listen_error, one_line
 from .tls import ServerTLS
@@ -54,7 +54,9 @@ async def _run(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     if tls is not None:
         loop.add_signal_handler(signal.SIGHUP, tls.reload)
+    trimmer = asyncio.create_task(trim_when_quiet(app[IN_FLIGHT]))
     await stop.wait()
+    trimmer.cancel()
     grace = config.server.shutdown_grace
     log.info("shutting down: draining in-flight requests", extra={"in_flight": app[IN_FLIGHT].count})
     # Stop listening first, then let in-flight requests finish (uploads still receive

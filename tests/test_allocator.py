@@ -3,19 +3,20 @@ is fixed: checked in fresh interpreters, the way a server's worker threads use m
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from proxy.allocator import tune_malloc
+from proxy.allocator import trim_when_quiet, tune_malloc
 
 ROOT = Path(__file__).resolve().parents[1]
 
 _PROBE = """
 import hashlib, os, sys, threading
-from proxy.allocator import tune_malloc
+from proxy.allocator import trim_when_quiet, tune_malloc
 
 def rss_mib():
     for line in open("/proc/self/status"):
@@ -62,3 +63,37 @@ def test_operator_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     monkeypatch.setenv("ALGOMINT_MALLOC_TUNE", "0")
     assert tune_malloc() is False
+
+
+class _Requests:
+    def __init__(self) -> None:
+        self.count = 0
+        self.started = 0
+
+    async def wait_idle(self) -> None:
+        while self.count:
+            await asyncio.sleep(0.001)
+
+
+async def test_trimmed_once_per_quiet_spell(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ALGOMINT_MALLOC_TUNE", raising=False)
+    requests, trims = _Requests(), []
+    task = asyncio.create_task(trim_when_quiet(requests, quiet=0.02, trim=lambda: trims.append(1) or True))
+    try:
+        await asyncio.sleep(0.1)
+        assert len(trims) == 1  # after start-up's allocations; then nothing new to give back
+        requests.count, requests.started = 1, 1  # a request in flight: never while busy
+        await asyncio.sleep(0.1)
+        assert len(trims) == 1
+        requests.count = 0  # served; quiet again: trimmed once more
+        await asyncio.sleep(0.1)
+        assert len(trims) == 2
+        for _ in range(5):  # requests keep starting: no trim until they stop
+            requests.started += 1
+            await asyncio.sleep(0.01)
+        assert len(trims) == 2
+        await asyncio.sleep(0.1)
+        assert len(trims) == 3
+    finally:
+        task.cancel()
+
