@@ -929,10 +929,11 @@ class RegistryBackend(Backend):
         return sorted(items)
 
     async def _pages(
-        self, path: str, key: str, scopes: Sequence[str], not_found: ErrorCode | None
+        self, path: str, key: str, scopes: Sequence[str], not_found: ErrorCode | None, n: int | None = None
     ) -> AsyncIterator[list[str]]:
         """Each upstream page in turn, following ``Link: <…>; rel="next"``."""
-        target = path + (f"?n={self.page_size}" if self.page_size else "")
+        n = n or self.page_size
+        target = path + (f"?n={n}" if n else "")
         url: URL | None = self._api(target)
         seen: set[str] = set()
         for _ in range(_MAX_PAGES):
@@ -991,7 +992,10 @@ class RegistryBackend(Backend):
         return await self._paginate("/_catalog", "repositories", _CATALOG_SCOPES, Errors.UNSUPPORTED)
 
     async def iter_repositories(self) -> AsyncIterator[list[str]]:
-        async for values in self._pages("/_catalog", "repositories", _CATALOG_SCOPES, Errors.UNSUPPORTED):
+        # Big pages: distribution walks its tree from the start up to ``last`` for each
+        # page, so a walk costs about (repositories / n) times the tree.
+        async for values in self._pages("/_catalog", "repositories", _CATALOG_SCOPES, Errors.UNSUPPORTED,
+                                        n=self.page_size or _UPSTREAM_MAX_N):
             yield values
 
     async def repositories_page(self, n: int | None, last: str | None, prefix: str = "") -> tuple[list[str], bool]:
