@@ -32,14 +32,15 @@ log = logging.getLogger(__name__)
 
 SCHEMA = [
     # seen: when a push or a walk last saw the repository (a walk removes what it did
-    # not see and nothing saw since it began).
+    # not see and nothing saw since it began). DOUBLE PRECISION: PostgreSQL's REAL is
+    # 4 bytes, too coarse for Unix times; SQLite reads it as REAL.
     """CREATE TABLE IF NOT EXISTS catalog_repositories (
         name TEXT PRIMARY KEY,
-        seen REAL NOT NULL
+        seen DOUBLE PRECISION NOT NULL
     )""",
     """CREATE TABLE IF NOT EXISTS catalog_walks (
         id INTEGER PRIMARY KEY,
-        finished REAL NOT NULL,
+        finished DOUBLE PRECISION NOT NULL,
         listed INTEGER NOT NULL
     )""",
 ]
