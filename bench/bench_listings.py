@@ -132,8 +132,8 @@ async def run_size(size: int, repeat: int) -> dict[str, tuple[float, float]]:
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         base = f"http://127.0.0.1:{port}"
         urls = {
-            "tags/list": f"/v2/bench/tags/tags/list?n=100" + after(size, "&last=t{:06d}"),
-            "_catalog": f"/v2/_catalog?n=100" + after(size, "&last=bench/r{:06d}"),
+            "tags/list": "/v2/bench/tags/tags/list?n=100" + after(size, "&last=t{:06d}"),
+            "_catalog": "/v2/_catalog?n=100" + after(size, "&last=bench/r{:06d}"),
             "referrers": f"/v2/bench/tags/referrers/{SUBJECT}?n=100",
             "plugins": "/api/v1/plugins?limit=100",
             "assemblies?repository": "/api/v1/assemblies?repository=generic/mine&limit=20",

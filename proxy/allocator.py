@@ -23,7 +23,8 @@ import ctypes
 import ctypes.util
 import logging
 import os
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 __all__ = ["MMAP_THRESHOLD", "QUIET_SECONDS", "malloc_trim", "trim_when_quiet", "tune_malloc"]
 

@@ -9,10 +9,10 @@ import signal
 
 from aiohttp import web
 
+from .allocator import trim_when_quiet, tune_malloc
 from .api.state import IN_FLIGHT
 from .app import create_app
 from .config import Config
-from .allocator import trim_when_quiet, tune_malloc
 from .memtrace import trace_memory
 from .startup import StartupError, listen_error, one_line
 from .tls import ServerTLS

@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from ..backend import Backend
 from ..meta import Database, MetadataError
 from ..oci.errors import Errors, RegistryError
 
-__all__ = ["RepositoryCatalog", "SCHEMA"]
+__all__ = ["SCHEMA", "RepositoryCatalog"]
 
 log = logging.getLogger(__name__)
 
