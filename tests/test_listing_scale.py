@@ -157,6 +157,45 @@ async def test_embedded_page_cost_is_flat(tmp_path: Path, monkeypatch: pytest.Mo
         await backend.close()
 
 
+async def _index_ticks(backend: FilesystemBackend, call) -> int:
+    """SQLite VM steps (one tick per 10) the listing index spends on ``call``."""
+    ticks = [0]
+
+    def tick() -> int:
+        ticks[0] += 1
+        return 0
+
+    conn = backend._index._connect()
+    conn.set_progress_handler(tick, 10)
+    try:
+        await call()
+    finally:
+        conn.set_progress_handler(None, 10)
+    return ticks[0]
+
+
+async def test_embedded_repository_page_seeks_its_start(tmp_path: Path) -> None:
+    """A page from the middle seeks to ``last`` (or the prefix), whichever is later,
+    instead of reading every name before it: the SQL work is the page's at any size."""
+    ticks = {}
+    for size in (50, 5000):
+        root = tmp_path / f"store{size}"
+        _seed(root, repos=size, tags=1)
+        backend = FilesystemBackend(root)
+        await backend.start()
+        try:
+            middle = f"scale/r{size // 2:05d}"
+            ticks[size] = await _index_ticks(backend, lambda: backend.repositories_page(20, middle))
+            page, _ = await backend.repositories_page(20, middle)
+            assert page[0] == f"scale/r{size // 2 + 1:05d}" and len(page) == 20
+            # The prefix as the later bound, and a prefix that is itself a name.
+            assert (await backend.repositories_page(2, "a", prefix="scale/r0000"))[0] == ["scale/r00000", "scale/r00001"]
+            assert (await backend.repositories_page(5, None, prefix="scale/r00001"))[0] == ["scale/r00001"]
+        finally:
+            await backend.close()
+    assert ticks[5000] <= 2 * ticks[50] + 5, ticks
+
+
 async def test_index_rebuilt_and_repaired(tmp_path: Path) -> None:
     root = tmp_path / "store"
     _seed(root, repos=3, tags=5)
