@@ -112,7 +112,7 @@ async def timed(session: ClientSession, url: str, repeat: int) -> tuple[float, f
     return statistics.median(times), times[int(len(times) * 0.9) - 1]
 
 
-async def run_size(size: int, repeat: int) -> dict[str, tuple[float, float]]:
+async def run_size(size: int, repeat: int, settle: float = 0.0) -> dict[str, tuple[float, float]]:
     with tempfile.TemporaryDirectory(prefix="bench-listings-") as tmp:
         work = Path(tmp)
         seed_store(work / "storage", size)
@@ -139,6 +139,7 @@ async def run_size(size: int, repeat: int) -> dict[str, tuple[float, float]]:
             "assemblies?repository": "/api/v1/assemblies?repository=generic/mine&limit=20",
         }
         results = {"index build (start)": (built, built)}
+        await asyncio.sleep(settle)  # background work after start-up ends before timing
         try:
             async with ClientSession(base, trust_env=False) as session:
                 for name, url in urls.items():
@@ -160,7 +161,7 @@ def seed_distribution(root: Path, size: int) -> None:
         (repositories / "bench" / f"r{r:06d}" / "_layers").mkdir(parents=True)
 
 
-async def run_registry_size(size: int, repeat: int) -> dict[str, tuple[float, float]]:
+async def run_registry_size(size: int, repeat: int, settle: float = 0.0) -> dict[str, tuple[float, float]]:
     with tempfile.TemporaryDirectory(prefix="bench-listings-") as tmp:
         work = Path(tmp)
         seed_distribution(work / "registry" / "storage", size)
@@ -178,6 +179,7 @@ async def run_registry_size(size: int, repeat: int) -> dict[str, tuple[float, fl
             await site.start()
             port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             url = "/v2/_catalog?n=100" + after(size, "&last=bench/r{:06d}")
+            await asyncio.sleep(settle)
             try:
                 async with ClientSession(f"http://127.0.0.1:{port}", trust_env=False) as session:
                     async with session.get(url) as resp:
@@ -194,14 +196,16 @@ async def main() -> None:
     parser.add_argument("--sizes", default="100,1000,10000")
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--backend", choices=["filesystem", "registry"], default="filesystem")
+    parser.add_argument("--settle", type=float, default=0.0, help="seconds to wait after start before timing")
     args = parser.parse_args()
     run = run_registry_size if args.backend == "registry" else run_size
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"# python bench/bench_listings.py --backend {args.backend} --sizes {args.sizes} --repeat {args.repeat}")
+    print(f"# python bench/bench_listings.py --backend {args.backend} --sizes {args.sizes} --repeat {args.repeat}"
+          f" --settle {args.settle}")
     print(f"# load average before: {os.getloadavg()[0]:.1f}")
     table: dict[str, list[str]] = {}
     for size in sizes:
-        for name, (p50, p90) in (await run(size, args.repeat)).items():
+        for name, (p50, p90) in (await run(size, args.repeat, args.settle)).items():
             table.setdefault(name, []).append(f"{p50:.1f} / {p90:.1f}")
         print(f"# {size:,}: " + ", ".join(f"{k} {v[-1]}" for k, v in table.items()), flush=True)
     print("| operation (p50 / p90 ms) | " + " | ".join(f"{s:,}" for s in sizes) + " |")
