@@ -3,7 +3,8 @@
 For each size (items in the listing) it builds a fresh embedded store and metadata
 database, starts algomint in-process on a loopback port and times one page of each
 listing with ``n``/``limit`` = 100, from the middle of the data (``last`` = the item at
-the middle), printing the p50 and p90 over ``--repeat`` requests:
+the middle, or earlier so that a whole page follows), printing the p50 and p90 over
+``--repeat`` requests:
 
 - ``tags/list?n=100&last=…``: tags in one repository;
 - ``_catalog?n=100&last=…``: repositories;
@@ -15,7 +16,14 @@ Data is written straight to disk and to SQLite (the store indexes it at start; t
 is printed as "index build"), so large sizes take seconds to set up, not hours of pushes.
 A flat curve (a page at 10,000 items within 2x of the page at 100) is the target.
 
+``--backend registry`` times ``_catalog?n=100&last=…`` with docker-registry behind
+algomint instead: ``size`` repositories written into docker-registry's storage directory
+(a ``_layers`` directory each, what its catalog walk looks for), pages served from
+algomint's own repository index once its first walk of upstream's catalog has finished
+(that walk's time is printed as "catalog walk (start)").
+
     python bench/bench_listings.py --sizes 100,1000,10000 --repeat 30
+    python bench/bench_listings.py --backend registry --sizes 100,1000,10000 --repeat 30
 """
 
 from __future__ import annotations
@@ -37,8 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiohttp import ClientSession, web
 
+from proxy.api.state import REGISTRY
 from proxy.app import create_app
 from tests.conftest import make_config
+from tests.support.distribution import run_distribution
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 SUBJECT = "sha256:" + "5" * 64
@@ -83,6 +93,13 @@ def seed_metadata(db: Path, size: int) -> None:
     conn.close()
 
 
+def after(size: int, template: str) -> str:
+    """``last`` at the middle of the data, or earlier so that a whole page of 100 follows
+    (none at 100 items): every size times a full page."""
+    index = min(size // 2, size - 101)
+    return template.format(index) if index >= 0 else ""
+
+
 async def timed(session: ClientSession, url: str, repeat: int) -> tuple[float, float]:
     times = []
     for _ in range(repeat):
@@ -95,7 +112,7 @@ async def timed(session: ClientSession, url: str, repeat: int) -> tuple[float, f
     return statistics.median(times), times[int(len(times) * 0.9) - 1]
 
 
-async def run_size(size: int, repeat: int) -> dict[str, tuple[float, float]]:
+async def run_size(size: int, repeat: int, settle: float = 0.0) -> dict[str, tuple[float, float]]:
     with tempfile.TemporaryDirectory(prefix="bench-listings-") as tmp:
         work = Path(tmp)
         seed_store(work / "storage", size)
@@ -114,15 +131,15 @@ async def run_size(size: int, repeat: int) -> dict[str, tuple[float, float]]:
         built = (time.perf_counter() - start) * 1000
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         base = f"http://127.0.0.1:{port}"
-        middle = size // 2
         urls = {
-            "tags/list": f"/v2/bench/tags/tags/list?n=100&last=t{middle:06d}",
-            "_catalog": f"/v2/_catalog?n=100&last=bench/r{middle:06d}",
+            "tags/list": "/v2/bench/tags/tags/list?n=100" + after(size, "&last=t{:06d}"),
+            "_catalog": "/v2/_catalog?n=100" + after(size, "&last=bench/r{:06d}"),
             "referrers": f"/v2/bench/tags/referrers/{SUBJECT}?n=100",
             "plugins": "/api/v1/plugins?limit=100",
             "assemblies?repository": "/api/v1/assemblies?repository=generic/mine&limit=20",
         }
         results = {"index build (start)": (built, built)}
+        await asyncio.sleep(settle)  # background work after start-up ends before timing
         try:
             async with ClientSession(base, trust_env=False) as session:
                 for name, url in urls.items():
@@ -137,17 +154,58 @@ async def run_size(size: int, repeat: int) -> dict[str, tuple[float, float]]:
         return results
 
 
+def seed_distribution(root: Path, size: int) -> None:
+    """``size`` repositories in docker-registry's storage, as its catalog walk finds them."""
+    repositories = root / "docker" / "registry" / "v2" / "repositories"
+    for r in range(size):
+        (repositories / "bench" / f"r{r:06d}" / "_layers").mkdir(parents=True)
+
+
+async def run_registry_size(size: int, repeat: int, settle: float = 0.0) -> dict[str, tuple[float, float]]:
+    with tempfile.TemporaryDirectory(prefix="bench-listings-") as tmp:
+        work = Path(tmp)
+        seed_distribution(work / "registry" / "storage", size)
+        with run_distribution(work / "registry") as dist:
+            config = make_config(work, "registry", dist)
+            app = create_app(config)
+            runner = web.AppRunner(app)
+            start = time.perf_counter()
+            await runner.setup()
+            catalog = app[REGISTRY].repository_catalog
+            while not catalog._reconciled:  # the first walk runs in the background
+                await asyncio.sleep(0.01)
+            walked = (time.perf_counter() - start) * 1000
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            url = "/v2/_catalog?n=100" + after(size, "&last=bench/r{:06d}")
+            await asyncio.sleep(settle)
+            try:
+                async with ClientSession(f"http://127.0.0.1:{port}", trust_env=False) as session:
+                    async with session.get(url) as resp:
+                        assert (await resp.json())["repositories"], url
+                    await timed(session, url, 2)
+                    return {"catalog walk (start)": (walked, walked),
+                            "_catalog (registry)": await timed(session, url, repeat)}
+            finally:
+                await runner.cleanup()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000,10000")
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--backend", choices=["filesystem", "registry"], default="filesystem")
+    parser.add_argument("--settle", type=float, default=0.0, help="seconds to wait after start before timing")
     args = parser.parse_args()
+    run = run_registry_size if args.backend == "registry" else run_size
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"# python bench/bench_listings.py --sizes {args.sizes} --repeat {args.repeat}")
+    print(f"# python bench/bench_listings.py --backend {args.backend} --sizes {args.sizes} --repeat {args.repeat}"
+          f" --settle {args.settle}")
     print(f"# load average before: {os.getloadavg()[0]:.1f}")
     table: dict[str, list[str]] = {}
     for size in sizes:
-        for name, (p50, p90) in (await run_size(size, args.repeat)).items():
+        for name, (p50, p90) in (await run(size, args.repeat, args.settle)).items():
             table.setdefault(name, []).append(f"{p50:.1f} / {p90:.1f}")
         print(f"# {size:,}: " + ", ".join(f"{k} {v[-1]}" for k, v in table.items()), flush=True)
     print("| operation (p50 / p90 ms) | " + " | ".join(f"{s:,}" for s in sizes) + " |")

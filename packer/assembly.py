@@ -297,7 +297,7 @@ class AssemblyService:
             after: str | None = None
             more = True
             while more:
-                repos, more = await backend.repositories_page(_LIST_BATCH, after, prefix=prefix)
+                repos, more = await self.registry.repositories_page(_LIST_BATCH, after, prefix=prefix)
                 for repo in repos:
                     after = repo
                     if not self.chains.matches(chain, repo):

@@ -256,7 +256,7 @@ class PluginStore:
     async def repositories(self, n: int | None = None, after: str | None = None) -> tuple[list[str], bool]:
         """Plugin repositories after ``after``, at most ``n``, and whether more follow: a
         range of the backend's sorted listing, not a filter over every repository."""
-        return await self.service.backend.repositories_page(n, after, prefix=self.prefix)
+        return await self.service.repositories_page(n, after, prefix=self.prefix)
 
     async def versions(self, repository: str) -> list[dict[str, Any]]:
         """Every tag of a plugin repository with its digest, config and files."""

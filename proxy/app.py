@@ -47,8 +47,8 @@ from .config import Config, ConfigError
 from .meta import MetadataError, create_database
 from .metrics import Metrics
 from .oci.errors import RegistryError
-from .service import immutable, journal, referrers
 from .oci.reference import is_digest
+from .service import immutable, journal, referrers, repositories
 from .service.events import Event, EventBus, ManifestDeleted
 from .service.gc import Collector
 from .service.gcruns import GcRun, GcRuns
@@ -91,6 +91,9 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
     if isinstance(backend, RegistryBackend):
         retries = app[METRICS].backend_retries
         backend.on_retry = lambda method, reason: retries.labels(method, reason).inc()
+    # A registry backend's catalog cannot resume a page in string order: algomint keeps its own.
+    catalog = (repositories.RepositoryCatalog(app[DATABASE], backend)
+               if config.storage.backend == "registry" else None)
     app[REGISTRY] = RegistryService(
         backend,
         referrers.ReferrersIndex(app[DATABASE], backend),
@@ -98,9 +101,11 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         journal.ChangeJournal(app[DATABASE], app[LEASES]),
         max_manifest_bytes=config.server.max_manifest_bytes,
         immutable=immutable_tags,
+        catalog=catalog,
     )
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_cluster)  # after storage; closes after every job runner stopped
+    app.cleanup_ctx.append(_catalog_walks)  # after storage: reads the database and the backend
     setup_cursors(app)  # after storage: the key lives in the database
     setup_audit(app)  # after storage: the log is flushed before the database closes
     setup_auth(app)  # users, tokens, grants; with [auth] enabled the permission policy and /token
@@ -171,6 +176,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         await db.migrate("referrers", referrers.SCHEMA)
         await db.migrate("journal", journal.SCHEMA)
         await db.migrate("immutable", immutable.SCHEMA)
+        await db.migrate("catalog", repositories.SCHEMA)
     except (OSError, MetadataError) as exc:
         if lock is not None:
             lock.release()
@@ -197,6 +203,21 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await db.close()
     if lock is not None:
         lock.release()
+
+
+async def _catalog_walks(app: web.Application) -> AsyncIterator[None]:
+    """The registry backend's catalog walked at start and every interval, in the background
+    (pages come from upstream's whole catalog until the first walk has finished)."""
+    catalog = app[REGISTRY].repository_catalog
+    if catalog is None:
+        yield
+        return
+    await catalog.load()
+    walks = asyncio.create_task(catalog.run(app[CONFIG].storage.catalog_reconcile_interval))
+    yield
+    walks.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await walks
 
 
 async def _drain_writes(app: web.Application) -> AsyncIterator[None]:

@@ -104,6 +104,10 @@ class StorageConfig(_Section):
     # Most bytes the open upload sessions of one repository may hold (filesystem
     # backend); None: no limit.
     upload_quota: int | None = Field(None, gt=0)
+    # registry: seconds between walks of the backend's catalog that reconcile algomint's
+    # own repository index (pushed through algomint: listed at once; pushed straight to
+    # the backend: listed after the next walk). Walked at start too; 0 = at start only.
+    catalog_reconcile_interval: float = Field(3600.0, ge=0)
 
     @model_validator(mode="after")
     def _registry_needs_url(self) -> "StorageConfig":

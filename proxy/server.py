@@ -9,9 +9,11 @@ import signal
 
 from aiohttp import web
 
+from .allocator import trim_when_quiet, tune_malloc
 from .api.state import IN_FLIGHT
 from .app import create_app
 from .config import Config
+from .memtrace import trace_memory
 from .startup import StartupError, listen_error, one_line
 from .tls import ServerTLS
 
@@ -52,7 +54,9 @@ async def _run(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     if tls is not None:
         loop.add_signal_handler(signal.SIGHUP, tls.reload)
+    trimmer = asyncio.create_task(trim_when_quiet(app[IN_FLIGHT]))
     await stop.wait()
+    trimmer.cancel()
     grace = config.server.shutdown_grace
     log.info("shutting down: draining in-flight requests", extra={"in_flight": app[IN_FLIGHT].count})
     # Stop listening first, then let in-flight requests finish (uploads still receive
@@ -66,5 +70,11 @@ async def _run(config: Config) -> None:
     log.info("stopped")
 
 
+async def _traced(config: Config) -> None:
+    async with trace_memory():
+        await _run(config)
+
+
 def serve(config: Config) -> None:
-    asyncio.run(_run(config))
+    tune_malloc()
+    asyncio.run(_traced(config))

@@ -157,6 +157,45 @@ async def test_embedded_page_cost_is_flat(tmp_path: Path, monkeypatch: pytest.Mo
         await backend.close()
 
 
+async def _index_ticks(backend: FilesystemBackend, call) -> int:
+    """SQLite VM steps (one tick per 10) the listing index spends on ``call``."""
+    ticks = [0]
+
+    def tick() -> int:
+        ticks[0] += 1
+        return 0
+
+    conn = backend._index._connect()
+    conn.set_progress_handler(tick, 10)
+    try:
+        await call()
+    finally:
+        conn.set_progress_handler(None, 10)
+    return ticks[0]
+
+
+async def test_embedded_repository_page_seeks_its_start(tmp_path: Path) -> None:
+    """A page from the middle seeks to ``last`` (or the prefix), whichever is later,
+    instead of reading every name before it: the SQL work is the page's at any size."""
+    ticks = {}
+    for size in (50, 5000):
+        root = tmp_path / f"store{size}"
+        _seed(root, repos=size, tags=1)
+        backend = FilesystemBackend(root)
+        await backend.start()
+        try:
+            middle = f"scale/r{size // 2:05d}"
+            ticks[size] = await _index_ticks(backend, lambda: backend.repositories_page(20, middle))
+            page, _ = await backend.repositories_page(20, middle)
+            assert page[0] == f"scale/r{size // 2 + 1:05d}" and len(page) == 20
+            # The prefix as the later bound, and a prefix that is itself a name.
+            assert (await backend.repositories_page(2, "a", prefix="scale/r0000"))[0] == ["scale/r00000", "scale/r00001"]
+            assert (await backend.repositories_page(5, None, prefix="scale/r00001"))[0] == ["scale/r00001"]
+        finally:
+            await backend.close()
+    assert ticks[5000] <= 2 * ticks[50] + 5, ticks
+
+
 async def test_index_rebuilt_and_repaired(tmp_path: Path) -> None:
     root = tmp_path / "store"
     _seed(root, repos=3, tags=5)
@@ -199,6 +238,7 @@ class _Upstream:
         self.cap = cap
         self.requests = 0
         self.served = 0
+        self.during_catalog = None  # an async callable run while a catalog page is answered
 
     def _page(self, names: list[str], request: web.Request, key: str, path: str) -> web.Response:
         self.requests += 1
@@ -216,6 +256,8 @@ class _Upstream:
         return self._page(self.tags, request, "tags", "/v2/scale/app/tags/list")
 
     async def catalog(self, request: web.Request) -> web.Response:
+        if self.during_catalog is not None:
+            await self.during_catalog()
         return self._page(self.repositories, request, "repositories", "/v2/_catalog")
 
 
@@ -264,6 +306,173 @@ async def test_registry_catalog_pages_in_string_order_whatever_upstream_walks(ai
         assert (page, more) == (["a/x", "a/y"], False)
     finally:
         await backend.close()
+
+
+async def _repository_catalog(tmp_path: Path, backend: RegistryBackend, clock=None):
+    from proxy.service.repositories import SCHEMA, RepositoryCatalog
+    from tests.conftest import metadata_database
+
+    db = metadata_database(tmp_path / f"catalog-{os.urandom(4).hex()}.db")
+    await db.open()
+    await db.migrate("catalog", SCHEMA)
+    catalog = RepositoryCatalog(db, backend, **({"clock": clock} if clock else {}))
+    await catalog.load()
+    return db, catalog
+
+
+async def _walk_pages(catalog, n: int, prefix: str = "") -> list[str]:
+    walked, last = [], None
+    for _ in range(1000):
+        page, more = await catalog.page(n, last, prefix)
+        assert len(page) <= n and (not more or len(page) == n)
+        walked += page
+        if not more:
+            return walked
+        last = page[-1]
+    raise AssertionError("the walk did not end")
+
+
+async def test_registry_catalog_index_pages_in_string_order(aiohttp_server, tmp_path: Path) -> None:
+    names = ["a/x", "a/y", "a-b/x", "a.c/z", "b", "plugins/p", "plugins/q/r", "pluginsx"]
+    upstream = _Upstream([], names, cap=2)
+    backend = await _upstream_backend(aiohttp_server, upstream)
+    db, catalog = await _repository_catalog(tmp_path, backend)
+    try:
+        # Before the first walk: upstream's whole catalog, still in string order.
+        assert await _walk_pages(catalog, 3) == sorted(names)
+        assert upstream.requests > 0
+        assert await catalog.reconcile() == len(names)
+        upstream.requests = 0
+        for n in (1, 2, 3, 100):
+            assert await _walk_pages(catalog, n) == sorted(names), n
+        assert await _walk_pages(catalog, 1, prefix="plugins/") == ["plugins/p", "plugins/q/r"]
+        assert await catalog.page(10, "a-b/x", "a") == (["a.c/z", "a/x", "a/y"], False)
+        assert await catalog.page(10, "a/y", "a") == ([], False)
+        assert await catalog.page(10, "zzz", "a") == ([], False)
+        assert await catalog.page(None, "b", "") == (["plugins/p", "plugins/q/r", "pluginsx"], False)
+        assert upstream.requests == 0, "pages come from the index"
+        # A walk that has finished survives a restart: no fallback to upstream then.
+        from proxy.service.repositories import RepositoryCatalog
+
+        again = RepositoryCatalog(db, backend)
+        await again.load()
+        assert await again.page(2, None) == (["a-b/x", "a.c/z"], True)
+        assert upstream.requests == 0
+    finally:
+        await db.close()
+        await backend.close()
+
+
+async def test_registry_catalog_reconciles_with_upstream(aiohttp_server, tmp_path: Path) -> None:
+    now = [100.0]
+    upstream = _Upstream([], ["kept", "gone/soon"], cap=1)
+    backend = await _upstream_backend(aiohttp_server, upstream)
+    db, catalog = await _repository_catalog(tmp_path, backend, clock=lambda: now[0])
+    try:
+        await catalog.reconcile()
+        # Through algomint: listed at once. Straight to the backend: after the next walk.
+        now[0] = 101.0
+        await catalog.record("pushed/here")
+        upstream.repositories = sorted(["kept", "pushed/here", "direct/push"], key=lambda s: s.split("/"))
+        assert (await catalog.page(None, None))[0] == ["gone/soon", "kept", "pushed/here"]
+        # A push while the walk is on, of a name the walk has already passed, is not lost.
+        pushed_during = []
+
+        async def push_during_walk() -> None:
+            if not pushed_during:
+                now[0] = 103.0
+                await catalog.record("zz/late")
+                pushed_during.append(True)
+
+        now[0] = 102.0
+        upstream.during_catalog = push_during_walk
+        assert await catalog.reconcile() == 3
+        assert (await catalog.page(None, None))[0] == ["direct/push", "kept", "pushed/here", "zz/late"]
+        # A repository whose manifests are deleted through algomint stays listed.
+        await catalog.record("kept")
+        assert "kept" in (await catalog.page(None, None))[0]
+    finally:
+        await db.close()
+        await backend.close()
+
+
+async def test_registry_catalog_without_upstream_catalog_lists_what_passed(aiohttp_server, tmp_path: Path) -> None:
+    app = web.Application()  # no /v2/_catalog: 404, like Docker Hub
+    server = await aiohttp_server(app)
+    backend = RegistryBackend(str(server.make_url("/")))
+    await backend.start()
+    db, catalog = await _repository_catalog(tmp_path, backend)
+    try:
+        await catalog.record("mine/one")
+        assert await catalog.reconcile() == 0
+        assert await catalog.page(10, None) == (["mine/one"], False)
+    finally:
+        await db.close()
+        await backend.close()
+
+
+@pytest.mark.parametrize("size", [50, 5000])
+async def test_registry_catalog_page_cost_is_flat(aiohttp_server, tmp_path: Path, size: int) -> None:
+    names = [f"scale/r{i:05d}" for i in range(size)]
+    upstream = _Upstream([], names)
+    backend = await _upstream_backend(aiohttp_server, upstream)
+    db, catalog = await _repository_catalog(tmp_path, backend)
+    try:
+        await catalog.reconcile()
+        upstream.requests = upstream.served = 0
+        async with _Steps(db) as counter:
+            page, more = await catalog.page(20, "scale/r00010")
+        assert page == names[11:31] and more
+        assert (upstream.requests, upstream.served) == (0, 0)
+        # A seek and the page's rows: SQLite VM steps (one tick per 10) stay a page's worth.
+        assert counter.count <= 30, counter.count
+        async with _Steps(db) as counter:
+            page, more = await catalog.page(100, None, prefix="scale/r0001")
+        assert page == names[10:20] and not more
+        assert counter.count <= 30, counter.count
+    finally:
+        await db.close()
+        await backend.close()
+
+
+async def test_catalog_walk_from_the_index_while_repositories_come(config, aiohttp_client, backend_kind) -> None:
+    """Through HTTP on both backends, once the registry backend's first walk is done:
+    ``Link``/``last`` pages in order, without duplicates or gaps, names pushed during the
+    walk ahead of the cursor included."""
+    import asyncio
+    import uuid
+
+    from proxy.api.state import REGISTRY
+    from proxy.app import create_app
+
+    app = create_app(config)
+    client = await aiohttp_client(app)
+    catalog = app[REGISTRY].repository_catalog
+    assert (catalog is None) == (backend_kind == "filesystem")
+    base = f"walk{uuid.uuid4().hex[:10]}"
+    names = [f"{base}/c{i:02d}" for i in range(9)]
+    for name in names:
+        await push_image(client, name, "v1", [b"x"])
+    if catalog is not None:
+        for _ in range(200):
+            if catalog._reconciled:
+                break
+            await asyncio.sleep(0.05)
+        assert catalog._reconciled
+    added = []
+
+    async def change(page: list[str]) -> None:
+        name = f"{base}/c99x{len(added)}"
+        await push_image(client, name, "v1", [b"x"])
+        added.append(name)
+
+    walked = await _walk(client, f"/v2/_catalog?n=4&last={base}/", "repositories", change)
+    mine = [name for name in walked if name.startswith(base + "/")]
+    assert walked == sorted(set(walked))
+    assert mine[: len(names)] == names
+    # Every name pushed ahead of the cursor before the last page is listed (the walk's
+    # last change comes after its last page).
+    assert set(names) | set(added[:-1]) <= set(mine) <= set(names) | set(added)
 
 
 # -- referrers: paged by the spec's Link, filtered in the query ----------------------------

@@ -23,11 +23,13 @@ class InFlight:
 
     def __init__(self) -> None:
         self.count = 0
+        self.started = 0  # ever: tells a quiet spell with no request from one with some
         self._idle = asyncio.Event()
         self._idle.set()
 
     def enter(self) -> None:
         self.count += 1
+        self.started += 1
         self._idle.clear()
 
     def leave(self) -> None:

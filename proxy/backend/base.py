@@ -237,6 +237,10 @@ class Backend(ABC):
     async def list_repositories(self) -> list[str]:
         """All repository names, sorted."""
 
+    async def iter_repositories(self) -> AsyncIterator[list[str]]:
+        """Every repository name, a batch at a time, in the backend's own order."""
+        yield await self.list_repositories()
+
     async def tags_page(self, repo: str, n: int | None, last: str | None) -> tuple[list[str], bool]:
         """Up to ``n`` tags after ``last`` (all with ``n=None``), sorted, and whether more
         follow. Backends with an index override this so a page costs a page."""

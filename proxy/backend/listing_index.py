@@ -138,18 +138,20 @@ class ListingIndex:
         last: str | None,
         present: Callable[[str], bool],
         forget: Callable[[list[str]], None],
+        lower: str = ">",
     ) -> tuple[list[str], bool]:
-        """Up to ``n`` present names after ``last`` in order, and whether more follow."""
+        """Up to ``n`` present names after ``last`` in order, and whether more follow.
+
+        ``query`` ends its conditions with ``{lower} ?``: the one lower bound of the range,
+        ``lower`` (``>`` or ``>=``) with ``last`` for the first batch, then ``>`` the batch's
+        last name."""
         page: list[str] = []
         after = last or ""
         while True:
             want = None if n is None else n - len(page) + 1
+            sql = query.format(lower=lower) + (" LIMIT ?" if want is not None else "")
             with self._db() as conn:
-                rows = [
-                    r[0]
-                    for r in conn.execute(query + (" LIMIT ?" if want is not None else ""),
-                                          params + (after,) + ((want,) if want is not None else ()))
-                ]
+                rows = [r[0] for r in conn.execute(sql, params + (after,) + ((want,) if want is not None else ()))]
             self.rows_read += len(rows)
             gone = [name for name in rows if not present(name)]
             if gone:
@@ -162,13 +164,13 @@ class ListingIndex:
                 return page[:n], True
             if want is None or len(rows) < want:
                 return page, False
-            after = rows[-1]
+            after, lower = rows[-1], ">"
 
     def tags_page(
         self, repo: str, n: int | None, last: str | None, present: Callable[[str], bool]
     ) -> tuple[list[str], bool]:
         return self._page(
-            "SELECT tag FROM tags WHERE repo = ? AND tag > ? ORDER BY tag",
+            "SELECT tag FROM tags WHERE repo = ? AND tag {lower} ? ORDER BY tag",
             (repo,),
             n,
             last,
@@ -181,15 +183,19 @@ class ListingIndex:
     ) -> tuple[list[str], bool]:
         # ``prefix`` narrows the range (the primary key still orders it): names are ASCII,
         # so "prefix <= name < prefix + U+FFFF" holds exactly the names that start with it.
+        # One lower bound, the greater of the two: given both, SQLite seeks to one and
+        # filters the rest row by row (a page from the middle of 100,000 names read half).
         def forget(gone: list[str]) -> None:
             for name in gone:
                 self._remove_repository(name)
 
+        after_last = last is not None and last >= prefix
         return self._page(
-            "SELECT name FROM repositories WHERE name >= ? AND name < ? AND name > ? ORDER BY name",
-            (prefix, prefix + "\uffff"),
+            "SELECT name FROM repositories WHERE name < ? AND name {lower} ? ORDER BY name",
+            (prefix + "\uffff",),
             n,
-            last,
+            last if after_last else prefix,
             present,
             forget,
+            lower=">" if after_last else ">=",
         )

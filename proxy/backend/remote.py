@@ -977,9 +977,18 @@ class RegistryBackend(Backend):
 
     async def _paginate(self, path: str, key: str, scopes: Sequence[str], not_found: ErrorCode | None) -> list[str]:
         """Gather every page, following ``Link: <…>; rel="next"`` (spec §Listing Tags)."""
-        target = path + (f"?n={self.page_size}" if self.page_size else "")
-        url: URL | None = self._api(target)
         items: set[str] = set()
+        async for values in self._pages(path, key, scopes, not_found):
+            items.update(values)
+        return sorted(items)
+
+    async def _pages(
+        self, path: str, key: str, scopes: Sequence[str], not_found: ErrorCode | None, n: int | None = None
+    ) -> AsyncIterator[list[str]]:
+        """Each upstream page in turn, following ``Link: <…>; rel="next"``."""
+        n = n or self.page_size
+        target = path + (f"?n={n}" if n else "")
+        url: URL | None = self._api(target)
         seen: set[str] = set()
         for _ in range(_MAX_PAGES):
             assert url is not None
@@ -987,9 +996,9 @@ class RegistryBackend(Backend):
                 raise invalid_response("listing Link points outside the registry API or loops")
             seen.add(url.raw_path_qs)
             values, url = await self._fetch_page(url, key, scopes, not_found)
-            items.update(values)
+            yield values
             if url is None:
-                return sorted(items)
+                return
         raise invalid_response("listing has too many pages")
 
     async def _page(
@@ -1036,8 +1045,15 @@ class RegistryBackend(Backend):
         # A registry without a catalog (Docker Hub, some Harbor setups) answers 404.
         return await self._paginate("/_catalog", "repositories", _CATALOG_SCOPES, Errors.UNSUPPORTED)
 
+    async def iter_repositories(self) -> AsyncIterator[list[str]]:
+        # Big pages: distribution walks its tree from the start up to ``last`` for each
+        # page, so a walk costs about (repositories / n) times the tree.
+        async for values in self._pages("/_catalog", "repositories", _CATALOG_SCOPES, Errors.UNSUPPORTED,
+                                        n=self.page_size or _UPSTREAM_MAX_N):
+            yield values
+
     async def repositories_page(self, n: int | None, last: str | None, prefix: str = "") -> tuple[list[str], bool]:
-        # Whole listing, paged here: distribution orders its catalog by path component (a
+        # Without algomint's own index (``service/repositories.py``): the whole listing, paged here: distribution orders its catalog by path component (a
         # directory walk), not by the names' string order, so its ``last`` cannot resume
         # a page in our order without skipping names (``a-b/x`` sorts before ``a/x`` as a
         # string, after it as a path).

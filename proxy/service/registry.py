@@ -26,6 +26,7 @@ from .flights import Flights
 from .immutable import ImmutableTags
 from .journal import Change, ChangeJournal
 from .referrers import ReferrersIndex
+from .repositories import RepositoryCatalog
 
 __all__ = ["BlobContentError", "RegistryService", "StoredManifest", "VirtualBlob", "VirtualContent"]
 
@@ -149,8 +150,11 @@ class RegistryService:
         max_manifest_bytes: int = 4 * 1024 * 1024,
         manifest_cache_bytes: int = 64 * 1024 * 1024,
         immutable: ImmutableTags | None = None,
+        catalog: RepositoryCatalog | None = None,
     ) -> None:
         self.backend = backend
+        # The registry backend's catalog, kept by algomint (None: the backend's own pages).
+        self.repository_catalog = catalog
         self.immutable = immutable
         self.referrers = referrers
         self.events = events
@@ -326,6 +330,8 @@ class RegistryService:
         self, repo: str, tag: str | None, digest: str, data: bytes, manifest: ParsedManifest, actor: str | None
     ) -> None:
         self._cache.put(repo, ManifestData(digest, manifest.media_type, data))
+        if self.repository_catalog is not None:
+            await self.repository_catalog.record(repo)
         await self.referrers.record(repo, digest, len(data), manifest)
         await self.events.publish(ManifestStored(repo, digest, manifest.media_type, tag, manifest, actor))
 
@@ -376,6 +382,8 @@ class RegistryService:
         await self.journal.end(change)
 
     async def _after_delete(self, repo: str, reference: str, actor: str | None) -> None:
+        if self.repository_catalog is not None:
+            await self.repository_catalog.record(repo)
         if is_digest(reference):
             self._cache.drop(repo, reference)
             await self.referrers.forget(repo, reference)
@@ -487,5 +495,12 @@ class RegistryService:
         return page, (page[-1] if more and page else None)
 
     async def catalog(self, n: int | None, last: str | None) -> tuple[list[str], str | None]:
-        page, more = await self.backend.repositories_page(n, last)
+        page, more = await self.repositories_page(n, last)
         return page, (page[-1] if more and page else None)
+
+    async def repositories_page(self, n: int | None, last: str | None, prefix: str = "") -> tuple[list[str], bool]:
+        """Up to ``n`` repositories after ``last`` starting with ``prefix``, sorted, and
+        whether more follow."""
+        if self.repository_catalog is not None:
+            return await self.repository_catalog.page(n, last, prefix)
+        return await self.backend.repositories_page(n, last, prefix)
