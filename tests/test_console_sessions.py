@@ -182,3 +182,25 @@ async def test_idle_session_expires_on_every_replica(two_replicas):
     assert resp.status == 303 and "/ui/login" in resp.headers["Location"]
     # B deleted the row: A refuses the session too, though its own idle limit is long.
     assert (await a.client.get("/ui/algorithms", allow_redirects=False)).status == 303
+
+
+async def test_a_password_changed_on_one_replica_keeps_that_session_everywhere_and_ends_the_others(two_replicas):
+    a, b = two_replicas
+    async with TestClient(b.client.server) as kept_on_b:
+        await _sign_in(b.client, b.client, "alg")  # another session of alg
+        await _sign_in(a.client, a.client, "alg")
+        _set_cookie(kept_on_b, _cookie(a.client))
+        assert (await kept_on_b.get("/ui/account", allow_redirects=False)).status == 200
+        csrf = _CSRF.search(await (await a.client.get("/ui/account")).text()).group(1)
+        new = "a-new-password-for-alg"
+        resp = await a.client.post("/ui/users/alg/password", data={"csrf": csrf, "current_password": password_of("alg"),
+                                                                   "password": new, "repeat": new},
+                                   allow_redirects=False)
+        assert resp.status == 303, await resp.text()
+
+        async def settled() -> bool:  # once B's account cache has the new password
+            return (await b.client.get("/ui/account", allow_redirects=False)).status == 303
+
+        await wait_for(settled, timeout=10)
+        assert (await kept_on_b.get("/ui/account", allow_redirects=False)).status == 200
+        assert (await a.client.get("/ui/account", allow_redirects=False)).status == 200

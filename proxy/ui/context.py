@@ -52,9 +52,13 @@ async def _principal(request: web.Request, session: Session) -> Principal:
     if not auth_on(request) or session.user is None:
         return ANONYMOUS
     identity = await request.app[AUTH_STORE].identity(session.user)
-    if (identity is None or identity.user.disabled
-            or password_fingerprint(identity.user.password_hash) != session.fingerprint):
+    if identity is None or identity.user.disabled:
         await request.app[SESSIONS].end(session.id)  # on every replica, not only here
+        session.user = session.fingerprint = None
+        return ANONYMOUS
+    if password_fingerprint(identity.user.password_hash) != session.fingerprint:
+        # Refused, row kept: this replica's account cache may be a second behind a change
+        # made on another one that kept this very session (its own password, changed here).
         session.user = session.fingerprint = None
         return ANONYMOUS
     roles = tuple(dict.fromkeys(g.role for g in identity.grants))
