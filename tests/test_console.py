@@ -345,23 +345,6 @@ async def test_tokens_create_once_and_revoke_with_the_api_rules(auth_env):
     assert resp.status == 403
 
 
-def test_session_store_idle_expiry_and_polling_does_not_keep_a_session_alive():
-    from proxy.ui.sessions import SessionStore
-    now = [0.0]
-    store = SessionStore(idle=10, clock=lambda: now[0])
-    session = store.new("alg", "fp")
-    now[0] = 8
-    assert store.get(session.id) is session  # used: the idle clock restarts
-    now[0] = 16
-    assert store.get(session.id, touch=False) is session  # a progress poll does not restart it
-    now[0] = 19
-    assert store.get(session.id) is None  # 11 s since the last real use
-    assert store.get(session.id) is None and store.get("") is None
-    other = store.new()
-    assert other.user is None and other.csrf != session.csrf and not other.csrf_ok(None)
-    assert other.csrf_ok(other.csrf) and not other.csrf_ok(session.csrf)
-
-
 async def test_who_pushed_a_version_is_shown_to_admins_only(auth_env):
     client = auth_env.client
     await _push_algorithm(client, "generic/pushed", "1.0", {"name": "pushed", "version": "1.0"})
@@ -522,17 +505,6 @@ def test_running_job_and_build_blocks_ask_for_themselves():
     assert 'hx-get="/ui/builds/b1"' in html and 'hx-trigger="every 2s"' in html
     html = env.get_template("build_status.html").render(build={**build, "state": "failed", "error": "boom"}, csrf="t")
     assert "hx-trigger" not in html and "Retry this build" in html
-
-
-def test_a_flood_of_anonymous_sessions_never_pushes_out_a_signed_in_one():
-    from proxy.ui.sessions import SessionStore
-    store = SessionStore(idle=60, max_signed_in=3, max_anonymous=5)
-    signed = store.new("alg", "fp")
-    anonymous = [store.new() for _ in range(50)]
-    assert store.get(signed.id) is signed
-    assert store.get(anonymous[0].id) is None and store.get(anonymous[-1].id) is anonymous[-1]
-    store.end(signed.id)
-    assert store.get(signed.id) is None
 
 
 async def test_repository_index_pages_by_prefix_and_follows_pushes_and_deletes():

@@ -13,7 +13,7 @@ import jinja2
 from aiohttp import web
 
 from ..api.manage.router import ApiRouter
-from ..api.state import CONFIG, EVENTS, REGISTRY
+from ..api.state import CONFIG, DATABASE, EVENTS, REGISTRY
 from ..auth.permissions import ROLES
 from . import account, admin, jobs, plugins, repositories, signin, systems, tokens
 from .bridge import BRIDGE, Bridge
@@ -45,16 +45,16 @@ def setup_ui(app: web.Application, routers: Sequence[ApiRouter]) -> None:
                                undefined=jinja2.ChainableUndefined)
     env.filters.update(FILTERS)
     env.globals["role_names"] = sorted(ROLES)
-    app[SESSIONS] = SessionStore(config.session_idle)
     app[BRIDGE] = Bridge(list(routers))
     app[repositories.REPOSITORIES] = index = RepositoryIndex(app[REGISTRY].backend.list_repositories)
     app[EVENTS].subscribe(index.on_event)
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        app[SESSIONS] = await SessionStore.open(app[DATABASE], config.session_idle)
         async with index.running():
             yield
 
-    app.cleanup_ctx.append(lifetime)  # after storage (registered first): the listing needs it open
+    app.cleanup_ctx.append(lifetime)  # after storage (registered first): the listing and sessions need it open
     app.router.add_get("/ui", _root)
     app.router.add_get("/ui/", home, name="ui.home")
     app.router.add_static("/ui/static", _HERE / "static", name="ui.static")

@@ -13,7 +13,7 @@ from ..api.state import PRINCIPAL
 from ..auth.registry_token import password_fingerprint
 from ..auth.state import AUTH_STORE
 from .bridge import BRIDGE
-from .context import SESSION, page, render
+from .context import SESSION, SESSIONS, page, render
 from .forms import field_errors
 
 __all__ = ["add_routes"]
@@ -48,7 +48,7 @@ async def set_password(request: web.Request) -> web.StreamResponse:
     if name == request[PRINCIPAL].name:
         identity = await request.app[AUTH_STORE].identity(name)
         if identity is not None:  # this session goes on; the account's others end at their next request
-            session.fingerprint = password_fingerprint(identity.user.password_hash)
+            await request.app[SESSIONS].refingerprint(session, password_fingerprint(identity.user.password_hash))
     session.flash.append(f"Password of {name} changed.")
     raise web.HTTPSeeOther("/ui/account")
 

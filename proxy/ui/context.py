@@ -22,7 +22,7 @@ from ..auth.registry_token import password_fingerprint
 from ..auth.state import AUTH_STORE
 from ..oci.errors import Errors, RegistryError
 from ..service.policy import ANONYMOUS, Principal
-from .sessions import COOKIE, Session, SessionStore
+from .sessions import COOKIE, FLASH_COOKIE, Session, SessionStore
 
 __all__ = ["SESSIONS", "SESSION", "page", "render", "auth_on", "set_session_cookie", "error_page", "redirect", "CSRF_FIELD"]
 
@@ -52,8 +52,13 @@ async def _principal(request: web.Request, session: Session) -> Principal:
     if not auth_on(request) or session.user is None:
         return ANONYMOUS
     identity = await request.app[AUTH_STORE].identity(session.user)
-    if (identity is None or identity.user.disabled
-            or password_fingerprint(identity.user.password_hash) != session.fingerprint):
+    if identity is None or identity.user.disabled:
+        await request.app[SESSIONS].end(session.id)  # on every replica, not only here
+        session.user = session.fingerprint = None
+        return ANONYMOUS
+    if password_fingerprint(identity.user.password_hash) != session.fingerprint:
+        # Refused, row kept: this replica's account cache may be a second behind a change
+        # made on another one that kept this very session (its own password, changed here).
         session.user = session.fingerprint = None
         return ANONYMOUS
     roles = tuple(dict.fromkeys(g.role for g in identity.grants))
@@ -73,10 +78,11 @@ def page(*, public: bool = False) -> Callable[[PageHandler], PageHandler]:
         async def handler(request: web.Request) -> web.StreamResponse:
             sessions = request.app[SESSIONS]
             polling = request.headers.get("HX-Request") == "true" and request.method == "GET"
-            session = sessions.get(request.cookies.get(COOKIE), touch=not polling)
+            session = await sessions.get(request.cookies.get(COOKIE), touch=not polling)
             fresh = session is None
             if session is None:
-                session = sessions.new()
+                session = await sessions.new()
+            session.flash = sessions.open_flash(request.cookies.get(FLASH_COOKIE))
             request[SESSION] = session
             request[PRINCIPAL] = await _principal(request, session)
             response: web.StreamResponse
@@ -162,6 +168,12 @@ def _finish(request: web.Request, response: web.StreamResponse, session: Session
             response.headers.setdefault(name, value)
         if COOKIE not in response.cookies and request.cookies.get(COOKIE) != session.id:
             set_session_cookie(request, response, session)
+        # Flash messages ride in their own signed cookie until a page shows them: no row, any replica.
+        if session.flash:
+            response.set_cookie(FLASH_COOKIE, request.app[SESSIONS].seal_flash(session.flash), httponly=True,
+                                samesite="Strict", secure=request.secure, path="/ui")
+        elif FLASH_COOKIE in request.cookies:
+            response.del_cookie(FLASH_COOKIE, path="/ui")
     return response
 
 

@@ -56,8 +56,8 @@ async def login(request: web.Request) -> web.StreamResponse:
             response.headers["Retry-After"] = str(math.ceil(failure.retry_after))
         return response
     sessions = request.app[SESSIONS]
-    sessions.end(request[SESSION].id)
-    session = sessions.new(credential.identity.user.name, credential.fingerprint)
+    await sessions.end(request[SESSION].id)
+    session = await sessions.new(credential.identity.user.name, credential.fingerprint)
     request[SESSION] = session
     request[PRINCIPAL] = credential.principal
     record_request(request, "login", 200, outcome="success", detail={"method": "console"})
@@ -68,7 +68,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 @page(public=True)
 async def logout(request: web.Request) -> web.StreamResponse:
-    request.app[SESSIONS].end(request[SESSION].id)
+    await request.app[SESSIONS].end(request[SESSION].id)  # refused by every replica at once
     response = redirect("/ui/login" if auth_on(request) else "/ui/")
     response.del_cookie(COOKIE, path="/ui")
     return response

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ...meta import Database
 from ..state import DATABASE
 
-__all__ = ["CursorCodec", "CURSORS", "SCHEMA", "load_key", "setup_cursors"]
+__all__ = ["CursorCodec", "CURSORS", "SCHEMA", "load_key", "load_secret", "setup_cursors"]
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS server_secrets (
@@ -63,14 +63,20 @@ class CursorCodec:
 CURSORS = web.AppKey("cursors", CursorCodec)
 
 
-async def load_key(db: Database) -> bytes:
-    """The cursor key stored in the metadata database, created on first use."""
+async def load_secret(db: Database, name: str) -> bytes:
+    """The 32-byte secret ``name`` stored in the metadata database, created on first use
+    (by whichever process gets there first; every other one reads the same)."""
     await db.migrate("server_secrets", SCHEMA)
     await db.execute("INSERT INTO server_secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                     (_KEY_NAME, os.urandom(32), time.time()))
-    row = await db.fetchone("SELECT value FROM server_secrets WHERE name = ?", (_KEY_NAME,))
+                     (name, os.urandom(32), time.time()))
+    row = await db.fetchone("SELECT value FROM server_secrets WHERE name = ?", (name,))
     assert row is not None
     return bytes(row["value"])
+
+
+async def load_key(db: Database) -> bytes:
+    """The cursor key stored in the metadata database, created on first use."""
+    return await load_secret(db, _KEY_NAME)
 
 
 def setup_cursors(app: web.Application) -> None:
