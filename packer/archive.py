@@ -41,6 +41,7 @@ __all__ = [
     "PlatformUnknown",
     "Segment",
     "iter_parts",
+    "segment_parts",
     "open_part",
     "plan_archive",
     "read_part",
@@ -97,11 +98,6 @@ class ArchivePlan:
     @property
     def etag(self) -> str:
         return f'"{self.root.digest}"' if self.platform is None else f'"{self.root.digest};platform={self.platform}"'
-
-    def locate(self, offset: int) -> int:
-        """Index of the segment holding archive byte ``offset``."""
-        starts = [s.offset for s in self.segments]
-        return bisect.bisect_right(starts, offset) - 1
 
 
 class _Builder:
@@ -314,17 +310,23 @@ def iter_parts(plan: ArchivePlan, start: int = 0, end: int | None = None) -> Ite
     end = plan.size - 1 if end is None else end
     if plan.size == 0 or start > end:
         return
-    index = plan.locate(start)
+    yield from segment_parts(plan.segments, plan.repository, start, end)
+
+
+def segment_parts(segments: list[Segment], repository: str, start: int, end: int) -> Iterator[bytes | BlobPart]:
+    """Bytes ``[start, end]`` (inclusive) of a layout of ``segments`` (ordered, contiguous,
+    from 0) as literal pieces and ranges of ``repository``'s blobs."""
+    index = bisect.bisect_right([s.offset for s in segments], start) - 1
     position = start
     while position <= end:
-        segment = plan.segments[index]
+        segment = segments[index]
         local = position - segment.offset
         length = min(segment.end, end + 1) - position
         if segment.data is not None:
             yield segment.data[local : local + length]
         else:
             assert segment.digest is not None
-            yield BlobPart(plan.repository, segment.digest, local, length, segment.size)
+            yield BlobPart(repository, segment.digest, local, length, segment.size)
         position += length
         index += 1
 

@@ -32,7 +32,6 @@ sees a referenced digest without a link and leaves it alone.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import copy
 import hashlib
@@ -48,7 +47,7 @@ from proxy.oci.manifest import parse_manifest
 from proxy.oci.reference import is_digest, sha256_digest
 from proxy.service.registry import RegistryService
 
-from ..archive import ArchiveError, BlobPart, Segment, open_part, read_part
+from ..archive import ArchiveError, BlobPart, Segment, open_part, read_part, segment_parts
 from ..layers import OUTPUT_MEDIA_TYPES
 from ..package import PackageError, validate_path
 from ..tarstream import BLOCK, ustar_header
@@ -92,9 +91,6 @@ class LayerLayout:
     segments: list[Segment]  # header bytes and blob contents, in order
     size: int
     names: list[str]
-
-    def locate(self, offset: int) -> int:
-        return bisect.bisect_right([s.offset for s in self.segments], offset) - 1
 
 
 def _header(name: str, size: int, typeflag: bytes, mode: int) -> bytes:
@@ -156,22 +152,6 @@ def layer_layout(thin: ManifestData) -> LayerLayout:
         literal(b"\0" * (-size % BLOCK))
     literal(b"\0" * (2 * BLOCK))
     return LayerLayout(segments, offset, entries)
-
-
-def _parts(repo: str, layout: LayerLayout, start: int, end: int) -> Iterator[bytes | BlobPart]:
-    """Layer bytes ``[start, end]`` (inclusive) as literal pieces and blob ranges."""
-    index, position = layout.locate(start), start
-    while position <= end:
-        segment = layout.segments[index]
-        local = position - segment.offset
-        length = min(segment.end, end + 1) - position
-        if segment.data is not None:
-            yield segment.data[local : local + length]
-        else:
-            assert segment.digest is not None
-            yield BlobPart(repo, segment.digest, local, length, segment.size)
-        position += length
-        index += 1
 
 
 async def _hash(hasher: "hashlib._Hash", data: bytes) -> None:
@@ -251,7 +231,7 @@ async def stream_layer(backend: Backend, repo: str, layout: LayerLayout, start: 
     hasher = hashlib.sha256() if expected and start == 0 and end == layout.size - 1 else None
     held: bytes | None = None
     try:
-        for part in _parts(repo, layout, start, end):
+        for part in segment_parts(layout.segments, repo, start, end):
             if isinstance(part, bytes):
                 source = _literal(part)
             elif hasher is not None:

@@ -182,13 +182,7 @@ class AuditLog:
         return (head["seq"], head["hash"]) if head else (0, GENESIS)
 
     async def _insert(self, batch: list[AuditEvent], head: tuple[int, str]) -> None:
-        seq, prev = head
-        rows = []
-        for event in batch:
-            seq += 1
-            row = event.row(seq, prev)
-            prev = row["hash"]
-            rows.append(row)
+        rows, (seq, prev) = _chained(batch, head)
         columns = list(rows[0])
         placeholders = f"({', '.join('?' * len(columns))})"
         # One multi-row INSERT: atomic on its own, one round trip to the database.
@@ -202,13 +196,7 @@ class AuditLog:
         # serialised write transaction, so no other writer extends it in between.
         async with self.db.transaction() as tx:
             head = await tx.fetchone("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            seq, prev = (head["seq"], head["hash"]) if head else (0, GENESIS)
-            rows = []
-            for event in batch:
-                seq += 1
-                row = event.row(seq, prev)
-                prev = row["hash"]
-                rows.append(row)
+            rows, (seq, prev) = _chained(batch, (head["seq"], head["hash"]) if head else (0, GENESIS))
             columns = list(rows[0])
             await tx.executemany(f"INSERT INTO audit_log ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                                  [[row[c] for c in columns] for row in rows])
@@ -284,3 +272,15 @@ class AuditLog:
 
 def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _chained(batch: list[AuditEvent], head: tuple[int, str]) -> tuple[list[dict[str, Any]], tuple[int, str]]:
+    """The batch's rows, each hashed onto the one before from ``head``, and the new head."""
+    seq, prev = head
+    rows = []
+    for event in batch:
+        seq += 1
+        row = event.row(seq, prev)
+        prev = row["hash"]
+        rows.append(row)
+    return rows, (seq, prev)
