@@ -34,6 +34,7 @@ def _bootstrap(args: argparse.Namespace, client: AdminClient, out: Output) -> in
     from ..auth.passwords import hash_password
     from ..auth.setup import ADMIN, admin_password, new_store
     from ..auth.store import SCHEMA
+    from ..cluster import versions
     from ..service.policy import Action
     from ..cli import load_cli_config
     from ..config import ConfigError
@@ -52,6 +53,7 @@ def _bootstrap(args: argparse.Namespace, client: AdminClient, out: Output) -> in
         await db.open()
         try:
             await db.migrate("auth", SCHEMA)
+            await versions.migrate(db)  # account changes bump the shared auth version
             store = new_store(config, db)
             if await store.count_users() == 0:
                 await store.create_user(ADMIN, kind="user", password_hash=hash_password(password) if password else None,
