@@ -411,6 +411,7 @@ async def test_registry_catalog_without_upstream_catalog_lists_what_passed(aioht
         await backend.close()
 
 
+@pytest.mark.sqlite_only  # counts SQLite VM steps
 @pytest.mark.parametrize("size", [50, 5000])
 async def test_registry_catalog_page_cost_is_flat(aiohttp_server, tmp_path: Path, size: int) -> None:
     names = [f"scale/r{i:05d}" for i in range(size)]
