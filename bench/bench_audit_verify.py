@@ -34,12 +34,12 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proxy.audit import AuditEvent, AuditLog  # noqa: E402
-from proxy.meta import Database  # noqa: E402
+from proxy.meta import SqliteDatabase  # noqa: E402
 from tests.support.server import run_server  # noqa: E402
 
 
 async def fill(path: Path, records: int) -> None:
-    db = Database(path)
+    db = SqliteDatabase(path)
     await db.open()
     log = AuditLog(db, flush_interval=0.05, batch_size=5000)
     await log.start()
@@ -95,7 +95,7 @@ async def measure(url: str, seconds: float, repeat: int) -> None:
 async def holds(path: Path) -> None:
     from proxy.audit import verify_chain
 
-    db = Database(path)
+    db = SqliteDatabase(path)
     await db.open()
     samples: list[float] = []
     done = False

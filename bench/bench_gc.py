@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proxy.backend.filesystem import FilesystemBackend  # noqa: E402
-from proxy.meta import Database  # noqa: E402
+from proxy.meta import SqliteDatabase  # noqa: E402
 from proxy.oci import mediatypes as mt  # noqa: E402
 from proxy.service import journal, referrers  # noqa: E402
 from proxy.service.events import EventBus  # noqa: E402
@@ -66,9 +66,10 @@ async def main(images: int, repos: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         backend = FilesystemBackend(root / "storage")
-        db = Database(root / "meta.db")
+        db = SqliteDatabase(root / "meta.db")
         await db.open()
-        await db.migrate(referrers.SCHEMA + journal.SCHEMA)
+        await db.migrate("referrers", referrers.SCHEMA)
+        await db.migrate("journal", journal.SCHEMA)
         await backend.start()
         service = RegistryService(backend, referrers.ReferrersIndex(db, backend), EventBus(), journal.ChangeJournal(db))
         collector = Collector(backend, service, grace_period=3600, delete_untagged=False)
