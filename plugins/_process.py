@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Mapping, Sequence
 
-__all__ = ["Limits", "ProcessResult", "run_process", "signal_name", "scrubbed_env"]
+__all__ = ["Limits", "ProcessResult", "lifeline", "run_process", "signal_name", "scrubbed_env"]
 
 _DRAIN_GRACE = 2.0
 _PR_SET_PDEATHSIG = 1
@@ -39,6 +39,17 @@ def _find_prctl():  # type: ignore[no-untyped-def]
 
 
 _PRCTL = _find_prctl()
+_lifeline: tuple[int, int] | None = None
+
+
+def lifeline() -> int:
+    """The read end of this process's lifeline: a pipe whose write end nothing else ever holds
+    (it is close-on-exec and the service does not fork without exec), so a child holding the
+    read end sees end-of-file exactly when the service is gone, even after ``kill -9``."""
+    global _lifeline
+    if _lifeline is None:
+        _lifeline = os.pipe()
+    return _lifeline[0]
 
 
 @dataclass(frozen=True)
@@ -166,10 +177,12 @@ async def run_process(
     stdin: bytes | None = None,
     merge_stderr: bool = False,
     limits: Limits = Limits(),
+    pass_fds: Sequence[int] = (),
 ) -> ProcessResult:
     """Run ``argv`` (never through a shell) and collect its output within the limits.
 
-    ``env`` is the child's whole environment: nothing of the service's is inherited.
+    ``env`` is the child's whole environment: nothing of the service's is inherited, and
+    no descriptor but the standard three and ``pass_fds``.
 
     Raises ``OSError`` if it can't be started (missing executable, permissions)."""
     loop = asyncio.get_running_loop()
@@ -184,6 +197,7 @@ async def run_process(
         stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
         start_new_session=True,
         close_fds=True,  # no descriptor of the service reaches a plugin
+        pass_fds=tuple(pass_fds),
         preexec_fn=lambda: _preexec(limits),
     )
     timed_out = False

@@ -4,8 +4,11 @@ Each run gets new mount, PID, network, IPC and UTS namespaces. The mount namespa
 only the runtime read-only (``ro_paths``, the service's Python) and the run's own work
 directory read-write at ``/work``; nothing else of the host (no data directory, keys,
 config, other processes' ``/proc``). Plugin processes run as an unprivileged uid with an
-environment built from scratch; the PID namespace dies with bubblewrap, which dies with the
-service (``--die-with-parent``), so no process of a run outlives it, even after ``kill -9``.
+environment built from scratch. The PID namespace dies with bubblewrap, which dies with the
+service (``--die-with-parent``); and the run's first process is ``plugins.watchdog``, which
+kills the namespace when the service's lifeline ends, which covers a service killed while
+bubblewrap was still setting up. So no process of a run outlives the service, even after
+``kill -9``.
 
 When the service runs as root, bubblewrap sets up the namespaces and ``setpriv`` drops to
 ``uid``/``gid`` (no capabilities, no new privileges) before the plugin's program starts, so
@@ -31,6 +34,9 @@ from typing import Mapping, Sequence
 
 from packer.settings import SandboxConfig
 
+from . import watchdog
+from ._process import lifeline
+
 __all__ = ["Launch", "Sandbox", "SandboxSpec", "SandboxUnavailable", "WORK"]
 
 WORK = PurePosixPath("/work")  # where a run's directory appears inside the sandbox
@@ -40,8 +46,9 @@ _ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _SETPRIV = "setpriv"
 # What a plugin granted the network needs to resolve names and check certificates.
 _NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl/certs", "/etc/ca-certificates")
-# How setpriv (service as root) or bubblewrap (otherwise) report a program they cannot execute.
-_EXEC_FAILED = re.compile(r"^(?:setpriv: failed to execute|bwrap: execvp) (.*)$", re.MULTILINE)
+# How the watchdog reports a program it cannot execute.
+_EXEC_FAILED = re.compile(r"^sandbox: failed to execute (.*)$", re.MULTILINE)
+_WATCHDOG = Path(watchdog.__file__).read_text()
 
 
 class SandboxUnavailable(Exception):
@@ -60,11 +67,12 @@ class SandboxSpec:
 
 @dataclass(frozen=True)
 class Launch:
-    """What ``run_process`` starts: the argv, its own environment and directory."""
+    """What ``run_process`` starts: the argv, its own environment and directory, the lifeline."""
 
     argv: list[str]
     env: dict[str, str]
     cwd: Path
+    pass_fds: tuple[int, ...] = ()
 
 
 class Sandbox:
@@ -173,15 +181,17 @@ class Sandbox:
 
     def launch(self, argv: Sequence[str], spec: SandboxSpec) -> Launch:
         """The process to start for ``argv`` under ``spec``; sandboxed unless unsafe mode is in force."""
+        fd = lifeline()
         if self.active:
-            return Launch(self._wrap(argv, spec), _bwrap_env(), spec.root)
+            return Launch(self._wrap(_watched(argv, fd, "-1"), spec), _bwrap_env(), spec.root, (fd,))
         self.require("function and job")
         host_cwd = Path(str(spec.cwd))  # the view is the host path itself
-        return Launch(list(argv), dict(spec.env), host_cwd)
+        # Without a PID namespace the watchdog's reach is the run's own process group.
+        return Launch(_watched(argv, fd, "0"), dict(spec.env), host_cwd, (fd,))
 
     def exec_failure(self, code: int | None, output: str) -> str | None:
-        """Why the plugin's program could not be started in the sandbox, if that is what happened."""
-        if not self.active or code not in (1, 127):
+        """Why the plugin's program could not be started, if that is what happened."""
+        if code != 127:
             return None
         lines = output.rstrip().splitlines()
         found = _EXEC_FAILED.match(lines[-1]) if lines else None
@@ -230,6 +240,11 @@ class Sandbox:
             args += [self._setpriv, f"--reuid={cfg.uid}", f"--regid={cfg.gid}", "--clear-groups",
                      "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
         return args + list(argv)
+
+
+def _watched(argv: Sequence[str], fd: int, scope: str) -> list[str]:
+    # The service's own interpreter: the sandbox shows it (the probe ran it there).
+    return [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(fd), scope, "--", *argv]
 
 
 def _which(program: str, what: str) -> str:

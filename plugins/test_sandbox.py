@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,8 @@ from packer.settings import SandboxConfig
 from plugins import function as function_kind
 from plugins import job as job_kind
 from plugins._process import Limits, run_process
-from plugins.sandbox import WORK, Sandbox, SandboxSpec
+from plugins.conftest import processes_with
+from plugins.sandbox import WORK, Sandbox, SandboxSpec, _watched
 
 CHECK = r"""
 import json, os, socket, sys
@@ -48,7 +53,8 @@ async def _check(box: Sandbox, root: Path, network: bool = False) -> dict:
                             SandboxSpec(root, WORK, {"PATH": "/usr/bin", "ONLY": "this"}, network))
         os.set_inheritable(keep.fileno(), True)
         result = await run_process(launch.argv, cwd=launch.cwd, env=launch.env, timeout=30, stdout_limit=65536,
-                                   stderr_limit=65536, limits=Limits(processes=64))
+                                   stderr_limit=65536, limits=Limits(processes=64),
+                                   pass_fds=launch.pass_fds)
         assert result.returncode == 0, result.stderr
         return json.loads((root / "out.json").read_text())
     finally:
@@ -132,6 +138,73 @@ async def test_the_user_namespace_form_runs_too(tmp_path: Path) -> None:
     code = "id -u; unshare -U true && echo nested || echo no-nested"
     launch = box.launch(["sh", "-c", code], SandboxSpec(root, WORK, {"PATH": "/usr/bin"}))
     result = await run_process(launch.argv, cwd=launch.cwd, env=launch.env, timeout=30, stdout_limit=4096,
-                               stderr_limit=4096)
+                               stderr_limit=4096, pass_fds=launch.pass_fds)
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().split() == ["65534", "no-nested"]
+
+
+def _wait_gone(marker: str, seconds: float = 10) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return processes_with(marker)
+
+
+@pytest.mark.parametrize("scope", ["-1", "0"], ids=["sandboxed", "unsafe"])
+def test_a_run_whose_service_died_before_set_up_ends_at_once(sandbox: Sandbox, tmp_path: Path, scope: str) -> None:
+    # The service's lifeline ends while bubblewrap is still setting up (here: before it even
+    # starts), the moment at which bubblewrap's own parent-death signal is not armed yet.
+    root = tmp_path / "run"
+    root.mkdir()
+    sandbox.prepare(root)
+    marker = f"{900 + uuid.uuid4().int % 90}.{uuid.uuid4().int % 10**9:09d}"
+    read_end, write_end = os.pipe()
+    argv = _watched(["sh", "-c", f"sleep {marker}; touch /work/late"], read_end, scope)
+    if scope == "-1":
+        argv = sandbox._wrap(argv, SandboxSpec(root, WORK, {"PATH": "/usr/bin:/bin"}))
+    os.close(write_end)
+    process = subprocess.Popen(argv, cwd=root, pass_fds=(read_end,), start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    os.close(read_end)
+    try:
+        assert process.wait(20) in (137, -signal.SIGKILL), process.stderr.read() if process.stderr else ""
+        assert _wait_gone(marker) == [], "a process of the run outlived the service's lifeline"
+        assert not (root / "late").exists()
+    finally:
+        process.kill()
+        for pid in processes_with(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def test_the_plugin_cannot_outlive_its_run_by_killing_the_watchdog(sandbox: Sandbox, tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    root.mkdir()
+    sandbox.prepare(root)
+    marker = f"{800 + uuid.uuid4().int % 90}.{uuid.uuid4().int % 10**9:09d}"
+    # The plugin's first process is the watchdog's child: it kills its parent, then lingers.
+    script = f"sleep {marker} & kill -9 $PPID; wait"
+    launch = sandbox.launch(["sh", "-c", script], SandboxSpec(root, WORK, {"PATH": "/usr/bin:/bin"}))
+    result = await run_process(launch.argv, cwd=launch.cwd, env=launch.env, timeout=30, stdout_limit=4096,
+                               stderr_limit=4096, pass_fds=launch.pass_fds)
+    assert sandbox.returncode(result.returncode) == -signal.SIGKILL
+    assert not result.timed_out
+    assert _wait_gone(marker) == []
+
+
+@pytest.mark.parametrize("unsafe", [False, True], ids=["sandboxed", "unsafe"])
+async def test_the_watchdog_passes_on_how_the_plugin_ended(tmp_path: Path, unsafe: bool) -> None:
+    config = SandboxConfig(bwrap=str(tmp_path / "missing"), unsafe=True) if unsafe else SandboxConfig()
+    box = Sandbox(config, private=[tmp_path / "data"])
+    assert box.probe(tmp_path / "scratch") is not unsafe
+    for script, expected in [("exit 0", 0), ("exit 3", 3), ("kill -TERM $$", -signal.SIGTERM)]:
+        root = tmp_path / f"run-{expected}"
+        root.mkdir()
+        box.prepare(root)
+        launch = box.launch(["sh", "-c", script], SandboxSpec(root, box.view(root), {"PATH": "/usr/bin:/bin"}))
+        result = await run_process(launch.argv, cwd=launch.cwd, env=launch.env, timeout=30, stdout_limit=4096,
+                                   stderr_limit=4096, pass_fds=launch.pass_fds)
+        assert box.returncode(result.returncode) == expected, (script, result)
+    launch = box.launch(["/nowhere/tool"], SandboxSpec(root, box.view(root), {"PATH": "/usr/bin:/bin"}))
+    result = await run_process(launch.argv, cwd=launch.cwd, env=launch.env, timeout=30, stdout_limit=4096,
+                               stderr_limit=4096, pass_fds=launch.pass_fds)
+    assert box.exec_failure(result.returncode, result.stderr.decode()) == "/nowhere/tool: No such file or directory"

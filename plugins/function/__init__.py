@@ -79,6 +79,7 @@ class FunctionPlugin:
                 stderr_limit=settings.output_limit,
                 limits=Limits(cpu_seconds=settings.cpu_seconds, memory_bytes=settings.memory_mb * 1024 * 1024,
                               file_bytes=context.cap, processes=self.env.settings.sandbox.processes),
+                pass_fds=launch.pass_fds,
             )
         except SandboxUnavailable as exc:
             raise PluginError(str(exc)) from None

@@ -56,6 +56,7 @@ class LocalRunner:
             launch.argv, cwd=launch.cwd, env=launch.env, timeout=spec.timeout, stdout_limit=spec.output_limit,
             stderr_limit=spec.output_limit, merge_stderr=True,
             limits=Limits(file_bytes=self.file_limit, open_files=4096, processes=self.processes),
+            pass_fds=launch.pass_fds,
         )
         return JobResult(self.sandbox.returncode(result.returncode), result.stdout, result.timed_out, result.overflow is not None)
 
