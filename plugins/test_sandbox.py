@@ -196,13 +196,17 @@ async def test_the_watchdog_passes_on_how_the_plugin_ended(tmp_path: Path, unsaf
     config = SandboxConfig(bwrap=str(tmp_path / "missing"), unsafe=True) if unsafe else SandboxConfig()
     box = Sandbox(config, private=[tmp_path / "data"])
     assert box.probe(tmp_path / "scratch") is not unsafe
-    for script, expected in [("exit 0", 0), ("exit 3", 3), ("kill -TERM $$", -signal.SIGTERM)]:
-        root = tmp_path / f"run-{expected}"
+    # No signal ignored by the plugin; 1 MiB written past a 64 KiB file-size limit: SIGXFSZ.
+    ignored = "grep -q '^SigIgn:[[:space:]]*0*$' /proc/self/status"
+    too_big = "exec head -c 1048576 /dev/zero > big"
+    for script, expected in [("exit 0", 0), ("exit 3", 3), ("kill -TERM $$", -signal.SIGTERM),
+                             (ignored, 0), (too_big, -signal.SIGXFSZ)]:
+        root = tmp_path / f"run-{uuid.uuid4().hex}"
         root.mkdir()
         box.prepare(root)
         launch = box.launch(["sh", "-c", script], SandboxSpec(root, box.view(root), {"PATH": "/usr/bin:/bin"}))
         result = await run_process(launch.argv, cwd=launch.cwd, env=launch.env, timeout=30, stdout_limit=4096,
-                                   stderr_limit=4096, pass_fds=launch.pass_fds)
+                                   stderr_limit=4096, pass_fds=launch.pass_fds, limits=Limits(file_bytes=65536))
         assert box.returncode(result.returncode) == expected, (script, result)
     launch = box.launch(["/nowhere/tool"], SandboxSpec(root, box.view(root), {"PATH": "/usr/bin:/bin"}))
     result = await run_process(launch.argv, cwd=launch.cwd, env=launch.env, timeout=30, stdout_limit=4096,

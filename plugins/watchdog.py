@@ -23,7 +23,10 @@ import sys
 
 def _exec(argv: list[str], lifeline: int) -> None:
     os.close(lifeline)  # the plugin never sees the lifeline
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # What Python changed at start-up goes back to the defaults a program expects (as
+    # ``subprocess`` restores them): a plugin past its file-size limit dies of SIGXFSZ.
+    for number in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(number, signal.SIG_DFL)
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:
