@@ -116,9 +116,16 @@ class Leases:
     async def release(self, tx: Transaction, kind: str, job_id: str) -> bool:
         """End the lease inside the transaction recording the job's outcome; False when
         it is not ours any more (the caller must then record nothing)."""
-        self._held.pop((kind, job_id), None)  # finishing: the heartbeat no longer watches it
+        self.unwatch(kind, job_id)  # finishing: the heartbeat no longer renews it
         return bool(await tx.execute("DELETE FROM leases WHERE kind = ? AND id = ? AND owner = ?",
                                      (kind, job_id, self.owner)))
+
+    def watch(self, kind: str, job_id: str, on_lost: Callable[[], None]) -> None:
+        """Have the heartbeat renew a lease this replica holds (``on_lost``: it was taken over)."""
+        self._held[(kind, job_id)] = on_lost
+
+    def unwatch(self, kind: str, job_id: str) -> None:
+        self._held.pop((kind, job_id), None)
 
     async def run(self, kind: str, job_id: str, work: Awaitable[T]) -> T:
         """Run ``work`` while holding the lease; LeaseLost when the heartbeat finds the
@@ -131,7 +138,7 @@ class Leases:
             lost = True
             task.cancel()
 
-        self._held[(kind, job_id)] = on_lost
+        self.watch(kind, job_id, on_lost)
         try:
             return await task
         except asyncio.CancelledError:
@@ -140,7 +147,7 @@ class Leases:
                 raise LeaseLost(f"{kind} {job_id}: lease taken over by another replica") from None
             raise
         finally:
-            self._held.pop((kind, job_id), None)
+            self.unwatch(kind, job_id)
 
     # -- heartbeat ----------------------------------------------------------------
     async def renew(self) -> None:

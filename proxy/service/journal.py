@@ -11,10 +11,12 @@ just before the removal only repeats work (at-least-once, as webhooks promise).
 Replicas share the journal: with ``leases``, each change is leased to the replica making
 it (in the transaction that records it), and only changes whose lease has expired — their
 replica died mid-change — are replayed, each by the one replica that claims it. A
-replica starting never finishes another live replica's change in flight."""
+replica starting never finishes another live replica's change in flight, and the heartbeat
+renews a change's lease for as long as the change is in flight, however slow the backend."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -25,6 +27,8 @@ from ..meta import Database
 __all__ = ["SCHEMA", "Change", "ChangeJournal", "LEASE"]
 
 LEASE = "manifest_change"
+
+log = logging.getLogger(__name__)
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS manifest_changes (
@@ -66,12 +70,18 @@ class ChangeJournal:
             assert row is not None
             if self.leases is not None:  # in the same transaction: never a change without its lease
                 await self.leases.take_new(tx, LEASE, str(row["id"]))
-        return int(row["id"])
+        change_id = int(row["id"])
+        if self.leases is not None:
+            self.leases.watch(LEASE, str(change_id), lambda: log.warning(
+                "a manifest change in flight was taken over by another replica (this replica stalled past"
+                " the lease); its follow-up may run twice", extra={"change": change_id}))
+        return change_id
 
     async def end(self, change_id: int) -> None:
         if self.leases is None:
             await self.db.execute("DELETE FROM manifest_changes WHERE id = ?", (change_id,))
             return
+        self.leases.unwatch(LEASE, str(change_id))
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM manifest_changes WHERE id = ?", (change_id,))
             await tx.execute("DELETE FROM leases WHERE kind = ? AND id = ?", (LEASE, str(change_id)))
