@@ -100,6 +100,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> web.Applica
         app[EVENTS],
         journal.ChangeJournal(app[DATABASE], app[LEASES]),
         max_manifest_bytes=config.server.max_manifest_bytes,
+        manifest_cache_bytes=config.server.manifest_cache_bytes,
         immutable=immutable_tags,
         catalog=catalog,
     )

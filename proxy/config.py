@@ -39,6 +39,9 @@ class ServerConfig(_Section):
     listen: str = "127.0.0.1:5000"
     public_url: str | None = None
     max_manifest_bytes: int = Field(4 * 1024 * 1024, gt=0, le=64 * 1024 * 1024)
+    # Memory for manifests served by digest from memory (immutable, so always current);
+    # 0 turns the cache off.
+    manifest_cache_bytes: int = Field(64 * 1024 * 1024, ge=0)
     # How long SIGTERM waits for in-flight requests before closing them.
     shutdown_grace: float = Field(30.0, ge=0)
     # Slow clients: the longest wait for a request's headers (from the connection's

@@ -68,3 +68,15 @@ def test_drop_and_reput_keep_the_account():
     assert cache.bytes == 0 and cache.get(repo, item.digest) is None
     cache.put(repo, item)
     assert cache.bytes == size and cache.get(repo, item.digest) is item
+
+
+def test_the_configured_size_reaches_the_cache(tmp_path):
+    from proxy.app import REGISTRY, create_app
+    from tests.conftest import make_config
+
+    config = make_config(tmp_path, "filesystem")
+    assert create_app(config)[REGISTRY]._cache.max_bytes == 64 * 1024 * 1024
+    off = config.model_copy(update={"server": config.server.model_copy(update={"manifest_cache_bytes": 0})})
+    cache = create_app(off)[REGISTRY]._cache
+    cache.put(*_manifest(1))
+    assert cache.max_bytes == 0 and not cache._items
