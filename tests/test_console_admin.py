@@ -261,6 +261,7 @@ async def test_a_second_run_while_one_runs_is_refused_on_the_page(gc_env, monkey
     try:
         block = await (await client.get(location, headers={"HX-Request": "true"})).text()
         assert 'hx-trigger="every 2s"' in block and 'id="gc-status">running' in block
+        assert 'id="gc-phase">mark (step 1 of 4' in block
         page = await (await client.get("/ui/admin/storage")).text()
         assert "Running now" in page and f'hx-get="{location}"' in page
         resp = await client.post("/ui/admin/storage/gc", data={"csrf": csrf, "dry_run": "false"})
