@@ -1,7 +1,8 @@
 """Admin pages: users and robots (create, disable, set a user's password), grants (create,
-remove), the audit log and its verification, subscriptions (create, pause, delete) with their webhook deliveries (and
-retry of dead letters). Each is the API's admins-only route underneath, so a non-admin gets
-the API's 403 as a page, however the URL was found."""
+remove), the audit log and its verification, subscriptions (create, pause, delete) with their
+webhook deliveries (and retry of dead letters). Each is the API's admins-only route underneath,
+so a non-admin gets the API's 403 as a page, however the URL was found (a user's page checks
+``manage`` first: the API also shows an account to its owner)."""
 
 from __future__ import annotations
 
