@@ -1,7 +1,9 @@
 """The console in a real browser: Debian's chromium + chromium-driver through selenium, headless.
 
 Flows: sign in; an algorithm pushed with the oras SDK appears, and so does the business
-package its chain assembles; a business developer fails to reach an admin page. With
+package its chain assembles; an admin sets a user's password, and that user signs in with
+it; an admin starts a garbage collection dry run and sees it reach done (on the registry
+backend: the page's statement instead); a business developer fails to reach an admin page. With
 ALGOMINT_SCREENSHOTS set, screenshots of the main pages refresh ``docs/console/`` (shown in
 the README). Without chromium the test skips, except in CI (``CI`` set), where a missing browser is a failure."""
 
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.api.state import CONFIG
 from proxy.ui.sessions import COOKIE
 from tests.support.auth import ADMIN, auth_env, basic, password_of  # noqa: F401 - auth_env is a fixture
 
@@ -64,6 +67,8 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
     # Names of this run's own: the registry backend is shared by every test module, and
     # plugin tags are immutable there.
     uid = uuid.uuid4().hex[:8]
+    embedded = auth_env.app[CONFIG].storage.backend == "filesystem"
+    new_password = f"cons-new-password-{uid}"
     algo, form = f"face-{uid}", f"door-form-{uid}"
     base = f"http://{host}"
     plugin = {"name": form, "version": "1.0", "kind": "file",
@@ -100,10 +105,10 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
                 WebDriverWait(browser, timeout, poll_frequency=0.1,
                               ignored_exceptions=(StaleElementReferenceException,)).until(lambda b: condition(b))
 
-            def sign_in(user: str) -> None:
+            def sign_in(user: str, password: str | None = None) -> None:
                 browser.get(f"{base}/ui/login")
                 browser.find_element(By.ID, "username").send_keys(user)
-                browser.find_element(By.ID, "password").send_keys(password_of(user))
+                browser.find_element(By.ID, "password").send_keys(password or password_of(user))
                 browser.find_element(By.CSS_SELECTOR, "form.stack button[type=submit]").click()
                 until(lambda b: "/ui/login" not in b.current_url and "Signed in as" in b.page_source)
 
@@ -185,12 +190,36 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
             browser.save_screenshot(str(shots / "assembly.png"))
             browser.get(f"{base}/ui/admin/users")
             browser.save_screenshot(str(shots / "admin-users.png"))
+            # An admin sets another user's password from the users page.
+            browser.find_element(By.CSS_SELECTOR, "a[aria-label='Set the password of cons']").click()
+            until(lambda b: b.current_url.split("#")[0].endswith("/ui/admin/users/cons"))
+            browser.find_element(By.ID, "new_password").send_keys(new_password)
+            browser.find_element(By.ID, "repeat").send_keys(new_password)
+            browser.save_screenshot(str(shots / "admin-user-password.png"))
+            browser.find_element(By.XPATH, "//button[.='Set the password']").click()
+            until(lambda b: "Password of cons set" in b.page_source)
+            seen["password_set"] = browser.page_source
+            # Garbage collection: a dry run, followed live until it is done.
+            browser.find_element(By.LINK_TEXT, "Storage").click()
+            until(lambda b: b.current_url.endswith("/ui/admin/storage"))
+            if embedded:
+                browser.find_element(By.XPATH, "//button[.='Start a dry run']").click()
+                until(lambda b: "/ui/admin/storage/gc/" in b.current_url)
+                until(lambda b: b.find_element(By.ID, "gc-status").text in ("succeeded", "failed"), timeout=60)
+                seen["gc_status"] = browser.find_element(By.ID, "gc-status").text
+                seen["gc_phase"] = browser.find_element(By.ID, "gc-phase").text
+                seen["gc_polling"] = browser.find_elements(By.CSS_SELECTOR, "#gc-run[hx-trigger]")
+                browser.find_element(By.LINK_TEXT, "All runs").click()
+                until(lambda b: b.current_url.endswith("/ui/admin/storage"))
+                browser.save_screenshot(str(shots / "admin-storage.png"))  # the embedded backend's page
+            seen["storage"] = browser.page_source
             # A phone: no page scrolls sideways (wide tables scroll inside); every control has a label.
             browser.set_window_size(390, 844)
             overflowing, unlabelled = [], []
             for path in ("/ui/algorithms", "/ui/packages", f"/ui/repositories/business/door/{algo}?tag=1.0",
                          "/ui/builds", "/ui/assemblies", "/ui/tokens", "/ui/account", "/ui/admin/grants",
-                         "/ui/admin/subscriptions", "/ui/systems/door"):
+                         "/ui/admin/subscriptions", "/ui/admin/storage", "/ui/admin/users/cons",
+                         "/ui/systems/door"):
                 browser.get(f"{base}{path}")
                 if browser.execute_script("return document.documentElement.scrollWidth > window.innerWidth + 1"):
                     overflowing.append(path)
@@ -201,6 +230,10 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
             seen["phone_overflow"], seen["unlabelled"] = overflowing, unlabelled
             browser.save_screenshot(str(shots / "phone-business-system.png"))
             browser.set_window_size(1280, 900)
+            browser.find_element(By.CSS_SELECTOR, "form.signout button").click()
+            until(lambda b: "/ui/login" in b.current_url)
+            sign_in("cons", new_password)  # the password the admin set
+            seen["cons_signed_in"] = browser.find_element(By.CSS_SELECTOR, "form.signout strong").text
             browser.find_element(By.CSS_SELECTOR, "form.signout button").click()
             until(lambda b: "/ui/login" in b.current_url)
             sign_in("biz")
@@ -235,6 +268,18 @@ async def test_console_in_a_browser(auth_env, tmp_path, monkeypatch):
     api = await client.get("/api/v1/archive/" + link.split("/ui/archive/", 1)[1], headers=basic(ADMIN))
     assert api.status == 200
     assert hashlib.sha256(await api.read()).hexdigest() == seen["archive_sha256"]
+    assert "Password of cons set" in str(seen["password_set"]) and new_password not in str(seen["password_set"])
+    assert seen["cons_signed_in"] == "cons"
+    assert (await client.get("/api/v1/whoami", headers=basic("cons", new_password))).status == 200
+    assert (await client.get("/api/v1/whoami", headers=basic("cons"))).status == 401
+    if embedded:
+        assert (seen["gc_status"], seen["gc_phase"], seen["gc_polling"]) == ("succeeded", "done", [])
+        runs = (await (await client.get("/api/v1/gc", headers=basic(ADMIN))).json())["items"]
+        assert [(r["dry_run"], r["actor"]) for r in runs] == [(True, ADMIN)]
+        assert "dry run" in str(seen["storage"])
+    else:
+        assert 'id="gc-registry"' in str(seen["storage"]) and "registry garbage-collect" in str(seen["storage"])
+        assert 'action="/ui/admin/storage/gc"' not in str(seen["storage"])
     assert "Not allowed (403)" in str(seen["biz_title"])
     assert "alg" not in str(seen["biz_admin"]).split("<main", 1)[1].split("Back to the console")[0].replace(
         "algomint", "")

@@ -15,7 +15,7 @@ from aiohttp import web
 from ..api.manage.router import ApiRouter
 from ..api.state import CONFIG, DATABASE, EVENTS, REGISTRY
 from ..auth.permissions import ROLES
-from . import account, admin, jobs, plugins, repositories, signin, systems, tokens
+from . import account, admin, jobs, plugins, repositories, signin, storage, systems, tokens
 from .bridge import BRIDGE, Bridge
 from .catalog import RepositoryIndex
 from .filters import FILTERS
@@ -58,5 +58,5 @@ def setup_ui(app: web.Application, routers: Sequence[ApiRouter]) -> None:
     app.router.add_get("/ui", _root)
     app.router.add_get("/ui/", home, name="ui.home")
     app.router.add_static("/ui/static", _HERE / "static", name="ui.static")
-    for module in (signin, repositories, systems, plugins, jobs, tokens, account, admin):
+    for module in (signin, repositories, systems, plugins, jobs, tokens, account, admin, storage):
         module.add_routes(app)

@@ -16,7 +16,7 @@ from .bridge import BRIDGE
 from .context import SESSION, SESSIONS, page, render
 from .forms import field_errors
 
-__all__ = ["add_routes"]
+__all__ = ["add_routes", "keep_own_session"]
 
 
 async def _account_page(request: web.Request, errors: dict[str, str], status: int = 200) -> web.Response:
@@ -44,13 +44,19 @@ async def set_password(request: web.Request) -> web.StreamResponse:
         if exc.status == 401:
             raise
         return await _account_page(request, field_errors(exc, ["password", "current_password"]), exc.status)
-    session = request[SESSION]
-    if name == request[PRINCIPAL].name:
-        identity = await request.app[AUTH_STORE].identity(name)
-        if identity is not None:  # this session goes on; the account's others end at their next request
-            await request.app[SESSIONS].refingerprint(session, password_fingerprint(identity.user.password_hash))
-    session.flash.append(f"Password of {name} changed.")
+    await keep_own_session(request, name)
+    request[SESSION].flash.append(f"Password of {name} changed.")
     raise web.HTTPSeeOther("/ui/account")
+
+
+async def keep_own_session(request: web.Request, name: str) -> None:
+    """After the password of ``name`` changed: when that is the caller's own, this session goes
+    on under the new password; every other session of the account ends at its next request."""
+    if name != request[PRINCIPAL].name:
+        return
+    identity = await request.app[AUTH_STORE].identity(name)
+    if identity is not None:
+        await request.app[SESSIONS].refingerprint(request[SESSION], password_fingerprint(identity.user.password_hash))
 
 
 def add_routes(app: web.Application) -> None:

@@ -1,7 +1,8 @@
-"""Admin pages: users and robots (create, disable), grants (create, remove), the audit log and
-its verification, subscriptions (create, pause, delete) with their webhook deliveries (and
-retry of dead letters). Each is the API's admins-only route underneath, so a non-admin gets
-the API's 403 as a page, however the URL was found."""
+"""Admin pages: users and robots (create, disable, set a user's password), grants (create,
+remove), the audit log and its verification, subscriptions (create, pause, delete) with their
+webhook deliveries (and retry of dead letters). Each is the API's admins-only route underneath,
+so a non-admin gets the API's 403 as a page, however the URL was found (a user's page checks
+``manage`` first: the API also shows an account to its owner)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from aiohttp import web
 
 from ..api.manage import audit, grants, subscriptions, users
 from ..api.manage.errors import ApiError
+from ..api.manage.router import Access, check_access
+from ..api.state import CONFIG, PRINCIPAL
+from .account import keep_own_session
 from .bridge import BRIDGE
 from .context import SESSION, page, render
 from .forms import field_errors
@@ -58,6 +62,47 @@ async def set_disabled(request: web.Request) -> web.StreamResponse:
     name = request.match_info["user"]
     request[SESSION].flash.append(f"{name} {'disabled: signed out everywhere' if disabled else 'enabled'}.")
     raise web.HTTPSeeOther("/ui/admin/users")
+
+
+async def _user_page(request: web.Request, errors: dict[str, str], status: int = 200) -> web.Response:
+    # The API shows an account to its owner too: this page is the admins' own, whoever it names.
+    await check_access(request, Access.MANAGE)
+    user = await request.app[BRIDGE].call(request, users.show)
+    return render(request, "user.html", {"title": f"User {user['name']}", "user": user, "errors": errors,
+                                         "own": user["name"] == request[PRINCIPAL].name,
+                                         "min_length": request.app[CONFIG].auth.password_min_length},
+                  status=status)
+
+
+@page()
+async def user(request: web.Request) -> web.StreamResponse:
+    return await _user_page(request, {})
+
+
+@page()
+async def reset_password(request: web.Request) -> web.StreamResponse:
+    """An admin sets a user's password (``PUT /api/v1/users/{user}/password``); their own takes
+    the current one, as on the account page. The user's sessions end at their next request."""
+    await check_access(request, Access.MANAGE)
+    form = await request.post()
+    name = request.match_info["user"]
+    body = {"password": str(form.get("password", ""))}
+    if form.get("current_password"):
+        body["current_password"] = str(form["current_password"])
+    if body["password"] != str(form.get("repeat", "")):
+        return await _user_page(request, {"repeat": "the two new passwords differ"}, 422)
+    try:
+        await request.app[BRIDGE].call(request, users.set_password, body=body)
+    except ApiError as exc:
+        if exc.status == 401:
+            raise
+        own = name == request[PRINCIPAL].name
+        errors = ({"current_password": exc.message} if own and exc.status == 403
+                  else field_errors(exc, ["password", "current_password"]))
+        return await _user_page(request, errors, exc.status)
+    await keep_own_session(request, name)
+    request[SESSION].flash.append(f"Password of {name} set: every other console session of {name} is signed out.")
+    raise web.HTTPSeeOther(f"/ui/admin/users/{quote(name, safe='')}")
 
 
 @page()
@@ -182,6 +227,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/ui/admin/users", user_list, name="ui.admin_users")
     app.router.add_post("/ui/admin/users", create_user, name="ui.admin_user_create")
     app.router.add_post("/ui/admin/users/{user}/disabled", set_disabled, name="ui.admin_user_disabled")
+    app.router.add_get("/ui/admin/users/{user}", user, name="ui.admin_user")
+    app.router.add_post("/ui/admin/users/{user}/password", reset_password, name="ui.admin_user_password")
     app.router.add_get("/ui/admin/grants", grant_list, name="ui.admin_grants")
     app.router.add_post("/ui/admin/grants", create_grant, name="ui.admin_grant_create")
     app.router.add_post("/ui/admin/grants/{id:\\d+}/delete", delete_grant, name="ui.admin_grant_delete")

@@ -134,6 +134,7 @@ _AUDIT_ACTIONS = {"ui.build_start": "full-builds.create_full_build", "ui.logout"
                   "ui.plugin_push": "plugins.push_plugin", "ui.admin_user_create": "users.create",
                   "ui.admin_grant_create": "grants.create", "ui.admin_grant_delete": "grants.delete",
                   "ui.admin_user_disabled": "users.update", "ui.user_password": "users.set_password",
+                  "ui.admin_user_password": "users.set_password", "ui.admin_gc_start": "gc.start_gc",
                   "ui.system_delete": "chains.delete_chain", "ui.systems_reload": "chains.reload_chains",
                   "ui.admin_subscription_create": "subscriptions.create_subscription",
                   "ui.admin_subscription_active": "subscriptions.update_subscription",

@@ -17,12 +17,12 @@ from .errors import ApiError
 from .times import iso_times
 from .router import PAGING, Access, ApiRouter, Page, next_cursor, page_params, parse_body, time_id_cursor
 
-__all__ = ["router", "GC_RUNS"]
+__all__ = ["router", "GC_RUNS", "REGISTRY_GC"]
 
 GC_RUNS = web.AppKey("gc_runs", GcRuns)
 router = ApiRouter("gc")
 
-_REGISTRY_GC = (
+REGISTRY_GC = (
     "garbage collection of the registry backend is the backing registry's own: run its collector "
     "(distribution: `registry garbage-collect --delete-untagged <config.yml>`, with the registry read-only)"
 )
@@ -67,7 +67,7 @@ async def start_gc(request: web.Request) -> web.Response:
     body = await parse_body(request, GcRequest)
     runs = request.app[GC_RUNS]
     if runs.collector is None:
-        raise ApiError(409, _REGISTRY_GC, {"backend": "registry"})
+        raise ApiError(409, REGISTRY_GC, {"backend": "registry"})
     try:
         principal = request.get(PRINCIPAL, ANONYMOUS)
         run = await runs.begin(dry_run=body.dry_run, trigger="api", actor=principal.name, actor_kind=principal.kind)
