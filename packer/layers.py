@@ -59,7 +59,7 @@ CHUNK = 1024 * 1024
 _DEPTH = 4  # chunks in flight on each side of the worker thread
 _POLL = 0.25  # how often a blocked worker thread checks for cancellation
 _WRITEBACK = 8 * CHUNK  # buffered local upload: start its disk writes every this many bytes
-_STAGE = 8 * CHUNK  # direct local upload: bytes per write
+_STAGE = 4 * CHUNK  # direct local upload: bytes per write
 _STAGES = 4  # direct local upload: staging buffers, one filling while the others wait or are written
 _ALIGN = 4096  # direct writes: a multiple of every common logical block size
 GZIP_MAGIC = b"\x1f\x8b"
@@ -290,7 +290,7 @@ class _FileSink:
         self._cancelled = cancelled
         self._queue: queue.Queue[Any] = queue.Queue(_DEPTH * 2)
         self.error: Exception | None = None
-        self.hasher = _HashThread(cancelled, depth=_DEPTH * 2) if hashed else None
+        self.hasher = _HashThread(cancelled) if hashed else None
         self._thread = threading.Thread(target=self._run, name="layer-write", daemon=True)
         self._thread.start()
 
@@ -504,9 +504,9 @@ class _HashThread:
     """A digest computed beside the caller: ``update`` hands pieces to a thread (bounded),
     so verifying the source doesn't sit on the decompressor's critical path."""
 
-    def __init__(self, cancelled: threading.Event, algorithm: str = "sha256", depth: int = _DEPTH) -> None:
+    def __init__(self, cancelled: threading.Event, algorithm: str = "sha256") -> None:
         self._hasher = hashlib.new(algorithm)
-        self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(_DEPTH)
         self._cancelled = cancelled
         self._thread = threading.Thread(target=self._run, name="layer-hash", daemon=True)
         self._thread.start()
