@@ -109,7 +109,7 @@ async def test_source_digest_is_verified(backend, tmp_path):
         await rewrite_layer(backend, "images/e", "images/e", digest, len(blob) + 1, SELECT, seal, TarLimits(), Codec())
 
 
-@pytest.mark.parametrize("output", [None, "tar"])  # "tar": the diff_id is hashed in a thread of its own
+@pytest.mark.parametrize("output", [None, "tar"])  # "tar": uncompressed, the diff_id hashed by the writer
 async def test_cancelling_a_rewrite_stops_its_threads_and_upload(backend, tmp_path, output):
     import threading
 
