@@ -26,13 +26,12 @@ around it. An encrypting license that would seal no file of an image fails the b
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import gzip
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable
 
 from proxy.backend import Backend, ManifestData
 from proxy.oci import mediatypes as mt
@@ -70,8 +69,6 @@ from .settings import FullBuildConfig
 from .store import BuildRecord, BuildStore, Frozen, LayerProgress
 
 __all__ = ["BuildError", "FullBuilder", "Tracker"]
-
-T = TypeVar("T")
 
 class Tracker:
     """Per-layer progress of a running build, flushed to the store by the service."""
@@ -142,16 +139,6 @@ def _json(doc: Any) -> bytes:
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
-
-
-async def _all(*steps: Awaitable[T]) -> list[T]:
-    """Run independent storage steps side by side (each mostly waits on a durable
-    write); every one has ended when this returns or raises, the first error first."""
-    results = await asyncio.gather(*steps, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results  # type: ignore[return-value]
 
 
 class FullBuilder:
@@ -311,27 +298,22 @@ class FullBuilder:
             **({"encryptedFiles": sealed_paths} if sealed_paths else {}),
         }
         config = _json(descriptor)
+        config_digest = await self._put_blob(name.repository, config)
         thin = copy.deepcopy(package.document)
-        thin["config"] = {**thin["config"], "digest": sha256_digest(config), "size": len(config)}
+        thin["config"] = {**thin["config"], "digest": config_digest, "size": len(config)}
         thin["layers"] = files
         thin.pop("subject", None)
         thin["annotations"] = {**(thin.get("annotations") or {}), ANNOTATION_LICENSE: record.license,
                                ANNOTATION_SOURCE: record.source_digest, ANNOTATION_PACKAGE: str(name)}
         thin_data = _json(thin)
-
-        async def store_thin() -> str:
-            await self._put_blob(name.repository, config)
-            return await self._put_manifest(name.repository, sha256_digest(thin_data), thin_data, package.media_type)
-
-        # The descriptor and the images linked into the business repository are
-        # independent: stored side by side; the index that lists them all comes after.
-        thin_digest, *_ = await _all(store_thin(), *(self._link_into(name.repository, r) for r in runtimes.values()))
+        thin_digest = await self._put_manifest(name.repository, sha256_digest(thin_data), thin_data, package.media_type)
 
         entries: list[dict[str, Any]] = [{
             "mediaType": package.media_type, "digest": thin_digest, "size": len(thin_data),
             "artifactType": mt.BUSINESS,
         }]
         for runtime in runtimes.values():
+            await self._link_into(name.repository, runtime)
             licensed = runtime.licensed
             assert licensed is not None
             entry = {"mediaType": licensed.media_type, "digest": licensed.digest, "size": len(licensed.data),
@@ -601,51 +583,6 @@ class FullBuilder:
         def seal(path: str, size: int) -> Encryptor:
             return Encryptor(key, runtime.key_id, size, settings.chunk_size)
 
-        # The license layer is stored while the layers are rewritten: only the manifest needs it.
-        license_put = asyncio.ensure_future(self._put_blob(repo, license_layer)) if license_layer is not None else None
-        try:
-            await self._license_layers(image, ref, licenser, runtime, tracker, select, seal, layers_json, diff_ids)
-        except BaseException:
-            if license_put is not None:
-                await asyncio.gather(license_put, return_exceptions=True)  # small: never left half-done
-            raise
-
-        oci = image.data.media_type == mt.OCI_MANIFEST
-        if license_put is not None:
-            assert license_layer is not None
-            digest = await license_put
-            layers_json.append({"mediaType": mt.OCI_LAYER_GZIP if oci else mt.DOCKER_LAYER_GZIP,
-                                "digest": digest, "size": len(license_layer)})
-            diff_ids.append(sha256_digest(gzip.decompress(license_layer)))
-            if isinstance(config.get("history"), list):
-                config["history"].append({"created_by": f"algomint full build: {licenser.kind} license file",
-                                          "comment": settings.license_path})
-        config["rootfs"]["diff_ids"] = diff_ids
-        inner = config.setdefault("config", {})
-        if not isinstance(inner, dict):
-            raise BuildError(f"{image.label}: config.config is not an object")
-        labels = inner.get("Labels") or {}
-        inner["Labels"] = {**labels, LABEL_LICENSE: licenser.kind, LABEL_SOURCE: f"{repo}@{image.data.digest}",
-                           LABEL_BUILD: runtime.build_id}
-        config_data = _json(config)
-        config_digest = await self._put_blob(repo, config_data)
-
-        doc = copy.deepcopy(image.parsed.document)
-        doc["config"] = {**doc["config"], "digest": config_digest, "size": len(config_data)}
-        doc["layers"] = layers_json
-        if oci:
-            doc["annotations"] = {**(doc.get("annotations") or {}), ANNOTATION_LICENSE: licenser.kind,
-                                  ANNOTATION_SOURCE: image.data.digest}
-        data = _json(doc)
-        digest = await self._put_manifest(repo, sha256_digest(data), data, image.data.media_type, runtime.principal)
-        return ManifestData(digest, image.data.media_type, data)
-
-    async def _license_layers(self, image: _Image, ref: RuntimeImageRef, licenser: Licenser, runtime: _Runtime,
-                              tracker: Tracker, select: Callable[[str], bool], seal: Callable[[str, int], Encryptor],
-                              layers_json: list[dict[str, Any]], diff_ids: list[str]) -> None:
-        """Rewrite every layer of ``image`` holding a model file, updating ``layers_json``
-        and ``diff_ids`` in place."""
-        parsed, repo = image.parsed, image.repo
         for position, layer in enumerate(parsed.layers):
             progress = image.layers[position]
             if not licenser.encrypts or not ref.models:
@@ -677,6 +614,35 @@ class FullBuilder:
             progress.result_digest, progress.diff_id, progress.encrypted = out.digest, out.diff_id, len(out.encrypted)
             tracker.set(progress, "rewritten", layer.size)
             runtime.encrypted += len(out.encrypted)
+
+        oci = image.data.media_type == mt.OCI_MANIFEST
+        if license_layer is not None:
+            digest = await self._put_blob(repo, license_layer)
+            layers_json.append({"mediaType": mt.OCI_LAYER_GZIP if oci else mt.DOCKER_LAYER_GZIP,
+                                "digest": digest, "size": len(license_layer)})
+            diff_ids.append(sha256_digest(gzip.decompress(license_layer)))
+            if isinstance(config.get("history"), list):
+                config["history"].append({"created_by": f"algomint full build: {licenser.kind} license file",
+                                          "comment": settings.license_path})
+        config["rootfs"]["diff_ids"] = diff_ids
+        inner = config.setdefault("config", {})
+        if not isinstance(inner, dict):
+            raise BuildError(f"{image.label}: config.config is not an object")
+        labels = inner.get("Labels") or {}
+        inner["Labels"] = {**labels, LABEL_LICENSE: licenser.kind, LABEL_SOURCE: f"{repo}@{image.data.digest}",
+                           LABEL_BUILD: runtime.build_id}
+        config_data = _json(config)
+        config_digest = await self._put_blob(repo, config_data)
+
+        doc = copy.deepcopy(image.parsed.document)
+        doc["config"] = {**doc["config"], "digest": config_digest, "size": len(config_data)}
+        doc["layers"] = layers_json
+        if oci:
+            doc["annotations"] = {**(doc.get("annotations") or {}), ANNOTATION_LICENSE: licenser.kind,
+                                  ANNOTATION_SOURCE: image.data.digest}
+        data = _json(doc)
+        digest = await self._put_manifest(repo, sha256_digest(data), data, image.data.media_type, runtime.principal)
+        return ManifestData(digest, image.data.media_type, data)
 
     def _limits(self, size: int, expanded: int) -> TarLimits:
         """The tar limits of one layer of ``size`` compressed bytes, after the build has
@@ -720,19 +686,12 @@ class FullBuilder:
         """Make the licensed image pullable from the business repository: mount its
         blobs (a link, no copy) and store its manifests there by digest."""
         source = runtime.ref.repository
-
-        async def mount(digest: str) -> None:
-            if await self.backend.mount_blob(repo, digest, source) is None:
-                await self._copy_blob(source, repo, digest)
-
-        # Blobs first (every manifest needs its blobs stored), then the manifests, each
-        # set side by side: each mount is a durable write of its own.
-        children = runtime.licensed_children
-        blobs = {blob.digest: None for licensed, _ in children
-                 for blob in parse_manifest(licensed.data, licensed.media_type).blobs}
-        await _all(*(mount(digest) for digest in blobs))
-        await _all(*(self._put_manifest(repo, licensed.digest, licensed.data, licensed.media_type)
-                     for licensed, _ in children))
+        for licensed, _ in runtime.licensed_children:
+            parsed = parse_manifest(licensed.data, licensed.media_type)
+            for blob in parsed.blobs:
+                if await self.backend.mount_blob(repo, blob.digest, source) is None:
+                    await self._copy_blob(source, repo, blob.digest)
+            await self._put_manifest(repo, licensed.digest, licensed.data, licensed.media_type)
         assert runtime.licensed is not None
         if runtime.licensed.digest != runtime.licensed_children[0][0].digest:
             await self._put_manifest(repo, runtime.licensed.digest, runtime.licensed.data, runtime.licensed.media_type)
