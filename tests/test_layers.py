@@ -109,7 +109,8 @@ async def test_source_digest_is_verified(backend, tmp_path):
         await rewrite_layer(backend, "images/e", "images/e", digest, len(blob) + 1, SELECT, seal, TarLimits(), Codec())
 
 
-async def test_cancelling_a_rewrite_stops_its_threads_and_upload(backend, tmp_path):
+@pytest.mark.parametrize("output", [None, "tar"])  # "tar": uncompressed, the diff_id hashed by the writer
+async def test_cancelling_a_rewrite_stops_its_threads_and_upload(backend, tmp_path, output):
     import threading
 
     blob = gzip.compress(plain_layer({"opt/models/a.onnx": os.urandom(24_000_000)}), 1)
@@ -121,7 +122,7 @@ async def test_cancelling_a_rewrite_stops_its_threads_and_upload(backend, tmp_pa
         started.set()
 
     task = asyncio.ensure_future(rewrite_layer(backend, "images/f", "images/f", digest, len(blob), SELECT, seal,
-                                               TarLimits(), Codec(), progress))
+                                               TarLimits(), Codec(), progress, output))
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
