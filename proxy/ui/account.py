@@ -5,6 +5,8 @@ account; this one carries on under the new password."""
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from aiohttp import web
 
 from ..api.manage import users, whoami
@@ -16,7 +18,7 @@ from .bridge import BRIDGE
 from .context import SESSION, SESSIONS, page, render
 from .forms import field_errors
 
-__all__ = ["add_routes", "keep_own_session"]
+__all__ = ["add_routes", "keep_own_session", "password_body"]
 
 
 async def _account_page(request: web.Request, errors: dict[str, str], status: int = 200) -> web.Response:
@@ -29,14 +31,20 @@ async def account(request: web.Request) -> web.StreamResponse:
     return await _account_page(request, {})
 
 
-@page()
-async def set_password(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
-    name = request.match_info["user"]
+def password_body(form: Mapping[str, Any]) -> dict[str, str] | None:
+    """The API's body for a password form (new password twice, the current one for your
+    own), or None when the two new passwords differ."""
     body = {"password": str(form.get("password", ""))}
     if form.get("current_password"):
         body["current_password"] = str(form["current_password"])
-    if body["password"] != str(form.get("repeat", "")):
+    return body if body["password"] == str(form.get("repeat", "")) else None
+
+
+@page()
+async def set_password(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["user"]
+    body = password_body(await request.post())
+    if body is None:
         return await _account_page(request, {"repeat": "the two new passwords differ"}, 422)
     try:
         await request.app[BRIDGE].call(request, users.set_password, body=body)

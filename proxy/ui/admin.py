@@ -14,7 +14,7 @@ from ..api.manage import audit, grants, subscriptions, users
 from ..api.manage.errors import ApiError
 from ..api.manage.router import Access, check_access
 from ..api.state import CONFIG, PRINCIPAL
-from .account import keep_own_session
+from .account import keep_own_session, password_body
 from .bridge import BRIDGE
 from .context import SESSION, page, render
 from .forms import field_errors
@@ -84,12 +84,9 @@ async def reset_password(request: web.Request) -> web.StreamResponse:
     """An admin sets a user's password (``PUT /api/v1/users/{user}/password``); their own takes
     the current one, as on the account page. The user's sessions end at their next request."""
     await check_access(request, Access.MANAGE)
-    form = await request.post()
     name = request.match_info["user"]
-    body = {"password": str(form.get("password", ""))}
-    if form.get("current_password"):
-        body["current_password"] = str(form["current_password"])
-    if body["password"] != str(form.get("repeat", "")):
+    body = password_body(await request.post())
+    if body is None:
         return await _user_page(request, {"repeat": "the two new passwords differ"}, 422)
     try:
         await request.app[BRIDGE].call(request, users.set_password, body=body)
