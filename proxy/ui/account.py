@@ -18,7 +18,7 @@ from .bridge import BRIDGE
 from .context import SESSION, SESSIONS, page, render
 from .forms import field_errors
 
-__all__ = ["add_routes", "keep_own_session", "password_body"]
+__all__ = ["add_routes", "change_password", "keep_own_session"]
 
 
 async def _account_page(request: web.Request, errors: dict[str, str], status: int = 200) -> web.Response:
@@ -40,19 +40,30 @@ def password_body(form: Mapping[str, Any]) -> dict[str, str] | None:
     return body if body["password"] == str(form.get("repeat", "")) else None
 
 
-@page()
-async def set_password(request: web.Request) -> web.StreamResponse:
-    name = request.match_info["user"]
+async def change_password(request: web.Request, name: str) -> tuple[dict[str, str], int] | None:
+    """Set ``name``'s password from the posted form through the API: None once set (this
+    session kept when it is the caller's own), else the errors to show beside the fields."""
     body = password_body(await request.post())
     if body is None:
-        return await _account_page(request, {"repeat": "the two new passwords differ"}, 422)
+        return {"repeat": "the two new passwords differ"}, 422
     try:
         await request.app[BRIDGE].call(request, users.set_password, body=body)
     except ApiError as exc:
         if exc.status == 401:
             raise
-        return await _account_page(request, field_errors(exc, ["password", "current_password"]), exc.status)
+        if exc.status == 403 and name == request[PRINCIPAL].name:
+            return {"current_password": exc.message}, 403
+        return field_errors(exc, ["password", "current_password"]), exc.status
     await keep_own_session(request, name)
+    return None
+
+
+@page()
+async def set_password(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["user"]
+    refused = await change_password(request, name)
+    if refused is not None:
+        return await _account_page(request, *refused)
     request[SESSION].flash.append(f"Password of {name} changed.")
     raise web.HTTPSeeOther("/ui/account")
 

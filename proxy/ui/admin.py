@@ -14,7 +14,7 @@ from ..api.manage import audit, grants, subscriptions, users
 from ..api.manage.errors import ApiError
 from ..api.manage.router import Access, check_access
 from ..api.state import CONFIG, PRINCIPAL
-from .account import keep_own_session, password_body
+from .account import change_password
 from .bridge import BRIDGE
 from .context import SESSION, page, render
 from .forms import field_errors
@@ -85,19 +85,9 @@ async def reset_password(request: web.Request) -> web.StreamResponse:
     the current one, as on the account page. The user's sessions end at their next request."""
     await check_access(request, Access.MANAGE)
     name = request.match_info["user"]
-    body = password_body(await request.post())
-    if body is None:
-        return await _user_page(request, {"repeat": "the two new passwords differ"}, 422)
-    try:
-        await request.app[BRIDGE].call(request, users.set_password, body=body)
-    except ApiError as exc:
-        if exc.status == 401:
-            raise
-        own = name == request[PRINCIPAL].name
-        errors = ({"current_password": exc.message} if own and exc.status == 403
-                  else field_errors(exc, ["password", "current_password"]))
-        return await _user_page(request, errors, exc.status)
-    await keep_own_session(request, name)
+    refused = await change_password(request, name)
+    if refused is not None:
+        return await _user_page(request, *refused)
     request[SESSION].flash.append(f"Password of {name} set: every other console session of {name} is signed out.")
     raise web.HTTPSeeOther(f"/ui/admin/users/{quote(name, safe='')}")
 
