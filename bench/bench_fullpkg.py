@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import gzip
 import hashlib
 import io
 import json

@@ -3,7 +3,6 @@ numbers, nulls, invalid path names, undeclared methods; on both backends, over r
 
 from __future__ import annotations
 
-import json
 
 import pytest
 

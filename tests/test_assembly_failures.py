@@ -149,7 +149,7 @@ async def test_failing_plugin_fails_the_job_and_changes_nothing(client, bad_serv
 async def test_source_package_problems(client, tmp_path):
     uid = uuid.uuid4().hex[:8]
     await push_plugin(client, f"p-{uid}", "1.0", "file", {}, {"x": b"x"})
-    await create_chain(client, f"c-{uid}", [f"generic/**"], [f"plugins/p-{uid}:1.0"])
+    await create_chain(client, f"c-{uid}", ["generic/**"], [f"plugins/p-{uid}:1.0"])
     bad_descriptor = {k: v for k, v in DESCRIPTOR.items() if k != "name"}
     await push_generic(client, f"generic/nameless-{uid}", "1.0", {"m": b"m"}, tmp_path / "a", descriptor=bad_descriptor)
     await push_generic(client, f"generic/big-{uid}", "1.0", {"m": b"0" * (CAP + 1)}, tmp_path / "b")

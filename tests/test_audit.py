@@ -4,7 +4,6 @@ verification against edits, removals and reordering; and the records HTTP reques
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sqlite3
 import uuid

@@ -51,9 +51,11 @@ async def test_anonymous_callers_get_401_on_listings_empty_or_not(auth_env: Auth
     client = auth_env.client
     for path in LISTINGS:
         assert (await client.get(path)).status == 401, path  # empty
-    await _push_plugin(auth_env, f"p{uuid.uuid4().hex[:6]}")
-    resp = await client.post("/api/v1/chains", headers=basic("biz"),
-                             json={"name": "door", "match": ["generic/none-*"], "plugins": []})
+    plugin = f"p{uuid.uuid4().hex[:6]}"
+    await _push_plugin(auth_env, plugin)
+    resp = await client.post("/api/v1/chains", headers=basic(ADMIN),
+                             json={"name": "door", "match": ["generic/none-*"], "plugins": [f"plugins/{plugin}:1.0"]})
+    assert resp.status == 201, await resp.text()
     for path in LISTINGS:
         assert (await client.get(path)).status == 401, path  # with content
         assert (await client.get(path, headers=basic("cons"))).status == 200, path

@@ -18,7 +18,6 @@ from uuid import uuid4
 
 import pytest
 
-from proxy.api.state import METRICS
 from proxy.app import create_app
 from proxy.backend.remote import RegistryBackend
 from proxy.oci import mediatypes as mt

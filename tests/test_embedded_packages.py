@@ -196,7 +196,7 @@ async def test_embedded_package_licensed_frozen_and_delivered(fb, tmp_path, keys
 async def test_package_with_models_and_a_runtime_image(fb, tmp_path, keys):
     uid = uuid.uuid4().hex[:8]
     image = build_image(tmp_path / "img")
-    image_repo, generic, business = f"images/hybrid{uid}", f"generic/hybrid{uid}", f"business/door/hybrid{uid}"
+    image_repo, business = f"images/hybrid{uid}", f"business/door/hybrid{uid}"
     await push_image(fb, image_repo, image)
     doc = edge_descriptor("hybrid", "1.0", images=[{"ref": f"{image_repo}:v1", "models": [MODELS]}])
     config = json.dumps(doc).encode()

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from packer.licensing.envelope import Decryptor
 from packer.package import ANNOTATION_PLUGINS as PKG_PLUGINS
 from packer.package import ANNOTATION_SOURCE as PKG_SOURCE
 from packer.package import ANNOTATION_SOURCE_REPOSITORY as PKG_SOURCE_REPOSITORY

@@ -60,7 +60,7 @@ async def test_a_backend_that_never_answers_is_reported_and_makes_readyz_unready
             assert resp.status == 503
         resp = await client.get(f"/v2/a/b/blobs/{DIGEST}")
         assert await error_code(resp) == "UNAVAILABLE"
-        body = await (await client.get(f"/v2/a/b/manifests/v1")).json()
+        body = await (await client.get("/v2/a/b/manifests/v1")).json()
         assert body["errors"][0]["code"] == "UNAVAILABLE"
         assert "did not answer within 2 s" in body["errors"][0]["message"]
         hung.hang_ping = True

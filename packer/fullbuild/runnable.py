@@ -38,7 +38,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from typing import Any, AsyncGenerator, Awaitable, Callable, Sequence
 
 from proxy.backend import Backend, ManifestData
 from proxy.oci import mediatypes as mt

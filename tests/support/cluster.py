@@ -9,7 +9,6 @@ replica drops out and its requests go to the others. Replicas share one docker-r
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import sqlite3
