@@ -121,3 +121,38 @@ async def test_a_refused_put_leaves_no_journal_entry(client, repo):
     resp = await client.delete(f"/v2/{repo}/manifests/{digest_of(b'no such manifest')}")
     assert resp.status == 404
     assert await client.server.app[REGISTRY].journal.pending() == []
+
+
+async def test_a_change_and_its_lease_are_written_and_removed_together(tmp_path):
+    """Both stores (on PostgreSQL one statement each, outside the write lock): a change
+    in flight is leased to its replica, hidden from every other replica's replay until
+    the lease runs out, and ending it leaves neither row behind."""
+    from proxy.cluster.leases import SCHEMA as LEASES_SCHEMA
+    from proxy.cluster.leases import Leases
+    from proxy.service.journal import LEASE, SCHEMA, ChangeJournal
+    from tests.conftest import metadata_database
+
+    db = metadata_database(tmp_path / "meta.db")
+    await db.open()
+    try:
+        await db.migrate("leases", LEASES_SCHEMA)
+        await db.migrate("journal", SCHEMA)
+        now = [1000.0]
+        mine = ChangeJournal(db, Leases(db, "r1", ttl=30, heartbeat=10, clock=lambda: now[0]))
+        other = ChangeJournal(db, Leases(db, "r2", ttl=30, heartbeat=10, clock=lambda: now[0]))
+        first = await mine.begin("put", "images/a", "v1", "sha256:" + "a" * 64, "alice")
+        second = await mine.begin("delete", "images/a", "v0", None, None)
+        assert second > first
+        leases = await db.fetchall("SELECT id, owner, until FROM leases WHERE kind = ? ORDER BY id", (LEASE,))
+        assert [(r["id"], r["owner"], r["until"]) for r in leases] == [(str(first), "r1", 1030.0),
+                                                                      (str(second), "r1", 1030.0)]
+        assert await other.pending(own=False) == []
+        await mine.end(first)
+        now[0] = 1031.0  # r1 stopped renewing: its change left in flight is the other's to finish
+        assert [(c.id, c.op, c.reference, c.digest) for c in await other.pending()] == [(second, "delete", "v0", None)]
+        assert await other.claim(second) and not await mine.claim(second)
+        await other.end(second)
+        assert await db.fetchall("SELECT id FROM manifest_changes") == []
+        assert await db.fetchall("SELECT id FROM leases") == []
+    finally:
+        await db.close()

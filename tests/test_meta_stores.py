@@ -291,6 +291,73 @@ async def test_a_transaction_whose_failed_statement_was_swallowed_is_not_reporte
         await store.close()
 
 
+@needs_postgres
+async def test_an_audit_append_is_one_round_trip_until_another_writer_takes_the_next_seq(own_postgres: PostgresServer):
+    """The append goes on the head this log wrote last, without the write lock; after
+    another replica appended, it collides on ``seq``, writes nothing, and goes through
+    the lock on the true head: the chain stays one, with every record once."""
+    async with counting_relay(own_postgres.create_database()) as (url, wire):
+        stores = [PostgresDatabase(url, pool_size=1) for _ in range(2)]
+        for store in stores:
+            await store.open()
+        await stores[0].migrate("audit", AUDIT_SCHEMA)
+        first, second = logs = [AuditLog(store, flush_interval=0.001) for store in stores]
+        try:
+            for log in logs:
+                await log.start()
+
+            async def append(log: AuditLog, reference: str) -> int:
+                before = wire.round_trips
+                assert await log.durable(log.record(AuditEvent(action="blob.push", outcome="success", reference=reference)), 10)
+                return wire.round_trips - before
+
+            await append(first, "a1")  # no head known yet: through the lock
+            await append(first, "a2")  # prepares the insert on the connection
+            assert await append(first, "a3") == 1
+            await append(second, "b1")
+            assert await append(first, "a4") > 1  # lost the race for seq 5, then locked
+            for log in logs:
+                await log.close()
+            result = await verify_chain(stores[0])
+            assert result.ok and result.records == 5, result.problem
+            rows = await stores[0].fetchall("SELECT reference FROM audit_log ORDER BY seq")
+            assert [r["reference"] for r in rows] == ["a1", "a2", "a3", "b1", "a4"]
+        finally:
+            for store in stores:
+                await store.close()
+
+
+@needs_postgres
+async def test_three_writers_racing_keep_one_audit_chain_with_every_record_once(own_postgres: PostgresServer):
+    url = own_postgres.create_database()
+    stores = [PostgresDatabase(url, pool_size=2) for _ in range(3)]
+    for store in stores:
+        await store.open()
+    await stores[0].migrate("audit", AUDIT_SCHEMA)
+    logs = [AuditLog(store, flush_interval=0.0005, batch_size=3) for store in stores]
+    try:
+        for log in logs:
+            await log.start()
+
+        async def writer(n: int, log: AuditLog) -> None:
+            for i in range(40):
+                ticket = log.record(AuditEvent(action="blob.push", outcome="success", reference=f"{n}-{i}"))
+                if i % 5 == 0:
+                    assert await log.durable(ticket, 10)
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*(writer(n, log) for n, log in enumerate(logs)))
+        for log in logs:
+            await log.close()
+        result = await verify_chain(stores[2])
+        assert result.ok and result.records == 120, result.problem
+        rows = await stores[0].fetchall("SELECT reference FROM audit_log")
+        assert sorted(r["reference"] for r in rows) == sorted(f"{n}-{i}" for n in range(3) for i in range(40))
+    finally:
+        for store in stores:
+            await store.close()
+
+
 # -- readiness follows the database -----------------------------------------------------
 
 @needs_postgres

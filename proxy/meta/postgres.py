@@ -181,6 +181,12 @@ class PostgresDatabase(db.Database):
     async def execute_atomic(self, sql: str, params: Sequence[Any] = (), *, durable: bool = False) -> int:
         return await self.execute(sql, params)
 
+    async def executemany_atomic(self, sql: str, rows: Iterable[Sequence[Any]], *, durable: bool = False) -> None:
+        # asyncpg sends every row's Bind/Execute before one Sync: one round trip, one
+        # implicit transaction, and one prepared statement whatever the number of rows.
+        with self._translated():
+            await self.pool.executemany(numbered(sql), rows)
+
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> db.Row | None:
         with self._translated():
             return await self.pool.fetchrow(numbered(sql), *params)
