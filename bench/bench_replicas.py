@@ -3,11 +3,15 @@
 Two parts, both against a docker-registry backend this script starts:
 
 1. **Cost in the metadata store** (in process): the app is created with its ``Database``
-   wrapped to count what each request asks of it — statements, write transactions and
-   the round trips they take (a statement is one; a write transaction adds its begin and
-   commit, and on PostgreSQL the advisory lock it takes). Measured per manifest PUT (a
-   tagged push, no chain), per manifest GET by tag, per blob upload (POST + PUT), and per
-   assembly job (a one-plugin ``file`` chain, from the push to the job's end).
+   wrapped to count what each request asks of it — statements and write transactions —
+   and the round trips they take: on PostgreSQL counted on the wire (a relay in front of
+   the database counts every Query and Sync message, ``tests/support/pgwire.py``, so
+   prepares and pool resets show), on SQLite modelled (a statement is one call into the
+   database thread, a write transaction adds its begin and commit). Write transactions
+   are those that take the store's write lock (on SQLite every write; on PostgreSQL a
+   single statement runs without it). Measured per manifest PUT (a tagged push, no
+   chain), per manifest GET by tag, per blob upload (POST + PUT), and per assembly job
+   (a one-plugin ``file`` chain, from the push to the job's end).
 2. **Throughput** (real processes): ``algomint serve`` replicas (1, then 3 behind HAProxy
    or nginx, ``tests/support/cluster.py``) with auth on; ``--concurrency`` clients PUT then
    GET manifests of small images for ``--seconds``; then ``--jobs`` generic pushes through
@@ -43,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.distribution import run_distribution  # noqa: E402
+from tests.support.pgwire import WireCounter, counting_relay  # noqa: E402
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 ALGO_CONFIG = "application/vnd.algomint.algorithm.config.v1+json"
@@ -58,15 +63,17 @@ def _digest(data: bytes) -> str:
 
 # -- counting the store's work ------------------------------------------------------------
 class Tally:
-    """What the app asked of its ``Database``: statements and write transactions."""
+    """What the app asked of its ``Database``: statements and write transactions, and
+    the round trips on the wire when there is one."""
 
-    def __init__(self, postgres: bool) -> None:
-        self.postgres = postgres
+    def __init__(self, wire: WireCounter | None) -> None:
+        self.wire = wire
         self.counts: Counter[str] = Counter()
 
     def round_trips(self) -> int:
-        per_tx = 3 if self.postgres else 2  # BEGIN, COMMIT (+ the advisory lock on PostgreSQL)
-        return self.counts["statements"] + per_tx * self.counts["transactions"]
+        if self.wire is not None:
+            return self.wire.round_trips
+        return self.counts["statements"] + 2 * self.counts["transactions"]  # BEGIN, COMMIT
 
     def snapshot(self) -> tuple[int, int, int]:
         return self.counts["statements"], self.counts["transactions"], self.round_trips()
@@ -80,7 +87,9 @@ def count(db: Any, tally: Tally) -> None:
     a call one of them makes to another (``execute`` opening a transaction) counts once."""
 
     def wrap(name: str, statements: int, transactions: int) -> None:
-        inner = getattr(db, name)
+        inner = getattr(db, name, None)
+        if inner is None:  # an older store without it (to measure a previous release)
+            return
 
         async def wrapped(*args: Any, **kwargs: Any) -> Any:
             if _INSIDE.get():
@@ -95,8 +104,10 @@ def count(db: Any, tally: Tally) -> None:
 
         setattr(db, name, wrapped)
 
-    wrap("execute", 1, 1)  # one statement in its own write transaction
+    # One statement in its own transaction: under the write lock on SQLite only.
+    wrap("execute", 1, 0 if tally.wire is not None else 1)
     wrap("execute_atomic", 1, 0)
+    wrap("executemany_atomic", 1, 0)
     wrap("fetchone", 1, 0)
     wrap("fetchall", 1, 0)
     transaction = db.transaction
@@ -131,6 +142,14 @@ class _CountedTx:
 
 
 async def measure_costs(work: Path, registry_url: str, metadata_url: str | None) -> dict[str, tuple[int, int, int]]:
+    if metadata_url is None:
+        return await _measure_costs(work, registry_url, None, Tally(None))
+    async with counting_relay(metadata_url) as (relayed, wire):
+        return await _measure_costs(work, registry_url, relayed, Tally(wire))
+
+
+async def _measure_costs(work: Path, registry_url: str, metadata_url: str | None,
+                         tally: Tally) -> dict[str, tuple[int, int, int]]:
     from aiohttp.test_utils import TestClient, TestServer
 
     from proxy.api.state import DATABASE
@@ -143,7 +162,6 @@ async def measure_costs(work: Path, registry_url: str, metadata_url: str | None)
     if metadata_url:
         env["ALGOMINT_METADATA__URL"] = metadata_url
     app = create_app(load_config(None, environ=env))
-    tally = Tally(postgres=metadata_url is not None)
     count(app[DATABASE], tally)
     client = TestClient(TestServer(app))
     await client.start_server()

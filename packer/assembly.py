@@ -389,19 +389,24 @@ class AssemblyService:
         """The next runnable job, leased to this replica: queued, or running without a
         live lease (its replica died); never one whose target another job is writing."""
         now = self.leases.now()
+        # A plain read first: an idle poll costs one statement and never queues on the
+        # store's write lock. The decision is made again inside the transaction below.
+        find = (
+            "SELECT * FROM assembly_jobs j WHERE (j.status = 'queued' OR (j.status = 'running' AND NOT "
+            + self.leases.live(LEASE, "CAST(j.id AS TEXT)") + ")) AND NOT EXISTS ("
+            " SELECT 1 FROM assembly_jobs o WHERE o.target_repo = j.target_repo AND o.target_tag = j.target_tag"
+            " AND o.id <> j.id AND ((o.status = 'running' AND " + self.leases.live(LEASE, "CAST(o.id AS TEXT)") + ")"
+            " OR (o.id < j.id AND o.status IN ('queued', 'running'))))"
+            # A target an accepted full build is made from waits for it: frozen if it
+            # succeeds (the job then fails, or is a no-op), written if it fails.
+            " AND NOT EXISTS (SELECT 1 FROM full_build_holds h JOIN full_builds b ON b.id = h.build_id"
+            " WHERE h.repository = j.target_repo AND h.tag = j.target_tag AND b.state IN ('queued', 'running'))"
+            " ORDER BY j.id LIMIT 1"
+        )
+        if await self.db.fetchone(find, (now, now)) is None:
+            return None
         async with self.db.transaction() as tx:
-            row = await tx.fetchone(
-                "SELECT * FROM assembly_jobs j WHERE (j.status = 'queued' OR (j.status = 'running' AND NOT "
-                + self.leases.live(LEASE, "CAST(j.id AS TEXT)") + ")) AND NOT EXISTS ("
-                " SELECT 1 FROM assembly_jobs o WHERE o.target_repo = j.target_repo AND o.target_tag = j.target_tag"
-                " AND o.id <> j.id AND ((o.status = 'running' AND " + self.leases.live(LEASE, "CAST(o.id AS TEXT)") + ")"
-                " OR (o.id < j.id AND o.status IN ('queued', 'running'))))"
-                # A target an accepted full build is made from waits for it: frozen if it
-                # succeeds (the job then fails, or is a no-op), written if it fails.
-                " AND NOT EXISTS (SELECT 1 FROM full_build_holds h JOIN full_builds b ON b.id = h.build_id"
-                " WHERE h.repository = j.target_repo AND h.tag = j.target_tag AND b.state IN ('queued', 'running'))"
-                " ORDER BY j.id LIMIT 1", (now, now)
-            )
+            row = await tx.fetchone(find, (now, now))
             if row is None:
                 return None
             previous = await self.leases.claim(tx, LEASE, str(row["id"]))

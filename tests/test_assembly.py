@@ -6,6 +6,7 @@ repository, idempotent re-assembly and re-assembly of a changed generic tag."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import sys
@@ -248,3 +249,35 @@ async def test_management_routes_are_described(app_client):
                  "/api/v1/subscriptions/{id}/deliveries"):
         assert path in document["paths"], path
     assert "AssemblyOut" in document["components"]["schemas"]
+
+
+async def test_idle_queues_are_polled_without_write_transactions(aiohttp_client, config, tmp_path):
+    """An idle assembly or full-build queue costs one read per poll, never a write
+    transaction: on PostgreSQL each would queue on the write lock every replica shares."""
+    from packer.fullbuild.settings import FullBuildConfig
+    from proxy.api.state import DATABASE
+
+    config = config.model_copy(update={
+        "assembly": AssemblyConfig(poll_interval=0.02, workdir=tmp_path / "work"),
+        "full_builds": FullBuildConfig(poll_interval=0.02),
+    })
+    app = create_app(config)
+    db = app[DATABASE]
+    opened: list[str] = []
+    transaction, fetchone = db.transaction, db.fetchone
+
+    def counted_transaction(*args, **kwargs):
+        opened.append("transaction")
+        return transaction(*args, **kwargs)
+
+    async def counted_fetchone(sql, *args, **kwargs):
+        if "FROM assembly_jobs j" in sql or "FROM full_builds b" in sql:
+            opened.append("poll")
+        return await fetchone(sql, *args, **kwargs)
+
+    db.transaction, db.fetchone = counted_transaction, counted_fetchone
+    await aiohttp_client(app)
+    await asyncio.sleep(0.2)  # start-up's own writes are done
+    opened.clear()
+    await asyncio.sleep(0.5)
+    assert opened.count("poll") >= 10 and "transaction" not in opened, opened

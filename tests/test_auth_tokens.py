@@ -408,3 +408,40 @@ async def test_registry_tokens_do_not_grant_management(auth_env: AuthEnv):
     resp = await auth_env.client.get("/api/v1/users", headers=bearer(token))
     assert resp.status == 401  # refused as credentials: registry tokens are for /v2 only
     assert (await auth_env.client.get("/v2/_catalog", headers=bearer(token))).status == 200
+
+
+async def test_a_password_checked_moments_ago_skips_the_throttle_and_guesses_do_not(aiohttp_client, tmp_path):
+    """Basic on every request: once the password is checked, later requests ask the store
+    nothing about failed logins (a round trip each on PostgreSQL). Wrong passwords for
+    the same pair still wait their turn and count, and the right one is never held."""
+    from proxy.api.state import DATABASE
+
+    app = create_app(auth_config(tmp_path, "filesystem", auth__free_failures=1, auth__failure_delay=0.3,
+                                 auth__max_failure_delay=0.3))
+    env = AuthEnv(await aiohttp_client(app), app)
+    client = env.client
+    await env.create_user("steady", ["consumer"])
+    assert (await client.get("/v2/", headers=basic("steady"))).status == 200  # checked once
+    db = app[DATABASE]
+    asked: list[str] = []
+    fetchone = db.fetchone
+
+    async def counted(sql, *args, **kwargs):
+        if "login_failures" in sql:
+            asked.append(sql)
+        return await fetchone(sql, *args, **kwargs)
+
+    db.fetchone = counted
+    for _ in range(3):
+        assert (await client.get("/v2/", headers=basic("steady"))).status == 200
+    assert asked == []
+    for _ in range(3):
+        assert (await client.get("/v2/", headers=basic("steady", "guess"))).status == 401
+    assert asked  # every guess went through the throttle
+    started = time.monotonic()
+    guesses = [asyncio.ensure_future(client.get("/v2/", headers=basic("steady", "guess"))) for _ in range(2)]
+    assert (await client.get("/v2/", headers=basic("steady"))).status == 200
+    assert time.monotonic() - started < 0.3  # not held behind the guesses' turns
+    assert {r.status for r in await asyncio.gather(*guesses)} <= {401, 429}
+    row = await fetchone("SELECT SUM(failures) AS n FROM login_failures WHERE name = ?", ("steady",))
+    assert row["n"] >= 3

@@ -17,6 +17,7 @@ from proxy.config import ConfigError, MetadataConfig, load_config
 from proxy.meta import MetadataError, SqliteDatabase, create_database
 from proxy.meta.postgres import PostgresDatabase, numbered, redact_url
 from tests.conftest import metadata_database
+from tests.support.pgwire import counting_relay
 from tests.support.postgres import PostgresServer, pg_binary, run_postgres
 
 needs_postgres = pytest.mark.skipif(pg_binary("initdb") is None, reason="PostgreSQL binaries are not installed")
@@ -211,6 +212,146 @@ async def test_two_writers_keep_one_audit_chain(own_postgres: PostgresServer):
             await log.close()
         result = await verify_chain(stores[1])
         assert result.ok and result.records == 120, result.problem
+    finally:
+        for store in stores:
+            await store.close()
+
+
+@needs_postgres
+async def test_round_trips_per_operation_on_postgres(own_postgres: PostgresServer):
+    """What a client waits for, counted on the wire: a statement is one round trip (no
+    reset query when its connection goes back to the pool), a write transaction adds one
+    for BEGIN with the write lock and one for COMMIT."""
+    async with counting_relay(own_postgres.create_database()) as (url, wire):
+        store = PostgresDatabase(url, pool_size=1)  # one connection: its statements stay prepared
+        await store.open()
+        try:
+            await store.migrate("widgets", V1, V2)
+
+            async def trips(operation) -> int:
+                await operation()  # once to prepare the statements on the connection
+                before = wire.round_trips
+                await operation()
+                return wire.round_trips - before
+
+            async def write_transaction() -> None:
+                async with store.transaction() as tx:
+                    await tx.execute("INSERT INTO widgets (name, size) VALUES (?, ?)", (uuid.uuid4().hex, 1))
+                    await tx.fetchone("SELECT COUNT(*) AS n FROM widgets")
+
+            assert await trips(write_transaction) == 4
+            assert await trips(lambda: store.fetchone("SELECT COUNT(*) AS n FROM widgets")) == 1
+            assert await trips(lambda: store.execute("UPDATE widgets SET size = size + ?", (1,))) == 1
+        finally:
+            await store.close()
+
+
+@needs_postgres
+async def test_the_write_lock_still_orders_transactions_of_separate_stores(own_postgres: PostgresServer):
+    """Read-then-write transactions from several replicas never interleave: each sees
+    every earlier one's commit (the lock is taken before the first read)."""
+    url = own_postgres.create_database()
+    stores = [PostgresDatabase(url, pool_size=3) for _ in range(3)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        await stores[0].execute("CREATE TABLE counter (n INTEGER NOT NULL)")
+        await stores[0].execute("INSERT INTO counter (n) VALUES (0)")
+
+        async def bump(store: PostgresDatabase) -> None:
+            async with store.transaction() as tx:
+                n = (await tx.fetchone("SELECT n FROM counter"))["n"]
+                await asyncio.sleep(0)
+                await tx.execute("UPDATE counter SET n = ?", (n + 1,))
+
+        await asyncio.gather(*(bump(store) for store in stores for _ in range(20)))
+        assert (await stores[1].fetchone("SELECT n FROM counter"))["n"] == 60
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+@needs_postgres
+async def test_a_transaction_whose_failed_statement_was_swallowed_is_not_reported_committed(
+        own_postgres: PostgresServer):
+    store = PostgresDatabase(own_postgres.create_database(), pool_size=1)
+    await store.open()
+    try:
+        await store.execute("CREATE TABLE once (k TEXT PRIMARY KEY)")
+        await store.execute("INSERT INTO once (k) VALUES ('a')")
+        with pytest.raises(MetadataError, match="rolled back"):
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO once (k) VALUES ('b')")
+                with pytest.raises(MetadataError):
+                    await tx.execute("INSERT INTO once (k) VALUES ('a')")
+        assert [r["k"] for r in await store.fetchall("SELECT k FROM once ORDER BY k")] == ["a"]
+        async with store.transaction() as tx:  # the connection is usable again
+            await tx.execute("INSERT INTO once (k) VALUES ('c')")
+        assert [r["k"] for r in await store.fetchall("SELECT k FROM once ORDER BY k")] == ["a", "c"]
+    finally:
+        await store.close()
+
+
+@needs_postgres
+async def test_an_audit_append_is_one_round_trip_until_another_writer_takes_the_next_seq(own_postgres: PostgresServer):
+    """The append goes on the head this log wrote last, without the write lock; after
+    another replica appended, it collides on ``seq``, writes nothing, and goes through
+    the lock on the true head: the chain stays one, with every record once."""
+    async with counting_relay(own_postgres.create_database()) as (url, wire):
+        stores = [PostgresDatabase(url, pool_size=1) for _ in range(2)]
+        for store in stores:
+            await store.open()
+        await stores[0].migrate("audit", AUDIT_SCHEMA)
+        first, second = logs = [AuditLog(store, flush_interval=0.001) for store in stores]
+        try:
+            for log in logs:
+                await log.start()
+
+            async def append(log: AuditLog, reference: str) -> int:
+                before = wire.round_trips
+                assert await log.durable(log.record(AuditEvent(action="blob.push", outcome="success", reference=reference)), 10)
+                return wire.round_trips - before
+
+            await append(first, "a1")  # no head known yet: through the lock
+            await append(first, "a2")  # prepares the insert on the connection
+            assert await append(first, "a3") == 1
+            await append(second, "b1")
+            assert await append(first, "a4") > 1  # lost the race for seq 5, then locked
+            for log in logs:
+                await log.close()
+            result = await verify_chain(stores[0])
+            assert result.ok and result.records == 5, result.problem
+            rows = await stores[0].fetchall("SELECT reference FROM audit_log ORDER BY seq")
+            assert [r["reference"] for r in rows] == ["a1", "a2", "a3", "b1", "a4"]
+        finally:
+            for store in stores:
+                await store.close()
+
+
+@needs_postgres
+async def test_three_writers_racing_keep_one_audit_chain_with_every_record_once(own_postgres: PostgresServer):
+    url = own_postgres.create_database()
+    stores = [PostgresDatabase(url, pool_size=2) for _ in range(3)]
+    for store in stores:
+        await store.open()
+    await stores[0].migrate("audit", AUDIT_SCHEMA)
+    logs = [AuditLog(store, flush_interval=0.0005, batch_size=3) for store in stores]
+    try:
+        for log in logs:
+            await log.start()
+
+        async def writer(n: int, log: AuditLog) -> None:
+            for i in range(40):
+                ticket = log.record(AuditEvent(action="blob.push", outcome="success", reference=f"{n}-{i}"))
+                if i % 5 == 0:
+                    assert await log.durable(ticket, 10)
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*(writer(n, log) for n, log in enumerate(logs)))
+        for log in logs:
+            await log.close()
+        result = await verify_chain(stores[2])
+        assert result.ok and result.records == 120, result.problem
+        rows = await stores[0].fetchall("SELECT reference FROM audit_log")
+        assert sorted(r["reference"] for r in rows) == sorted(f"{n}-{i}" for n in range(3) for i in range(40))
     finally:
         for store in stores:
             await store.close()

@@ -340,10 +340,14 @@ class BuildStore:
         """The oldest build that is queued, or running without a live lease (its replica
         died or stopped), now leased to this replica; with the previous owner if any."""
         now = leases.now()
+        find = ("SELECT * FROM full_builds b WHERE b.state = 'queued' OR (b.state = 'running' AND NOT "
+                + leases.live(LEASE, "b.id") + ") ORDER BY b.created_at LIMIT 1")
+        # A plain read first: an idle poll never queues on the store's write lock; the
+        # decision is made again inside the transaction.
+        if await self.db.fetchone(find, (now,)) is None:
+            return None
         async with self.db.transaction() as tx:
-            row = await tx.fetchone(
-                "SELECT * FROM full_builds b WHERE b.state = 'queued' OR (b.state = 'running' AND NOT "
-                + leases.live(LEASE, "b.id") + ") ORDER BY b.created_at LIMIT 1", (now,))
+            row = await tx.fetchone(find, (now,))
             if row is None:
                 return None
             previous = await leases.claim(tx, LEASE, row["id"])

@@ -7,12 +7,14 @@ that says a change happened is sent only after it (the ``audit_requests`` middle
 
 One background task writes the batch, each write one transaction that extends the hash
 chain (group commit). Replicas sharing the store append to the same chain: an append
-that lost the race for the next ``seq`` to another replica is re-hashed and retried. A record someone waits for is written at once, together with
-everything that arrived meanwhile; under load, records arriving during one write form
-the next batch, so batches grow with the load and the cost per record falls. Records
-nobody waits for (pulls, downloads) wait up to ``flush_interval``, or ``batch_size``
-records. ``close`` writes everything still pending, so a clean shutdown loses nothing;
-a failed write keeps the batch and retries, and its waiters keep waiting."""
+that lost the race for the next ``seq`` to another replica is re-hashed and retried (on
+PostgreSQL: written under the store's write lock, which reads the head and cannot lose
+again). A record someone waits for is written at once, together with everything that
+arrived meanwhile; under load, records arriving during one write form the next batch,
+so batches grow with the load and the cost per record falls. Records nobody waits for
+(pulls, downloads) wait up to ``flush_interval``, or ``batch_size`` records. ``close``
+writes everything still pending, so a clean shutdown loses nothing; a failed write keeps
+the batch and retries, and its waiters keep waiting."""
 
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 _RETRY_DELAY = 1.0
 # Appends lost in a row to other replicas before a write counts as failed.
 _MAX_RACES = 50
+# PostgreSQL: writes that go straight through the write lock after an append lost a race
+# (other replicas are appending too; guessing the head would mostly cost a wasted trip).
+_LOCKED_AFTER_RACE = 16
 # Records per write: 16 parameters each stays under SQLite's 32766 bound parameters.
 _MAX_WRITE = 2000
 # A repository-pattern query scans at most this many rows per page (it filters in Python).
@@ -68,6 +73,7 @@ class AuditLog:
         self._submitted = self._written = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._head: tuple[int, str] | None = None  # (seq, hash) of the last record written
+        self._locked_writes = 0  # PostgreSQL: next writes to take the write lock at once
 
     # -- lifetime ---------------------------------------------------------------
     async def start(self) -> None:
@@ -154,6 +160,26 @@ class AuditLog:
 
     async def _write(self, batch: list[AuditEvent]) -> None:
         if self.db.dialect == "postgres":
+            # First on the head this log wrote last: one round trip (one statement text
+            # for every batch size, so nothing is prepared anew), no write lock. When
+            # another replica appended since, ``seq`` collides (the primary key; a
+            # concurrent insert of the same ``seq`` waits for the other one's commit,
+            # then collides) and nothing is written; the batch then goes through the
+            # write lock, which reads the true head and cannot lose a race.
+            if self._locked_writes > 0:
+                self._locked_writes -= 1
+            elif self._head is not None:
+                try:
+                    rows, head = _chained(batch, self._head)
+                    await self.db.executemany_atomic(*_row_inserts(rows))
+                    self._head = head
+                    return
+                except MetadataError:
+                    self._head = None
+                    self._locked_writes = _LOCKED_AFTER_RACE
+                except BaseException:
+                    self._head = None
+                    raise
             await self._write_shared(batch)
             return
         # The chain is extended from the head this log wrote last, hashed before the
@@ -197,9 +223,7 @@ class AuditLog:
         async with self.db.transaction() as tx:
             head = await tx.fetchone("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
             rows, (seq, prev) = _chained(batch, (head["seq"], head["hash"]) if head else (0, GENESIS))
-            columns = list(rows[0])
-            await tx.executemany(f"INSERT INTO audit_log ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                                 [[row[c] for c in columns] for row in rows])
+            await tx.executemany(*_row_inserts(rows))
         self._head = (seq, prev)
 
     async def _run(self) -> None:
@@ -272,6 +296,13 @@ class AuditLog:
 
 def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _row_inserts(rows: list[dict[str, Any]]) -> tuple[str, list[list[Any]]]:
+    """One single-row INSERT and every row's values, for ``executemany``."""
+    columns = list(rows[0])
+    return (f"INSERT INTO audit_log ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            [[row[c] for c in columns] for row in rows])
 
 
 def _chained(batch: list[AuditEvent], head: tuple[int, str]) -> tuple[list[dict[str, Any]], tuple[int, str]]:

@@ -12,7 +12,9 @@ whose ``message`` is safe for the client (it never says whether a user exists).
   account itself is re-read on every request.
 - Failed password logins slow down per (user name, client address) (``ratelimit``);
   API tokens and signed tokens are never throttled: they cannot be guessed, and a valid
-  one must never be refused because of someone else's failures.
+  one must never be refused because of someone else's failures. Neither is a password
+  remembered as checked: only the right one can be, and it skips the throttle's read
+  of the store, which every other password login pays.
 - Bearer tokens are verified by signature, then the account (and the API token they
   were obtained with) is re-checked, so disabling or revoking takes effect at once."""
 
@@ -134,6 +136,15 @@ class Authenticator:
         return await self.password(username, password, address)
 
     async def password(self, username: str, password: str, address: str | None) -> Login:
+        # A password verified moments ago against the hash still stored gets in without
+        # the throttle's read of the store (a round trip per request on PostgreSQL). Only
+        # the right password can be in the cache; the throttle spaces guesses, which all
+        # miss it, and never keeps a right password out.
+        identity = await self.store.identity(username)
+        if identity is not None and not identity.user.disabled and self._recently_verified(
+                username, password, identity.user.password_hash):
+            return Login(identity, self._principal(identity, "basic"), False,
+                         password_fingerprint(identity.user.password_hash))
         try:
             async with self.throttle.turn(username, address) as hold:
                 return await self._password(username, password, address, hold)
@@ -141,19 +152,24 @@ class Authenticator:
             raise AuthFailure("too many failed logins", "too many failed logins; try again later",
                               claimed=username, retry_after=exc.retry_after) from None
 
+    def _verified_key(self, username: str, password: str) -> tuple[str, bytes]:
+        return username, hmac.new(self._cache_key, password.encode(), hashlib.sha256).digest()
+
+    def _recently_verified(self, username: str, password: str, stored: str | None) -> bool:
+        hit, checked_against = self._verified.get(self._verified_key(username, password))
+        return bool(hit and stored is not None and checked_against == stored)
+
     async def _password(self, username: str, password: str, address: str | None, hold: Hold) -> Login:
         identity = await self.store.identity(username)
         stored = identity.user.password_hash if identity is not None else None
-        key = (username, hmac.new(self._cache_key, password.encode(), hashlib.sha256).digest())
-        hit, checked_against = self._verified.get(key)
-        checked = not (hit and stored is not None and checked_against == stored)
+        checked = not self._recently_verified(username, password, stored)
         if checked:
             ok, checked = await self.passwords.verify(username, password, stored)
             if not ok:
                 await self.throttle.failed(username, address)
                 raise AuthFailure("unknown user" if identity is None else "wrong password", claimed=username)
             assert stored is not None
-            self._verified.put(key, stored)
+            self._verified.put(self._verified_key(username, password), stored)
         assert identity is not None
         if identity.user.disabled:
             await self.throttle.failed(username, address)

@@ -17,7 +17,8 @@ The counts and the next turn live in the metadata store (``login_failures``), sh
 every replica, so a guesser spreading attempts over replicas behind a load balancer is
 spaced exactly as against one; times are wall-clock seconds, comparable across machines.
 A pair without failures costs one indexed read per password login (which runs scrypt
-anyway); the turn is taken with one atomic ``UPDATE … RETURNING``."""
+anyway; a password checked moments ago skips the throttle, ``authenticator``); the turn
+is taken with one atomic ``UPDATE … RETURNING``."""
 
 from __future__ import annotations
 

@@ -73,6 +73,10 @@ class Leases:
     def now(self) -> float:
         return self._clock()
 
+    def expiry(self) -> float:
+        """``until`` of a lease taken now."""
+        return self._clock() + self.ttl
+
     # -- lifetime -----------------------------------------------------------------
     async def start(self) -> None:
         await self.db.migrate("leases", SCHEMA)
@@ -111,7 +115,7 @@ class Leases:
     async def take_new(self, tx: Transaction, kind: str, job_id: str) -> None:
         """Lease a job created in ``tx`` itself (nobody else can hold it yet): one statement."""
         await tx.execute("INSERT INTO leases (kind, id, owner, until) VALUES (?, ?, ?, ?)",
-                         (kind, job_id, self.owner, self._clock() + self.ttl))
+                         (kind, job_id, self.owner, self.expiry()))
 
     async def release(self, tx: Transaction, kind: str, job_id: str) -> bool:
         """End the lease inside the transaction recording the job's outcome; False when

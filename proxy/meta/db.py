@@ -84,6 +84,11 @@ class Database(abc.ABC):
         """One write statement, atomic on its own, with the fewest round trips."""
 
     @abc.abstractmethod
+    async def executemany_atomic(self, sql: str, rows: Iterable[Sequence[Any]], *, durable: bool = False) -> None:
+        """One write statement run for each of ``rows``, all or none, with the fewest
+        round trips (on PostgreSQL one, outside the write lock)."""
+
+    @abc.abstractmethod
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
 
     @abc.abstractmethod

@@ -4,6 +4,11 @@ Callers write SQLite-flavoured portable SQL; here ``?`` placeholders become ``$n
 SQLite type names of ``CREATE``/``ALTER TABLE`` become PostgreSQL's. Every write
 transaction first takes one advisory lock, so transactions keep the one-writer ordering
 the callers were written against on SQLite, across every replica on the database.
+
+Round trips are the cost that matters here (the database is a network hop away, and the
+write lock is held across them), so each operation takes the fewest: a write
+transaction sends ``BEGIN`` and its lock as one simple query, and a connection goes
+back to the pool without asyncpg's reset query (see ``_keep_session``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ __all__ = ["PostgresDatabase", "numbered", "redact_url"]
 
 # pg_advisory_xact_lock key of the write lock ("algomint" as ASCII bytes).
 WRITE_LOCK = 0x616C676F6D696E74
+# One simple-query round trip: the lock is taken first thing in the transaction, before
+# any of its statements reads (each statement's snapshot then sees every earlier writer).
+_BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
 PING_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 5.0
 
@@ -81,6 +89,14 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+async def _keep_session(conn: Any) -> None:
+    """The pool's reset: nothing beyond asyncpg's own step before it (which rolls back a
+    transaction left open). The default reset query (unlock all advisory locks, ``CLOSE
+    ALL``, ``UNLISTEN *``, ``RESET ALL``) is one more round trip per checkout, for
+    session state this module never creates: its only lock is transaction-scoped, it
+    opens no cursors, listens to nothing and changes no settings after connecting."""
+
+
 def _rowcount(status: str) -> int:
     found = _ROWCOUNT.search(status or "")
     return int(found.group(1)) if found else -1
@@ -123,7 +139,7 @@ class PostgresDatabase(db.Database):
         with self._translated():
             self._pool = await asyncpg.create_pool(
                 self.url, password=self._password, min_size=1, max_size=self._pool_size,
-                timeout=CONNECT_TIMEOUT, command_timeout=None, ssl=self._ssl,
+                timeout=CONNECT_TIMEOUT, command_timeout=None, ssl=self._ssl, reset=_keep_session,
                 server_settings={"application_name": "algomint"})
 
     async def close(self) -> None:
@@ -165,6 +181,12 @@ class PostgresDatabase(db.Database):
     async def execute_atomic(self, sql: str, params: Sequence[Any] = (), *, durable: bool = False) -> int:
         return await self.execute(sql, params)
 
+    async def executemany_atomic(self, sql: str, rows: Iterable[Sequence[Any]], *, durable: bool = False) -> None:
+        # asyncpg sends every row's Bind/Execute before one Sync: one round trip, one
+        # implicit transaction, and one prepared statement whatever the number of rows.
+        with self._translated():
+            await self.pool.executemany(numbered(sql), rows)
+
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> db.Row | None:
         with self._translated():
             return await self.pool.fetchrow(numbered(sql), *params)
@@ -182,18 +204,19 @@ class PostgresDatabase(db.Database):
                 # Only the store's own steps are translated: an OSError or timeout of the
                 # caller's body stays what it is.
                 with self._translated():
-                    transaction = conn.transaction()
-                    await transaction.start()
-                    await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                    await conn.execute(_BEGIN_LOCKED)
                 try:
                     yield _Transaction(conn, self._translated)
                 except BaseException:
-                    # A broken connection cannot roll back; the pool resets or drops it.
+                    # A broken connection cannot roll back; the pool's release rolls back
+                    # or drops it.
                     with contextlib.suppress(Exception):
-                        await asyncio.shield(transaction.rollback())
+                        await asyncio.shield(conn.execute("ROLLBACK"))
                     raise
                 with self._translated():
-                    await asyncio.shield(transaction.commit())
+                    status = await asyncio.shield(conn.execute("COMMIT"))
+                if status != "COMMIT":  # the body swallowed a failed statement: nothing was kept
+                    raise MetadataError("metadata store: transaction failed and was rolled back")
             finally:
                 await asyncio.shield(self.pool.release(conn))
 

@@ -101,6 +101,10 @@ class SqliteDatabase(db.Database):
                     if durable:
                         await asyncio.shield(self.conn.execute("PRAGMA synchronous=NORMAL"))
 
+    async def executemany_atomic(self, sql: str, rows: Iterable[Sequence[Any]], *, durable: bool = False) -> None:
+        async with self.transaction(durable=durable) as tx:
+            await tx.executemany(sql, rows)
+
     @contextlib.asynccontextmanager
     async def transaction(self, *, durable: bool = False) -> AsyncIterator["_Transaction"]:
         """An immediate (write) transaction: commits on success, rolls back on error.

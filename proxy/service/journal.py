@@ -12,7 +12,14 @@ Replicas share the journal: with ``leases``, each change is leased to the replic
 it (in the transaction that records it), and only changes whose lease has expired — their
 replica died mid-change — are replayed, each by the one replica that claims it. A
 replica starting never finishes another live replica's change in flight, and the heartbeat
-renews a change's lease for as long as the change is in flight, however slow the backend."""
+renews a change's lease for as long as the change is in flight, however slow the backend.
+
+On PostgreSQL a change and its lease are written, and removed, by one statement each
+(data-modifying ``WITH``): one round trip instead of a write transaction's four, and
+outside the store's write lock, which they do not need. A single statement is atomic,
+so no reader sees a change without its lease; the change's id is new (nobody else can
+write its rows before it commits); removing it touches only its own two rows, and a
+replica replaying it meanwhile finishes it idempotently, as it would after the lock."""
 
 from __future__ import annotations
 
@@ -61,15 +68,23 @@ class ChangeJournal:
     async def begin(
         self, op: Literal["put", "delete"], repo: str, reference: str, digest: str | None, actor: str | None
     ) -> int:
-        async with self.db.transaction() as tx:
-            row = await tx.fetchone(
-                "INSERT INTO manifest_changes (op, repo, reference, digest, actor, created)"
-                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                (op, repo, reference, digest, actor, time.time()),
-            )
-            assert row is not None
-            if self.leases is not None:  # in the same transaction: never a change without its lease
-                await self.leases.take_new(tx, LEASE, str(row["id"]))
+        values = (op, repo, reference, digest, actor, time.time())
+        if self.leases is not None and self.db.dialect == "postgres":
+            row = await self.db.fetchone(
+                "WITH c AS (INSERT INTO manifest_changes (op, repo, reference, digest, actor, created)"
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id),"
+                " l AS (INSERT INTO leases (kind, id, owner, until) SELECT ?, CAST(id AS TEXT), ?, ? FROM c)"
+                " SELECT id FROM c",
+                (*values, LEASE, self.leases.owner, self.leases.expiry()))
+        else:
+            async with self.db.transaction() as tx:
+                row = await tx.fetchone(
+                    "INSERT INTO manifest_changes (op, repo, reference, digest, actor, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?) RETURNING id", values)
+                assert row is not None
+                if self.leases is not None:  # in the same transaction: never a change without its lease
+                    await self.leases.take_new(tx, LEASE, str(row["id"]))
+        assert row is not None
         change_id = int(row["id"])
         if self.leases is not None:
             self.leases.watch(LEASE, str(change_id), lambda: log.warning(
@@ -82,6 +97,10 @@ class ChangeJournal:
             await self.db.execute("DELETE FROM manifest_changes WHERE id = ?", (change_id,))
             return
         self.leases.unwatch(LEASE, str(change_id))
+        if self.db.dialect == "postgres":
+            await self.db.execute("WITH c AS (DELETE FROM manifest_changes WHERE id = ?)"
+                                  " DELETE FROM leases WHERE kind = ? AND id = ?", (change_id, LEASE, str(change_id)))
+            return
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM manifest_changes WHERE id = ?", (change_id,))
             await tx.execute("DELETE FROM leases WHERE kind = ? AND id = ?", (LEASE, str(change_id)))
