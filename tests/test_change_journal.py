@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from proxy.app import BACKEND, create_app
 from proxy.api.state import EVENTS, REGISTRY
 from proxy.oci import mediatypes as mt
 from proxy.service.events import ManifestDeleted, ManifestStored
+from proxy.cluster.leases import SCHEMA as LEASES_SCHEMA
+from proxy.cluster.leases import Leases
+from proxy.service.journal import LEASE, SCHEMA, ChangeJournal
+from tests.conftest import metadata_database
 from tests.support.oci import descriptor, digest_of, image_manifest, push_blob, push_image
 
 
@@ -123,71 +129,60 @@ async def test_a_refused_put_leaves_no_journal_entry(client, repo):
     assert await client.server.app[REGISTRY].journal.pending() == []
 
 
-async def test_a_change_and_its_lease_are_written_and_removed_together(tmp_path):
+@pytest.fixture
+async def db(tmp_path):
+    """A bare metadata store (either kind) with the journal's and the leases' tables."""
+    db = metadata_database(tmp_path / "meta.db")
+    await db.open()
+    try:
+        await db.migrate("leases", LEASES_SCHEMA)
+        await db.migrate("journal", SCHEMA)
+        yield db
+    finally:
+        await db.close()
+
+
+async def test_a_change_and_its_lease_are_written_and_removed_together(db):
     """Both stores (on PostgreSQL one statement each, outside the write lock): a change
     in flight is leased to its replica, hidden from every other replica's replay until
     the lease runs out, and ending it leaves neither row behind."""
-    from proxy.cluster.leases import SCHEMA as LEASES_SCHEMA
-    from proxy.cluster.leases import Leases
-    from proxy.service.journal import LEASE, SCHEMA, ChangeJournal
-    from tests.conftest import metadata_database
-
-    db = metadata_database(tmp_path / "meta.db")
-    await db.open()
-    try:
-        await db.migrate("leases", LEASES_SCHEMA)
-        await db.migrate("journal", SCHEMA)
-        now = [1000.0]
-        mine = ChangeJournal(db, Leases(db, "r1", ttl=30, heartbeat=10, clock=lambda: now[0]))
-        other = ChangeJournal(db, Leases(db, "r2", ttl=30, heartbeat=10, clock=lambda: now[0]))
-        first = await mine.begin("put", "images/a", "v1", "sha256:" + "a" * 64, "alice")
-        second = await mine.begin("delete", "images/a", "v0", None, None)
-        assert second > first
-        leases = await db.fetchall("SELECT id, owner, until FROM leases WHERE kind = ? ORDER BY id", (LEASE,))
-        assert [(r["id"], r["owner"], r["until"]) for r in leases] == [(str(first), "r1", 1030.0),
-                                                                      (str(second), "r1", 1030.0)]
-        assert await other.pending(own=False) == []
-        await mine.end(first)
-        now[0] = 1031.0  # r1 stopped renewing: its change left in flight is the other's to finish
-        assert [(c.id, c.op, c.reference, c.digest) for c in await other.pending()] == [(second, "delete", "v0", None)]
-        assert await other.claim(second) and not await mine.claim(second)
-        await other.end(second)
-        assert await db.fetchall("SELECT id FROM manifest_changes") == []
-        assert await db.fetchall("SELECT id FROM leases") == []
-    finally:
-        await db.close()
+    now = [1000.0]
+    mine = ChangeJournal(db, Leases(db, "r1", ttl=30, heartbeat=10, clock=lambda: now[0]))
+    other = ChangeJournal(db, Leases(db, "r2", ttl=30, heartbeat=10, clock=lambda: now[0]))
+    first = await mine.begin("put", "images/a", "v1", "sha256:" + "a" * 64, "alice")
+    second = await mine.begin("delete", "images/a", "v0", None, None)
+    assert second > first
+    leases = await db.fetchall("SELECT id, owner, until FROM leases WHERE kind = ? ORDER BY id", (LEASE,))
+    assert [(r["id"], r["owner"], r["until"]) for r in leases] == [(str(first), "r1", 1030.0),
+                                                                  (str(second), "r1", 1030.0)]
+    assert await other.pending(own=False) == []
+    await mine.end(first)
+    now[0] = 1031.0  # r1 stopped renewing: its change left in flight is the other's to finish
+    assert [(c.id, c.op, c.reference, c.digest) for c in await other.pending()] == [(second, "delete", "v0", None)]
+    assert await other.claim(second) and not await mine.claim(second)
+    await other.end(second)
+    assert await db.fetchall("SELECT id FROM manifest_changes") == []
+    assert await db.fetchall("SELECT id FROM leases") == []
 
 
-async def test_a_slow_change_in_flight_is_not_replayed_by_another_replica(tmp_path):
+async def test_a_slow_change_in_flight_is_not_replayed_by_another_replica(db):
     """The heartbeat renews the lease of a change in flight, however slow the backend."""
-    from proxy.cluster.leases import SCHEMA as LEASES_SCHEMA
-    from proxy.cluster.leases import Leases
-    from proxy.service.journal import SCHEMA, ChangeJournal
-    from tests.conftest import metadata_database
+    now = [1_000.0]
+    here = Leases(db, "replica-a", ttl=10, heartbeat=1, clock=lambda: now[0])
+    there = Leases(db, "replica-b", ttl=10, heartbeat=1, clock=lambda: now[0])
+    mine, theirs = ChangeJournal(db, here), ChangeJournal(db, there)
 
-    db = metadata_database(tmp_path / "meta.db")
-    await db.open()
-    try:
-        await db.migrate("leases", LEASES_SCHEMA)
-        await db.migrate("journal", SCHEMA)
-        now = [1_000.0]
-        here = Leases(db, "replica-a", ttl=10, heartbeat=1, clock=lambda: now[0])
-        there = Leases(db, "replica-b", ttl=10, heartbeat=1, clock=lambda: now[0])
-        mine, theirs = ChangeJournal(db, here), ChangeJournal(db, there)
+    change = await mine.begin("put", "team/app", "v1", "sha256:" + "a" * 64, "alice")
+    # The backend takes three lease lifetimes; the heartbeat beats meanwhile.
+    for _ in range(6):
+        now[0] += 5
+        await here.renew()
+    assert await theirs.pending() == [], "another replica would replay a change still in flight"
+    await mine.end(change)
+    assert await db.fetchall("SELECT id FROM leases") == []
 
-        change = await mine.begin("put", "team/app", "v1", "sha256:" + "a" * 64, "alice")
-        # The backend takes three lease lifetimes; the heartbeat beats meanwhile.
-        for _ in range(6):
-            now[0] += 5
-            await here.renew()
-        assert await theirs.pending() == [], "another replica would replay a change still in flight"
-        await mine.end(change)
-        assert await db.fetchall("SELECT id FROM leases") == []
-
-        # A replica that stops renewing (dead) loses its change to the others.
-        lost = await mine.begin("put", "team/app", "v2", "sha256:" + "b" * 64, "alice")
-        now[0] += 11
-        assert [c.id for c in await theirs.pending()] == [lost]
-        assert await theirs.claim(lost)
-    finally:
-        await db.close()
+    # A replica that stops renewing (dead) loses its change to the others.
+    lost = await mine.begin("put", "team/app", "v2", "sha256:" + "b" * 64, "alice")
+    now[0] += 11
+    assert [c.id for c in await theirs.pending()] == [lost]
+    assert await theirs.claim(lost)
