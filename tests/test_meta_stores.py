@@ -5,9 +5,11 @@ and /readyz following the database down and up again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import uuid
 from pathlib import Path
+from typing import Any, AsyncIterator
 
 import pytest
 
@@ -194,28 +196,34 @@ async def test_three_replicas_starting_together_migrate_once(own_postgres: Postg
         await asyncio.gather(*(r.close() for r in replicas))
 
 
-@needs_postgres
-async def test_two_writers_keep_one_audit_chain(own_postgres: PostgresServer):
-    url = own_postgres.create_database()
-    stores = [PostgresDatabase(url, pool_size=2) for _ in range(2)]
-    for store in stores:
-        await store.open()
-    await stores[0].migrate("audit", AUDIT_SCHEMA)
-    logs = [AuditLog(store, flush_interval=0.001, batch_size=7) for store in stores]
+@contextlib.asynccontextmanager
+async def audit_writers(url: str, count: int, **settings: Any) -> AsyncIterator[list[tuple[PostgresDatabase, AuditLog]]]:
+    """``count`` replicas' stores on one PostgreSQL database, each with a started audit log."""
+    stores = [PostgresDatabase(url, pool_size=2) for _ in range(count)]
     try:
+        for store in stores:
+            await store.open()
+        await stores[0].migrate("audit", AUDIT_SCHEMA)
+        logs = [AuditLog(store, **settings) for store in stores]
         for log in logs:
             await log.start()
-        for i in range(60):
-            for n, log in enumerate(logs):
-                log.record(AuditEvent(action="blob.push", outcome="success", reference=f"{n}-{i}"))
-            await asyncio.sleep(0)
-        for log in logs:
-            await log.close()
-        result = await verify_chain(stores[1])
-        assert result.ok and result.records == 120, result.problem
+        yield list(zip(stores, logs))
     finally:
         for store in stores:
             await store.close()
+
+
+@needs_postgres
+async def test_two_writers_keep_one_audit_chain(own_postgres: PostgresServer):
+    async with audit_writers(own_postgres.create_database(), 2, flush_interval=0.001, batch_size=7) as writers:
+        for i in range(60):
+            for n, (_, log) in enumerate(writers):
+                log.record(AuditEvent(action="blob.push", outcome="success", reference=f"{n}-{i}"))
+            await asyncio.sleep(0)
+        for _, log in writers:
+            await log.close()
+        result = await verify_chain(writers[1][0])
+        assert result.ok and result.records == 120, result.problem
 
 
 @needs_postgres
@@ -329,16 +337,7 @@ async def test_an_audit_append_is_one_round_trip_until_another_writer_takes_the_
 
 @needs_postgres
 async def test_three_writers_racing_keep_one_audit_chain_with_every_record_once(own_postgres: PostgresServer):
-    url = own_postgres.create_database()
-    stores = [PostgresDatabase(url, pool_size=2) for _ in range(3)]
-    for store in stores:
-        await store.open()
-    await stores[0].migrate("audit", AUDIT_SCHEMA)
-    logs = [AuditLog(store, flush_interval=0.0005, batch_size=3) for store in stores]
-    try:
-        for log in logs:
-            await log.start()
-
+    async with audit_writers(own_postgres.create_database(), 3, flush_interval=0.0005, batch_size=3) as writers:
         async def writer(n: int, log: AuditLog) -> None:
             for i in range(40):
                 ticket = log.record(AuditEvent(action="blob.push", outcome="success", reference=f"{n}-{i}"))
@@ -346,16 +345,13 @@ async def test_three_writers_racing_keep_one_audit_chain_with_every_record_once(
                     assert await log.durable(ticket, 10)
                 await asyncio.sleep(0)
 
-        await asyncio.gather(*(writer(n, log) for n, log in enumerate(logs)))
-        for log in logs:
+        await asyncio.gather(*(writer(n, log) for n, (_, log) in enumerate(writers)))
+        for _, log in writers:
             await log.close()
-        result = await verify_chain(stores[2])
+        result = await verify_chain(writers[2][0])
         assert result.ok and result.records == 120, result.problem
-        rows = await stores[0].fetchall("SELECT reference FROM audit_log")
+        rows = await writers[0][0].fetchall("SELECT reference FROM audit_log")
         assert sorted(r["reference"] for r in rows) == sorted(f"{n}-{i}" for n in range(3) for i in range(40))
-    finally:
-        for store in stores:
-            await store.close()
 
 
 # -- readiness follows the database -----------------------------------------------------
