@@ -41,7 +41,15 @@ from proxy.oci.reference import sha256_digest
 from proxy.service.policy import SYSTEM, Action, PolicyChain, Principal, Request as PolicyRequest
 from proxy.service.registry import RegistryService
 
-from ..layers import OUTPUT_MEDIA_TYPES, TAR_LAYER_TYPES, Codec, LayerError, measure_layer, rewrite_layer
+from ..layers import (
+    OUTPUT_MEDIA_TYPES,
+    TAR_LAYER_TYPES,
+    Codec,
+    LayerError,
+    LayerOutcome,
+    measure_layer,
+    rewrite_layer,
+)
 from ..licensing.envelope import KEY_ID_SIZE, Encryptor
 from ..licensing.licenser import Licenser
 from ..licensing.settings import LicenseConfig
@@ -65,6 +73,7 @@ from .package_files import check_no_clear_copies, model_layers, seal_files
 from .platforms import PlatformMismatch, check_single, choose, ledger_key, platform_entries
 from .rights import IMAGE_CONFIGS, BuildInputs, BuildRights, refused
 from .runnable import Runnable, reserved_runnable, runnable_tag
+from .sealed import SealedLayers, SealedRecipe
 from .settings import FullBuildConfig
 from .store import BuildRecord, BuildStore, Frozen, LayerProgress
 
@@ -126,6 +135,7 @@ class _Runtime:
     licensed: ManifestData | None = None
     licensed_children: list[tuple[ManifestData, _Image | None]] = field(default_factory=list)
     key_id: bytes = b""
+    synthesise: bool = False  # its uncompressed sealed layers are made on request (``sealed.py``)
     encrypted: int = 0
     reused: dict[str, Any] | None = None  # the earlier build's image entry when the tag is reused
     build_id: str = ""  # labelled on licensed configs: whose leftover a tag is after a crash
@@ -155,7 +165,8 @@ class FullBuilder:
         self.settings = settings
         self.ns = namespaces
         self.codec = Codec(settings.gzip_level, settings.zstd_level, settings.threads)
-        self.runnable = Runnable(service, store)
+        self.sealed = SealedLayers(self.backend, store, settings.max_syntheses)
+        self.runnable = Runnable(service, store, self.sealed)
 
     # -- request validation (before anything is queued) ------------------------------------
     async def check(self, package: str, license: str,
@@ -526,7 +537,10 @@ class FullBuilder:
         license_layer: bytes | None = None
         key = b""
         if licenser.encrypts:
-            key, runtime.key_id = os.urandom(32), os.urandom(KEY_ID_SIZE)
+            runtime.key_id = os.urandom(KEY_ID_SIZE)
+            runtime.synthesise = self.settings.sealed_layers == "synthesise" and await self.sealed.enabled()
+            # A layer made again on each pull needs its key again: derived, never kept.
+            key = await self.sealed.data_key(runtime.key_id) if runtime.synthesise else os.urandom(32)
             license_file = licenser.wrap(key, runtime.key_id)
             tar = ustar_header(settings.license_path, len(license_file)) + license_file
             tar += b"\0" * (-len(tar) % BLOCK) + b"\0" * (2 * BLOCK)
@@ -600,8 +614,12 @@ class FullBuilder:
                     tracker.set(progress, "reused", layer.size)
                     continue
                 tracker.set(progress, "rewriting", 0)
-                out = await rewrite_layer(self.backend, repo, repo, layer.digest, layer.size, select, seal,
-                                          limits, self.codec, tracker.advance(progress), output)
+                if output == "tar" and runtime.synthesise:
+                    out = await self._measure_sealed(repo, layer.digest, layer.size, ref.models, runtime, settings,
+                                                     limits, tracker.advance(progress))
+                else:
+                    out = await rewrite_layer(self.backend, repo, repo, layer.digest, layer.size, select, seal,
+                                              limits, self.codec, tracker.advance(progress), output)
                 tracker.expanded += out.tar_size
             except LayerError as exc:
                 tracker.set(progress, "failed")
@@ -643,6 +661,16 @@ class FullBuilder:
         data = _json(doc)
         digest = await self._put_manifest(repo, sha256_digest(data), data, image.data.media_type, runtime.principal)
         return ManifestData(digest, image.data.media_type, data)
+
+    async def _measure_sealed(self, repo: str, digest: str, size: int, models: tuple[str, ...], runtime: _Runtime,
+                              settings: LicenseConfig, limits: TarLimits, progress: Callable[[int], None]) -> LayerOutcome:
+        """An uncompressed sealed layer, measured and recorded instead of stored."""
+        out = await self.sealed.measure(repo, digest, size, models, runtime.key_id, settings.chunk_size, limits,
+                                        progress)
+        recipe = SealedRecipe(out.digest, out.size, repo, digest, size, runtime.key_id, tuple(models),
+                              settings.chunk_size, out.tar_size, limits.max_entries, limits.max_header_bytes)
+        await self.sealed.record(repo, recipe, runtime.build_id)
+        return out
 
     def _limits(self, size: int, expanded: int) -> TarLimits:
         """The tar limits of one layer of ``size`` compressed bytes, after the build has
@@ -689,6 +717,8 @@ class FullBuilder:
         for licensed, _ in runtime.licensed_children:
             parsed = parse_manifest(licensed.data, licensed.media_type)
             for blob in parsed.blobs:
+                if await self.sealed.link(source, repo, blob.digest, runtime.build_id):
+                    continue  # made on request there too, from the same source layer
                 if await self.backend.mount_blob(repo, blob.digest, source) is None:
                     await self._copy_blob(source, repo, blob.digest)
             await self._put_manifest(repo, licensed.digest, licensed.data, licensed.media_type)

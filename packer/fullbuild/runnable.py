@@ -53,6 +53,7 @@ from ..package import PackageError, validate_path
 from ..tarstream import BLOCK, ustar_header
 from .names import BuildError
 from .package_files import UNPACK_ANNOTATION
+from .sealed import SealedLayer, SealedLayers
 from .store import BuildStore
 
 __all__ = [
@@ -294,9 +295,10 @@ class Runnable:
     """Builds runnable images (``build``, ``tag``) and serves them (``RegistryService.virtual``):
     manifests and configs from the metadata store, the package layer synthesised."""
 
-    def __init__(self, service: RegistryService, store: BuildStore) -> None:
+    def __init__(self, service: RegistryService, store: BuildStore, sealed: SealedLayers) -> None:
         self.service = service
         self.store = store
+        self.sealed = sealed
 
     async def manifest(self, repo: str, reference: str) -> ManifestData | None:
         """A runnable image's manifest (or index) by tag or digest."""
@@ -309,13 +311,16 @@ class Runnable:
     async def tags(self, repo: str) -> list[str]:
         return await self.store.runnable_tags(repo)
 
-    async def find(self, repo: str, digest: str) -> RunnableLayer | HeldBlob | None:
-        """The synthesised layer (while its source manifest is in ``repo``) or a held
-        config ``digest`` of ``repo``; None for any other digest."""
+    async def find(self, repo: str, digest: str) -> RunnableLayer | HeldBlob | SealedLayer | None:
+        """The synthesised layer (while its source manifest is in ``repo``), a held
+        config, or a licensed image's sealed layer ``digest`` of ``repo``; None for any
+        other digest."""
         row = await self.store.runnable_layer(repo, digest)
         if row is None:
             held = await self.store.runnable_object(repo, digest)
-            return HeldBlob(held[1]) if held is not None and held[0] not in _MANIFESTS else None
+            if held is not None and held[0] not in _MANIFESTS:
+                return HeldBlob(held[1])
+            return await self.sealed.find(repo, digest)
         try:
             thin = await self.service.get_manifest(repo, row["package_digest"])
         except RegistryError as exc:

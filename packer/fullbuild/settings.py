@@ -42,6 +42,13 @@ class FullBuildConfig(BaseModel):
     # incompressible) files are at least half of the source layer's compressed size,
     # else the source's own codec; "none" always uncompressed; "gzip" / "zstd" always that.
     layer_compression: Literal["auto", "gzip", "zstd", "none"] = "auto"
+    # An uncompressed sealed layer (``layer_compression`` "auto" or "none"): "synthesise"
+    # records how to make it and makes it again on every pull, storing nothing, where the
+    # storage keeps a secret of its own (the embedded storage; a registry backend stores
+    # it whatever this says); "store" writes it at build time. max_syntheses: how many
+    # pulls make one at once (the rest wait).
+    sealed_layers: Literal["synthesise", "store"] = "synthesise"
+    max_syntheses: int = Field(4, ge=1, le=256)
     poll_interval: float = Field(5.0, gt=0)
     # A build request whose package still has assembly jobs queued or running waits this
     # many seconds for them (so the build freezes what they write), then answers 409

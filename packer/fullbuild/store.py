@@ -18,6 +18,8 @@ from proxy.service.policy import SYSTEM, Principal
 __all__ = ["SCHEMA", "BuildRecord", "BuildStore", "Frozen", "LayerProgress", "STATES", "ACTIVE"]
 
 LEASE = "full_build"
+_SEALED_COLUMNS = ("digest", "size", "source_repository", "source_digest", "source_size", "key_id", "models",
+                   "chunk_size", "tar_bytes", "max_entries", "max_header_bytes")
 STATES = ("queued", "running", "succeeded", "failed")
 ACTIVE = ("queued", "running")
 
@@ -127,6 +129,26 @@ SCHEMA = [
         build_id TEXT NOT NULL,
         PRIMARY KEY (repository, digest)
     )""",
+    # A licensed image's uncompressed sealed layer (``sealed.py``): never stored, made
+    # again from its source layer on each read. A business repository the image is
+    # linked into has a row of its own naming the same source.
+    """CREATE TABLE IF NOT EXISTS sealed_layers (
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        source_repository TEXT NOT NULL,
+        source_digest TEXT NOT NULL,
+        source_size BIGINT NOT NULL,
+        key_id TEXT NOT NULL,
+        models TEXT NOT NULL,
+        chunk_size INTEGER NOT NULL,
+        tar_bytes BIGINT NOT NULL,
+        max_entries BIGINT NOT NULL,
+        max_header_bytes BIGINT NOT NULL,
+        build_id TEXT NOT NULL,
+        PRIMARY KEY (repository, digest)
+    )""",
+    "CREATE INDEX IF NOT EXISTS sealed_layers_build ON sealed_layers (build_id)",
     # A runnable image's manifests (or index) and configs (KB, JSON), by digest, and its tags.
     """CREATE TABLE IF NOT EXISTS runnable_objects (
         repository TEXT NOT NULL,
@@ -431,6 +453,8 @@ class BuildStore:
                 "UPDATE full_builds SET state = 'failed', finished_at = ?, error = ?, warnings = ? WHERE id = ?",
                 (time.time(), error[:4000], json.dumps(warnings), build_id),
             )
+            # Nothing the failed build made is tagged; its sealed layers go with it.
+            await tx.execute("DELETE FROM sealed_layers WHERE build_id = ?", (build_id,))
 
     async def licensed_platform(self, repository: str, source_digest: str, license_key: str,
                                 models: str) -> dict[str, Any] | None:
@@ -487,6 +511,30 @@ class BuildStore:
             "SELECT size, package_digest, build_id FROM runnable_layers WHERE repository = ? AND digest = ?",
             (repository, digest))
         return {"size": row["size"], "package_digest": row["package_digest"], "build_id": row["build_id"]} if row else None
+
+    async def record_sealed(self, repository: str, row: dict[str, Any], build_id: str) -> None:
+        """A sealed layer of ``repository`` (``sealed.py``); its digest pins its content,
+        so a row already there is the same layer."""
+        columns = [*_SEALED_COLUMNS, "build_id"]
+        await self.db.execute(
+            f"INSERT INTO sealed_layers (repository, {', '.join(columns)}) VALUES (?, {', '.join('?' * len(columns))}) "
+            "ON CONFLICT (repository, digest) DO NOTHING",
+            (repository, *(row[c] for c in _SEALED_COLUMNS), build_id))
+
+    async def link_sealed(self, from_repository: str, repository: str, digest: str, build_id: str) -> bool:
+        """Serve ``from_repository``'s sealed layer ``digest`` from ``repository`` too;
+        False when ``from_repository`` has no such layer."""
+        row = await self.sealed_layer(from_repository, digest)
+        if row is None:
+            return False
+        await self.record_sealed(repository, row, build_id)
+        return True
+
+    async def sealed_layer(self, repository: str, digest: str) -> dict[str, Any] | None:
+        row = await self.db.fetchone(
+            f"SELECT {', '.join(_SEALED_COLUMNS)} FROM sealed_layers WHERE repository = ? AND digest = ?",
+            (repository, digest))
+        return {c: row[c] for c in _SEALED_COLUMNS} if row else None
 
     async def hold_runnable(self, repository: str, digest: str, media_type: str, data: bytes) -> None:
         """A runnable image's manifest or config (UTF-8 JSON, as it was written)."""

@@ -136,6 +136,13 @@ class Backend(ABC):
     async def ping(self) -> None:
         """Raise ``RegistryError(UNAVAILABLE)`` if storage cannot serve requests."""
 
+    async def secret(self, name: str) -> bytes | None:
+        """32 random bytes named ``name``, made on first use and kept with the content
+        (so whoever can read them could already read the content they protect); the
+        same bytes for every process sharing the storage. None where the storage has no
+        private place of its own (an upstream registry)."""
+        return None
+
     # -- blobs ---------------------------------------------------------------
     @abstractmethod
     async def stat_blob(self, repo: str, digest: str) -> BlobInfo:

@@ -17,6 +17,7 @@ On-disk layout under ``root`` (modelled on distribution's ``storage/paths.go``):
     _owners/<token>                              flock()ed by a live backend instance
     _index/listing.sqlite, _index/lock           sorted repository and tag index for paged
                                                  listings (``listing_index.py``)
+    _secrets/<name>                              32 random bytes, mode 0600 (``secret``)
 
 Repository name components never start with ``_`` (``proxy.oci.reference.NAME_RE``), so the
 ``_layers``/``_manifests``/``_uploads`` directories cannot collide with nested repositories.
@@ -54,6 +55,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -77,6 +79,8 @@ T = TypeVar("T")
 
 # The running hash kept per upload session; other algorithms re-hash from disk at finish.
 _RUNNING_ALGORITHM = "sha256"
+_SECRET_NAME = re.compile(r"[a-z][a-z0-9-]{0,63}")
+_SECRET_SIZE = 32
 
 
 @dataclass
@@ -374,6 +378,36 @@ class FilesystemBackend(Backend):
         problem = await self._run(check, action="check the storage root")
         if problem is not None:
             raise RegistryError(Errors.UNAVAILABLE, {"backend": self.name}, message=problem)
+
+    async def secret(self, name: str) -> bytes:
+        if not _SECRET_NAME.fullmatch(name):
+            raise ValueError(f"bad secret name {name!r}")
+        return await self._run(self._secret_sync, self.root / "_secrets" / name, action="read a storage secret")
+
+    def _secret_sync(self, path: Path) -> bytes:
+        # Made in _tmp and published with link(), which fails if another process (a
+        # replica sharing the storage) published one first: every process gets that one.
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="s-")  # mode 0600
+            try:
+                try:
+                    _write_all(fd, os.urandom(_SECRET_SIZE))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, path)
+                    _fsync_dir(path.parent)
+            finally:
+                os.unlink(tmp)
+            data = path.read_bytes()
+        if len(data) != _SECRET_SIZE:
+            raise OSError(errno.EINVAL, f"storage secret {path} is {len(data)} bytes, not {_SECRET_SIZE}")
+        return data
 
     # -- blobs ---------------------------------------------------------------
     def _stat_blob_sync(self, repo: str, digest: Digest) -> BlobInfo:

@@ -351,9 +351,12 @@ class RegistryService:
                     else:
                         await self.backend.stat_blob(repo, descriptor.digest)
                 except RegistryError as exc:
-                    if exc.error in (Errors.BLOB_UNKNOWN, Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
+                    if exc.error not in (Errors.BLOB_UNKNOWN, Errors.MANIFEST_UNKNOWN, Errors.NAME_UNKNOWN):
+                        raise
+                    # A blob the repository makes on request (a licensed image's sealed layer) is there.
+                    if is_manifest or self.virtual is None or await self.virtual.find(repo, descriptor.digest) is None:
                         return descriptor
-                    raise
+                    return None
                 return None
 
         checks = [present(d, False) for d in manifest.blobs] + [present(d, True) for d in manifest.manifests]
