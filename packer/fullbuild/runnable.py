@@ -293,7 +293,8 @@ class HeldBlob:
 
 class Runnable:
     """Builds runnable images (``build``, ``tag``) and serves them (``RegistryService.virtual``):
-    manifests and configs from the metadata store, the package layer synthesised."""
+    manifests and configs from the metadata store, the package layer synthesised; and
+    serves licensed images' sealed layers (``sealed.py``), which are made the same way."""
 
     def __init__(self, service: RegistryService, store: BuildStore, sealed: SealedLayers) -> None:
         self.service = service

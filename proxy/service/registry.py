@@ -64,7 +64,9 @@ class VirtualBlob(Protocol):
 class VirtualContent(Protocol):
     """Content a repository serves beside its storage, never written to it (a full
     build's runnable images: manifests and configs from the metadata store, a layer
-    synthesised). Asked only where the storage has nothing under the name."""
+    synthesised; a licensed image's sealed layers, made again from their source). Asked
+    only where the storage has nothing under the name; a manifest naming such a blob is
+    accepted as naming a blob that is there."""
 
     async def find(self, repo: str, digest: str) -> VirtualBlob | None:
         """The blob ``digest`` when ``repo`` serves it virtually, else None."""
