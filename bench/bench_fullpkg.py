@@ -10,14 +10,16 @@ One run starts Debian's docker-registry and ``algomint serve`` in front of it (s
    downloads as the package grows from 256 MiB to 2 GiB (target <= 200 MiB, flat);
 2. full-build throughput (``soft`` license) on an image whose 1 GiB gzip layer holds one
    1 GiB model file, once per ``[full_builds] layer_compression`` value given
-   (``--compression``, default ``auto,gzip``; one ``algomint serve`` on its embedded
+   (``--compression``, default ``auto,auto:store,gzip``: ``auto`` makes its uncompressed
+   sealed layer on each pull, ``auto:store`` stores it; one ``algomint serve`` on its embedded
    filesystem storage each), beside the floor of only decompressing and recompressing
    that layer gzip -> gzip (isal level 1, two compression threads) in one process,
    measured right after each build (target >= 1.0x). Each build starts from a package a
    chain assembled (a generic push, two business systems) and runs to ``succeeded``:
    scan, rewrite with encryption, upload, config, manifests, index, tags. Per mode: the
    server's CPU-seconds per GB, its peak RSS, the new layer's codec and size, and the
-   seconds the second business system's build takes (it reuses the licensed image);
+   seconds the second business system's build takes (it reuses the licensed image), and
+   a pull of the new layer beside a pull of the (stored) source layer, with curl;
    then the CPU-seconds per GB of each stage (inflate, seal, SHA-256, gzip), one thread
    each, on the same layer.
 
@@ -327,6 +329,7 @@ def build_part(args: argparse.Namespace, work: Path) -> None:
     floor_cpu: list[float] = []
     rows = []
     for mode in args.compression.split(","):
+        compression, _, sealed = mode.partition(":")
         with contextlib.ExitStack() as stack:
             if args.build_storage == "registry":
                 dist = stack.enter_context(run_distribution(work / f"registry-{mode}"))
@@ -334,7 +337,7 @@ def build_part(args: argparse.Namespace, work: Path) -> None:
             else:
                 storage = f'[storage]\npath = "{work / f"fs-{mode}"}"\n'
             config = (storage + f'[metadata]\npath = "{work / f"build-{mode}.db"}"\n[log]\nlevel = "warning"\n'
-                      f'[full_builds]\nlayer_compression = "{mode}"\n'
+                      f'[full_builds]\nlayer_compression = "{compression}"\nsealed_layers = "{sealed or "synthesise"}"\n'
                       f'[licenses.soft]\nscheme = "x25519"\npublic_key = "{work / "soft.pub"}"\n')
             server = stack.enter_context(run_server(work / f"algomint-{mode}", config))
             pid = server.process.pid
@@ -366,22 +369,28 @@ def build_part(args: argparse.Namespace, work: Path) -> None:
             # key, so the licensed image is reused.
             reuse, reuse_seconds = full_build(server.url, f"business/other/bm-{mode}-0:1.0", "soft")
             assert {layer["state"] for layer in reuse["layers"]} == {"reused"}
+            # Where the cost of a sealed layer made on request goes: every pull. The new
+            # layer's pull beside the source layer's (stored), from the same server.
+            base = f"{server.url}/v2/images/bm-{mode}-0/blobs/"
+            pulls = [timed_curl([base + licensed["digest"]]), timed_curl([base + blob.digest])]
+            pull = [size / seconds / 1e6 for size, seconds in pulls]
             print(f"    [{mode}] build seconds {[round(b, 2) for b in builds]}, of which queued "
                   f"{[round(w, 2) for w in waits]}")
             rows.append((mode, statistics.median(builds), statistics.median(cpus), peak, licensed, reuse_seconds,
-                         upload))
+                         upload, pull))
     f = layer_mb / statistics.median(floors)
     gb = tar_size / 1e9
     print(f"\n(2) full build (soft) of a {args.layer_mib} MiB model layer ({layer_mb:.0f} MB gzip, "
           f"{args.build_storage} storage), medians of {args.repeat}; the floor (isal gzip -> gzip level 1, two "
           f"threads) measured after each build: {f:.0f} MB/s, {statistics.median(floor_cpu) / gb:.2f} CPU-s per GB")
-    for mode, seconds, cpu, peak, licensed, reuse_seconds, upload in rows:
+    for mode, seconds, cpu, peak, licensed, reuse_seconds, upload, pull in rows:
         b = layer_mb / seconds
         print(f"    layer_compression = {mode:5}: {b:6.0f} MB/s | ratio {b / f:.2f}x of the floor "
               f"(target >= 1.0x: {'met' if b / f >= 1.0 else 'NOT MET'}) | {cpu / gb:.2f} CPU-s per GB (server) | "
               f"peak RSS {peak:.0f} MiB | new layer {licensed['mediaType'].rsplit('.', 1)[1]} "
               f"{licensed['size'] / 1e6:.0f} MB | second package reusing it: {reuse_seconds:.2f} s | "
-              f"/v2 push of the source layer {layer_mb / upload:.0f} MB/s")
+              f"/v2 push of the source layer {layer_mb / upload:.0f} MB/s | pull of the new layer "
+              f"{pull[0]:.0f} MB/s (of the stored source layer {pull[1]:.0f} MB/s)")
     print("    CPU-s per GB of tar by stage, one thread each, measured on this layer: "
           + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
 
@@ -398,8 +407,9 @@ def main() -> None:
     parser.add_argument("--rss-sizes", default="256,512,1024,2048", help="package sizes (MiB) for the RSS series")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", choices=["archive", "build"], help="run one part")
-    parser.add_argument("--compression", default="auto,gzip",
-                        help="[full_builds] layer_compression values to build with, in turn (default auto,gzip)")
+    parser.add_argument("--compression", default="auto,auto:store,gzip",
+                        help="[full_builds] layer_compression values to build with, in turn, each with "
+                             "':store' for sealed_layers = \"store\" (default auto,auto:store,gzip)")
     parser.add_argument("--build-storage", choices=["filesystem", "registry"], default="filesystem",
                         help="storage of the algomint that runs the full builds (default filesystem)")
     args = parser.parse_args()
