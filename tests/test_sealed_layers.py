@@ -20,7 +20,7 @@ from proxy.app import create_app
 from proxy.backend.filesystem import FilesystemBackend
 from proxy.oci import mediatypes as mt
 from proxy.oci.errors import Errors, RegistryError
-from tests.conftest import make_config
+from tests.conftest import make_config, metadata_database
 from tests.test_gc import _gc
 from tests.test_fullbuild_e2e import (  # noqa: F401 - keys is a fixture
     blob, keys, make_package, manifest, run_build,
@@ -147,3 +147,31 @@ async def test_the_storage_secret_is_private_and_shared(tmp_path):
     finally:
         await one.close()
         await two.close()
+
+
+async def test_a_failed_build_takes_its_sealed_layers_with_it(tmp_path):
+    from packer.fullbuild.store import BuildStore
+    from proxy.service.policy import SYSTEM
+
+    db = metadata_database(tmp_path / "m.db")
+    await db.open()
+    try:
+        store = BuildStore(db)
+        await store.migrate()
+        kept = await store.create("business/x/y:1", "business/x/y", "1", "soft", "sha256:" + "a" * 64, SYSTEM)
+        failed = await store.create("business/z/y:1", "business/z/y", "1", "soft", "sha256:" + "b" * 64, SYSTEM)
+        row = {"digest": "sha256:" + "c" * 64, "size": 10, "source_repository": "images/y",
+               "source_digest": "sha256:" + "d" * 64, "source_size": 5, "key_id": "00" * 16,
+               "models": '["opt/*.onnx"]', "chunk_size": 4096, "tar_bytes": 3072, "max_entries": 10,
+               "max_header_bytes": 4096}
+        await store.record_sealed("images/y", row, kept.id)
+        assert await store.link_sealed("images/y", "business/x/y", row["digest"], kept.id)
+        # The failed build linked the kept build's layer into its own repository.
+        assert await store.link_sealed("images/y", "business/z/y", row["digest"], failed.id)
+        assert not await store.link_sealed("images/other", "business/z/y", row["digest"], failed.id)
+        await store.fail(failed.id, "broken", [])
+        assert await store.sealed_layer("images/y", row["digest"]) == row
+        assert await store.sealed_layer("business/x/y", row["digest"]) == row
+        assert await store.sealed_layer("business/z/y", row["digest"]) is None
+    finally:
+        await db.close()
