@@ -4,6 +4,7 @@ mid-stream aborting the response instead of ending it cleanly."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import tarfile
@@ -214,3 +215,26 @@ async def test_archive_download_aborts_when_the_virtual_blob_fails(aiohttp_clien
     head = await client.get(f"/api/v1/archive/{repo}:v1", headers={"Range": "bytes=0-1023"})
     assert head.status == 206 and len(await head.read()) == 1024
     assert blob.asked == []
+
+
+async def test_a_client_leaving_mid_virtual_blob_closes_its_generator(aiohttp_client, tmp_path, repo):
+    class Watched(Generated):
+        closed = False
+
+        async def read(self, start=0, end=None):
+            try:
+                async for chunk in super().read(start, end):
+                    yield chunk
+            finally:
+                self.closed = True
+
+    blob = Watched(8_000_000)
+    client, _ = await _virtualised(aiohttp_client, tmp_path, repo, blob)
+    resp = await client.get(f"/api/v1/archive/{repo}:v1")
+    await resp.content.readexactly(400_000)  # past the stored layer, into the made one
+    resp.close()
+    for _ in range(200):
+        if blob.closed:
+            break
+        await asyncio.sleep(0.02)
+    assert blob.closed and blob.asked == [(0, 7_999_999)]
