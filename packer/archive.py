@@ -11,23 +11,31 @@ and any byte range maps onto a list of segments (header bytes, blob byte ranges,
 padding). A range asks the backend for only the blob bytes it covers; whole blobs are
 digest-verified as they stream, unless the storage vouches for them
 (``BlobReader.verified``: checked when written or on an earlier whole read).
+
+A blob the repository serves without storing it (``VirtualBlob``: a runnable image's
+package layer or config, any blob made on request) is laid out from what the
+``Synthetic`` callback returns: literal bytes, stored-blob ranges, or the virtual blob
+itself (``Segment.virtual``), read with ``VirtualBlob.read`` for just the window asked.
+A virtual blob checks its own bytes (and raises mid-stream when it can't make them
+right), so only its length is checked here: hashing it again would cost a second pass.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 
 from proxy.backend import Backend, BlobReader
 from proxy.oci import mediatypes as mt
 from proxy.oci.errors import Errors, RegistryError
 from proxy.oci.manifest import Descriptor, parse_manifest
 from proxy.oci.reference import is_digest, sha256_digest
-from proxy.service.registry import RegistryService
+from proxy.service.registry import RegistryService, VirtualBlob
 
 from .fullbuild.names import ANNOTATION_IMAGE_REF
 from .platform import Platform
@@ -39,12 +47,16 @@ __all__ = [
     "ArchivePlan",
     "BlobPart",
     "PlatformUnknown",
+    "Part",
     "Segment",
+    "Synthetic",
+    "VirtualPart",
     "iter_parts",
     "segment_parts",
     "open_part",
     "plan_archive",
     "read_part",
+    "read_virtual",
     "stream_archive",
 ]
 
@@ -75,10 +87,14 @@ class ArchiveLimits:
 
 @dataclass(frozen=True)
 class Segment:
-    offset: int  # where it starts in the archive
+    """Bytes of a layout: ``data`` (literal), else the whole of ``virtual`` (a blob made on
+    request, named ``digest`` in messages) when set, else the whole stored blob ``digest``."""
+
+    offset: int  # where it starts in the layout
     size: int
-    data: bytes | None = None  # literal bytes; else a blob
+    data: bytes | None = None
     digest: str | None = None
+    virtual: VirtualBlob | None = None
 
     @property
     def end(self) -> int:
@@ -131,7 +147,7 @@ class _Builder:
         """A blob made of other segments (a synthesised layer), placed at this offset."""
         self.names.append(name)
         self._literal(ustar_header(name, size))
-        self.segments += [Segment(self.offset + s.offset, s.size, s.data, s.digest) for s in segments]
+        self.segments += [replace(s, offset=self.offset + s.offset) for s in segments if s.size]
         self.offset += size
         self._literal(b"\0" * (-size % BLOCK))
 
@@ -144,10 +160,12 @@ def _blob_name(digest: str) -> str:
     return f"blobs/{algorithm}/{encoded}"
 
 
-# A blob the repository serves without storing it (a runnable image's package layer or config):
-# its segments (offsets from 0) and size, or None for an ordinary blob.
+# A blob the repository serves without storing it (a runnable image's package layer or config,
+# any other ``VirtualBlob``): its segments (offsets from 0; ``[Segment(0, size, digest=d,
+# virtual=blob)]`` for a blob read as it is made) and size, or None for a stored blob.
+# Asked for the configs and layers of images (any media type); a thin package's files are
+# always stored, and asking for each of thousands would be a metadata query apiece.
 Synthetic = Callable[[str], Awaitable[tuple[list[Segment], int] | None]]
-_SYNTHESISED = (mt.OCI_LAYER_TAR, "application/vnd.docker.image.rootfs.diff.tar", *_IMAGE_CONFIGS)
 
 
 async def _fetch(service: RegistryService, repo: str, digest: str) -> Any:
@@ -202,7 +220,7 @@ async def plan_archive(service: RegistryService, repo: str, reference: str,
     """Walk the artifact's manifests (held, verified, in memory) and lay out the tar.
     With ``platform``, the runtime images are that platform's only (``_one_platform``):
     the root manifest is unchanged, so the layout holds the blobs of one platform.
-    A config or uncompressed layer that ``synthetic`` knows is laid out from its parts."""
+    An image's config or layer that ``synthetic`` knows is laid out from its parts."""
     root_data = await service.get_manifest(repo, reference)
     if sha256_digest(root_data.data) != root_data.digest and root_data.digest.startswith("sha256:"):
         raise RegistryError(Errors.UNAVAILABLE, message="backend returned a manifest that fails its digest")
@@ -214,6 +232,7 @@ async def plan_archive(service: RegistryService, repo: str, reference: str,
     manifests: dict[str, bytes] = {root.digest: root_data.data}
     order = [root.digest]
     configs: list[Descriptor] = []
+    image_configs: list[Descriptor] = []
     thin_layers: list[Descriptor] = []
     image_layers: list[Descriptor] = []
     named: list[dict[str, Any]] = []
@@ -255,6 +274,8 @@ async def plan_archive(service: RegistryService, repo: str, reference: str,
             configs.append(parsed.config)
             image = parsed.config.media_type in _IMAGE_CONFIGS
             (image_layers if image else thin_layers).extend(parsed.layers)
+            if image:
+                image_configs.append(parsed.config)
 
     if platform is not None and not matched:
         raise PlatformUnknown(platform, sorted(available))
@@ -275,13 +296,14 @@ async def plan_archive(service: RegistryService, repo: str, reference: str,
     for digest in order:
         seen.add(digest)
         out.file(_blob_name(digest), manifests[digest])
+    asked = {b.digest for b in [*image_configs, *image_layers]} if synthetic is not None else set()
     for blob in [*configs, *thin_layers, *image_layers]:
         if blob.digest in seen:
             continue
         seen.add(blob.digest)
         if len(seen) > limits.max_blobs:
             raise ArchiveError(f"more than {limits.max_blobs} blobs")
-        made = await synthetic(blob.digest) if synthetic is not None and blob.media_type in _SYNTHESISED else None
+        made = await synthetic(blob.digest) if synthetic is not None and blob.digest in asked else None
         if made is not None and made[1] == blob.size:
             out.inline(_blob_name(blob.digest), *made)
             continue
@@ -305,7 +327,20 @@ class BlobPart:
         return self.offset == 0 and self.length == self.size
 
 
-def iter_parts(plan: ArchivePlan, start: int = 0, end: int | None = None) -> Iterator[bytes | BlobPart]:
+@dataclass(frozen=True)
+class VirtualPart:
+    """Bytes ``[offset, offset+length)`` of a blob made on request (``VirtualBlob``)."""
+
+    blob: VirtualBlob
+    digest: str | None  # for messages
+    offset: int
+    length: int
+
+
+Part = bytes | BlobPart | VirtualPart
+
+
+def iter_parts(plan: ArchivePlan, start: int = 0, end: int | None = None) -> Iterator[Part]:
     """Archive bytes ``[start, end]`` (inclusive) as literal pieces and blob ranges."""
     end = plan.size - 1 if end is None else end
     if plan.size == 0 or start > end:
@@ -313,9 +348,9 @@ def iter_parts(plan: ArchivePlan, start: int = 0, end: int | None = None) -> Ite
     yield from segment_parts(plan.segments, plan.repository, start, end)
 
 
-def segment_parts(segments: list[Segment], repository: str, start: int, end: int) -> Iterator[bytes | BlobPart]:
+def segment_parts(segments: list[Segment], repository: str, start: int, end: int) -> Iterator[Part]:
     """Bytes ``[start, end]`` (inclusive) of a layout of ``segments`` (ordered, contiguous,
-    from 0) as literal pieces and ranges of ``repository``'s blobs."""
+    from 0) as literal pieces, ranges of ``repository``'s blobs and of virtual blobs."""
     index = bisect.bisect_right([s.offset for s in segments], start) - 1
     position = start
     while position <= end:
@@ -324,6 +359,8 @@ def segment_parts(segments: list[Segment], repository: str, start: int, end: int
         length = min(segment.end, end + 1) - position
         if segment.data is not None:
             yield segment.data[local : local + length]
+        elif segment.virtual is not None:
+            yield VirtualPart(segment.virtual, segment.digest, local, length)
         else:
             assert segment.digest is not None
             yield BlobPart(repository, segment.digest, local, length, segment.size)
@@ -344,6 +381,10 @@ async def stream_archive(backend: Backend, plan: ArchivePlan, start: int = 0, en
     for part in iter_parts(plan, start, end):
         if isinstance(part, bytes):
             yield part
+        elif isinstance(part, VirtualPart):
+            async with contextlib.aclosing(read_virtual(part)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
         else:
             reader = await open_part(backend, part)
             async for chunk in read_part(reader, part):
@@ -403,3 +444,24 @@ async def read_part(reader: BlobReader, part: BlobPart) -> AsyncIterator[bytes]:
 def _check(hasher: "hashlib._Hash", part: BlobPart) -> None:
     if f"{part.digest.split(':', 1)[0]}:{hasher.hexdigest()}" != part.digest:
         raise ArchiveError(f"blob {part.digest} failed digest verification")
+
+
+async def read_virtual(part: VirtualPart) -> AsyncGenerator[bytes, None]:
+    """The part's bytes from ``VirtualBlob.read`` (only its window is asked for). The blob
+    checks what it makes; its length is checked here. Its failure (``RegistryError``, an
+    ``OSError``) or a wrong length becomes ``ArchiveError``: the caller must not end cleanly."""
+    name = part.digest or "a virtual blob"
+    sent = 0
+    try:
+        async with contextlib.aclosing(part.blob.read(part.offset, part.offset + part.length - 1)) as chunks:
+            async for chunk in chunks:
+                sent += len(chunk)
+                if sent > part.length:
+                    raise ArchiveError(f"{name} made more bytes than the {part.length} asked for")
+                yield chunk
+    except RegistryError as exc:
+        raise ArchiveError(f"{name}: {exc.message}") from None
+    except OSError as exc:
+        raise ArchiveError(f"{name}: {exc}") from None
+    if sent != part.length:
+        raise ArchiveError(f"{name} ended after {sent} of {part.length} bytes")

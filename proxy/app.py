@@ -257,9 +257,12 @@ def _gc_runs(app: web.Application, backend: Backend) -> GcRuns:
 
 
 async def _frozen_roots(app: web.Application) -> dict[str, set[str]]:
-    """Digests full builds froze, per repository: collection roots even when untagged."""
+    """Digests full builds froze, per repository: the manifests they tagged and every digest
+    those and the source runtime images reference (``frozen_blobs``). Live in a collection
+    even untagged or named by no live manifest (a layer synthesised from a source layer)."""
     roots: dict[str, set[str]] = {}
-    for row in await app[DATABASE].fetchall("SELECT DISTINCT repository, digest FROM frozen_tags"):
+    for row in await app[DATABASE].fetchall("SELECT repository, digest FROM frozen_tags UNION "
+                                            "SELECT repository, digest FROM frozen_blobs"):
         roots.setdefault(row["repository"], set()).add(row["digest"])
     return roots
 

@@ -456,3 +456,46 @@ async def test_a_real_full_build_survives_untagged_collection(aiohttp_client, tm
     for image in build["result"]["images"]:
         await _pull_all(client, pkg.image_repo, image["digest"])
     await _pull_all(client, pkg.image_repo, "v1")
+
+
+async def test_content_frozen_by_a_full_build_stays_though_no_live_manifest_names_it(aiohttp_client, tmp_path, repo):
+    """A full build records what its frozen manifests and the source runtime images
+    reference (``frozen_blobs``): a layer made on every pull from a source layer needs
+    that layer after the source image's manifest or tag is gone."""
+    app = create_app(make_config(tmp_path, "filesystem", gc__grace_period=GRACE, gc__delete_untagged=True))
+    client = await aiohttp_client(app)
+    storage = tmp_path / "storage"
+    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"source":1}'
+    source_layer, runtime_layer, unfrozen_layer = os.urandom(3000), os.urandom(2000), os.urandom(1000)
+    source, _ = await push_image(client, repo, "source", [source_layer], config=config)
+    runtime, _ = await push_image(client, repo, "runtime", [runtime_layer])
+    unfrozen, unfrozen_manifest = await push_image(client, repo, "unfrozen", [unfrozen_layer])
+    # The source image's manifest deleted, the runtime image's tag; the unfrozen image deleted.
+    for reference in (source, "runtime", unfrozen):
+        assert (await client.delete(f"/v2/{repo}/manifests/{reference}")).status == 202
+    frozen = [source, digest_of(config), digest_of(source_layer), runtime, digest_of(runtime_layer)]
+    await app[DATABASE].executemany_atomic(
+        "INSERT INTO frozen_blobs (repository, digest, tag, build_id, package) VALUES (?,?,?,?,?)",
+        [(repo, digest, "1.0-soft", "b1", f"{repo}:1.0") for digest in frozen])
+    _age(storage)
+    before = _content_files(storage)
+
+    dry = await _gc(client, dry_run=True)
+    assert _content_files(storage) == before
+    run = await _gc(client)
+    for key in ("layer_links_removed", "manifests_removed", "blobs_removed", "bytes_reclaimed"):
+        assert dry["counts"][key] == run["counts"][key], key
+    # Only the unfrozen image goes: its layer's link and content and its manifest's content.
+    assert run["counts"]["layer_links_removed"] == 1 and run["counts"]["manifests_removed"] == 0
+    assert set(before) - set(_content_files(storage)) == {unfrozen, digest_of(unfrozen_layer)}
+    assert run["counts"]["bytes_reclaimed"] == len(unfrozen_manifest) + len(unfrozen_layer)
+    assert (await client.get(f"/v2/{repo}/blobs/{digest_of(unfrozen_layer)}")).status == 404
+    # The frozen layers and config are still linked and whole; the untagged frozen manifest stays.
+    for blob in (config, source_layer, runtime_layer):
+        resp = await client.get(f"/v2/{repo}/blobs/{digest_of(blob)}")
+        assert resp.status == 200 and await resp.read() == blob
+    await _pull_all(client, repo, runtime)
+    assert source in _content_files(storage)  # frozen content is never reclaimed
+    # A second run keeps them too.
+    again = await _gc(client)
+    assert again["counts"]["layer_links_removed"] == 0 and again["counts"]["blobs_removed"] == 0

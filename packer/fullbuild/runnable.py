@@ -45,15 +45,15 @@ from proxy.oci import mediatypes as mt
 from proxy.oci.errors import Errors, RegistryError
 from proxy.oci.manifest import parse_manifest
 from proxy.oci.reference import is_digest, sha256_digest
-from proxy.service.registry import RegistryService
+from proxy.service.registry import RegistryService, VirtualBlob
 
-from ..archive import ArchiveError, BlobPart, Segment, open_part, read_part, segment_parts
+from ..archive import ArchiveError, BlobPart, Segment, VirtualPart, open_part, read_part, read_virtual, segment_parts
 from ..layers import OUTPUT_MEDIA_TYPES
 from ..package import PackageError, validate_path
 from ..tarstream import BLOCK, ustar_header
 from .names import BuildError
 from .package_files import UNPACK_ANNOTATION
-from .sealed import SealedLayer, SealedLayers
+from .sealed import SealedLayers
 from .store import BuildStore
 
 __all__ = [
@@ -225,7 +225,8 @@ async def stream_layer(backend: Backend, repo: str, layout: LayerLayout, start: 
     """Layer bytes ``[start, end]``. The whole layer with ``expected`` is hashed and its
     last piece sent only once the digest matches; otherwise blobs are checked one by one
     (a range reads each blob it touches whole unless the storage vouches for it), with
-    ``vouched`` (the build's one whole pass) as any whole blob read is. Raises
+    ``vouched`` (the build's one whole pass) as any whole blob read is; a virtual blob's
+    part is read through its own ``read``, which checks what it makes. Raises
     ``RegistryError(UNAVAILABLE)`` on a mismatch or a storage failure: the caller must
     not end cleanly."""
     end = layout.size - 1 if end is None else end
@@ -235,6 +236,8 @@ async def stream_layer(backend: Backend, repo: str, layout: LayerLayout, start: 
         for part in segment_parts(layout.segments, repo, start, end):
             if isinstance(part, bytes):
                 source = _literal(part)
+            elif isinstance(part, VirtualPart):
+                source = read_virtual(part)  # checks itself: only its window is made
             elif hasher is not None:
                 source = _plain(backend, part)  # the layer's digest covers it
             elif vouched and part.whole:
@@ -312,7 +315,7 @@ class Runnable:
     async def tags(self, repo: str) -> list[str]:
         return await self.store.runnable_tags(repo)
 
-    async def find(self, repo: str, digest: str) -> RunnableLayer | HeldBlob | SealedLayer | None:
+    async def find(self, repo: str, digest: str) -> VirtualBlob | None:
         """The synthesised layer (while its source manifest is in ``repo``), a held
         config, or a licensed image's sealed layer ``digest`` of ``repo``; None for any
         other digest."""
@@ -339,14 +342,18 @@ class Runnable:
         return RunnableLayer(repo, digest, layout, self.service.backend)
 
     async def segments(self, repo: str, digest: str) -> tuple[list[Segment], int] | None:
-        """For the archive: the parts and size of a blob of a runnable image that is not
-        in the storage (the package layer, a config), or None for a stored blob."""
+        """For the archive (``archive.Synthetic``): the parts and size of a blob ``find``
+        serves that is not in the storage, or None for a stored blob. The package layer is
+        laid out from its thin blobs (their ranges read as asked), a config is literal
+        bytes, and any other virtual blob is one segment read through its own ``read``."""
         found = await self.find(repo, digest)
+        if found is None:
+            return None
         if isinstance(found, RunnableLayer):
             return found.layout.segments, found.size
         if isinstance(found, HeldBlob):
             return [Segment(0, found.size, data=found.data)] if found.size else [], found.size
-        return None
+        return [Segment(0, found.size, digest=digest, virtual=found)] if found.size else [], found.size
 
     # -- building -------------------------------------------------------------------
     async def build(self, repo: str, thin: ManifestData, build_id: str,

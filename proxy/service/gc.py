@@ -6,11 +6,15 @@ steps:
 
 1. **Mark.** Per repository, the live manifests are the closure of its roots under "an
    index needs its children" and "a referrer of a live subject is live". Roots: tagged
-   manifests, digests frozen by full builds (and, through the closure, every manifest a
-   frozen full package index names), manifests linked less than ``grace_period`` ago,
-   every digest an in-flight write pinned (``fence.py``), and, unless
-   ``delete_untagged``, every linked manifest. A manifest that can't be read or parsed is
-   kept. The live blobs are the configs and layers of live manifests.
+   manifests, the extra roots (``Roots``: every digest full builds froze, see below),
+   manifests linked less than ``grace_period`` ago, every digest an in-flight write
+   pinned (``fence.py``), and, unless ``delete_untagged``, every linked manifest. A
+   manifest that can't be read or parsed is kept. The live blobs are the configs and
+   layers of live manifests, and every extra root: a frozen digest is live whether or not
+   a live manifest names it. A full build freezes its manifests and everything they and
+   the source runtime images reference; a layer made on every pull from a source image's
+   layer needs that layer though no stored manifest of its own image names it, and the
+   source image's tag may be gone.
 2. **Unlink.** Layer links to blobs no live manifest of the repository needs, and (with
    ``delete_untagged``) revisions of manifests that are not live, are removed when older
    than the grace period. Each removal re-checks the link's age and the pins on the event
@@ -18,8 +22,9 @@ steps:
 3. **Reclaim.** Content files that no repository links any more are renamed into
    ``_gc/`` (quarantine), every repository is checked again for a link made meanwhile
    (an upload or mount of the same content links before it looks for the content), and
-   each file is deleted, or put back if it was linked or pinned in between. A crash
-   mid-way leaves files in ``_gc/``; the next collection puts them back first.
+   each file is deleted, or put back if it was linked or pinned in between. Content an
+   extra root names is never reclaimed. A crash mid-way leaves files in ``_gc/``; the
+   next collection puts them back first.
 
 A dry run does steps 1–3 without changing anything and reports what would go.
 """
@@ -45,7 +50,9 @@ __all__ = ["Collector", "GcCounts", "Roots"]
 
 log = logging.getLogger(__name__)
 
-# Extra roots per repository (e.g. digests frozen by full builds), asked at each run.
+# Extra roots per repository, asked at each run (digests frozen by full builds): a manifest
+# among them is a root of the mark, a blob a live blob (its layer link is kept), and the
+# content of any is never reclaimed, named by a live manifest or not.
 Roots = Callable[[], Awaitable[dict[str, set[str]]]]
 
 # Content files quarantined and re-checked together: one walk of every link per batch.
@@ -232,8 +239,9 @@ class Collector:
                 linked = await asyncio.to_thread(self._linked_sync)
             contents = await asyncio.to_thread(self._contents_sync)
             counts.blobs_scanned = len(contents)
+            kept = set().union(*extra.values())
             candidates = [(d, p, size) for d, p, size, mtime in contents
-                          if d not in linked and d not in pinned and now - mtime > self.grace_period]
+                          if d not in linked and d not in kept and d not in pinned and now - mtime > self.grace_period]
             if dry_run:
                 counts.blobs_removed = len(candidates)
                 counts.bytes_reclaimed = sum(size for _, _, size in candidates)
@@ -244,7 +252,8 @@ class Collector:
         return counts
 
     async def _mark(self, repo: _Repo, frozen: set[str], pinned: set[str], now: float) -> tuple[set[str], set[str]]:
-        """The live manifests and blobs of one repository."""
+        """The live manifests and blobs of one repository; every ``frozen`` digest is both
+        a root and a live blob (only its kind of link, revision or layer, is looked at)."""
         parsed = await asyncio.to_thread(self._parse_sync, repo)
         referrers: dict[str, list[str]] = {}
         for digest, entry in parsed.items():
@@ -256,7 +265,7 @@ class Collector:
         if not self.delete_untagged:
             roots |= repo.revisions.keys()
         live: set[str] = set()
-        live_blobs: set[str] = set()
+        live_blobs = set(frozen)
         pending = list(roots)
         while pending:
             digest = pending.pop()

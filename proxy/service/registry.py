@@ -58,7 +58,8 @@ class VirtualBlob(Protocol):
 
     def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         """Bytes ``[start, end]`` (inclusive); raises ``RegistryError`` mid-stream when
-        they can't be made right (the response must then be aborted)."""
+        they can't be made right (the response must then be aborted). Archives read only
+        the window a range covers and trust the blob to check what it makes."""
 
 
 class VirtualContent(Protocol):

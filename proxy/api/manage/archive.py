@@ -22,10 +22,12 @@ from packer.archive import (
     ArchivePlan,
     BlobPart,
     PlatformUnknown,
+    VirtualPart,
     iter_parts,
     open_part,
     plan_archive,
     read_part,
+    read_virtual,
     stream_archive,
 )
 from packer.platform import Platform, PlatformError
@@ -100,7 +102,13 @@ class _Blob:
 
 async def _parts(backend: Backend, plan: ArchivePlan, start: int, end: int) -> AsyncGenerator[bytes | _Blob, None]:
     for part in iter_parts(plan, start, end):
-        yield part if isinstance(part, bytes) else _Blob(backend, part)
+        if isinstance(part, VirtualPart):
+            # Made on request: no file to hand to a worker thread, so through the loop.
+            async with contextlib.aclosing(read_virtual(part)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        else:
+            yield part if isinstance(part, bytes) else _Blob(backend, part)
 
 
 async def _zstd(chunks: AsyncGenerator[bytes, None], threads: int) -> AsyncGenerator[bytes, None]:
@@ -133,7 +141,8 @@ async def get_archive(request: web.Request) -> web.StreamResponse:
         except PlatformError as exc:
             raise ApiError(400, str(exc), {"platform": request.query["platform"][:100]}) from None
     try:
-        # A runnable full image's package layer is laid out from the thin package's blobs.
+        # Blobs served without being stored (a runnable full image's package layer, made
+        # from the thin package's blobs; any other virtual blob) are laid out from their parts.
         runnable = request.app[FULL_BUILDS].builder.runnable
         plan = await plan_archive(request.app[REGISTRY], repo, reference, platform=platform,
                                   synthetic=lambda digest: runnable.segments(repo, digest))
