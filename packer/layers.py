@@ -12,6 +12,11 @@ and ``diff_id`` are computed in the same pass that produces it; the source blob'
 is verified as it is read unless the storage already vouches for it
 (``BlobReader.verified``; its length is still checked).
 
+A sealed layer can also be measured instead of stored (``measure_rewrite``: the
+uncompressed output is hashed in a thread of its own and dropped) and produced again,
+byte for byte, when it is pulled (``synthesise_layer``, with a deterministic sealer),
+serving a byte window and verifying the whole output before the window's last piece.
+
 Dedicated threads (not the default executor) keep a slow build from starving the
 backend's own file I/O, which also runs in executor threads.
 """
@@ -1100,24 +1105,33 @@ async def measure_rewrite(
                         stats.bytes_in)
 
 
-async def synthesise_layer(
+def synthesise_layer(
     backend: Backend, repo: str, digest: str, size: int, select: Callable[[str], bool],
     seal: Callable[[str, int], Sealer], limits: TarLimits, expect_digest: str, expect_size: int,
     start: int = 0, end: int | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """Produce the uncompressed rewrite of source layer ``digest`` of ``repo`` again and
     yield bytes ``start`` to ``end`` (inclusive; None: the last) of it, in pieces of at
-    most ``CHUNK`` bytes; memory does not grow with the layer.
+    most ``CHUNK`` bytes; memory does not grow with the layer. A window outside
+    ``expect_size`` raises ``ValueError`` here, before anything runs.
 
     The whole output is always produced (bytes outside the window are hashed and
     dropped) and checked against ``expect_digest`` and ``expect_size``, and the source
     against its own digest and ``size``; any mismatch raises ``LayerError``. The piece
     holding the window's last byte is yielded only after that check passed, so a reader
-    never receives a complete window of a wrong blob. Closing the generator early stops
-    the work and releases the source."""
+    never receives a complete window of a wrong blob. Closing the generator early
+    (``aclose``) stops the work and releases the source."""
     end = expect_size - 1 if end is None else end
     if not 0 <= start <= end < expect_size:
         raise ValueError(f"bad window {start}-{end} of a {expect_size}-byte layer")
+    return _synthesise(backend, repo, digest, size, select, seal, limits, expect_digest, expect_size, start, end)
+
+
+async def _synthesise(
+    backend: Backend, repo: str, digest: str, size: int, select: Callable[[str], bool],
+    seal: Callable[[str, int], Sealer], limits: TarLimits, expect_digest: str, expect_size: int,
+    start: int, end: int,
+) -> AsyncGenerator[bytes, None]:
     bridge = _Bridge(asyncio.get_running_loop())
     bridge.outbox.maxsize = _SERVE_DEPTH
 

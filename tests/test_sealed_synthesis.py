@@ -150,8 +150,8 @@ async def test_windows_equal_the_slices(backend):
         assert b"".join(pieces) == data[start: n if end is None else end + 1], (start, end)
         assert all(0 < len(p) <= CHUNK for p in pieces)
     for start, end in [(-1, 5), (10, 9), (0, n), (n, None)]:
-        with pytest.raises(ValueError, match="bad window"):
-            await collect(synth(backend, "images/w", digest, blob, measured, start, end))
+        with pytest.raises(ValueError, match="bad window"):  # at the call: before any response is started
+            synth(backend, "images/w", digest, blob, measured, start, end)
 
 
 async def test_wrong_expected_digest_withholds_the_last_piece(backend):
@@ -188,6 +188,40 @@ async def test_corrupt_source_fails_before_the_window_completes(tmp_path, case):
         # the window is never complete.
         assert len(received) < len(window)
         assert window.startswith(received) == (case == "gzip-verified-reads")
+
+
+@pytest.mark.parametrize("mangle,match", [
+    (lambda b: b[: len(b) // 2], "truncated"),
+    (lambda b: b[:40] + bytes([b[40] ^ 0xFF]) + b[41:], "not a valid|truncated|corrupt|checksum"),
+])
+async def test_bad_source_fails_measure_and_synthesis(tmp_path, mangle, match):
+    store = FilesystemBackend(tmp_path / "store")
+    await store.start()
+    good = big_layer(2 * CHUNK)
+    digest, _, measured, data = await stored_and_measured(store, "images/g", good)
+    bad = mangle(good)
+    bad_digest = await put_blob(store, "images/b", bad)
+    with pytest.raises(LayerError, match=match):
+        await measure_rewrite(store, "images/b", bad_digest, len(bad), SELECT, sealer(bad_digest), TarLimits())
+    # Served under the good layer's expectations: fails, the window never completes.
+    got: list[bytes] = []
+    with pytest.raises(LayerError, match=match):
+        async for piece in synthesise_layer(store, "images/b", bad_digest, len(bad), SELECT, sealer(bad_digest),
+                                            TarLimits(), measured.digest, measured.size):
+            got.append(piece)
+    assert len(b"".join(got)) < len(data)
+    await store.close()
+
+
+async def test_limits_apply_to_measure_and_synthesis(backend):
+    blob = big_layer(2 * CHUNK)
+    digest, _, measured, _ = await stored_and_measured(backend, "images/l", blob)
+    small = TarLimits(max_bytes=CHUNK)
+    with pytest.raises(LayerError, match="size limit"):
+        await measure_rewrite(backend, "images/l", digest, len(blob), SELECT, sealer(digest), small)
+    with pytest.raises(LayerError, match="size limit"):
+        await collect(synthesise_layer(backend, "images/l", digest, len(blob), SELECT, sealer(digest), small,
+                                       measured.digest, measured.size))
 
 
 class _TrackedReaders(FilesystemBackend):
@@ -288,3 +322,21 @@ async def test_remote_storage(distribution):
             await collect(synth(store, repo, digest, blob, measured, expect_digest="sha256:" + "1" * 64))
     finally:
         await store.close()
+
+
+async def test_cancelling_a_measure_stops_its_threads(backend):
+    blob = big_layer(24 * CHUNK)
+    digest = await put_blob(backend, "images/q", blob)
+    before = set(threading.enumerate())
+    started = asyncio.Event()
+    task = asyncio.ensure_future(measure_rewrite(backend, "images/q", digest, len(blob), SELECT, sealer(digest),
+                                                 TarLimits(), lambda n: started.set()))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if not _leftover(before):
+            break
+        await asyncio.sleep(0.05)
+    assert _leftover(before) == []
