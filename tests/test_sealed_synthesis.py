@@ -340,3 +340,12 @@ async def test_cancelling_a_measure_stops_its_threads(backend):
             break
         await asyncio.sleep(0.05)
     assert _leftover(before) == []
+
+
+async def test_missing_source_is_a_layer_error(backend):
+    missing = "sha256:" + "ab" * 32
+    with pytest.raises(LayerError, match="cannot read layer"):
+        await measure_rewrite(backend, "images/none", missing, 10, SELECT, sealer(missing), TarLimits())
+    with pytest.raises(LayerError, match="cannot read layer"):
+        await collect(synthesise_layer(backend, "images/none", missing, 10, SELECT, sealer(missing), TarLimits(),
+                                       missing, 2048))

@@ -149,7 +149,7 @@ def deterministic_sealer(key: bytes, key_id: bytes, chunk_size: int, context: by
     def seal(name: str, size: int) -> Encryptor:
         # Chunk size, name and size are bound too: a prefix can never meet other plaintext
         # chunking, even if a caller reused a context.
-        encoded = name.encode("utf-8", "surrogateescape")
+        encoded = name.encode("utf-8", "surrogatepass")  # injective, never fails
         bound = (len(context).to_bytes(8, "big") + context + chunk_size.to_bytes(8, "big")
                  + len(encoded).to_bytes(8, "big") + encoded + size.to_bytes(8, "big"))
         prefix = derived_nonce_prefix(key, bound, next(ordinals))
