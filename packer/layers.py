@@ -12,6 +12,11 @@ and ``diff_id`` are computed in the same pass that produces it; the source blob'
 is verified as it is read unless the storage already vouches for it
 (``BlobReader.verified``; its length is still checked).
 
+A sealed layer can also be measured instead of stored (``measure_rewrite``: the
+uncompressed output is hashed in a thread of its own and dropped) and produced again,
+byte for byte, when it is pulled (``synthesise_layer``, with a deterministic sealer),
+serving a byte window and verifying the whole output before the window's last piece.
+
 Dedicated threads (not the default executor) keep a slow build from starving the
 backend's own file I/O, which also runs in executor threads.
 """
@@ -30,6 +35,7 @@ import mmap
 import os
 import queue
 import threading
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -52,11 +58,14 @@ __all__ = [
     "measure_layer",
     "OUTPUT_MEDIA_TYPES",
     "rewrite_layer",
+    "measure_rewrite",
+    "synthesise_layer",
 ]
 
 T = TypeVar("T")
 CHUNK = 1024 * 1024
 _DEPTH = 4  # chunks in flight on each side of the worker thread
+_SERVE_DEPTH = 2  # synthesis: output chunks waiting for a (typically slower) reader
 _POLL = 0.25  # how often a blocked worker thread checks for cancellation
 _WRITEBACK = 8 * CHUNK  # buffered local upload: start its disk writes every this many bytes
 _STAGE = 8 * CHUNK  # direct local upload: bytes per write
@@ -402,6 +411,78 @@ class _FileSink:
         os.close(self._fd)
         self._fd = -1
         self._stage = None
+
+
+class _DigestSink:
+    """The new uncompressed layer measured instead of stored: hashed (its digest, which
+    is its diff_id) in a thread of its own behind a bounded queue, beside the walker
+    that seals, then dropped; the same interface as ``_FileSink`` for ``_OutboxWriter``.
+
+    With a ``window`` (first and last offset, inclusive) the bytes in it also go to the
+    event loop in ``CHUNK`` pieces, except the piece holding the window's last byte:
+    that one is kept in ``tail`` until the caller has verified the whole output, so a
+    reader never gets a complete window of a wrong blob."""
+
+    def __init__(self, bridge: _Bridge, window: tuple[int, int] | None = None) -> None:
+        self.hasher = hashlib.sha256()
+        self.error: Exception | None = None
+        self.tail: bytes | None = None
+        self._bridge = bridge
+        self._window = window
+        self._offset = 0  # of the next byte written
+        self._pending: list[Any] = []  # window bytes not yet handed on (views, never changed)
+        self._pending_size = 0
+        # Pieces are up to a sealed ``PIECE`` each and hashing outruns sealing: a short
+        # queue is enough. Shorter still when serving: a slow reader backs everything up.
+        self._queue: queue.Queue[Any] = queue.Queue(_DEPTH if window is None else _SERVE_DEPTH)
+        self._thread: threading.Thread | None = threading.Thread(target=self._run, name="layer-hash", daemon=True)
+        self._thread.start()
+
+    def write(self, data: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        _put(self._queue, data, self._bridge.cancelled)
+
+    def _run(self) -> None:
+        # Whatever fails, keep draining until close(): a producer must never block.
+        while (data := self._queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.hasher.update(data)
+                    if self._window is not None:
+                        self._take(memoryview(data))
+                    self._offset += len(data)
+                except Exception as exc:  # noqa: BLE001 - reported by write() and close()'s caller
+                    self.error = exc
+
+    def _take(self, view: memoryview) -> None:
+        assert self._window is not None
+        first, last = self._window
+        begin, end = max(first, self._offset), min(last + 1, self._offset + len(view))
+        if begin >= end:
+            return
+        view = view[begin - self._offset : end - self._offset]
+        while view:
+            take = min(len(view), CHUNK - self._pending_size)
+            self._pending.append(view[:take])
+            self._pending_size += take
+            view = view[take:]
+            begin += take
+            if begin == last + 1 or self._pending_size == CHUNK:
+                piece = b"".join(self._pending)
+                self._pending.clear()
+                self._pending_size = 0
+                if begin == last + 1:  # the window's last byte: kept back
+                    self.tail = piece
+                else:
+                    self._bridge.put(piece)
+
+    def close(self) -> None:
+        """Wait for the queued bytes (the thread always drains, so this can't hang)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
 
 
 def _write_all(fd: int, data: Any) -> None:
@@ -817,9 +898,11 @@ def _check_source(raw: _InboxReader, digest: str, size: int) -> None:
 async def _run(
     backend: Backend, repo: str, digest: str, size: int, work: Callable[[_Bridge], T],
     progress: Callable[[int], None] | None, consumer: Callable[[_Bridge], Any] | None = None,
+    bridge: _Bridge | None = None,
 ) -> T:
+    # ``bridge``: the caller's own, when it reads the outbox itself (``synthesise_layer``).
     loop = asyncio.get_running_loop()
-    bridge = _Bridge(loop)
+    bridge = bridge or _Bridge(loop)
     reader = await backend.open_blob(repo, digest)
     bridge.verify_source = not reader.verified
     file_source: _FileSource | None = None
@@ -898,6 +981,43 @@ async def measure_layer(
         raise LayerError(f"cannot read layer {digest} of {repo}: {exc.message}") from None
 
 
+def _rewrite(
+    bridge: _Bridge, digest: str, size: int, select: Callable[[str], bool], seal: Callable[[str, int], Sealer],
+    limits: TarLimits, codec: Codec, output: str | None, make_sink: Callable[[str], Any],
+) -> tuple[RewriteStats, dict[str, Any]]:
+    """The worker's side of a rewrite: source -> decompress -> tar rewrite -> ``output``
+    codec -> ``make_sink(codec)`` (a ``_FileSink``, a ``_DigestSink``, or None: the
+    outbox); returns the stats and the new blob's digest, size, diff_id and codec."""
+    raw = _InboxReader(bridge, digest.split(":", 1)[0])
+    kind = _sniff(raw.peek(4))
+    stream = _decompressor(kind, raw, bridge.cancelled)
+    sink: Any = None
+    compressor: _Compressor | None = None
+    try:
+        into = output or kind
+        sink = make_sink(into)
+        out = _OutboxWriter(bridge, sink, hashed=into != "tar")
+        compressor = _Compressor(into, out, codec, hash_diff=sink is None or sink.hasher is None)
+        stats = rewrite_tar(stream, compressor.write, select, seal, limits)
+        done, compressor = compressor, None
+        done.close()
+        _check_source(raw, digest, size)
+        diff_hasher = done.diff_hasher or (sink.hasher if sink is not None else None)
+        assert diff_hasher is not None
+        diff_id = "sha256:" + diff_hasher.hexdigest()
+        return stats, {"digest": diff_id if out.hasher is None else "sha256:" + out.hasher.hexdigest(),
+                       "size": out.size, "diff_id": diff_id, "codec": into}
+    except BaseException as exc:
+        raise _translate(exc) from None
+    finally:
+        if compressor is not None:
+            compressor.abort()
+        with contextlib.suppress(Exception):
+            stream.close()
+        if sink is not None:
+            sink.close()
+
+
 async def rewrite_layer(
     backend: Backend,
     src_repo: str,
@@ -923,39 +1043,17 @@ async def rewrite_layer(
     outcome: dict[str, Any] = {}
 
     def work(bridge: _Bridge, path: Path | None) -> RewriteStats:
-        raw = _InboxReader(bridge, digest.split(":", 1)[0])
-        kind = _sniff(raw.peek(4))
-        stream = _decompressor(kind, raw, bridge.cancelled)
-        sink: _FileSink | None = None
-        compressor: _Compressor | None = None
-        try:
-            into = output or kind
-            if path is not None:
-                try:
-                    sink = _FileSink(path, bridge.cancelled, hashlib.sha256() if into == "tar" else None)
-                except OSError as exc:
-                    raise LayerError(f"storage failed: cannot write the new layer: {exc.strerror or exc}") from None
-            out = _OutboxWriter(bridge, sink, hashed=into != "tar")
-            compressor = _Compressor(into, out, codec, hash_diff=sink is None or sink.hasher is None)
-            stats = rewrite_tar(stream, compressor.write, select, seal, limits)
-            done, compressor = compressor, None
-            done.close()
-            _check_source(raw, digest, size)
-            diff_hasher = done.diff_hasher or (sink.hasher if sink is not None else None)
-            assert diff_hasher is not None
-            diff_id = "sha256:" + diff_hasher.hexdigest()
-            outcome.update(digest=diff_id if out.hasher is None else "sha256:" + out.hasher.hexdigest(),
-                           size=out.size, diff_id=diff_id, codec=into)
-            return stats
-        except BaseException as exc:
-            raise _translate(exc) from None
-        finally:
-            if compressor is not None:
-                compressor.abort()
-            with contextlib.suppress(Exception):
-                stream.close()
-            if sink is not None:
-                sink.close()
+        def sink(into: str) -> _FileSink | None:
+            if path is None:
+                return None
+            try:
+                return _FileSink(path, bridge.cancelled, hashlib.sha256() if into == "tar" else None)
+            except OSError as exc:
+                raise LayerError(f"storage failed: cannot write the new layer: {exc.strerror or exc}") from None
+
+        stats, result = _rewrite(bridge, digest, size, select, seal, limits, codec, output, sink)
+        outcome.update(result)
+        return stats
 
     async def chunks(bridge: _Bridge) -> Any:
         while (piece := await bridge.outbox.get()) is not None:
@@ -985,3 +1083,86 @@ async def rewrite_layer(
         raise
     return LayerOutcome(outcome["digest"], outcome["size"], outcome["diff_id"], outcome["codec"], stats.encrypted,
                         stats.warnings, stats.bytes_in)
+
+
+async def measure_rewrite(
+    backend: Backend, repo: str, digest: str, size: int, select: Callable[[str], bool],
+    seal: Callable[[str, int], Sealer], limits: TarLimits, progress: Callable[[int], None] | None = None,
+) -> LayerOutcome:
+    """What ``rewrite_layer(..., output="tar")`` would store, without storing it: the
+    uncompressed new layer is hashed (its digest is its diff_id) and counted, then
+    dropped. With a deterministic ``seal`` the same layer can be produced again on
+    demand (``synthesise_layer``)."""
+
+    def work(bridge: _Bridge) -> tuple[RewriteStats, dict[str, Any]]:
+        return _rewrite(bridge, digest, size, select, seal, limits, Codec(), "tar", lambda _: _DigestSink(bridge))
+
+    try:
+        stats, result = await _run(backend, repo, digest, size, work, progress)
+    except RegistryError as exc:
+        raise LayerError(f"cannot read layer {digest} of {repo}: {exc.message}") from None
+    return LayerOutcome(result["digest"], result["size"], result["diff_id"], "tar", stats.encrypted, stats.warnings,
+                        stats.bytes_in)
+
+
+def synthesise_layer(
+    backend: Backend, repo: str, digest: str, size: int, select: Callable[[str], bool],
+    seal: Callable[[str, int], Sealer], limits: TarLimits, expect_digest: str, expect_size: int,
+    start: int = 0, end: int | None = None,
+) -> AsyncGenerator[bytes, None]:
+    """Produce the uncompressed rewrite of source layer ``digest`` of ``repo`` again and
+    yield bytes ``start`` to ``end`` (inclusive; None: the last) of it, in pieces of at
+    most ``CHUNK`` bytes; memory does not grow with the layer. A window outside
+    ``expect_size`` raises ``ValueError`` here, before anything runs.
+
+    The whole output is always produced (bytes outside the window are hashed and
+    dropped) and checked against ``expect_digest`` and ``expect_size``, and the source
+    against its own digest and ``size``; any mismatch raises ``LayerError``. The piece
+    holding the window's last byte is yielded only after that check passed, so a reader
+    never receives a complete window of a wrong blob. Closing the generator early
+    (``aclose``) stops the work and releases the source."""
+    end = expect_size - 1 if end is None else end
+    if not 0 <= start <= end < expect_size:
+        raise ValueError(f"bad window {start}-{end} of a {expect_size}-byte layer")
+    return _synthesise(backend, repo, digest, size, select, seal, limits, expect_digest, expect_size, start, end)
+
+
+async def _synthesise(
+    backend: Backend, repo: str, digest: str, size: int, select: Callable[[str], bool],
+    seal: Callable[[str, int], Sealer], limits: TarLimits, expect_digest: str, expect_size: int,
+    start: int, end: int,
+) -> AsyncGenerator[bytes, None]:
+    bridge = _Bridge(asyncio.get_running_loop())
+    bridge.outbox.maxsize = _SERVE_DEPTH
+
+    def work(bridge: _Bridge) -> None:
+        sink = _DigestSink(bridge, (start, end))
+        _, result = _rewrite(bridge, digest, size, select, seal, limits, Codec(), "tar", lambda _: sink)
+        if result["size"] != expect_size or result["digest"] != expect_digest:
+            raise LayerError(f"layer {digest} was synthesised as {result['digest']} ({result['size']} bytes), "
+                             f"expected {expect_digest} ({expect_size} bytes)")
+        assert sink.tail is not None  # the size matched: the window was complete
+        bridge.put(sink.tail)
+        bridge.put(None)
+
+    run = asyncio.ensure_future(_run(backend, repo, digest, size, work, None, bridge=bridge))
+    get: asyncio.Future[bytes | None] | None = None
+    try:
+        while True:
+            get = asyncio.ensure_future(bridge.outbox.get())
+            done, _ = await asyncio.wait({get, run}, return_when=asyncio.FIRST_COMPLETED)
+            # A run that succeeded has put all of its output (and None) already.
+            if get not in done and run.exception() is not None:
+                raise run.exception()  # type: ignore[misc]
+            piece = await get
+            if piece is None:
+                await run
+                return
+            yield piece
+    except RegistryError as exc:
+        raise LayerError(f"cannot read layer {digest} of {repo}: {exc.message}") from None
+    finally:
+        for task in (get, run):
+            if task is not None and not task.done():
+                task.cancel()
+        await asyncio.gather(*(t for t in (get, run) if t is not None), return_exceptions=True)

@@ -9,7 +9,7 @@ Layout (all integers big-endian)::
       reserved     2  0
       chunk_size   4  plaintext bytes per chunk (the last chunk may be shorter)
       key_id      16  names the data key (the license file carries the same id)
-      nonce_prefix 8  random per file
+      nonce_prefix 8  random per file, or derived (see below)
       plain_size   8  total plaintext bytes
     chunks: ciphertext || 16-byte tag, one per chunk; an empty file has one empty chunk
 
@@ -18,14 +18,29 @@ Chunk ``i`` is sealed with nonce ``nonce_prefix || i`` (4 bytes) and associated 
 otherwise. So a changed header, a reordered, dropped, duplicated or altered chunk, a
 truncated file and bytes appended after the last chunk all fail authentication.
 Encryption and decryption stream one chunk at a time: memory does not grow with the file.
+
+Derived nonce prefixes (``derived_nonce_prefix``, ``deterministic_sealer``) make sealing
+deterministic, so a layer can be sealed again, byte for byte, on every pull instead of
+being stored. The prefix is HMAC-SHA256(data key, label || context || ordinal) cut to 8
+bytes. GCM is only broken by one (key, nonce) sealing two different plaintexts, and that
+cannot happen here: the data key is fresh per licensed image, the context names the exact
+source layer (its digest) plus the chunk size, file name and size, and the ordinal is the
+file's position in that layer's walk, so a (key, nonce prefix) pair only ever seals the
+same plaintext again, giving the same ciphertext (deterministic encryption of identical
+input, which reveals nothing new). Distinct files get pseudo-random prefixes, distinct
+with the same birthday bound as random ones. The one rule for callers: a key's derived
+prefixes seal one image's layers with one file selection (the key is per licensed image).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import itertools
 import os
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -38,6 +53,9 @@ __all__ = [
     "EnvelopeHeader",
     "Encryptor",
     "Decryptor",
+    "NONCE_PREFIX_SIZE",
+    "derived_nonce_prefix",
+    "deterministic_sealer",
     "encrypted_size",
     "is_envelope",
     "encrypt_stream",
@@ -51,6 +69,8 @@ DEFAULT_CHUNK = 64 * 1024
 MAX_CHUNK = 16 * 1024 * 1024
 TAG_SIZE = 16
 KEY_ID_SIZE = 16
+NONCE_PREFIX_SIZE = 8
+_NONCE_LABEL = b"algomint-envelope-nonce/1\0"
 _HEADER = struct.Struct(">8sBBHI16s8sQ")
 HEADER_SIZE = _HEADER.size  # 48
 _MAX_CHUNKS = 2**32
@@ -110,17 +130,51 @@ def _nonce(prefix: bytes, index: int) -> bytes:
     return prefix + index.to_bytes(4, "big")
 
 
+def derived_nonce_prefix(key: bytes, context: bytes, ordinal: int) -> bytes:
+    """The nonce prefix of the ``ordinal``-th file sealed under ``key`` in ``context``
+    (see the module docstring for why a derived prefix is safe)."""
+    if not 0 <= ordinal < 2**64:
+        raise ValueError("ordinal out of range")
+    message = _NONCE_LABEL + len(context).to_bytes(8, "big") + context + ordinal.to_bytes(8, "big")
+    return hmac.new(key, message, hashlib.sha256).digest()[:NONCE_PREFIX_SIZE]
+
+
+def deterministic_sealer(key: bytes, key_id: bytes, chunk_size: int, context: bytes
+                         ) -> Callable[[str, int], "Encryptor"]:
+    """A ``seal(name, size)`` factory numbering the files it seals in call order
+    (0, 1, 2, ...): one pass over a layer seals to the same bytes every time. Create a
+    fresh factory for every pass; ``context`` names the source layer (its digest)."""
+    ordinals = itertools.count()
+
+    def seal(name: str, size: int) -> Encryptor:
+        # Chunk size, name and size are bound too: a prefix can never meet other plaintext
+        # chunking, even if a caller reused a context.
+        encoded = name.encode("utf-8", "surrogatepass")  # injective, never fails
+        bound = (len(context).to_bytes(8, "big") + context + chunk_size.to_bytes(8, "big")
+                 + len(encoded).to_bytes(8, "big") + encoded + size.to_bytes(8, "big"))
+        prefix = derived_nonce_prefix(key, bound, next(ordinals))
+        return Encryptor(key, key_id, size, chunk_size, nonce_prefix=prefix)
+
+    return seal
+
+
 class Encryptor:
     """Seal exactly ``plain_size`` bytes fed in any pieces; output comes chunk by chunk."""
 
-    def __init__(self, key: bytes, key_id: bytes, plain_size: int, chunk_size: int = DEFAULT_CHUNK) -> None:
+    def __init__(self, key: bytes, key_id: bytes, plain_size: int, chunk_size: int = DEFAULT_CHUNK,
+                 nonce_prefix: bytes | None = None) -> None:
+        # ``nonce_prefix``: None for a random one; else a derived one (``derived_nonce_prefix``).
         if len(key) != 32:
             raise ValueError("data key must be 32 bytes")
         if len(key_id) != KEY_ID_SIZE:
             raise ValueError(f"key id must be {KEY_ID_SIZE} bytes")
         if not 0 < chunk_size <= MAX_CHUNK or plain_size < 0:
             raise ValueError("invalid chunk or plaintext size")
-        self.header = EnvelopeHeader(chunk_size, key_id, os.urandom(8), plain_size)
+        if nonce_prefix is None:
+            nonce_prefix = os.urandom(NONCE_PREFIX_SIZE)
+        elif not isinstance(nonce_prefix, bytes) or len(nonce_prefix) != NONCE_PREFIX_SIZE:
+            raise ValueError(f"nonce prefix must be {NONCE_PREFIX_SIZE} bytes")
+        self.header = EnvelopeHeader(chunk_size, key_id, nonce_prefix, plain_size)
         self._packed = self.header.pack()
         self._aead = AESGCM(key)
         self._pending = bytearray()
@@ -146,40 +200,42 @@ class Encryptor:
         self._fed += len(data)
         if self._fed > self.header.plain_size:
             raise ValueError("more plaintext than declared")
-        out: list[bytes] = []
-        if not self._started:
-            out.append(self._packed)
-            self._started = True
+        header = b"" if self._started else self._packed
+        self._started = True
         chunk = self.header.chunk_size
         view = memoryview(data)
+        head: bytes | None = None  # the chunk left pending by the last call, now complete
         if self._pending:
             take = min(len(view), chunk - len(self._pending))
             self._pending += view[:take]
             view = view[take:]
             if len(self._pending) == chunk and (view or self._fed < self.header.plain_size):
-                out.append(self._seal(bytes(self._pending), False))
+                head = bytes(self._pending)
                 self._pending.clear()
         # Whole chunks straight from the caller's buffer into one output buffer; the last
         # one is kept back until we know whether it is the final chunk.
         whole = len(view) // chunk
         if whole and len(view) == whole * chunk and self._fed == self.header.plain_size:
             whole -= 1
-        if whole:
-            out.append(self._seal_many(view[: whole * chunk], whole))
-            view = view[whole * chunk :]
-        self._pending += view
-        return out[0] if len(out) == 1 else b"".join(out)
+        sealed = self._seal_many(head, view[: whole * chunk], whole)
+        self._pending += view[whole * chunk :]
+        return header + sealed if header else sealed
 
-    def _seal_many(self, view: memoryview, count: int) -> bytes | bytearray:
+    def _seal_many(self, head: bytes | None, view: memoryview, count: int) -> bytes | bytearray:
+        """Seal ``head`` (a whole chunk, if any) and ``count`` whole chunks of ``view``
+        into one buffer: input that is not chunk-aligned costs no extra copy."""
         chunk = self.header.chunk_size
         aad = self._packed + b"\x00"
+        pieces = ([head] if head is not None else []) + [view[i * chunk : (i + 1) * chunk] for i in range(count)]
+        if not pieces:
+            return b""
         if not _HAS_ENCRYPT_INTO:
-            return b"".join(self._seal(view[i * chunk : (i + 1) * chunk], False) for i in range(count))
-        buf = bytearray(count * (chunk + TAG_SIZE))
+            return b"".join(self._seal(piece, False) for piece in pieces)
+        buf = bytearray(len(pieces) * (chunk + TAG_SIZE))
         target = memoryview(buf)
         prefix = self.header.nonce_prefix
-        for i in range(count):
-            self._aead.encrypt_into(_nonce(prefix, self._index), view[i * chunk : (i + 1) * chunk], aad,
+        for i, piece in enumerate(pieces):
+            self._aead.encrypt_into(_nonce(prefix, self._index), piece, aad,
                                     target[i * (chunk + TAG_SIZE) : (i + 1) * (chunk + TAG_SIZE)])
             self._index += 1
         return buf
