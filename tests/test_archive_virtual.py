@@ -139,7 +139,7 @@ async def test_a_runnable_layer_holds_a_virtual_part():
 
 async def test_runnable_segments_give_any_other_virtual_blob_as_itself():
     blob, empty = Generated(3_000), Generated(0)
-    runnable = Runnable(None, None)  # type: ignore[arg-type]: find is the only part used
+    runnable = Runnable(None, None, None)  # type: ignore[arg-type]: find is the only part used
 
     async def find(repo, digest):
         return {"sha256:" + "1" * 64: blob, "sha256:" + "2" * 64: empty}.get(digest)
