@@ -330,31 +330,32 @@ def build_part(args: argparse.Namespace, work: Path) -> None:
     rows = []
     for mode in args.compression.split(","):
         compression, _, sealed = mode.partition(":")
+        slug = mode.replace(":", "-")  # in repository names and paths
         with contextlib.ExitStack() as stack:
             if args.build_storage == "registry":
-                dist = stack.enter_context(run_distribution(work / f"registry-{mode}"))
+                dist = stack.enter_context(run_distribution(work / f"registry-{slug}"))
                 storage = f'[storage]\nbackend = "registry"\nurl = "{dist.url}"\n'
             else:
-                storage = f'[storage]\npath = "{work / f"fs-{mode}"}"\n'
-            config = (storage + f'[metadata]\npath = "{work / f"build-{mode}.db"}"\n[log]\nlevel = "warning"\n'
+                storage = f'[storage]\npath = "{work / f"fs-{slug}"}"\n'
+            config = (storage + f'[metadata]\npath = "{work / f"build-{slug}.db"}"\n[log]\nlevel = "warning"\n'
                       f'[full_builds]\nlayer_compression = "{compression}"\nsealed_layers = "{sealed or "synthesise"}"\n'
                       f'[licenses.soft]\nscheme = "x25519"\npublic_key = "{work / "soft.pub"}"\n')
-            server = stack.enter_context(run_server(work / f"algomint-{mode}", config))
+            server = stack.enter_context(run_server(work / f"algomint-{slug}", config))
             pid = server.process.pid
             setup_chains(server.url)
             gzip_type = "application/vnd.oci.image.layer.v1.tar+gzip"
-            upload = push_image(server.url, f"images/bm-{mode}-0", blob, diff_id, gzip_type)
+            upload = push_image(server.url, f"images/bm-{slug}-0", blob, diff_id, gzip_type)
             builds, cpus, waits = [], [], []
             core.reset_peak_rss(pid)
             for i in range(args.repeat):
                 # A fresh image repository each time (the layer mounted, not pushed again):
                 # the same image would reuse the first licensed image instead of building.
-                image = f"images/bm-{mode}-{i}"
+                image = f"images/bm-{slug}-{i}"
                 if i:
-                    push_image(server.url, image, blob, diff_id, gzip_type, mount_from=f"images/bm-{mode}-0")
-                push_business(server.url, f"bm-{mode}-{i}", f"{image}:v1", ["opt/models/*.onnx"])
+                    push_image(server.url, image, blob, diff_id, gzip_type, mount_from=f"images/bm-{slug}-0")
+                push_business(server.url, f"bm-{slug}-{i}", f"{image}:v1", ["opt/models/*.onnx"])
                 before = proc_cpu(pid)
-                build, seconds = full_build(server.url, f"business/bench/bm-{mode}-{i}:1.0", "soft")
+                build, seconds = full_build(server.url, f"business/bench/bm-{slug}-{i}:1.0", "soft")
                 cpus.append(proc_cpu(pid) - before)
                 assert build["result"]["images"][0]["encrypted_files"] == 1
                 builds.append(seconds)
@@ -364,14 +365,14 @@ def build_part(args: argparse.Namespace, work: Path) -> None:
                 floors.append(floor_seconds(blob, 1, 2))
                 floor_cpu.append(self_cpu() - before)
             peak = core.peak_rss_mib(pid)
-            licensed = api_manifest(server.url, "images/bm-{}-0".format(mode), "v1-soft")["layers"][0]
+            licensed = api_manifest(server.url, "images/bm-{}-0".format(slug), "v1-soft")["layers"][0]
             # The same package for a second business system: the same image, license and
             # key, so the licensed image is reused.
-            reuse, reuse_seconds = full_build(server.url, f"business/other/bm-{mode}-0:1.0", "soft")
+            reuse, reuse_seconds = full_build(server.url, f"business/other/bm-{slug}-0:1.0", "soft")
             assert {layer["state"] for layer in reuse["layers"]} == {"reused"}
             # Where the cost of a sealed layer made on request goes: every pull. The new
             # layer's pull beside the source layer's (stored), from the same server.
-            base = f"{server.url}/v2/images/bm-{mode}-0/blobs/"
+            base = f"{server.url}/v2/images/bm-{slug}-0/blobs/"
             pulls = [timed_curl([base + licensed["digest"]]), timed_curl([base + blob.digest])]
             pull = [size / seconds / 1e6 for size, seconds in pulls]
             print(f"    [{mode}] build seconds {[round(b, 2) for b in builds]}, of which queued "
