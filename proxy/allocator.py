@@ -9,6 +9,11 @@ worker thread's arena: measured in the soak with auth on (``bench/soak.py``), RS
 from 172 to 250 MiB and ``malloc_trim(0)`` gave 66 MiB of it back.
 
 A fixed threshold (which turns the sliding one off) keeps such buffers mapped per use.
+It also freezes the trim threshold at its 128 KiB start, so every free at the top of a
+heap handed pages back and the next 1 MiB stream buffer faulted them in again: a 1 GiB
+sealed layer measured in 0.82-0.87 s and 1.3 CPU-s, against 0.64-0.71 s and 1.06 with
+the trim threshold at ``TRIM_THRESHOLD`` (in process, interleaved). So that is fixed too;
+a heap's free top beyond it is still returned at once, and all of it once quiet.
 What smaller blocks leave free between live ones is handed back by ``malloc_trim`` once
 the server has been quiet for a while (``trim_when_quiet``): after a 10-minute soak,
 4 MiB of 88.
@@ -26,7 +31,7 @@ import os
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["MMAP_THRESHOLD", "QUIET_SECONDS", "malloc_trim", "trim_when_quiet", "tune_malloc"]
+__all__ = ["MMAP_THRESHOLD", "QUIET_SECONDS", "TRIM_THRESHOLD", "malloc_trim", "trim_when_quiet", "tune_malloc"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,9 @@ log = logging.getLogger(__name__)
 # them per use costs page faults: see docs/performance.md, full builds).
 MMAP_THRESHOLD = 4 * 1024 * 1024
 _M_MMAP_THRESHOLD = -3  # glibc malloc.h
+# A heap keeps this much free at its top: a stream's buffers are reused, not faulted in.
+TRIM_THRESHOLD = 32 * 1024 * 1024
+_M_TRIM_THRESHOLD = -1
 
 
 # No request for this long: memory malloc holds free goes back to the system.
@@ -100,4 +108,6 @@ def tune_malloc() -> bool:
     if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1:
         log.warning("mallopt(M_MMAP_THRESHOLD) refused: large buffers may stay in malloc's arenas")
         return False
+    if mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
+        log.warning("mallopt(M_TRIM_THRESHOLD) refused: stream buffers may be faulted in again and again")
     return True
