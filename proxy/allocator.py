@@ -11,9 +11,10 @@ from 172 to 250 MiB and ``malloc_trim(0)`` gave 66 MiB of it back.
 A fixed threshold (which turns the sliding one off) keeps such buffers mapped per use.
 It also freezes the trim threshold at its 128 KiB start, so every free at the top of a
 heap handed pages back and the next 1 MiB stream buffer faulted them in again: a 1 GiB
-sealed layer measured in 0.82-0.87 s and 1.3 CPU-s, against 0.64-0.71 s and 1.06 with
-the trim threshold at ``TRIM_THRESHOLD`` (in process, interleaved). So that is fixed too;
-a heap's free top beyond it is still returned at once, and all of it once quiet.
+sealed layer measured in 0.82-0.87 s and 1.3 CPU-s, against 0.62-0.73 s and 1.0-1.1 with
+the trim threshold at ``TRIM_THRESHOLD`` (in process). So that is fixed too; a heap's
+free top beyond it is still returned at once, and all of it once quiet. 16 MiB rather
+than more: at 32 MiB a gzip full build's peak RSS rose from 143 to 164 MiB, for no speed.
 What smaller blocks leave free between live ones is handed back by ``malloc_trim`` once
 the server has been quiet for a while (``trim_when_quiet``): after a 10-minute soak,
 4 MiB of 88.
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 MMAP_THRESHOLD = 4 * 1024 * 1024
 _M_MMAP_THRESHOLD = -3  # glibc malloc.h
 # A heap keeps this much free at its top: a stream's buffers are reused, not faulted in.
-TRIM_THRESHOLD = 32 * 1024 * 1024
+TRIM_THRESHOLD = 16 * 1024 * 1024
 _M_TRIM_THRESHOLD = -1
 
 
