@@ -85,9 +85,9 @@ async def test_cap_is_enforced_before_download_and_on_write(client, repo):
 async def _put_manifest(client, repo: str, tag: str, layers: list[tuple[bytes, dict]], config: bytes = b"{}") -> None:
     await push_blob(client, repo, config)
     docs = []
-    for data, annotations in layers:
+    for data, notes in layers:
         await push_blob(client, repo, data)
-        docs.append(oci_descriptor(data, mt.OCI_LAYER_TAR, **({"annotations": annotations} if annotations else {})))
+        docs.append(oci_descriptor(data, mt.OCI_LAYER_TAR, **({"annotations": notes} if notes else {})))
     manifest = {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": oci_descriptor(config, mt.ALGORITHM_CONFIG),
                 "layers": docs}
     resp = await client.put(f"/v2/{repo}/manifests/{tag}", data=json.dumps(manifest),
