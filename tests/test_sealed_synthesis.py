@@ -25,7 +25,7 @@ from packer.tarstream import TarLimits, compile_globs
 from proxy.backend.filesystem import FilesystemBackend
 from proxy.backend.remote import RegistryBackend
 from tests.support.tarlayers import MODELS, layer_with_models, plain_layer
-from tests.test_layers import Codec, _blob_file, _StreamingOnly, fetch, put_blob
+from tests.test_layers import Codec, _blob_file, _StreamingOnly, backend, fetch, put_blob  # noqa: F401 - backend is a fixture
 
 KEY, KEY_ID = os.urandom(32), os.urandom(16)
 SELECT = compile_globs([MODELS])
@@ -87,14 +87,6 @@ def test_deterministic_sealer_numbers_files_in_call_order():
 
 
 # -- measuring and synthesising --------------------------------------------------------
-@pytest.fixture
-async def backend(tmp_path):
-    b = FilesystemBackend(tmp_path / "store")
-    await b.start()
-    yield b
-    await b.close()
-
-
 def big_layer(model_size: int) -> bytes:
     """A gzip layer that is mostly one model, and a small file after it."""
     tar = plain_layer({"opt/models/big.onnx": os.urandom(model_size), "etc/after": b"after\n"})
