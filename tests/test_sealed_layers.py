@@ -176,3 +176,16 @@ async def test_a_failed_build_takes_its_sealed_layers_with_it(tmp_path):
         assert await store.sealed_layer("business/z/y", row["digest"]) is None
     finally:
         await db.close()
+
+
+async def test_a_lost_source_layer_makes_the_sealed_layer_unknown(fb, tmp_path):
+    pkg, _, _, _, layer = await _licensed(fb, tmp_path)
+    recipe = await fb.app[FULL_BUILDS].store.sealed_layer(pkg.image_repo, layer["digest"])
+    link = (tmp_path / "storage" / "repositories" / pkg.image_repo / "_layers" / "sha256"
+            / recipe["source_digest"].split(":", 1)[1])
+    link.unlink()  # the storage lost it (the API refuses to delete frozen content)
+    for method in ("HEAD", "GET"):
+        resp = await fb.request(method, f"/v2/{pkg.image_repo}/blobs/{layer['digest']}")
+        assert resp.status == 404
+    resp = await fb.get(f"/v2/{pkg.image_repo}/blobs/{layer['digest']}")
+    assert (await resp.json())["errors"][0]["code"] == "BLOB_UNKNOWN"

@@ -155,10 +155,19 @@ class SealedLayers:
         return await self.store.link_sealed(from_repo, repo, digest, build_id)
 
     async def find(self, repo: str, digest: str) -> SealedLayer | None:
+        """The sealed layer ``digest`` of ``repo`` while its source layer is there to make
+        it from (a storage that lost it answers "unknown", not a layer that can't be made)."""
         row = await self.store.sealed_layer(repo, digest)
         if row is None:
             return None
-        return SealedLayer(repo, _recipe(digest, row), self)
+        recipe = _recipe(digest, row)
+        try:
+            await self.backend.stat_blob(recipe.source_repository, recipe.source_digest)
+        except RegistryError as exc:
+            if exc.error in (Errors.BLOB_UNKNOWN, Errors.NAME_UNKNOWN):
+                return None
+            raise
+        return SealedLayer(repo, recipe, self)
 
 
 def _row(recipe: SealedRecipe) -> dict[str, Any]:
