@@ -197,9 +197,10 @@ async def test_three_replicas_starting_together_migrate_once(own_postgres: Postg
 
 
 @contextlib.asynccontextmanager
-async def audit_writers(url: str, count: int, **settings: Any) -> AsyncIterator[list[tuple[PostgresDatabase, AuditLog]]]:
+async def audit_writers(url: str, count: int, pool_size: int = 2,
+                        **settings: Any) -> AsyncIterator[list[tuple[PostgresDatabase, AuditLog]]]:
     """``count`` replicas' stores on one PostgreSQL database, each with a started audit log."""
-    stores = [PostgresDatabase(url, pool_size=2) for _ in range(count)]
+    stores = [PostgresDatabase(url, pool_size=pool_size) for _ in range(count)]
     try:
         for store in stores:
             await store.open()
@@ -304,35 +305,26 @@ async def test_an_audit_append_is_one_round_trip_until_another_writer_takes_the_
     """The append goes on the head this log wrote last, without the write lock; after
     another replica appended, it collides on ``seq``, writes nothing, and goes through
     the lock on the true head: the chain stays one, with every record once."""
-    async with counting_relay(own_postgres.create_database()) as (url, wire):
-        stores = [PostgresDatabase(url, pool_size=1) for _ in range(2)]
-        for store in stores:
-            await store.open()
-        await stores[0].migrate("audit", AUDIT_SCHEMA)
-        first, second = logs = [AuditLog(store, flush_interval=0.001) for store in stores]
-        try:
-            for log in logs:
-                await log.start()
+    async with counting_relay(own_postgres.create_database()) as (url, wire), \
+            audit_writers(url, 2, pool_size=1, flush_interval=0.001) as writers:
+        (store, first), (_, second) = writers
 
-            async def append(log: AuditLog, reference: str) -> int:
-                before = wire.round_trips
-                assert await log.durable(log.record(AuditEvent(action="blob.push", outcome="success", reference=reference)), 10)
-                return wire.round_trips - before
+        async def append(log: AuditLog, reference: str) -> int:
+            before = wire.round_trips
+            assert await log.durable(log.record(AuditEvent(action="blob.push", outcome="success", reference=reference)), 10)
+            return wire.round_trips - before
 
-            await append(first, "a1")  # no head known yet: through the lock
-            await append(first, "a2")  # prepares the insert on the connection
-            assert await append(first, "a3") == 1
-            await append(second, "b1")
-            assert await append(first, "a4") > 1  # lost the race for seq 5, then locked
-            for log in logs:
-                await log.close()
-            result = await verify_chain(stores[0])
-            assert result.ok and result.records == 5, result.problem
-            rows = await stores[0].fetchall("SELECT reference FROM audit_log ORDER BY seq")
-            assert [r["reference"] for r in rows] == ["a1", "a2", "a3", "b1", "a4"]
-        finally:
-            for store in stores:
-                await store.close()
+        await append(first, "a1")  # no head known yet: through the lock
+        await append(first, "a2")  # prepares the insert on the connection
+        assert await append(first, "a3") == 1
+        await append(second, "b1")
+        assert await append(first, "a4") > 1  # lost the race for seq 5, then locked
+        for log in (first, second):
+            await log.close()
+        result = await verify_chain(store)
+        assert result.ok and result.records == 5, result.problem
+        rows = await store.fetchall("SELECT reference FROM audit_log ORDER BY seq")
+        assert [r["reference"] for r in rows] == ["a1", "a2", "a3", "b1", "a4"]
 
 
 @needs_postgres
