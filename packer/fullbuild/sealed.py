@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, AsyncGenerator, Callable
 
 from cryptography.hazmat.primitives import hashes
@@ -171,16 +171,10 @@ class SealedLayers:
 
 
 def _row(recipe: SealedRecipe) -> dict[str, Any]:
-    return {
-        "digest": recipe.digest, "size": recipe.size, "source_repository": recipe.source_repository,
-        "source_digest": recipe.source_digest, "source_size": recipe.source_size, "key_id": recipe.key_id.hex(),
-        "models": json.dumps(list(recipe.models)), "chunk_size": recipe.chunk_size, "tar_bytes": recipe.tar_bytes,
-        "max_entries": recipe.max_entries, "max_header_bytes": recipe.max_header_bytes,
-    }
+    """A recipe as its ``sealed_layers`` columns (bytes as hex, globs as JSON)."""
+    return {**asdict(recipe), "key_id": recipe.key_id.hex(), "models": json.dumps(list(recipe.models))}
 
 
 def _recipe(digest: str, row: dict[str, Any]) -> SealedRecipe:
-    return SealedRecipe(
-        digest, int(row["size"]), row["source_repository"], row["source_digest"], int(row["source_size"]),
-        bytes.fromhex(row["key_id"]), tuple(json.loads(row["models"])), int(row["chunk_size"]),
-        int(row["tar_bytes"]), int(row["max_entries"]), int(row["max_header_bytes"]))
+    return SealedRecipe(**{**row, "digest": digest, "key_id": bytes.fromhex(row["key_id"]),
+                           "models": tuple(json.loads(row["models"]))})
